@@ -1,0 +1,252 @@
+"""OpenTelemetry span exporter writing agent runs, nodes and turns to a Parquet lake.
+
+``RunlakeSpanExporter`` goes in a ``BatchSpanProcessor``; ``RunStartProcessor`` beside it records the start
+of every run so that a run in progress (or one whose process died) is visible as running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .layout import DEFAULT_TENANT, resolve_state_url
+from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
+from .writer import LakeWriter
+
+__all__ = ["RunlakeSpanExporter", "RunStartProcessor", "resolve_state_url"]
+__version__ = "0.1.0"
+
+_logger = logging.getLogger(__name__)
+_MAX_TRACKED_RUNS = 100_000
+
+
+def _env_number(name: str, default: float, kind: Callable[[str], float] = int) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        _logger.warning("runlake: ignoring %s=%r (not a number); using %s", name, text, default)
+        return default
+
+
+class RunlakeSpanExporter(SpanExporter):
+    """Writes spans as Parquet partitioned by tenant, TTL, day and session, plus a ``runs/`` index.
+
+    With no arguments it configures itself from the environment (``RUNLAKE_STATE_URL``, else
+    ``PRAISONAI_STATE_URL``), as the SDK does when it builds exporters named in ``OTEL_TRACES_EXPORTER``.
+    ``export()`` never raises: failures return ``FAILURE``, are logged once and counted in ``stats``.
+    """
+
+    def __init__(
+        self,
+        state_url: str | os.PathLike[str] | None = None,
+        *,
+        tenant_id: str | None = None,
+        force_tenant: str | None = None,
+        redact: Callable[[str], str] | None = None,
+        max_part_rows: int | None = None,
+        max_part_bytes: int | None = None,
+        max_buffer_bytes: int | None = None,
+        flush_interval_s: float | None = None,
+        background_flush: bool = True,
+    ) -> None:
+        root = resolve_state_url(state_url)
+        if root is None:
+            root = Path("runlake-data")
+            _logger.warning(
+                "runlake: no state URL given (argument, RUNLAKE_STATE_URL or PRAISONAI_STATE_URL); "
+                "writing to ./runlake-data"
+            )
+        self.root = root
+        self._mapper = SpanMapper(
+            default_tenant=tenant_id or os.environ.get("RUNLAKE_TENANT_ID") or DEFAULT_TENANT,
+            force_tenant=force_tenant,
+            redact=redact,
+        )
+        self._writer = LakeWriter(
+            root,
+            max_part_rows=int(max_part_rows or _env_number("RUNLAKE_MAX_PART_ROWS", 100_000)),
+            max_part_bytes=int(max_part_bytes or _env_number("RUNLAKE_MAX_PART_BYTES", 64 << 20)),
+            max_buffer_bytes=int(max_buffer_bytes or _env_number("RUNLAKE_MAX_BUFFER_BYTES", 256 << 20)),
+            flush_interval_s=float(flush_interval_s or _env_number("RUNLAKE_FLUSH_INTERVAL_S", 5.0, float)),
+            background=background_flush,
+        )
+        # per run: [nodes, failed nodes, input tokens, output tokens, cost]; bounded, oldest evicted
+        self._run_totals: OrderedDict[str, list[float]] = OrderedDict()
+        self._totals_lock = threading.Lock()
+        self._shutdown = False
+        self.rejected_spans = 0
+        self._logged_bad_span = False
+        self.listeners: list[Callable[[list[tuple]], None]] = []
+
+    # ---- SpanExporter -----------------------------------------------------------------------------------
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        try:
+            span_rows, run_rows = self.map_spans(spans)
+            ok = self._writer.add(span_rows, run_rows)
+            for listener in self.listeners:
+                try:
+                    listener(span_rows)
+                except Exception:  # noqa: BLE001 - a listener must never break the export
+                    _logger.exception("runlake: span listener failed")
+        except Exception:  # noqa: BLE001 - never raise into the application
+            _logger.exception("runlake: export failed")
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if ok and len(span_rows) == len(spans) else SpanExportResult.FAILURE
+
+    def map_spans(self, spans: Sequence[ReadableSpan]) -> tuple[list[tuple], list[tuple]]:
+        """Rows for the spans table and the runs index; a span that cannot be mapped is counted, not fatal."""
+        span_rows: list[tuple] = []
+        run_rows: list[tuple] = []
+        map_span = self._mapper.map_span
+        for span in spans:
+            try:
+                row = map_span(span)
+            except Exception as error:  # noqa: BLE001
+                self.rejected_spans += 1
+                if not self._logged_bad_span:
+                    self._logged_bad_span = True
+                    _logger.error(
+                        "runlake: skipped a span that cannot be stored (%s: %s); further ones are only counted",
+                        type(error).__name__,
+                        error,
+                    )
+                continue
+            span_rows.append(row)
+        self._account(span_rows, run_rows)
+        return span_rows, run_rows
+
+    def _account(self, span_rows: list[tuple], run_rows: list[tuple]) -> None:
+        """Sum nodes, tokens and cost per run so the run's index row carries them."""
+        ty, rid, tid = COL["span_type"], COL["run_id"], COL["trace_id"]
+        st, tin, tout, cost = COL["status_code"], COL["input_tokens"], COL["output_tokens"], COL["cost_cents"]
+        with self._totals_lock:
+            totals = self._run_totals
+            for row in span_rows:
+                if row[ty] == NODE:
+                    key = row[rid] or "trace:" + row[tid]
+                    acc = totals.get(key)
+                    if acc is None:
+                        acc = totals[key] = [0, 0, 0, 0, 0.0]
+                        if len(totals) > _MAX_TRACKED_RUNS:
+                            totals.popitem(last=False)
+                    acc[0] += 1
+                    acc[1] += row[st] == "ERROR"
+                    acc[2] += row[tin] or 0
+                    acc[3] += row[tout] or 0
+                    acc[4] += row[cost] or 0.0
+            for row in span_rows:
+                if row[ty] == RUN:
+                    acc = totals.pop(row[rid], None)
+                    if row[COL["parent_span_id"]] is None:  # a root run also owns nodes it could not name
+                        extra = totals.pop("trace:" + row[tid], None)
+                        if extra is not None:
+                            acc = [a + b for a, b in zip(acc, extra)] if acc else extra
+                    run_rows.append(run_row(row, acc))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        try:
+            return self._writer.flush()
+        except Exception:  # noqa: BLE001
+            _logger.exception("runlake: flush failed")
+            return False
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001
+            _logger.exception("runlake: shutdown flush failed")
+
+    # ---- extras -------------------------------------------------------------------------------------------
+    def record_start(self, span: ReadableSpan) -> None:
+        """Buffer a ``start`` row for a run that has just begun (called from ``on_start``; no I/O here)."""
+        if self._shutdown:
+            return
+        try:
+            row = self._mapper.map_span(span, record="start")
+            if row[COL["span_type"]] == RUN:
+                self._writer.add([row], [run_row(row, None)])
+        except Exception:  # noqa: BLE001 - never raise into the application
+            _logger.debug("runlake: could not record a run start", exc_info=True)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters for monitoring: rows and files written, failures, drops, rejected spans."""
+        w = self._writer.stats
+        return {
+            "rows_written": w.rows_written,
+            "files_written": w.files_written,
+            "failed_writes": w.failed_writes,
+            "dropped_rows": w.dropped_rows,
+            "rejected_spans": self.rejected_spans,
+            "buffered_rows": self._writer.buffered_rows,
+            "failing": self._writer.failing,
+        }
+
+    @property
+    def writer(self) -> LakeWriter:
+        return self._writer
+
+
+class RunStartProcessor(SpanProcessor):
+    """Records run starts, and passes a run's session, user, tenant, TTL and run id on to child spans.
+
+    Spans made by other instrumentations inside a runlake run thereby land in the run's session
+    partition and count towards the run.
+    """
+
+    _INHERITED = (
+        "gen_ai.conversation.id",
+        "session.id",
+        "user.id",
+        "runlake.tenant.id",
+        "runlake.ttl_days",
+        "runlake.run.id",
+    )
+
+    def __init__(self, exporter: RunlakeSpanExporter) -> None:
+        self._exporter = exporter
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            parent = span.parent
+            if parent is not None and not parent.is_remote:
+                from opentelemetry import trace
+
+                parent_span = trace.get_current_span(parent_context)
+                parent_attrs = getattr(parent_span, "attributes", None)
+                if parent_attrs:
+                    own = span.attributes or {}
+                    for key in self._INHERITED:
+                        if key not in own and key in parent_attrs:
+                            span.set_attribute(key, parent_attrs[key])
+            if classify(span.attributes or {}, parent is not None)[0] == RUN:
+                span.set_attribute(RUN_ID, f"{span.context.span_id:016x}")  # children inherit this run
+            self._exporter.record_start(span)
+        except Exception:  # noqa: BLE001 - never raise into the application
+            _logger.debug("runlake: on_start failed", exc_info=True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True

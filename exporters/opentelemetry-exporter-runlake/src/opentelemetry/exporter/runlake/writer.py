@@ -1,0 +1,299 @@
+"""Buffered, partitioned Parquet writer.
+
+Rows are buffered per partition and a part file is rolled when a partition reaches ``max_part_rows`` or
+``max_part_bytes``, when its oldest row is ``flush_interval_s`` old, or on ``flush()``. A busy process that
+touches many sessions therefore writes a few large files instead of one tiny file per session per batch.
+All buffers together are capped by ``max_buffer_bytes``: past it everything is flushed, and if the disk
+refuses, the oldest rows are dropped and counted rather than letting memory grow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .layout import RUNS, SPANS, day_of, new_part_name, partition_dir, temp_name_for
+from .mapping import COL, RUNS_SCHEMA, SPANS_SCHEMA
+
+_logger = logging.getLogger(__name__)
+
+SCHEMAS = {SPANS: SPANS_SCHEMA, RUNS: RUNS_SCHEMA}
+_STATS_COLUMNS = {
+    SPANS: [
+        "record",
+        "span_type",
+        "tenant_id",
+        "session_id",
+        "user_id",
+        "run_id",
+        "trace_id",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "status_code",
+        "node_type",
+        "agent_name",
+    ],
+    RUNS: [
+        "record",
+        "tenant_id",
+        "session_id",
+        "user_id",
+        "run_id",
+        "trace_id",
+        "agent_name",
+        "start_time_unix_nano",
+        "end_time_unix_nano",
+        "status_code",
+    ],
+}
+_RUN_POS = {name: i for i, name in enumerate(RUNS_SCHEMA.names)}
+_TEXT_POSITIONS = {
+    SPANS: [COL[c] for c in ("input", "output", "attributes", "events", "runtime_state", "metadata")],
+    RUNS: [_RUN_POS[c] for c in ("input", "output", "metadata")],
+}
+_ROW_OVERHEAD = 160  # bytes of a row besides its free text, roughly, once in Python tuples
+
+
+def write_part(table: str, folder: Path, rows: list[tuple] | pa.Table, row_group_size: int = 128 * 1024) -> Path:
+    """Write rows as one new part file in ``folder``, atomically (temp name, then rename)."""
+    schema = SCHEMAS[table]
+    if isinstance(rows, pa.Table):
+        arrow = rows
+    else:
+        columns = list(zip(*rows))
+        arrow = pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
+    arrow = arrow.sort_by("start_time_unix_nano")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = new_part_name()
+    tmp = folder / temp_name_for(name)
+    try:
+        pq.write_table(
+            arrow,
+            tmp,
+            compression="zstd",
+            use_dictionary=True,
+            write_statistics=_STATS_COLUMNS[table],
+            row_group_size=row_group_size,
+        )
+        os.replace(tmp, folder / name)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return folder / name
+
+
+@dataclass
+class _Buffer:
+    rows: list[tuple] = field(default_factory=list)
+    nbytes: int = 0
+    since: float = 0.0
+
+
+@dataclass
+class WriterStats:
+    rows_written: int = 0
+    files_written: int = 0
+    failed_writes: int = 0
+    dropped_rows: int = 0
+
+
+class LakeWriter:
+    """Thread-safe buffered writer for the ``spans/`` and ``runs/`` tables of one lake root."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_part_rows: int = 100_000,
+        max_part_bytes: int = 64 << 20,
+        max_buffer_bytes: int = 256 << 20,
+        flush_interval_s: float = 5.0,
+        background: bool = True,
+    ) -> None:
+        if max_part_rows < 1 or max_part_bytes < 1 or max_buffer_bytes < 1 or flush_interval_s <= 0:
+            raise ValueError("writer limits must be positive")
+        self.root = Path(root)
+        self.max_part_rows = max_part_rows
+        self.max_part_bytes = max_part_bytes
+        self.max_buffer_bytes = max_buffer_bytes
+        self.flush_interval_s = flush_interval_s
+        self.stats = WriterStats()
+        self._buffers: dict[tuple[str, Path], _Buffer] = {}
+        self._buffered_bytes = 0
+        self._lock = threading.Lock()
+        self._dirs: dict[tuple, Path] = {}
+        self._failing: str | None = None
+        self._closed = False
+        self._background = background
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- adding rows ---------------------------------------------------------------------------------
+    def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> Path:
+        key = (table, tenant, ttl, start_ns // 86_400_000_000_000, session)
+        folder = self._dirs.get(key)
+        if folder is None:
+            if len(self._dirs) > 50_000:
+                self._dirs.clear()
+            folder = partition_dir(self.root, table, tenant, ttl, day_of(start_ns), session)
+            self._dirs[key] = folder
+        return folder
+
+    def add(self, spans: Iterable[tuple] = (), runs: Iterable[tuple] = ()) -> bool:
+        """Buffer span rows and run-index rows; roll full partitions. False if a write failed."""
+        if self._closed:
+            return False
+        full: list[tuple[str, Path]] = []
+        now = time.monotonic()
+        t, ttl_i, start_i, sess_i = COL["tenant_id"], COL["ttl_days"], COL["start_time_unix_nano"], COL["session_id"]
+        r_t, r_ttl, r_start = _RUN_POS["tenant_id"], _RUN_POS["ttl_days"], _RUN_POS["start_time_unix_nano"]
+        with self._lock:
+            for table, rows in ((SPANS, spans), (RUNS, runs)):
+                texts = _TEXT_POSITIONS[table]
+                for row in rows:
+                    if table == SPANS:
+                        folder = self._folder(SPANS, row[t], row[ttl_i], row[start_i], row[sess_i])
+                    else:
+                        folder = self._folder(RUNS, row[r_t], row[r_ttl], row[r_start], None)
+                    size = _ROW_OVERHEAD
+                    for pos in texts:
+                        value = row[pos]
+                        if value:
+                            size += len(value)
+                    key = (table, folder)
+                    buf = self._buffers.get(key)
+                    if buf is None:
+                        buf = self._buffers[key] = _Buffer(since=now)
+                    buf.rows.append(row)
+                    buf.nbytes += size
+                    self._buffered_bytes += size
+                    if len(buf.rows) >= self.max_part_rows or buf.nbytes >= self.max_part_bytes:
+                        full.append(key)
+            over_cap = self._buffered_bytes > self.max_buffer_bytes
+        if self._background and self._thread is None:
+            self._start_thread()
+        ok = True
+        if full:
+            ok = self._write_keys(list(dict.fromkeys(full)))
+        if over_cap:
+            ok = self.flush() and ok
+        return ok and self._failing is None
+
+    # ---- flushing -------------------------------------------------------------------------------------
+    def _take(self, keys: Iterable[tuple[str, Path]]) -> list[tuple[tuple[str, Path], _Buffer]]:
+        taken = []
+        with self._lock:
+            for key in keys:
+                buf = self._buffers.pop(key, None)
+                if buf is not None and buf.rows:
+                    self._buffered_bytes -= buf.nbytes
+                    taken.append((key, buf))
+        return taken
+
+    def _write_keys(self, keys: Iterable[tuple[str, Path]]) -> bool:
+        ok = True
+        for key, buf in self._take(keys):
+            table, folder = key
+            try:
+                write_part(table, folder, buf.rows)
+            except Exception as error:  # noqa: BLE001 - disk full, read-only, bad value: never raise
+                ok = False
+                self._on_failure(key, buf, error)
+            else:
+                self.stats.rows_written += len(buf.rows)
+                self.stats.files_written += 1
+                if self._failing is not None:
+                    _logger.warning("runlake: writing to %s works again", self.root)
+                    self._failing = None
+        return ok
+
+    def _on_failure(self, key: tuple[str, Path], buf: _Buffer, error: Exception) -> None:
+        self.stats.failed_writes += 1
+        cause = f"{type(error).__name__}: {error}"
+        if self._failing is None:
+            _logger.error(
+                "runlake: cannot write a part file under %s (%s); rows are kept in memory and retried "
+                "(at most %d bytes buffered, then the oldest are dropped and counted)",
+                self.root,
+                cause,
+                self.max_buffer_bytes,
+            )
+        self._failing = cause
+        with self._lock:  # put the rows back, before anything added meanwhile
+            current = self._buffers.get(key)
+            if current is not None:
+                buf.rows.extend(current.rows)
+                buf.nbytes += current.nbytes
+                self._buffered_bytes -= current.nbytes
+            self._buffers[key] = buf
+            self._buffered_bytes += buf.nbytes
+            dropped = 0
+            while self._buffered_bytes > self.max_buffer_bytes and self._buffers:
+                oldest = min(self._buffers, key=lambda k: self._buffers[k].since)
+                gone = self._buffers.pop(oldest)
+                self._buffered_bytes -= gone.nbytes
+                dropped += len(gone.rows)
+            self.stats.dropped_rows += dropped
+        if dropped:
+            _logger.error(
+                "runlake: dropped %d rows: buffer cap of %d bytes reached while %s",
+                dropped,
+                self.max_buffer_bytes,
+                cause,
+            )
+
+    def flush(self, older_than_s: float | None = None) -> bool:
+        """Write buffered partitions (only those older than ``older_than_s`` if given). True if all written."""
+        with self._lock:
+            if older_than_s is None:
+                keys = list(self._buffers)
+            else:
+                limit = time.monotonic() - older_than_s
+                keys = [k for k, b in self._buffers.items() if b.since <= limit]
+        return self._write_keys(keys) if keys else self._failing is None
+
+    @property
+    def buffered_rows(self) -> int:
+        with self._lock:
+            return sum(len(b.rows) for b in self._buffers.values())
+
+    @property
+    def failing(self) -> str | None:
+        """The cause of the last failed write, until a write succeeds again."""
+        return self._failing
+
+    # ---- background flushing --------------------------------------------------------------------------
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="runlake-flush", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        interval = self.flush_interval_s
+        while not self._stop.wait(max(interval / 2, 0.05)):
+            try:
+                self.flush(older_than_s=interval)
+            except Exception:  # noqa: BLE001 - the flusher must outlive any one bad write
+                _logger.exception("runlake: background flush failed")
+
+    def close(self) -> bool:
+        """Flush everything and stop the background thread."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        ok = self.flush()
+        self._closed = True
+        return ok

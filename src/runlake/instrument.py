@@ -1,0 +1,452 @@
+"""runlake's instrumentation API: ``configure``, ``run`` / ``node`` / ``turn`` and the decorators.
+
+Spans carry the OTel GenAI and OpenInference attributes (so any backend recognises them) plus a small
+``runlake.*`` namespace for what neither convention has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+
+from opentelemetry import trace
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake import mapping as m
+
+_logger = logging.getLogger(__name__)
+_TRACER_NAME = "runlake"
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NODE_OPERATIONS = {"llm": "chat", "tool": "execute_tool", "retrieval": "retrieval", "embedding": "embeddings"}
+_NODE_KINDS = {
+    "llm": "LLM",
+    "tool": "TOOL",
+    "retrieval": "RETRIEVER",
+    "embedding": "EMBEDDING",
+    "reranker": "RERANKER",
+    "guardrail": "GUARDRAIL",
+    "agent": "AGENT",
+}
+
+
+# ---- time: real by default; the demo shifts it to spread history over past days --------------------------
+_time_offset_ns: contextvars.ContextVar[int] = contextvars.ContextVar("runlake_time_offset_ns", default=0)
+
+
+def _now_ns() -> int:
+    return time.time_ns() + _time_offset_ns.get()
+
+
+@contextlib.contextmanager
+def shifted_clock(offset_seconds: float) -> Iterator[Callable[[float], None]]:
+    """Run instrumentation as if the clock were shifted; yields ``advance(seconds)``.
+
+    Used to generate realistic past history (``runlake demo``, benchmarks) through the real API.
+    """
+    token = _time_offset_ns.set(_time_offset_ns.get() + int(offset_seconds * 1e9))
+
+    def advance(seconds: float) -> None:
+        _time_offset_ns.set(_time_offset_ns.get() + int(seconds * 1e9))
+
+    try:
+        yield advance
+    finally:
+        _time_offset_ns.reset(token)
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+@dataclass
+class _Pipeline:
+    provider: TracerProvider
+    exporter: RunlakeSpanExporter
+    processors: list[SpanProcessor]
+    owns_provider: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_pipeline: _Pipeline | None = None
+
+
+def configure(
+    state_url: str | os.PathLike[str] | None = None,
+    service_name: str | None = None,
+    **options: Any,
+) -> TracerProvider:
+    """Set up tracing into the runlake lake and return the TracerProvider.
+
+    If the application already has an SDK TracerProvider, runlake's processors are added to it; otherwise
+    a new provider is created and installed globally. Calling again replaces runlake's previous pipeline.
+    Options: ``tenant_id``, ``mirror_runtime_state`` (default False), ``max_part_rows``,
+    ``max_buffer_bytes``, ``flush_interval_s``, ``max_queue_size``, ``schedule_delay_millis``,
+    ``max_export_batch_size``.
+    """
+    global _pipeline
+    if _pipeline is not None:
+        shutdown()
+    batch_keys = ("max_queue_size", "schedule_delay_millis", "max_export_batch_size", "export_timeout_millis")
+    exporter_keys = ("tenant_id", "max_part_rows", "max_part_bytes", "max_buffer_bytes", "flush_interval_s")
+    known = {*batch_keys, *exporter_keys, "mirror_runtime_state"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"runlake.configure() got unknown option(s): {', '.join(sorted(unknown))}")
+    exporter = RunlakeSpanExporter(state_url, **{k: options[k] for k in exporter_keys if k in options})
+    current = trace.get_tracer_provider()
+    owns = not isinstance(current, TracerProvider)
+    if owns:
+        resource = Resource.create({"service.name": service_name} if service_name else {})
+        provider = TracerProvider(resource=resource)
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:  # the global can be set only once per process
+            provider = trace.get_tracer_provider()  # type: ignore[assignment]
+            owns = False
+    else:
+        provider = current  # type: ignore[assignment]
+        if service_name:
+            _logger.info("runlake: keeping the existing TracerProvider's resource; service_name ignored")
+    processors: list[SpanProcessor] = [
+        RunStartProcessor(exporter),
+        BatchSpanProcessor(exporter, **{k: options[k] for k in batch_keys if k in options}),
+    ]
+    for processor in processors:
+        provider.add_span_processor(processor)
+    _pipeline = _Pipeline(provider, exporter, processors, owns, dict(options))
+    return provider
+
+
+def shutdown() -> None:
+    """Flush and close runlake's pipeline (and the provider, if runlake created it)."""
+    global _pipeline
+    pipeline, _pipeline = _pipeline, None
+    if pipeline is None:
+        return
+    for processor in reversed(pipeline.processors):
+        processor.shutdown()
+    pipeline.exporter.shutdown()
+
+
+def force_flush(timeout_millis: int = 30_000) -> bool:
+    """Export and write everything buffered so far; True when all of it reached disk."""
+    if _pipeline is None:
+        return True
+    ok = all(p.force_flush(timeout_millis) for p in _pipeline.processors)
+    return pipeline_exporter_flush(timeout_millis) and ok
+
+
+def pipeline_exporter_flush(timeout_millis: int) -> bool:
+    return _pipeline.exporter.force_flush(timeout_millis) if _pipeline else True
+
+
+def current_exporter() -> RunlakeSpanExporter | None:
+    """The exporter of the pipeline ``configure`` set up, if any."""
+    return _pipeline.exporter if _pipeline else None
+
+
+def mirror_runtime_state_enabled() -> bool:
+    return bool(_pipeline and _pipeline.options.get("mirror_runtime_state", False))
+
+
+# ---- spans ----------------------------------------------------------------------------------------------------
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+@dataclass
+class _RunContext:
+    run_id: str
+    session_id: str
+    user_id: str | None
+    tenant_id: str | None
+    ttl_days: int
+
+
+_current_run: contextvars.ContextVar[_RunContext | None] = contextvars.ContextVar("runlake_run", default=None)
+
+
+class SpanHandle:
+    """What ``run`` / ``node`` / ``turn`` yield: record output, usage, cost and metadata on the span."""
+
+    def __init__(self, span: trace.Span, metadata: Mapping[str, Any] | None = None) -> None:
+        self.span = span
+        self._metadata: dict[str, Any] = dict(metadata or {})
+        self.output: Any = None
+        if self._metadata:
+            span.set_attribute(m.METADATA, _to_text(self._metadata))
+
+    def set_output(self, output: Any) -> None:
+        self.output = output
+        self.span.set_attribute("output.value", _to_text(output))
+
+    def set_usage(self, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
+        attrs: dict[str, int] = {}
+        if input_tokens is not None:
+            attrs["gen_ai.usage.input_tokens"] = attrs["llm.token_count.prompt"] = int(input_tokens)
+        if output_tokens is not None:
+            attrs["gen_ai.usage.output_tokens"] = attrs["llm.token_count.completion"] = int(output_tokens)
+        if input_tokens is not None and output_tokens is not None:
+            attrs["llm.token_count.total"] = int(input_tokens) + int(output_tokens)
+        self.span.set_attributes(attrs)
+
+    def set_cost(self, cents: float) -> None:
+        self.span.set_attribute(m.COST_CENTS, float(cents))
+
+    def set_model(self, model: str, provider: str | None = None) -> None:
+        self.span.set_attribute("gen_ai.request.model", model)
+        self.span.set_attribute("llm.model_name", model)
+        if provider:
+            self.span.set_attribute("gen_ai.provider.name", provider)
+
+    def set_metadata(self, metadata: Mapping[str, Any] | None = None, **more: Any) -> None:
+        self._metadata.update(metadata or {}, **more)
+        self.span.set_attribute(m.METADATA, _to_text(self._metadata))
+
+    @property
+    def span_id(self) -> str:
+        return f"{self.span.get_span_context().span_id:016x}"
+
+    @property
+    def trace_id(self) -> str:
+        return f"{self.span.get_span_context().trace_id:032x}"
+
+
+class RunHandle(SpanHandle):
+    @property
+    def run_id(self) -> str:
+        return self.span_id
+
+
+class TurnHandle(SpanHandle):
+    def __init__(self, span: trace.Span, session_id: str | None, runtime_id: str, turn_id: str) -> None:
+        super().__init__(span)
+        self.session_id = session_id
+        self.runtime_id = runtime_id
+        self.turn_id = turn_id
+
+    def set_state(self, state: Mapping[str, Any]) -> bool:
+        """Mirror this turn's runtime state (only when mirroring is on; see ``runlake.SessionStore``)."""
+        from .sessions import prepare_state
+
+        prepared = prepare_state(state, self.session_id, self.runtime_id, self.turn_id)
+        if prepared is None:
+            return False
+        if mirror_runtime_state_enabled():
+            self.span.set_attribute(m.RUNTIME_STATE, prepared)
+        return True
+
+
+@contextlib.contextmanager
+def _span(name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
+    tracer = trace.get_tracer(_TRACER_NAME)
+    span = tracer.start_span(name, attributes=attributes, start_time=_now_ns())
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            yield span
+    except BaseException as error:
+        if not isinstance(error, GeneratorExit):
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.record_exception(error, timestamp=_now_ns())
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        raise
+    finally:
+        span.end(end_time=_now_ns())
+
+
+def _inherited(run_ctx: _RunContext | None) -> dict[str, Any]:
+    if run_ctx is None:
+        return {}
+    attrs: dict[str, Any] = {
+        "gen_ai.conversation.id": run_ctx.session_id,
+        "session.id": run_ctx.session_id,
+        m.RUN_ID: run_ctx.run_id,
+        m.TTL_DAYS: run_ctx.ttl_days,
+    }
+    if run_ctx.user_id:
+        attrs["user.id"] = run_ctx.user_id
+    if run_ctx.tenant_id:
+        attrs[m.TENANT_ID] = run_ctx.tenant_id
+    return attrs
+
+
+@contextlib.contextmanager
+def run(
+    agent: str,
+    session_id: str,
+    user_id: str | None = None,
+    tenant_id: str | None = None,
+    input: Any = None,  # noqa: A002 - the public name
+    ttl_days: int = 30,
+    metadata: Mapping[str, Any] | None = None,
+) -> Iterator[RunHandle]:
+    """One agent execution: the root of its nodes and turns. Exceptions mark it failed and propagate."""
+    if not agent or not session_id:
+        raise ValueError("runlake.run() needs a non-empty agent name and session_id")
+    if int(ttl_days) < 1:
+        raise ValueError(f"ttl_days must be at least 1, got {ttl_days}")
+    attrs: dict[str, Any] = {
+        m.SPAN_TYPE: m.RUN,
+        "gen_ai.operation.name": "invoke_agent",
+        "openinference.span.kind": "AGENT",
+        "gen_ai.agent.name": agent,
+        "gen_ai.agent.id": agent,
+        "gen_ai.conversation.id": session_id,
+        "session.id": session_id,
+        m.TTL_DAYS: int(ttl_days),
+    }
+    if user_id:
+        attrs["user.id"] = user_id
+    if tenant_id:
+        attrs[m.TENANT_ID] = tenant_id
+    if input is not None:
+        attrs["input.value"] = _to_text(input)
+    with _span(f"invoke_agent {agent}", attrs) as span:
+        handle = RunHandle(span, metadata)
+        span.set_attribute(m.RUN_ID, handle.run_id)
+        token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, int(ttl_days)))
+        try:
+            yield handle
+        finally:
+            _current_run.reset(token)
+
+
+@contextlib.contextmanager
+def node(
+    node_id: str,
+    type: str = "llm",  # noqa: A002 - the public name
+    input: Any = None,  # noqa: A002
+    metadata: Mapping[str, Any] | None = None,
+) -> Iterator[SpanHandle]:
+    """One step inside a run: an llm call, a tool call, a router, a retrieval, ..."""
+    attrs = _inherited(_current_run.get())
+    attrs[m.SPAN_TYPE] = m.NODE
+    attrs[m.NODE_ID] = node_id
+    attrs[m.NODE_TYPE] = type
+    attrs["openinference.span.kind"] = _NODE_KINDS.get(type, "CHAIN")
+    operation = _NODE_OPERATIONS.get(type)
+    if operation:
+        attrs["gen_ai.operation.name"] = operation
+    if type == "tool":
+        attrs["gen_ai.tool.name"] = node_id
+    if input is not None:
+        attrs["input.value"] = _to_text(input)
+    with _span(f"{operation or type} {node_id}", attrs) as span:
+        yield SpanHandle(span, metadata)
+
+
+@contextlib.contextmanager
+def turn(turn_id: str, runtime_id: str = "native") -> Iterator[TurnHandle]:
+    """One conversation turn; its handle can mirror runtime state (``set_state``)."""
+    run_ctx = _current_run.get()
+    attrs = _inherited(run_ctx)
+    attrs.update({m.SPAN_TYPE: m.TURN, m.TURN_ID: turn_id, m.RUNTIME_ID: runtime_id})
+    attrs["openinference.span.kind"] = "CHAIN"
+    with _span(f"turn {turn_id}", attrs) as span:
+        yield TurnHandle(span, run_ctx.session_id if run_ctx else None, runtime_id, turn_id)
+
+
+# ---- decorators ------------------------------------------------------------------------------------------------
+def _call_input(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    if len(args) == 1 and not kwargs and isinstance(args[0], str):
+        return args[0]
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs)
+        return {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
+    except (TypeError, ValueError):
+        return {"args": list(args), "kwargs": kwargs}
+
+
+def agent(
+    name: str | None = None,
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    tenant_id: str | None = None,
+    ttl_days: int = 30,
+    metadata: Mapping[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Decorate a sync or async function as an agent run.
+
+    The session is ``session_id``, else a ``session_id=`` keyword of the call, else a new id per call.
+    """
+
+    def decorate(func: F) -> F:
+        agent_name = name or func.__name__
+
+        def run_kwargs(args: tuple, kwargs: dict) -> dict[str, Any]:
+            return {
+                "agent": agent_name,
+                "session_id": session_id or kwargs.get("session_id") or f"session-{uuid.uuid4().hex[:12]}",
+                "user_id": user_id or kwargs.get("user_id"),
+                "tenant_id": tenant_id,
+                "input": _call_input(func, args, kwargs),
+                "ttl_days": ttl_days,
+                "metadata": metadata,
+            }
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with run(**run_kwargs(args, kwargs)) as handle:
+                    result = await func(*args, **kwargs)
+                    handle.set_output(result)
+                    return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with run(**run_kwargs(args, kwargs)) as handle:
+                result = func(*args, **kwargs)
+                handle.set_output(result)
+                return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def step(type: str = "tool", name: str | None = None) -> Callable[[F], F]:  # noqa: A002
+    """Decorate a sync or async function as a node of the current run."""
+
+    def decorate(func: F) -> F:
+        node_id = name or func.__name__
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with node(node_id, type=type, input=_call_input(func, args, kwargs)) as handle:
+                    result = await func(*args, **kwargs)
+                    handle.set_output(result)
+                    return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with node(node_id, type=type, input=_call_input(func, args, kwargs)) as handle:
+                result = func(*args, **kwargs)
+                handle.set_output(result)
+                return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
