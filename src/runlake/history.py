@@ -354,10 +354,11 @@ class HistoryDB:
         return con.sql(query)
 
     # ---- TTL ----
-    def cleanup_expired(self, now: dt.datetime | None = None) -> dict[str, int]:
+    def cleanup_expired(self, now: dt.datetime | None = None, max_age_days: int | None = None) -> dict[str, int]:
         """Delete every day partition whose TTL has passed, by removing folders; true counts of what went.
 
         A run started on UTC day D with ``ttl_days`` N is kept through day D+N and removed from day D+N+1.
+        ``max_age_days``, when given, also removes anything older than that, whatever its own TTL.
         """
         if self.root is None:
             _logger.warning("cleanup_expired() called but no state_url configured; nothing to do")
@@ -370,7 +371,8 @@ class HistoryDB:
                     day_date = dt.date.fromisoformat(day)
                 except ValueError:
                     continue
-                if day_date + dt.timedelta(days=ttl) < today:
+                keep = ttl if max_age_days is None else min(ttl, max_age_days)
+                if day_date + dt.timedelta(days=keep) < today:
                     expired[table].append(folder)
         runs = self._count(RUNS, expired[RUNS], "count(DISTINCT span_id)")
         nodes = self._count(SPANS, expired[SPANS], "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')")
