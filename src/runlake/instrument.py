@@ -75,11 +75,46 @@ class _Pipeline:
     provider: TracerProvider
     exporter: RunlakeSpanExporter
     processors: list[SpanProcessor]
-    owns_provider: bool
     options: dict[str, Any] = field(default_factory=dict)
 
 
+class _PipelineSlot(SpanProcessor):
+    """The one processor runlake adds to a provider; ``configure`` swaps what it feeds.
+
+    Re-configuring therefore never leaves dead processors attached to the application's provider.
+    """
+
+    def __init__(self) -> None:
+        self.processors: tuple[SpanProcessor, ...] = ()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        for processor in self.processors:
+            processor.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: Any) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return all(p.force_flush(timeout_millis) for p in self.processors)
+
+
 _pipeline: _Pipeline | None = None
+_BATCH_OPTIONS = ("max_queue_size", "schedule_delay_millis", "max_export_batch_size", "export_timeout_millis")
+_EXPORTER_OPTIONS = ("tenant_id", "max_part_rows", "max_part_bytes", "max_buffer_bytes", "flush_interval_s")
+
+
+def _slot_of(provider: TracerProvider) -> _PipelineSlot:
+    slot = getattr(provider, "_runlake_slot", None)
+    if slot is None:
+        slot = _PipelineSlot()
+        provider.add_span_processor(slot)
+        provider._runlake_slot = slot  # type: ignore[attr-defined]
+    return slot
 
 
 def configure(
@@ -89,51 +124,46 @@ def configure(
 ) -> TracerProvider:
     """Set up tracing into the runlake lake and return the TracerProvider.
 
-    If the application already has an SDK TracerProvider, runlake's processors are added to it; otherwise
-    a new provider is created and installed globally. Calling again replaces runlake's previous pipeline.
-    Options: ``tenant_id``, ``mirror_runtime_state`` (default False), ``max_part_rows``,
-    ``max_buffer_bytes``, ``flush_interval_s``, ``max_queue_size``, ``schedule_delay_millis``,
-    ``max_export_batch_size``.
+    If the application already has an SDK TracerProvider, runlake adds to it; otherwise a new provider is
+    created and installed globally. Calling again replaces runlake's previous pipeline (flushing it).
+    Options: ``tenant_id``, ``mirror_runtime_state`` (default False), ``max_part_rows``, ``max_part_bytes``,
+    ``max_buffer_bytes``, ``flush_interval_s`` (exporter); ``max_queue_size``, ``schedule_delay_millis``,
+    ``max_export_batch_size``, ``export_timeout_millis`` (BatchSpanProcessor).
     """
     global _pipeline
-    if _pipeline is not None:
-        shutdown()
-    batch_keys = ("max_queue_size", "schedule_delay_millis", "max_export_batch_size", "export_timeout_millis")
-    exporter_keys = ("tenant_id", "max_part_rows", "max_part_bytes", "max_buffer_bytes", "flush_interval_s")
-    known = {*batch_keys, *exporter_keys, "mirror_runtime_state"}
-    unknown = set(options) - known
+    unknown = set(options) - {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, "mirror_runtime_state"}
     if unknown:
         raise TypeError(f"runlake.configure() got unknown option(s): {', '.join(sorted(unknown))}")
-    exporter = RunlakeSpanExporter(state_url, **{k: options[k] for k in exporter_keys if k in options})
+    exporter = RunlakeSpanExporter(state_url, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options})
+    shutdown()
     current = trace.get_tracer_provider()
-    owns = not isinstance(current, TracerProvider)
-    if owns:
+    if isinstance(current, TracerProvider):
+        provider = current
+        if service_name:
+            _logger.info("runlake: keeping the existing TracerProvider's resource; service_name ignored")
+    else:
         resource = Resource.create({"service.name": service_name} if service_name else {})
         provider = TracerProvider(resource=resource)
         trace.set_tracer_provider(provider)
-        if trace.get_tracer_provider() is not provider:  # the global can be set only once per process
-            provider = trace.get_tracer_provider()  # type: ignore[assignment]
-            owns = False
-    else:
-        provider = current  # type: ignore[assignment]
-        if service_name:
-            _logger.info("runlake: keeping the existing TracerProvider's resource; service_name ignored")
+        provider = trace.get_tracer_provider()  # type: ignore[assignment]  # set only once per process
     processors: list[SpanProcessor] = [
         RunStartProcessor(exporter),
-        BatchSpanProcessor(exporter, **{k: options[k] for k in batch_keys if k in options}),
+        BatchSpanProcessor(exporter, **{k: options[k] for k in _BATCH_OPTIONS if k in options}),
     ]
-    for processor in processors:
-        provider.add_span_processor(processor)
-    _pipeline = _Pipeline(provider, exporter, processors, owns, dict(options))
+    _slot_of(provider).processors = tuple(processors)
+    _pipeline = _Pipeline(provider, exporter, processors, dict(options))
     return provider
 
 
 def shutdown() -> None:
-    """Flush and close runlake's pipeline (and the provider, if runlake created it)."""
+    """Flush and close runlake's pipeline; the application's provider keeps working."""
     global _pipeline
     pipeline, _pipeline = _pipeline, None
     if pipeline is None:
         return
+    slot = _slot_of(pipeline.provider)
+    if slot.processors == tuple(pipeline.processors):
+        slot.processors = ()
     for processor in reversed(pipeline.processors):
         processor.shutdown()
     pipeline.exporter.shutdown()
@@ -144,11 +174,7 @@ def force_flush(timeout_millis: int = 30_000) -> bool:
     if _pipeline is None:
         return True
     ok = all(p.force_flush(timeout_millis) for p in _pipeline.processors)
-    return pipeline_exporter_flush(timeout_millis) and ok
-
-
-def pipeline_exporter_flush(timeout_millis: int) -> bool:
-    return _pipeline.exporter.force_flush(timeout_millis) if _pipeline else True
+    return _pipeline.exporter.force_flush(timeout_millis) and ok
 
 
 def current_exporter() -> RunlakeSpanExporter | None:

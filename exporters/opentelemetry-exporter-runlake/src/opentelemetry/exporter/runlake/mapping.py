@@ -289,6 +289,9 @@ class SpanMapper:
         self._resource_cache: dict[int, tuple[str | None, str | None]] = {}
 
     def map_span(self, span: Any, record: str = "end") -> tuple:
+        """One row; raises ValueError for a span that cannot be stored (no ids or start time)."""
+        if not isinstance(span.start_time, int) or span.context is None or not span.context.span_id:
+            raise ValueError(f"span {span.name!r} has no start time or span id")
         attributes = span.attributes or {}
         values: dict[str, Any] = {}
         ranks: dict[str, int] = {}

@@ -1,0 +1,309 @@
+"""The exporter: layout, atomic files, buffering, failures that never raise, concurrency, entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import HOSTILE_IDS, PYTHON, lake_files, python_env, read_table
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import runlake
+from opentelemetry import trace
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake.layout import encode_partition_value
+from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
+
+
+def make_spans(n: int, sessions: int = 1, prefix: str = "s", run_nodes: int = 3) -> list[ReadableSpan]:
+    """Real SDK spans: runs with nodes, spread over ``sessions`` sessions."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("test")
+    made = 0
+    i = 0
+    while made < n:
+        session = f"{prefix}{i % sessions}"
+        with tracer.start_as_current_span(
+            "invoke_agent a",
+            attributes={"gen_ai.operation.name": "invoke_agent", "session.id": session, "gen_ai.agent.name": "a"},
+        ):
+            made += 1
+            for j in range(run_nodes):
+                if made >= n:
+                    break
+                with tracer.start_as_current_span(
+                    f"chat {j}",
+                    attributes={"gen_ai.operation.name": "chat", "session.id": session, "input.value": "x" * 50},
+                ):
+                    made += 1
+        i += 1
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def test_writes_partitioned_parquet_with_every_column(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake)
+    spans = make_spans(40, sessions=4)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()
+    files = lake_files(lake)
+    assert all(f.suffix == ".parquet" and not f.name.startswith(".") for f in files), "no temp files left"
+    span_files = lake_files(lake, "spans")
+    assert len(span_files) == 4  # one part per session partition, not one per span or batch
+    for f in span_files:
+        rel = f.relative_to(lake / "spans").parts
+        assert rel[0] == "tenant=default" and rel[1] == "ttl=30" and rel[2].startswith("day=")
+        assert rel[3].startswith("session=s")
+    table = read_table(lake, "spans")
+    assert table.num_rows == 40 and tuple(table.schema.names) == SPAN_COLUMNS
+    assert set(table.column("span_type").to_pylist()) == {"run", "node"}
+    runs = read_table(lake, "runs")
+    assert runs.num_rows == 10 and set(runs.column("node_count").to_pylist()) == {3}
+    exporter.shutdown()
+
+
+def test_buffers_across_batches_and_rolls_on_rows(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake, max_part_rows=25, background_flush=False)
+    spans = make_spans(100, sessions=2)
+    for start in range(0, 100, 10):  # ten small batches
+        assert exporter.export(spans[start : start + 10]) is SpanExportResult.SUCCESS
+    rolled = len(lake_files(lake, "spans"))
+    assert 2 <= rolled <= 4, "full partitions roll on their own; the rest waits in the buffer"
+    exporter.shutdown()
+    files = lake_files(lake, "spans")
+    assert sum(pq.read_metadata(f).num_rows for f in files) == 100
+    assert all(pq.read_metadata(f).num_rows <= 25 + 10 for f in files)
+
+
+def test_hostile_ids_land_in_their_own_folders_and_read_back(lake: Path) -> None:
+    runlake.configure(lake)
+    try:
+        for sid in HOSTILE_IDS:
+            if sid:
+                with runlake.run("agent", session_id=sid, user_id=sid, input=sid):
+                    pass
+    finally:
+        runlake.shutdown()
+    db = runlake.HistoryDB(lake)
+    for sid in HOSTILE_IDS:
+        if sid:
+            runs = db.get_runs(sid)
+            assert [r["session_id"] for r in runs] == [sid]
+            assert runs[0]["input_content"] == sid
+    for folder in (lake / "spans").rglob("session=*"):
+        assert folder.resolve().is_relative_to(lake.resolve())
+    assert (lake / "spans").rglob(f"session={encode_partition_value('../x')}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real, tiny file system we can fill or make read-only (needs root to mount)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _remount(mount: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
+
+
+def test_read_only_disk_fails_softly_and_loses_nothing(tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lake = tmpfs / "lake"
+    lake.mkdir()
+    _remount(tmpfs, "ro")
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    spans = make_spans(30, sessions=3)
+    with caplog.at_level(logging.ERROR):
+        assert exporter.export(spans[:10]) is SpanExportResult.SUCCESS  # buffered, nothing written yet
+        assert exporter.force_flush() is False
+        assert exporter.export(spans[10:]) is SpanExportResult.FAILURE  # the lake is known to be failing
+        assert exporter.force_flush() is False
+    errors = [r for r in caplog.records if "cannot write a part file" in r.getMessage()]
+    assert len(errors) == 1, "logged once, with the cause"
+    assert "Read-only file system" in errors[0].getMessage()
+    stats = exporter.stats
+    assert stats["failed_writes"] >= 1 and stats["dropped_rows"] == 0 and stats["buffered_rows"] >= 30
+    _remount(tmpfs, "rw")
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    assert read_table(lake, "spans").num_rows == 30
+
+
+def test_full_disk_drops_oldest_beyond_the_cap_and_counts(tmpfs: Path) -> None:
+    lake = tmpfs / "lake"
+    (tmpfs / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 4096))  # leave almost nothing
+    exporter = RunlakeSpanExporter(lake, background_flush=False, max_buffer_bytes=64 * 1024)
+    spans = make_spans(600, sessions=6)
+    results = [exporter.export(spans[i : i + 100]) for i in range(0, 600, 100)]
+    assert SpanExportResult.FAILURE in results
+    stats = exporter.stats
+    assert stats["dropped_rows"] > 0 and stats["failing"] and "No space left" in stats["failing"]
+    assert stats["buffered_rows"] * 160 <= 64 * 1024 + 160 * 100, "memory stays bounded"
+    (tmpfs / "filler").unlink()
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    written = read_table(lake, "spans").num_rows
+    assert written + stats["dropped_rows"] == 600, "every span is either on disk or counted as dropped"
+
+
+def test_export_never_raises_on_unstorable_spans(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake)
+    good = make_spans(3)
+    broken = ReadableSpan(name="no-start", context=good[0].context, start_time=None)
+    assert exporter.export([broken, *good]) is SpanExportResult.FAILURE
+    assert exporter.stats["rejected_spans"] == 1
+    exporter.shutdown()
+    assert read_table(lake, "spans").num_rows == 3
+    assert exporter.export(good) is SpanExportResult.FAILURE  # after shutdown, as the SDK contract says
+
+
+def test_threads_writing_one_session_and_day(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake, max_part_rows=50)
+    batches = [make_spans(200, sessions=1, prefix="same") for _ in range(6)]
+    threads = [threading.Thread(target=exporter.export, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    exporter.shutdown()
+    table = read_table(lake, "spans")
+    ids = table.column("span_id").to_pylist()
+    assert len(ids) == 1200 and len(set(ids)) == 1200
+
+
+CHILD_WRITER = textwrap.dedent(
+    """
+    import sys
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(RunlakeSpanExporter(sys.argv[1], max_part_rows=40)))
+    tracer = provider.get_tracer("child")
+    for i in range(300):
+        with tracer.start_as_current_span("invoke_agent a", attributes={"session.id": "shared",
+                                          "gen_ai.operation.name": "invoke_agent"}):
+            pass
+    provider.shutdown()
+    """
+)
+
+
+def test_two_processes_writing_one_session_and_day(lake: Path) -> None:
+    children = [subprocess.Popen([PYTHON, "-c", CHILD_WRITER, str(lake)], env=python_env()) for _ in range(2)]
+    assert all(c.wait(timeout=120) == 0 for c in children)
+    table = read_table(lake, "spans")
+    assert table.num_rows == 600 and len(set(table.column("span_id").to_pylist())) == 600
+    assert len(list((lake / "spans").rglob("session=shared"))) == 1
+    assert runlake.HistoryDB(lake).get_runs("shared", limit=None).__len__() == 600
+
+
+def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            from opentelemetry import trace
+            tracer = trace.get_tracer("app")
+            with tracer.start_as_current_span("invoke_agent helper", attributes={
+                    "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper",
+                    "gen_ai.conversation.id": "ep-session", "input.value": "hi"}):
+                with tracer.start_as_current_span("chat gpt", attributes={"gen_ai.operation.name": "chat",
+                        "gen_ai.conversation.id": "ep-session", "gen_ai.usage.input_tokens": 7}):
+                    pass
+            """
+        )
+    )
+    env = python_env(
+        OTEL_TRACES_EXPORTER="runlake",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        OTEL_SERVICE_NAME="ep-app",
+        RUNLAKE_STATE_URL=str(lake),
+    )
+    done = subprocess.run(
+        [str(Path(PYTHON).parent / "opentelemetry-instrument"), PYTHON, str(app)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = runlake.HistoryDB(lake).get_runs("ep-session")
+    assert len(runs) == 1 and runs[0]["metadata"]["agent_name"] == "helper" and runs[0]["status"] == "completed"
+    logs = runlake.HistoryDB(lake).get_logs(runs[0]["run_id"])
+    assert logs["summary"]["total_nodes"] == 1 and logs["summary"]["tokens_used"] == 7
+    assert read_table(lake, "spans").column("service_name").to_pylist() == ["ep-app", "ep-app"]
+
+
+def test_run_in_progress_is_visible_as_running(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    span = tracer.start_span(
+        "invoke_agent slow", attributes={"gen_ai.operation.name": "invoke_agent", "session.id": "live"}
+    )
+    assert exporter.force_flush()
+    db = runlake.HistoryDB(lake)
+    [running] = db.get_runs("live")
+    assert running["status"] == "running" and running["ended_at"] is None
+    assert db.get_history()[0]["status"] == "running"
+    span.end()
+    exporter.export([span])
+    exporter.shutdown()
+    [done] = db.get_runs("live")
+    assert done["status"] == "completed" and done["ended_at"] is not None
+    assert len(db.get_history()) == 1, "the start row is superseded, never counted twice"
+
+
+def test_run_whose_process_dies_stays_visible_as_running(lake: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys, runlake
+        runlake.configure(sys.argv[1])
+        with runlake.run("doomed", session_id="crash", input="work"):
+            with runlake.node("step-1", type="tool"):
+                pass
+            runlake.force_flush()
+            print("flushed", flush=True)
+            os._exit(9)  # the process dies before the run ends
+        """
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", script, str(lake)], env=python_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 9 and "flushed" in done.stdout
+    db = runlake.HistoryDB(lake)
+    [run] = db.get_runs("crash")
+    assert run["status"] == "running" and run["input_content"] == "work"
+    logs = db.get_logs(run["run_id"])
+    assert [n["id"] for n in logs["nodes"]] == ["step-1"]
+    assert json.loads(json.dumps(db.get_traces(session_id="crash")))[0]["status"] == "running"
+
+
+def test_exporter_configures_itself_from_the_environment(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNLAKE_STATE_URL", f"file://{lake}")
+    monkeypatch.setenv("RUNLAKE_TENANT_ID", "acme")
+    exporter = RunlakeSpanExporter()
+    exporter.export(make_spans(2))
+    exporter.shutdown()
+    assert (lake / "spans" / "tenant=acme").is_dir()
+    assert trace.get_tracer_provider() is not None
