@@ -1,0 +1,409 @@
+"""HistoryDB: every field of the PraisonAI and CodexOS shapes, seed 000's behaviours, SQL views, TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from conftest import lake_files
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+import runlake
+from runlake.instrument import shifted_clock
+
+RUN_KEYS = {
+    "run_id",
+    "session_id",
+    "started_at",
+    "ended_at",
+    "input_content",
+    "output_content",
+    "status",
+    "metadata",
+    "metrics",
+}
+TRACE_KEYS = {
+    "trace_id",
+    "session_id",
+    "run_id",
+    "agent_name",
+    "user_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "metadata",
+    "spans",
+}
+SPAN_KEYS = {
+    "span_id",
+    "trace_id",
+    "name",
+    "parent_span_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "attributes",
+    "events",
+}
+HISTORY_KEYS = {
+    "run_id",
+    "status",
+    "started_at",
+    "duration",
+    "input",
+    "output",
+    "node_count",
+    "tokens_used",
+    "cost_cents",
+}
+LOGS_KEYS = {"run_id", "nodes", "errors", "final_output", "summary"}
+NODE_KEYS = {"id", "type", "input", "output", "time", "status", "error_message", "metadata"}
+SUMMARY_KEYS = {"total_nodes", "successful_nodes", "failed_nodes", "total_duration", "tokens_used", "cost_cents"}
+
+
+def workload(lake: Path) -> dict[str, str]:
+    """Three runs in one session (one failed), one in another session; simulated times and durations."""
+    ids: dict[str, str] = {}
+    runlake.configure(lake)
+    try:
+        with shifted_clock(-3600) as advance:
+            with runlake.run("triager", "s1", user_id="u1", input="Process PR #42", metadata={"pr": 42}) as r:
+                with runlake.node("planner", type="llm", input="plan it", metadata={"temp": 0.1}) as n:
+                    advance(8)
+                    n.set_output("the plan")
+                    n.set_usage(input_tokens=1000, output_tokens=250)
+                    n.set_cost(cents=25)
+                with runlake.node("lint", type="tool", input={"path": "a.py"}) as n:
+                    advance(37.2)
+                    n.set_output({"issues": 0})
+                r.set_output("No issues found")
+                ids["ok"] = r.run_id
+            advance(60)
+            with pytest.raises(ValueError):
+                with runlake.run("triager", "s1", user_id="u1", input="Process PR #43") as r:
+                    ids["failed"] = r.run_id
+                    with runlake.node("planner", type="llm"):
+                        advance(1)
+                    with runlake.node("fetch", type="tool"):
+                        advance(2)
+                        raise ValueError("repository not found")
+            advance(60)
+            with runlake.run("researcher", "s1", user_id="u2", input="q") as r:
+                ids["newest"] = r.run_id
+                advance(0.25)
+            with runlake.run("researcher", "s2", user_id="u1", input="other") as r:
+                ids["other_session"] = r.run_id
+    finally:
+        runlake.shutdown()
+    return ids
+
+
+@pytest.fixture
+def history(lake: Path) -> tuple[runlake.HistoryDB, dict[str, str]]:
+    ids = workload(lake)
+    return runlake.HistoryDB(lake), ids
+
+
+def test_get_runs_shape_and_order(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, ids = history
+    runs = db.get_runs("s1")
+    assert [r["run_id"] for r in runs] == [ids["newest"], ids["failed"], ids["ok"]], "newest started_at first"
+    for r in runs:
+        assert set(r) == RUN_KEYS
+        assert isinstance(r["started_at"], float) and isinstance(r["ended_at"], float)
+        assert r["session_id"] == "s1"
+    ok = runs[2]
+    assert ok["status"] == "completed" and ok["input_content"] == "Process PR #42"
+    assert ok["output_content"] == "No issues found"
+    assert ok["metadata"] == {"agent_name": "triager", "pr": 42}
+    assert ok["metrics"]["duration_ms"] == pytest.approx(45_200, abs=1)
+    failed = runs[1]
+    assert failed["status"] == "error" and failed["metrics"] == {"error": "ValueError: repository not found"}
+    assert failed["output_content"] is None
+
+
+def test_limits_and_unconfigured(history: tuple[runlake.HistoryDB, dict[str, str]], caplog, monkeypatch) -> None:
+    db, ids = history
+    assert len(db.get_runs("s1", limit=None)) == 3
+    assert [r["run_id"] for r in db.get_runs("s1", limit=1)] == [ids["newest"]]
+    assert db.get_runs("s1", limit=0) == [] and db.get_runs("s1", limit=-1) == []
+    assert db.get_traces(limit=0) == []
+    assert db.get_runs("no-such-session") == []
+    monkeypatch.delenv("RUNLAKE_STATE_URL", raising=False)
+    monkeypatch.delenv("PRAISONAI_STATE_URL", raising=False)
+    bare = runlake.HistoryDB()
+    with caplog.at_level(logging.WARNING):
+        assert bare.get_runs("s1") == [] and bare.get_traces() == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert "get_runs() called but no state_url configured; returning []" in messages
+    assert "get_traces() called but no state_url configured; returning []" in messages
+
+
+def test_praisonai_state_url_env(history, lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNLAKE_STATE_URL", raising=False)
+    monkeypatch.setenv("PRAISONAI_STATE_URL", f"file://{lake}")
+    assert len(runlake.HistoryDB().get_runs("s1")) == 3
+
+
+def test_get_traces_fills_spans(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, ids = history
+    traces = db.get_traces(session_id="s1")
+    assert [t["run_id"] for t in traces] == [ids["newest"], ids["failed"], ids["ok"]]
+    for t in traces:
+        assert set(t) == TRACE_KEYS
+        assert t["spans"] and all(set(s) == SPAN_KEYS for s in t["spans"])
+        assert {s["trace_id"] for s in t["spans"]} == {t["trace_id"]}
+    ok = traces[2]
+    assert ok["status"] == "ok" and ok["agent_name"] == "triager" and ok["user_id"] == "u1"
+    assert ok["metadata"] == {"pr": 42}
+    names = [s["name"] for s in ok["spans"]]
+    assert names == ["invoke_agent triager", "chat planner", "execute_tool lint"]
+    root, planner, _ = ok["spans"]
+    assert root["parent_span_id"] is None and planner["parent_span_id"] == root["span_id"]
+    assert planner["attributes"]["gen_ai.usage.input_tokens"] == 1000
+    assert planner["attributes"]["llm.token_count.prompt"] == 1000
+    assert planner["attributes"]["session.id"] == "s1" and planner["attributes"]["input.value"] == "plan it"
+    assert planner["status"] == "ok" and planner["ended_at"] - planner["started_at"] == pytest.approx(8, abs=0.01)
+    failed = traces[1]
+    assert failed["status"] == "error"
+    fetch = [s for s in failed["spans"] if s["name"] == "execute_tool fetch"][0]
+    assert fetch["status"] == "error" and fetch["attributes"]["error.type"] == "ValueError"
+    assert fetch["events"][0]["name"] == "exception"
+    assert fetch["events"][0]["attributes"]["exception.message"] == "repository not found"
+
+
+def test_get_traces_by_user_and_all(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, ids = history
+    by_user = db.get_traces(user_id="u1")
+    assert [t["run_id"] for t in by_user] == [ids["other_session"], ids["failed"], ids["ok"]]
+    assert all(t["spans"] for t in by_user)
+    assert [t["run_id"] for t in db.get_traces(user_id="u1", limit=1)] == [ids["other_session"]]
+    assert len(db.get_traces()) == 4
+    assert [t["run_id"] for t in db.get_traces(session_id="s1", user_id="u2")] == [ids["newest"]]
+
+
+def test_get_history_shape(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, ids = history
+    items = db.get_history()
+    assert [i["run_id"] for i in items][-1] == ids["ok"] and len(items) == 4
+    ok = items[-1]
+    assert set(ok) == HISTORY_KEYS
+    assert ok == {
+        "run_id": ids["ok"],
+        "status": "completed",
+        "started_at": ok["started_at"],
+        "duration": "45.2s",
+        "input": "Process PR #42",
+        "output": "No issues found",
+        "node_count": 2,
+        "tokens_used": 1250,
+        "cost_cents": 25,
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ok["started_at"])
+    failed = [i for i in items if i["run_id"] == ids["failed"]][0]
+    assert failed["status"] == "failed" and failed["node_count"] == 2 and failed["duration"] == "3s"
+    assert [i["run_id"] for i in db.get_history(agent_id="researcher")] == [ids["other_session"], ids["newest"]]
+    assert [i["run_id"] for i in db.get_history(skip=1, limit=2)] == [i["run_id"] for i in items[1:3]]
+    assert db.get_history(limit=0) == [] and db.get_history(agent_id="nobody") == []
+    with pytest.raises(ValueError):
+        db.get_history(skip=-1)
+
+
+def test_get_logs_shape(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, ids = history
+    logs = db.get_logs(ids["ok"])
+    assert set(logs) == LOGS_KEYS and logs["run_id"] == ids["ok"]
+    assert logs["final_output"] == "No issues found" and logs["errors"] == []
+    planner, lint = logs["nodes"]
+    assert set(planner) == NODE_KEYS
+    assert planner == {
+        "id": "planner",
+        "type": "llm",
+        "input": "plan it",
+        "output": "the plan",
+        "time": "8s",
+        "status": "completed",
+        "error_message": None,
+        "metadata": {"temp": 0.1},
+    }
+    assert lint["type"] == "tool" and lint["input"] == '{"path": "a.py"}' and lint["time"] == "37.2s"
+    assert logs["summary"] == {
+        "total_nodes": 2,
+        "successful_nodes": 2,
+        "failed_nodes": 0,
+        "total_duration": "45.2s",
+        "tokens_used": 1250,
+        "cost_cents": 25,
+    }
+    failed = db.get_logs(ids["failed"])
+    assert failed["summary"]["failed_nodes"] == 1 and failed["summary"]["successful_nodes"] == 1
+    assert failed["nodes"][1]["status"] == "failed"
+    assert failed["nodes"][1]["error_message"] == "ValueError: repository not found"
+    assert {
+        "node_id": "fetch",
+        "error_type": "ValueError",
+        "error_message": "ValueError: repository not found",
+    } in failed["errors"]
+    assert failed["final_output"] is None
+    with pytest.raises(LookupError, match="not found"):
+        db.get_logs("no-such-run")
+
+
+def test_scoped_reads(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, ids = history
+    u2 = db.scoped(tenant_id="default", user_id="u2")
+    assert [i["run_id"] for i in u2.get_history()] == [ids["newest"]]
+    with pytest.raises(LookupError):
+        u2.get_logs(ids["ok"])
+    assert db.scoped(tenant_id="other").get_history() == []
+    assert [r["run_id"] for r in u2.get_runs("s1")] == [ids["newest"]]
+
+
+def test_truncated_parquet_file_is_skipped_with_a_warning(history, lake: Path, caplog) -> None:
+    db, ids = history
+    victim = next(p for p in lake_files(lake, "spans") if "session=s1" in str(p))
+    victim.write_bytes(victim.read_bytes()[:100])
+    junk = victim.parent / "part-zzz-junk.parquet"
+    junk.write_bytes(b"PAR1 not really")
+    (victim.parent / ".part-hidden.parquet").write_bytes(b"hidden half-written file")
+    with caplog.at_level(logging.WARNING):
+        runs = db.get_runs("s1")
+    assert runs == [], "the only file of that session is unreadable: no rows, but no failed query"
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert str(victim) in warnings and str(junk) in warnings and ".part-hidden" not in warnings
+    assert len(db.get_history()) == 4, "the runs index is intact and other sessions still read"
+    assert [r["run_id"] for r in db.get_runs("s2")] == [ids["other_session"]]
+    assert db.sql("SELECT count(*) FROM spans").fetchall()[0][0] > 0
+
+
+def test_sql_views(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
+    db, _ = history
+    rel = db.sql("SELECT span_type, count(*) AS n FROM spans GROUP BY span_type ORDER BY span_type")
+    assert rel.fetchall() == [("node", 4), ("run", 4)]
+    runs = db.sql("SELECT agent_name, count(*), sum(input_tokens) FROM runs GROUP BY 1 ORDER BY 1").fetchall()
+    assert runs == [("researcher", 2, 0), ("triager", 2, 1000)]
+    row = db.sql("SELECT duration_ms, start_time FROM spans WHERE node_id = 'planner' AND input_tokens = 1000")
+    duration, start = row.fetchall()[0]
+    assert duration == pytest.approx(8000, abs=1) and isinstance(start, dt.datetime)
+    empty = runlake.HistoryDB(Path(db.root) / "nowhere")
+    assert empty.sql("SELECT count(*) FROM spans").fetchall() == [(0,)]
+
+
+def test_foreign_instrumentation_is_classified(configured: Path) -> None:
+    tracer = trace.get_tracer("openinference.instrumentation.x")
+    with tracer.start_as_current_span(
+        "Agent.run",
+        attributes={"openinference.span.kind": "AGENT", "session.id": "oi", "user.id": "u9", "input.value": "question"},
+    ) as agent_span:
+        with tracer.start_as_current_span(
+            "ChatCompletion",
+            attributes={
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "gpt-x",
+                "llm.token_count.prompt": 11,
+                "llm.token_count.completion": 4,
+                "output.value": "answer",
+            },
+        ):
+            pass
+        with tracer.start_as_current_span("search", attributes={"traceloop.span.kind": "tool"}) as tool:
+            tool.set_status(Status(StatusCode.ERROR, "timeout"))
+        agent_span.set_attribute("output.value", "final")
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    [run] = db.get_runs("oi")  # children inherited the session from their run
+    assert run["input_content"] == "question" and run["output_content"] == "final"
+    logs = db.get_logs(run["run_id"])
+    assert [(n["id"], n["type"], n["status"]) for n in logs["nodes"]] == [
+        ("ChatCompletion", "llm", "completed"),
+        ("search", "tool", "failed"),
+    ]
+    assert logs["summary"]["tokens_used"] == 15 and logs["errors"][0]["error_message"] == "timeout"
+    assert db.get_history()[0]["node_count"] == 2 and db.get_history()[0]["tokens_used"] == 15
+
+
+def test_decorators_sync_and_async(configured: Path) -> None:
+    @runlake.step(type="tool")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @runlake.step(type="llm", name="think")
+    async def think(q: str) -> str:
+        return q.upper()
+
+    @runlake.agent("calc", session_id="deco")
+    def calc(x: int) -> int:
+        return add(x, 1)
+
+    @runlake.agent()
+    async def shouter(q: str, session_id: str) -> str:
+        return await think(q)
+
+    assert calc(2) == 3
+    assert asyncio.run(shouter("hi", session_id="deco")) == "HI"
+    with pytest.raises(ZeroDivisionError):
+        runlake.agent("boom", session_id="deco")(lambda: 1 / 0)()
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    runs = db.get_runs("deco")
+    assert [(r["metadata"]["agent_name"], r["status"]) for r in runs] == [
+        ("boom", "error"),
+        ("shouter", "completed"),
+        ("calc", "completed"),
+    ]
+    assert runs[1]["output_content"] == "HI" and runs[1]["input_content"] == '{"q": "hi", "session_id": "deco"}'
+    nodes = db.get_logs(runs[2]["run_id"])["nodes"]
+    assert [(n["id"], n["type"], n["output"]) for n in nodes] == [("add", "tool", "3")]
+    assert db.get_logs(runs[1]["run_id"])["nodes"][0]["id"] == "think"
+
+
+def test_configure_adds_to_an_existing_provider(lake: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    runlake.configure(lake)  # makes sure an SDK provider is installed globally
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    theirs = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(theirs))  # the application's own pipeline
+    assert runlake.configure(lake / "again") is provider, "added to the existing provider, not replaced"
+    with runlake.run("a", "both"):
+        pass
+    runlake.shutdown()
+    assert [s.name for s in theirs.get_finished_spans()] == ["invoke_agent a"]
+    assert len(runlake.HistoryDB(lake / "again").get_runs("both")) == 1
+    assert runlake.HistoryDB(lake).get_runs("both") == [], "the replaced pipeline no longer receives spans"
+    theirs.shutdown()
+
+
+def test_ttl_is_exact_per_run(lake: Path) -> None:
+    runlake.configure(lake)
+    day = 86_400
+    try:
+        for age_days, ttl in [(2, 1), (2, 3), (5, 3), (40, 30), (10, 30), (31, 30)]:
+            with shifted_clock(-age_days * day):
+                with runlake.run("a", f"s-{age_days}-{ttl}", ttl_days=ttl):
+                    with runlake.node("n1"):
+                        pass
+                    with runlake.node("n2"):
+                        pass
+    finally:
+        runlake.shutdown()
+    db = runlake.HistoryDB(lake)
+    assert len(db.get_history()) == 6
+    now = dt.datetime.now(dt.timezone.utc)
+    # kept through day D+N, removed from D+N+1: ages 2/ttl 1, 5/ttl 3, 40/30 and 31/30 expire
+    result = db.cleanup_expired(now=now)
+    assert result == {"executions_deleted": 4, "nodes_deleted": 8}
+    left = sorted(i["run_id"] for i in db.get_history())
+    assert len(left) == 2
+    assert {r["session_id"] for t in db.get_traces() for r in [t]} == {"s-2-3", "s-10-30"}
+    assert db.cleanup_expired(now=now) == {"executions_deleted": 0, "nodes_deleted": 0}
+    assert db.cleanup_expired(now=now, max_age_days=5) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert not [p for p in (lake / "spans").rglob("session=s-10-30")]
