@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from opentelemetry.exporter.runlake.layout import is_data_file
 
 import runlake
-from opentelemetry.exporter.runlake.layout import is_data_file
 
 HOSTILE_IDS = [
     "../x",

@@ -13,15 +13,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import HOSTILE_IDS, PYTHON, lake_files, python_env, read_table
+from opentelemetry import trace
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake.layout import encode_partition_value
+from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import runlake
-from opentelemetry import trace
-from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
-from opentelemetry.exporter.runlake.layout import encode_partition_value
-from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
 
 
 def make_spans(n: int, sessions: int = 1, prefix: str = "s", run_nodes: int = 3) -> list[ReadableSpan]:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from conftest import HOSTILE_IDS
-
 from opentelemetry.exporter.runlake.layout import (
     decode_partition_value,
     encode_partition_value,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-
 from opentelemetry.exporter.runlake.layout import (
     RUNS,
     SPANS,

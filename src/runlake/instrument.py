@@ -19,14 +19,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake import mapping as m
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
-
-from opentelemetry import trace
-from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
-from opentelemetry.exporter.runlake import mapping as m
 
 _logger = logging.getLogger(__name__)
 _TRACER_NAME = "runlake"

@@ -17,7 +17,6 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA, SPANS_SCHEMA
 
