@@ -27,6 +27,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
+from .forward import ForwardingProcessor, forwarding_settings
+
 _logger = logging.getLogger(__name__)
 _TRACER_NAME = "runlake"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,6 +121,10 @@ def _slot_of(provider: TracerProvider) -> _PipelineSlot:
 def configure(
     state_url: str | os.PathLike[str] | None = None,
     service_name: str | None = None,
+    *,
+    otlp_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
+    otlp_headers: Mapping[str, str] | str | None = None,
     **options: Any,
 ) -> TracerProvider:
     """Set up tracing into the runlake lake and return the TracerProvider.
@@ -128,11 +134,16 @@ def configure(
     Options: ``tenant_id``, ``mirror_runtime_state`` (default False), ``max_part_rows``, ``max_part_bytes``,
     ``max_buffer_bytes``, ``flush_interval_s`` (exporter); ``max_queue_size``, ``schedule_delay_millis``,
     ``max_export_batch_size``, ``export_timeout_millis`` (BatchSpanProcessor).
+
+    Forwarding: ``otlp_endpoint`` (else ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``),
+    ``otlp_protocol`` ``"grpc"`` (default) or ``"http/protobuf"``, ``otlp_headers`` (dict or ``k=v,k2=v2``) add
+    the stock OTLP exporter in its own BatchSpanProcessor; ``otlp_timeout_s`` bounds each export (5 s).
     """
     global _pipeline
-    unknown = set(options) - {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, "mirror_runtime_state"}
+    unknown = set(options) - {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, "mirror_runtime_state", "otlp_timeout_s"}
     if unknown:
         raise TypeError(f"runlake.configure() got unknown option(s): {', '.join(sorted(unknown))}")
+    forwarding = forwarding_settings(otlp_endpoint, otlp_protocol, otlp_headers)  # bad settings fail first
     exporter = RunlakeSpanExporter(state_url, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options})
     shutdown()
     current = trace.get_tracer_provider()
@@ -145,10 +156,12 @@ def configure(
         provider = TracerProvider(resource=resource)
         trace.set_tracer_provider(provider)
         provider = trace.get_tracer_provider()  # type: ignore[assignment]  # set only once per process
-    processors: list[SpanProcessor] = [
-        RunStartProcessor(exporter),
-        BatchSpanProcessor(exporter, **{k: options[k] for k in _BATCH_OPTIONS if k in options}),
-    ]
+    batch_options = {k: options[k] for k in _BATCH_OPTIONS if k in options}
+    processors: list[SpanProcessor] = [RunStartProcessor(exporter), BatchSpanProcessor(exporter, **batch_options)]
+    if forwarding is not None:
+        endpoint, protocol, headers = forwarding
+        timeout_s = float(options.get("otlp_timeout_s", 5.0))
+        processors.append(ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, **batch_options))
     _slot_of(provider).processors = tuple(processors)
     _pipeline = _Pipeline(provider, exporter, processors, dict(options))
     return provider
@@ -174,6 +187,16 @@ def force_flush(timeout_millis: int = 30_000) -> bool:
         return True
     ok = all(p.force_flush(timeout_millis) for p in _pipeline.processors)
     return _pipeline.exporter.force_flush(timeout_millis) and ok
+
+
+def forwarding_stats() -> dict[str, Any] | None:
+    """Counts of spans forwarded to the OTLP collector (and of those that did not get there), if forwarding."""
+    if _pipeline is None:
+        return None
+    for processor in _pipeline.processors:
+        if isinstance(processor, ForwardingProcessor):
+            return processor.stats
+    return None
 
 
 def current_exporter() -> RunlakeSpanExporter | None:

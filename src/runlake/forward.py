@@ -1,0 +1,187 @@
+"""Forwarding to an existing OTLP collector beside the Parquet copy.
+
+The stock OTLP exporter runs in its own ``BatchSpanProcessor``: a collector that is down or slow only fills
+that processor's bounded queue, never blocks the application and never delays the lake. What does not reach
+the collector is counted (``ForwardingProcessor.stats``) and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+_logger = logging.getLogger(__name__)
+PROTOCOLS = ("grpc", "http/protobuf")
+
+
+def parse_headers(headers: Mapping[str, str] | str | None) -> dict[str, str]:
+    """Headers as a dict; a string is the ``OTEL_EXPORTER_OTLP_HEADERS`` form ``k=v,k2=v2`` (URL-encoded)."""
+    if headers is None:
+        return {}
+    if isinstance(headers, Mapping):
+        return {str(k): str(v) for k, v in headers.items()}
+    out: dict[str, str] = {}
+    for item in headers.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad OTLP header {item!r}: expected key=value")
+        out[unquote(key.strip())] = unquote(value.strip())
+    return out
+
+
+def forwarding_settings(
+    endpoint: str | None, protocol: str | None, headers: Mapping[str, str] | str | None
+) -> tuple[str, str, dict[str, str]] | None:
+    """Resolve endpoint, protocol and headers from the arguments, else the standard OTEL_EXPORTER_OTLP_* vars."""
+    env = os.environ
+    from_env = endpoint is None
+    if from_env:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint:
+        return None
+    protocol = (
+        protocol or env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    )
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"otlp_protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if headers is None:
+        headers = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS")
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"OTLP endpoint must be an http(s) URL like http://collector:4317, got {endpoint!r}")
+    if protocol == "http/protobuf":
+        signal_specific = from_env and env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if not signal_specific and parsed.path in ("", "/"):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"  # as the spec does for the base endpoint
+    return endpoint, protocol, parse_headers(headers)
+
+
+def build_otlp_exporter(endpoint: str, protocol: str, headers: Mapping[str, str], timeout_s: float) -> SpanExporter:
+    """The stock OTLP span exporter for the protocol."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        parsed = urlparse(endpoint)
+        return GrpcExporter(
+            endpoint=endpoint,
+            insecure=parsed.scheme == "http",
+            headers=dict(headers) or None,
+            timeout=timeout_s,
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(endpoint=endpoint, headers=dict(headers) or None, timeout=timeout_s)
+
+
+class CountingSpanExporter(SpanExporter):
+    """Wraps an exporter to count what it was given, what it delivered, and what failed (logged once)."""
+
+    def __init__(self, exporter: SpanExporter, label: str) -> None:
+        self._exporter = exporter
+        self._label = label
+        self._lock = threading.Lock()
+        self.handed = 0
+        self.sent = 0
+        self.failed = 0
+        self._failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            self.handed += len(spans)
+        try:
+            result = self._exporter.export(spans)
+        except Exception:  # noqa: BLE001 - never raise into the processor's thread
+            _logger.exception("runlake: forwarding to %s raised", self._label)
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                self.sent += len(spans)
+                if self._failing:
+                    self._failing = False
+                    _logger.warning("runlake: forwarding to %s works again", self._label)
+            else:
+                self.failed += len(spans)
+                if not self._failing:
+                    self._failing = True
+                    _logger.error(
+                        "runlake: could not forward %d spans to %s; the local lake keeps them. "
+                        "Further failures are counted (see runlake.forwarding_stats())",
+                        len(spans),
+                        self._label,
+                    )
+        return result
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+
+class ForwardingProcessor(SpanProcessor):
+    """A ``BatchSpanProcessor`` around the stock OTLP exporter, with counts and a bounded shutdown."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        protocol: str = "grpc",
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 5.0,
+        shutdown_timeout_s: float = 5.0,
+        **batch_options: Any,
+    ) -> None:
+        self.endpoint = endpoint
+        self.protocol = protocol
+        self.exporter = CountingSpanExporter(
+            build_otlp_exporter(endpoint, protocol, headers or {}, timeout_s), f"{endpoint} ({protocol})"
+        )
+        self._batch = BatchSpanProcessor(self.exporter, **batch_options)
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self.ended = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            self.ended += 1
+        self._batch.on_end(span)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._batch.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        """Flush what the collector will take within ``shutdown_timeout_s``; never hold the application longer."""
+        worker = threading.Thread(target=self._batch.shutdown, name="runlake-forward-shutdown", daemon=True)
+        worker.start()
+        worker.join(self._shutdown_timeout_s)
+        stats = self.stats
+        if worker.is_alive() or stats["not_forwarded"]:
+            _logger.warning(
+                "runlake: %d of %d spans were not forwarded to %s (collector down or slow); the local lake has them",
+                stats["not_forwarded"],
+                stats["ended"],
+                self.endpoint,
+            )
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        e = self.exporter
+        return {
+            "endpoint": self.endpoint,
+            "protocol": self.protocol,
+            "ended": self.ended,
+            "sent": e.sent,
+            "failed": e.failed,
+            "queued_or_dropped": max(self.ended - e.handed, 0),
+            "not_forwarded": max(self.ended - e.sent, 0),
+        }

@@ -1,0 +1,158 @@
+"""Forwarding to an OTLP receiver runlake did not write (oteltest's gRPC and HTTP sinks), and to one that is down.
+
+The sinks come from the ``oteltest`` package; they bind all interfaces on the free port we give them, and
+these tests only ever send to 127.0.0.1. They are stopped by the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from oteltest.sink import GrpcSink, HttpSink
+from oteltest.sink.handler import RequestHandler
+
+import runlake
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Collected(RequestHandler):
+    """Keeps every span the sink receives, with its attributes, and the request headers."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict] = []
+        self.headers: list[dict] = []
+        self.lock = threading.Lock()
+
+    def handle_logs(self, request, headers) -> None:  # noqa: ARG002
+        pass
+
+    def handle_metrics(self, request, headers) -> None:  # noqa: ARG002
+        pass
+
+    def handle_trace(self, request: ExportTraceServiceRequest, headers) -> None:
+        with self.lock:
+            self.headers.append(
+                dict(headers) if not hasattr(headers, "invocation_metadata") else dict(headers.invocation_metadata())
+            )
+            for rs in request.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        attrs = {}
+                        for kv in span.attributes:
+                            value = kv.value
+                            attrs[kv.key] = getattr(value, value.WhichOneof("value"))
+                        self.spans.append({"name": span.name, "span_id": span.span_id.hex(), "attributes": attrs})
+
+
+@pytest.fixture(params=["grpc", "http/protobuf"])
+def sink(request) -> Iterator[tuple[str, str, Collected]]:
+    collected = Collected()
+    port = free_port()
+    logger = logging.getLogger("oteltest")
+    if request.param == "grpc":
+        server = GrpcSink(collected, logger, port=port)
+    else:
+        server = HttpSink(collected, logger, port=port)
+    server.start()
+    if request.param == "http/protobuf":  # the HTTP sink starts in a thread: wait until it accepts
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                continue
+    try:
+        yield request.param, f"http://127.0.0.1:{port}", collected
+    finally:
+        server.stop()
+
+
+def agent_work(runs: int = 5) -> None:
+    for i in range(runs):
+        with runlake.run("fwd-agent", session_id=f"fwd-{i % 2}", user_id="u", input=f"task {i}") as r:
+            with runlake.node("think", type="llm") as n:
+                n.set_usage(input_tokens=3, output_tokens=2)
+                n.set_model("m-1", provider="openai")
+            with runlake.node("lookup", type="tool"):
+                pass
+            r.set_output("done")
+
+
+def test_forwarded_spans_carry_genai_and_openinference_attributes(sink, lake: Path) -> None:
+    protocol, endpoint, collected = sink
+    runlake.configure(lake, otlp_endpoint=endpoint, otlp_protocol=protocol, otlp_headers={"x-team": "agents"})
+    agent_work(5)
+    runlake.shutdown()
+    assert len(collected.spans) == 15, "every span arrives"
+    by_name = {s["name"]: s["attributes"] for s in collected.spans}
+    run = by_name["invoke_agent fwd-agent"]
+    assert run["gen_ai.operation.name"] == "invoke_agent" and run["openinference.span.kind"] == "AGENT"
+    assert run["gen_ai.agent.name"] == "fwd-agent" and run["session.id"] in ("fwd-0", "fwd-1")
+    assert run["gen_ai.conversation.id"] == run["session.id"] and run["output.value"] == "done"
+    llm = by_name["chat think"]
+    assert llm["openinference.span.kind"] == "LLM" and llm["gen_ai.usage.input_tokens"] == 3
+    assert llm["llm.token_count.completion"] == 2 and llm["gen_ai.request.model"] == "m-1"
+    assert by_name["execute_tool lookup"]["gen_ai.tool.name"] == "lookup"
+    assert any(h.get("x-team") == "agents" for h in collected.headers)
+    # the local copy is complete too, with the same span ids
+    local = runlake.HistoryDB(lake).sql("SELECT span_id FROM spans").fetchall()
+    assert {r[0] for r in local} == {s["span_id"] for s in collected.spans}
+
+
+def test_standard_environment_variables(sink, lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    protocol, endpoint, collected = sink
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    runlake.configure(lake)
+    agent_work(2)
+    runlake.shutdown()
+    assert len(collected.spans) == 6
+
+
+def _time_work(runs: int) -> float:
+    started = time.perf_counter()
+    agent_work(runs)
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_collector_down_costs_the_lake_nothing_and_the_app_little(lake: Path, protocol: str, caplog) -> None:
+    """Stated bound: with the collector down, the instrumented code is at most 3x slower per span than with
+    forwarding off (measured as the best of three rounds), and shutdown returns within otlp_timeout_s + 2 s."""
+    runlake.configure(lake / "baseline")
+    baseline = min(_time_work(100) for _ in range(3))
+    runlake.shutdown()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    runlake.configure(lake, otlp_endpoint=dead, otlp_protocol=protocol, otlp_timeout_s=1, schedule_delay_millis=50)
+    with caplog.at_level(logging.WARNING):
+        down = min(_time_work(100) for _ in range(3))
+        stats_before = runlake.forwarding_stats()
+        started = time.perf_counter()
+        runlake.shutdown()
+        shutdown_s = time.perf_counter() - started
+    assert down <= 3 * baseline + 0.05, f"{down:.3f}s vs {baseline:.3f}s without forwarding"
+    assert shutdown_s <= 1 + 2, f"shutdown took {shutdown_s:.1f}s"
+    assert stats_before["ended"] == 900
+    db = runlake.HistoryDB(lake)
+    assert db.sql("SELECT count(*) FROM spans").fetchall() == [(900,)], "the lake has every span"
+    assert any("not forwarded" in r.getMessage() or "could not forward" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_forwarding_settings_are_clear_errors(lake: Path) -> None:
+    with pytest.raises(ValueError, match="otlp_protocol"):
+        runlake.configure(lake, otlp_endpoint="http://127.0.0.1:1", otlp_protocol="carrier-pigeon")
+    with pytest.raises(ValueError, match="http"):
+        runlake.configure(lake, otlp_endpoint="collector:4317")
