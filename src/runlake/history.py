@@ -314,7 +314,7 @@ class HistoryDB:
             {"node_id": n["node_id"], "error_type": n["error_type"], "error_message": n["status_message"]}
             for n in failed
         ]
-        if run["status_code"] == "ERROR":
+        if run["status_code"] == "ERROR" and run["status_message"] not in {e["error_message"] for e in errors}:
             errors.append({"node_id": None, "error_type": run["error_type"], "error_message": run["status_message"]})
         tokens = sum((n["input_tokens"] or 0) + (n["output_tokens"] or 0) for n in nodes)
         cost = sum(n["cost_cents"] or 0 for n in nodes)
@@ -353,11 +353,14 @@ class HistoryDB:
         return con.sql(query)
 
     # ---- TTL ----
-    def cleanup_expired(self, now: dt.datetime | None = None, max_age_days: int | None = None) -> dict[str, int]:
+    def cleanup_expired(
+        self, now: dt.datetime | None = None, max_age_days: int | None = None, dry_run: bool = False
+    ) -> dict[str, int]:
         """Delete every day partition whose TTL has passed, by removing folders; true counts of what went.
 
         A run started on UTC day D with ``ttl_days`` N is kept through day D+N and removed from day D+N+1.
         ``max_age_days``, when given, also removes anything older than that, whatever its own TTL.
+        ``dry_run`` counts what would go and deletes nothing.
         """
         if self.root is None:
             _logger.warning("cleanup_expired() called but no state_url configured; nothing to do")
@@ -375,7 +378,7 @@ class HistoryDB:
                     expired[table].append(folder)
         runs = self._count(RUNS, expired[RUNS], "count(DISTINCT span_id)")
         nodes = self._count(SPANS, expired[SPANS], "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')")
-        for folder in expired[RUNS] + expired[SPANS]:
+        for folder in [] if dry_run else expired[RUNS] + expired[SPANS]:
             shutil.rmtree(folder, ignore_errors=True)
         return {"executions_deleted": runs, "nodes_deleted": nodes}
 

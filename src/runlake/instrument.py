@@ -138,13 +138,26 @@ def configure(
     Forwarding: ``otlp_endpoint`` (else ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``),
     ``otlp_protocol`` ``"grpc"`` (default) or ``"http/protobuf"``, ``otlp_headers`` (dict or ``k=v,k2=v2``) add
     the stock OTLP exporter in its own BatchSpanProcessor; ``otlp_timeout_s`` bounds each export (5 s).
+
+    Runtime state and redaction (docs/sessions.md): ``redact`` (all attributes; default False),
+    ``redact_runtime_state`` (default True), ``max_turn_state_bytes`` (1024), ``max_runtime_state_bytes`` (10240).
     """
     global _pipeline
-    unknown = set(options) - {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, "mirror_runtime_state", "otlp_timeout_s"}
+    from . import redact as _redact
+    from . import sessions as _sessions
+
+    known = {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, *_sessions.OPTIONS, "mirror_runtime_state", "otlp_timeout_s"}
+    unknown = set(options) - known
     if unknown:
         raise TypeError(f"runlake.configure() got unknown option(s): {', '.join(sorted(unknown))}")
     forwarding = forwarding_settings(otlp_endpoint, otlp_protocol, otlp_headers)  # bad settings fail first
-    exporter = RunlakeSpanExporter(state_url, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options})
+    policy = _sessions.StatePolicy.from_options(options)
+    redact = _redact.resolve(options.get("redact"), default_on=False)
+    exporter = RunlakeSpanExporter(
+        state_url, redact=redact, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options}
+    )
+    # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
+    guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
     shutdown()
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
@@ -157,13 +170,17 @@ def configure(
         trace.set_tracer_provider(provider)
         provider = trace.get_tracer_provider()  # type: ignore[assignment]  # set only once per process
     batch_options = {k: options[k] for k in _BATCH_OPTIONS if k in options}
-    processors: list[SpanProcessor] = [RunStartProcessor(exporter), BatchSpanProcessor(exporter, **batch_options)]
+    processors: list[SpanProcessor] = [
+        RunStartProcessor(guard),  # type: ignore[arg-type]  # the guard passes record_start on
+        BatchSpanProcessor(guard, **batch_options),
+    ]
     if forwarding is not None:
         endpoint, protocol, headers = forwarding
         timeout_s = float(options.get("otlp_timeout_s", 5.0))
         processors.append(ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, **batch_options))
     _slot_of(provider).processors = tuple(processors)
     _pipeline = _Pipeline(provider, exporter, processors, dict(options))
+    _sessions.set_policy(policy)
     return provider
 
 
@@ -290,14 +307,23 @@ class TurnHandle(SpanHandle):
         self.turn_id = turn_id
 
     def set_state(self, state: Mapping[str, Any]) -> bool:
-        """Mirror this turn's runtime state (only when mirroring is on; see ``runlake.SessionStore``)."""
+        """Mirror this turn's runtime state on its span (docs/sessions.md). Never raises.
+
+        Mirroring off (the default): nothing is recorded and True is returned, like PraisonAI's
+        ``mirror_enabled=False``. On: the state is checked, redacted and size-limited (``sessions.prepare_state``);
+        False, with a warning saying why, when it is refused or the span no longer records.
+        """
+        if not mirror_runtime_state_enabled():
+            return True
         from .sessions import prepare_state
 
+        if not self.span.is_recording():
+            _logger.warning("runlake: turn %r: set_state after the turn ended (or unsampled); not stored", self.turn_id)
+            return False
         prepared = prepare_state(state, self.session_id, self.runtime_id, self.turn_id)
         if prepared is None:
             return False
-        if mirror_runtime_state_enabled():
-            self.span.set_attribute(m.RUNTIME_STATE, prepared)
+        self.span.set_attribute(m.RUNTIME_STATE, prepared)
         return True
 
 
@@ -365,6 +391,8 @@ def run(
         attrs[m.TENANT_ID] = tenant_id
     if input is not None:
         attrs["input.value"] = _to_text(input)
+    if metadata:
+        attrs[m.METADATA] = _to_text(dict(metadata))  # at start, so a run in progress shows it too
     with _span(f"invoke_agent {agent}", attrs) as span:
         handle = RunHandle(span, metadata)
         span.set_attribute(m.RUN_ID, handle.run_id)

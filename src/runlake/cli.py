@@ -1,0 +1,948 @@
+"""The ``runlake`` command line: generate a demo history, and read runs, traces, history, logs and SQL.
+
+Every command takes ``--state-url`` (the lake folder or a ``file://`` URL; else ``$RUNLAKE_STATE_URL``; else
+``./runlake-data``) and ``--json`` (exactly what ``HistoryDB`` returns, as JSON, and nothing else on stdout).
+
+More commands (``serve``, ``compact``, ``forward``, ``import``) are registered on the module-level ``app`` by
+other modules, for example::
+
+    from runlake.cli import DEFAULT_STATE_URL, AsJson, StateUrl, app, open_db
+
+    @app.command()
+    def compact(state_url: StateUrl = DEFAULT_STATE_URL, as_json: AsJson = False) -> None: ...
+
+and listed in ``COMMAND_MODULES`` so that ``main()`` imports them before it runs the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+import importlib
+import json
+import re
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from .history import HistoryDB
+
+__all__ = [
+    "COMMAND_MODULES",
+    "DEFAULT_STATE_URL",
+    "STATE_URL_ENV",
+    "AsJson",
+    "StateUrl",
+    "app",
+    "fail",
+    "main",
+    "open_db",
+    "print_json",
+]
+
+STATE_URL_ENV = "RUNLAKE_STATE_URL"
+DEFAULT_STATE_URL = "./runlake-data"
+
+# Modules that add commands to ``app`` (imported by ``main()`` before the app runs).
+COMMAND_MODULES: list[str] = []
+
+app = typer.Typer(
+    name="runlake",
+    help=(
+        "Keep, query and expire AI agents' execution history: OpenTelemetry spans in a Parquet lake, "
+        "read back with DuckDB in PraisonAI and CodexOS shapes.\n\n"
+        "Start with `runlake demo`, then try `runlake history` and `runlake logs RUN_ID`. Every command "
+        "reads the lake given by `--state-url`, else `$RUNLAKE_STATE_URL`, else `$PRAISONAI_STATE_URL`, "
+        "else `./runlake-data`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,  # locals can hold prompts and credentials
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+StateUrl = Annotated[
+    str,
+    typer.Option(
+        "--state-url",
+        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
+        show_envvar=True,
+        metavar="PATH|file://URL",
+        help=(
+            "Lake folder (or file:// URL). Precedence: --state-url if given, else $RUNLAKE_STATE_URL, "
+            "else $PRAISONAI_STATE_URL, else ./runlake-data."
+        ),
+    ),
+]
+AsJson = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help=(
+            "Machine output as indented JSON, nothing else on stdout: for reads exactly the dicts HistoryDB returns."
+        ),
+    ),
+]
+Limit = Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many rows.")]
+
+_STATUS_STYLES = {
+    "completed": "green",
+    "ok": "green",
+    "failed": "red",
+    "error": "red",
+    "running": "yellow",
+}
+_MISSING = Text("—", style="dim")
+
+
+# ---- shared helpers (also for commands registered by other modules) -----------------------------------------
+def _stdout() -> Console:
+    return Console(highlight=False)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(text: str) -> str:
+    """``text`` with control characters (terminal escapes among them) shown as ``\\xNN`` instead of obeyed."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``message`` on stderr (no traceback) and exit with ``code``."""
+    _stderr().print(Text(_safe(f"runlake: {message}"), style="red"), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    """Write ``value`` as indented JSON to stdout (plain, no colour, no wrapping)."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=_json_default)
+    try:
+        sys.stdout.write(text + "\n")
+    except UnicodeEncodeError:  # a stdout that cannot encode the data: same JSON, \u-escaped
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _lake_root(state_url: str) -> Path:
+    from opentelemetry.exporter.runlake.layout import resolve_state_url
+
+    try:
+        root = resolve_state_url(state_url)
+    except ValueError as error:
+        fail(str(error))
+    if root is None:
+        fail(f"no lake given: pass --state-url or set ${STATE_URL_ENV}")
+    return root
+
+
+def open_db(state_url: str) -> HistoryDB:
+    """A ``HistoryDB`` on an existing lake; a missing folder is a clear error (exit 1), not a traceback."""
+    from .history import HistoryDB
+
+    root = _lake_root(state_url)
+    if not root.exists():
+        fail(
+            f"no lake at {root.resolve()}: the folder does not exist. "
+            f"Pass --state-url or set ${STATE_URL_ENV}; `runlake demo --state-url {shlex.quote(str(root))}` "
+            "creates an example lake."
+        )
+    if not root.is_dir():
+        fail(f"{root.resolve()} is not a folder; a runlake lake is a folder")
+    return HistoryDB(root)
+
+
+@contextlib.contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Turn storage and query failures into a one-line message and exit code 1."""
+    import duckdb
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except duckdb.Error as error:
+        fail(f"query failed: {error}")
+    except OSError as error:
+        fail(f"cannot read the lake: {error}")
+
+
+# ---- formatting ---------------------------------------------------------------------------------------------
+def _clip(value: Any, limit: int = 120) -> Text:
+    """One line of at most ``limit`` characters (whitespace collapsed, ellipsis when cut) for a table cell."""
+    if value is None:
+        return _MISSING.copy()
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=_json_default)
+    text = _safe(" ".join(text.split()))
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return Text(text)
+
+
+def _red(text: Text) -> Text:
+    text.stylize("red")
+    return text
+
+
+def _status(status: str | None) -> Text:
+    if not status:
+        return _MISSING.copy()
+    return Text(status, style=_STATUS_STYLES.get(status, ""))
+
+
+def _as_datetime(moment: float | str | dt.datetime | None) -> dt.datetime | None:
+    if moment is None:
+        return None
+    if isinstance(moment, dt.datetime):
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    if isinstance(moment, str):
+        try:
+            parsed = dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(float(moment), tz=dt.timezone.utc)
+
+
+def _local_time(moment: float | str | dt.datetime | None) -> Text:
+    """Local, readable ISO time (``2025-06-01 14:03:22``); the table caption names the zone."""
+    when = _as_datetime(moment)
+    if when is None:
+        return _MISSING.copy() if moment is None else Text(str(moment))
+    return Text(when.astimezone().strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def _zone() -> str:
+    now = dt.datetime.now().astimezone()
+    return now.tzname() or now.strftime("%z")
+
+
+def _zone_caption() -> str:
+    return f"times are local ({_zone()})"
+
+
+def _duration(started: float | None, ended: float | None) -> Text:
+    from .history import format_duration
+
+    if started is None or ended is None:
+        return _MISSING.copy()
+    return Text(format_duration(int(started * 1e9), int(ended * 1e9)) or "—")
+
+
+def _number(value: Any) -> Text:
+    if value is None:
+        return _MISSING.copy()
+    if isinstance(value, bool):
+        return Text(str(value))
+    if isinstance(value, int):
+        return Text(f"{value:,}")
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    if isinstance(value, float):
+        return Text(f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.1f}")
+    return Text(str(value))
+
+
+def _empty(message: str) -> None:
+    _stdout().print(Text(_safe(message), style="dim"), soft_wrap=True)
+
+
+@dataclass
+class _Col:
+    """A table column. ``text`` columns shrink (with an ellipsis) to fit; the others keep their width.
+
+    When even the shrunk table does not fit the terminal, columns with the lowest ``keep`` go first.
+    """
+
+    header: str
+    text: bool = False
+    max_width: int | None = None
+    keep: int = 5
+    justify: Literal["left", "right"] = "left"
+    style: str | None = None
+
+
+_MIN_TEXT = 16  # a free-text column narrower than this is not worth showing
+
+
+def _fit_table(
+    cols: Sequence[_Col],
+    rows: Sequence[Sequence[Text]],
+    title: str | None = None,
+    caption: str | None = None,
+    width: int | None = None,
+) -> tuple[Table, list[str]]:
+    """A table whose column widths fit ``width`` (the terminal); returns it with the headers left out."""
+    width = width or _stdout().width
+    natural = []
+    for index, col in enumerate(cols):
+        size = max([len(col.header), *(row[index].cell_len for row in rows)])
+        natural.append(min(size, col.max_width) if col.text and col.max_width else size)
+    active = list(range(len(cols)))
+    while True:
+        texts = [i for i in active if cols[i].text]
+        room = width - (3 * len(active) + 1) - sum(natural[i] for i in active if not cols[i].text)
+        if room >= sum(min(natural[i], _MIN_TEXT) for i in texts) or len(active) <= 1:
+            break
+        active.remove(min(active, key=lambda i: (cols[i].keep, -i)))
+    widths = {i: natural[i] for i in active if not cols[i].text}
+    remaining = max(room, 0)
+    ordered = sorted(texts, key=lambda i: natural[i])
+    for done, index in enumerate(ordered):
+        share = remaining // (len(ordered) - done)
+        widths[index] = max(1, min(natural[index], share))
+        remaining -= widths[index]
+    table = Table(
+        title=Text(_safe(title)) if isinstance(title, str) else title,  # data in titles is never markup
+        title_justify="left",
+        title_style="bold",
+        caption=caption,
+        caption_justify="left",
+        caption_style="dim",
+        header_style="bold",
+    )
+    for index in active:
+        col = cols[index]
+        table.add_column(
+            Text(_safe(col.header)),
+            justify=col.justify,
+            style=col.style,
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[index],
+        )
+    for row in rows:
+        table.add_row(*(row[i] for i in active))
+    return table, [cols[i].header for i in range(len(cols)) if i not in active]
+
+
+def _print_table(
+    console: Console,
+    cols: Sequence[_Col],
+    rows: Sequence[Sequence[Text]],
+    title: str | None = None,
+    caption: str | None = None,
+) -> None:
+    table, hidden = _fit_table(cols, rows, title, caption, console.width)
+    console.print(table)
+    if hidden:
+        names = ", ".join(hidden) if len(hidden) <= 6 else f"{len(hidden)} columns: {', '.join(hidden[:4])}, …"
+        console.print(
+            Text(f"(not shown, the terminal is too narrow: {names}; widen it or use --json)", style="dim"),
+            soft_wrap=True,
+        )
+
+
+# ---- rendering of HistoryDB shapes --------------------------------------------------------------------------
+_RUN_ID = _Col("run", keep=10)
+_STATUS = _Col("status", keep=9)
+_STARTED = _Col("started", keep=7)
+_DURATION = _Col("duration", justify="right", keep=6)
+
+
+def _print_history(console: Console, items: list[dict[str, Any]], title: str | None = None) -> None:
+    cols = [
+        _RUN_ID,
+        _STATUS,
+        _STARTED,
+        _DURATION,
+        _Col("input", text=True, max_width=48, keep=8),
+        _Col("output", text=True, max_width=40, keep=3),
+        _Col("nodes", justify="right", keep=2),
+        _Col("tokens", justify="right", keep=5),
+        _Col("cost ¢", justify="right", keep=5),
+    ]
+    rows = [
+        [
+            Text(item["run_id"] or "—"),
+            _status(item["status"]),
+            _local_time(item["started_at"]),
+            Text(item["duration"] or "—"),
+            _clip(item["input"]),
+            _clip(item["output"]),
+            _number(item["node_count"]),
+            _number(item["tokens_used"]),
+            _number(item["cost_cents"]),
+        ]
+        for item in items
+    ]
+    _print_table(console, cols, rows, title, _zone_caption())
+
+
+def _print_session_runs(console: Console, runs: list[dict[str, Any]], session_id: str) -> None:
+    cols = [
+        _RUN_ID,
+        _Col("agent", text=True, max_width=20, keep=7),
+        _STATUS,
+        _STARTED,
+        _DURATION,
+        _Col("input", text=True, max_width=44, keep=4),
+        _Col("output / error", text=True, max_width=48, keep=3),
+    ]
+    rows = []
+    for run in runs:
+        error = (run.get("metrics") or {}).get("error")
+        rows.append(
+            [
+                Text(run["run_id"] or "—"),
+                _clip((run.get("metadata") or {}).get("agent_name"), 40),
+                _status(run["status"]),
+                _local_time(run["started_at"]),
+                _duration(run["started_at"], run["ended_at"]),
+                _clip(run["input_content"]),
+                _red(_clip(error, 200)) if error else _clip(run["output_content"]),
+            ]
+        )
+    _print_table(console, cols, rows, f"Runs of session {session_id}", _zone_caption())
+
+
+def _print_traces(console: Console, traces: list[dict[str, Any]], title: str, with_run: bool = False) -> None:
+    cols = [
+        _RUN_ID if with_run else _Col("trace", keep=10),
+        _Col("session", text=True, max_width=28, keep=8),
+        _Col("agent", text=True, max_width=20, keep=7),
+        _Col("user", text=True, max_width=20, keep=4),
+        _STATUS,
+        _STARTED,
+    ]
+    if with_run:
+        cols.append(_DURATION)
+    cols.append(_Col("spans", justify="right", keep=3))
+    rows = []
+    for trace in traces:
+        row = [
+            Text(trace["run_id"] if with_run else trace["trace_id"]),
+            _clip(trace["session_id"], 60),
+            _clip(trace["agent_name"], 40),
+            _clip(trace["user_id"], 40),
+            _status(trace["status"]),
+            _local_time(trace["started_at"]),
+        ]
+        if with_run:
+            row.append(_duration(trace["started_at"], trace["ended_at"]))
+        row.append(_number(len(trace["spans"])))
+        rows.append(row)
+    _print_table(console, cols, rows, title, _zone_caption())
+
+
+def _run_status(row: dict[str, Any]) -> str:
+    if row.get("end_time_unix_nano") is None:
+        return "running"
+    return "failed" if row.get("status_code") == "ERROR" else "completed"
+
+
+def _print_logs(console: Console, logs: dict[str, Any], run: dict[str, Any] | None) -> None:
+    header = Text.assemble(("Run ", "bold"), (logs["run_id"], "bold"))
+    if run is not None:
+        header.append("  ")
+        header.append_text(_status(_run_status(run)))
+        for label, value in (
+            ("agent", run.get("agent_name")),
+            ("session", run.get("session_id")),
+            ("user", run.get("user_id")),
+        ):
+            if value:
+                header.append(f"  {label} ", style="dim")
+                header.append_text(_clip(value, 60))
+        start = run.get("start_time_unix_nano")
+        if start is not None:
+            header.append("  started ", style="dim")
+            header.append_text(_local_time(start / 1e9))
+            header.append(f" ({_zone()})", style="dim")
+    console.print(header, soft_wrap=True)
+
+    nodes = logs["nodes"]
+    if nodes:
+        cols = [
+            _Col("#", justify="right", keep=1, style="dim"),
+            _Col("node", text=True, max_width=24, keep=10),
+            _Col("type", keep=7),
+            _STATUS,
+            _Col("time", justify="right", keep=6),
+            _Col("input", text=True, max_width=36, keep=3),
+            _Col("output / error", text=True, max_width=56, keep=4),
+        ]
+        rows = []
+        for number, node in enumerate(nodes, 1):
+            error = node.get("error_message")
+            rows.append(
+                [
+                    Text(str(number)),
+                    _clip(node["id"], 60),
+                    _clip(node["type"], 16),
+                    _status(node["status"]),
+                    Text(node["time"] or "—"),
+                    _clip(node["input"]),
+                    _red(_clip(error, 200)) if error else _clip(node["output"]),
+                ]
+            )
+        _print_table(console, cols, rows)
+    else:
+        console.print(Text("No nodes recorded for this run.", style="dim"))
+
+    errors = logs["errors"]
+    if errors:
+        console.print(Text(f"Errors ({len(errors)})", style="bold red"))
+        for error in errors:
+            where = f"node {error['node_id']}" if error.get("node_id") else "run"
+            line = Text("  • ", style="red")
+            line.append(f"{where}: ", style="bold")
+            line.append_text(_clip(error.get("error_message") or error.get("error_type") or "error", 300))
+            console.print(line, soft_wrap=True)
+
+    summary = logs["summary"]
+    console.print(
+        Text.assemble(
+            ("Summary: ", "bold"),
+            f"{summary['total_nodes']} nodes (",
+            (f"{summary['successful_nodes']} ok", "green"),
+            ", ",
+            (f"{summary['failed_nodes']} failed", "red" if summary["failed_nodes"] else ""),
+            f"), duration {summary['total_duration'] or 'still running'}, "
+            f"{summary['tokens_used']:,} tokens, {summary['cost_cents']}¢",
+        ),
+        soft_wrap=True,
+    )
+    final = logs["final_output"]
+    if final is not None:
+        text = final if len(final) <= 1000 else final[:999] + "…"
+        console.print(Panel(Text(text), title="final output", title_align="left", expand=False))
+
+
+def _sql_cell(value: Any) -> Text:
+    if value is None:
+        return Text("NULL", style="dim")
+    if isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool):
+        return _number(value)
+    if isinstance(value, dt.datetime):
+        return Text(value.isoformat(sep=" ", timespec="seconds"))
+    return _clip(
+        value if isinstance(value, str) else _json_default(value) if not isinstance(value, (list, dict)) else value, 200
+    )
+
+
+def _print_sql(
+    console: Console, columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> None:
+    cols = []
+    for index, name in enumerate(columns):
+        numeric = all(
+            isinstance(r[index], (int, float, decimal.Decimal)) and not isinstance(r[index], bool)
+            for r in rows[:50]
+            if r[index] is not None
+        )
+        if numeric and rows:
+            cols.append(_Col(name, justify="right", keep=len(columns) - index))
+        else:
+            cols.append(_Col(name, text=True, max_width=60, keep=len(columns) - index))
+    _print_table(console, cols, [[_sql_cell(v) for v in row] for row in rows], title)
+
+
+# ---- commands ----------------------------------------------------------------------------------------------
+DEMO_SQL = """SELECT agent_name AS agent,
+       count(*) AS runs,
+       count(*) FILTER (WHERE status_code = 'ERROR') AS failed,
+       round(100.0 * count(*) FILTER (WHERE status_code = 'ERROR') / count(*), 1) AS failure_pct,
+       sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens,
+       round(sum(coalesce(cost_cents, 0)), 2) AS cost_cents,
+       round(median(duration_ms) / 1000, 1) AS median_s
+FROM runs GROUP BY agent_name ORDER BY runs DESC, agent"""
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+@app.command()
+def demo(
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    sessions: Annotated[int, typer.Option(min=1, max=100_000, help="How many sessions to generate.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the workload's random choices (content, timing, failures).")] = 7,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Spread the history over this many past days.")] = 7,
+    as_json: AsJson = False,
+) -> None:
+    """Write a realistic agent history into a lake through the real instrumentation, then show it.
+
+    Three agents (bug-triager, researcher, support-bot) serve several users across sessions spread over the
+    last days: llm, tool, retrieval and router nodes, token usage, cost, retries, failed nodes, failed runs
+    and one run still in progress. Time is simulated, so it takes a second or two. Then it prints the latest
+    history, one run's logs, a SQL aggregate per agent, where the lake is and what to try next.
+    Runs are added to whatever the lake already holds. `--json` prints only the workload summary.
+
+    **Example:**
+
+        runlake demo --state-url ./runlake-data --sessions 20 --seed 1
+    """
+    from .demo import generate_workload, lake_usage
+
+    root = _lake_root(state_url)  # a bad URL fails before anything is written
+    if root.exists() and not root.is_dir():
+        fail(f"{root.resolve()} is not a folder; a runlake lake is a folder")
+    with _friendly_errors():
+        try:
+            summary = generate_workload(state_url, sessions=sessions, seed=seed, days=days)
+        except ValueError as error:
+            fail(str(error))
+    if as_json:
+        print_json(summary)
+        return
+
+    console = _stdout()
+    root, files, size = lake_usage(state_url)
+    db = open_db(str(root))
+    console.print(Rule("runlake demo", align="left"))
+    console.print(
+        Text.assemble(
+            "Wrote ",
+            (f"{summary['runs']} runs", "bold"),
+            " (",
+            (f"{summary['failed_runs']} failed", "red"),
+            ", ",
+            (f"{summary['running_runs']} still running", "yellow"),
+            f") with {summary['nodes']} nodes ({summary['failed_nodes']} failed) and {summary['turns']} turns, "
+            f"in {summary['sessions']} sessions of {summary['users']} users over the last {days} days, "
+            "through runlake.run / node / turn.",
+        ),
+        soft_wrap=True,
+    )
+
+    with _friendly_errors():
+        console.print()
+        items = db.get_history(limit=10)
+        _print_history(console, items, "Latest runs   (runlake history)")
+
+        example = (summary["runs_with_failed_nodes"] or summary["failed_run_ids"] or [None])[-1]
+        if example is None and items:
+            example = items[0]["run_id"]
+        example_row = db.find_run(example) if example is not None else None
+        if example is not None:
+            console.print()
+            console.print(Text(f"One run's logs   (runlake logs {example})", style="bold"))
+            _print_logs(console, db.get_logs(example), example_row)
+
+        console.print()
+        relation = db.sql(DEMO_SQL)
+        _print_sql(console, relation.columns, relation.fetchall(), "Per agent   (runlake sql)")
+
+    lake = shlex.quote(str(root))
+    console.print()
+    console.print(Rule("The lake", align="left"))
+    console.print(Text(str(root), style="bold"), soft_wrap=True)
+    console.print(
+        f"{files} Parquet files, {_human_bytes(size)}: "
+        "spans/ partitioned by day and session, runs/ (the index) by day.",
+        soft_wrap=True,
+    )
+    console.print()
+    console.print(Text("Try next:", style="bold"))
+    # double quotes: the query holds single quotes and nothing a POSIX shell expands inside double quotes
+    query = (
+        '"SELECT node_type, count(*) AS nodes, round(avg(duration_ms)) AS avg_ms, '
+        "count(*) FILTER (WHERE status_code = 'ERROR') AS failed "
+        "FROM spans WHERE span_type = 'node' GROUP BY 1 ORDER BY 2 DESC\""
+    )
+    commands = [f"runlake history --state-url {lake}"]
+    if example is not None:
+        commands.append(f"runlake logs {example} --state-url {lake}")
+    if example_row and example_row.get("session_id"):
+        commands.append(f"runlake runs {shlex.quote(example_row['session_id'])} --state-url {lake}")
+    if example_row and example_row.get("user_id"):
+        commands.append(f"runlake traces --user {shlex.quote(example_row['user_id'])} --state-url {lake}")
+    commands += [
+        f"runlake sql {query} --state-url {lake}",
+        f"runlake history --json --limit 3 --state-url {lake}",
+    ]
+    if "serve" in _command_names():
+        commands.append(f"runlake serve --state-url {lake}")
+    commands.append(f"export {STATE_URL_ENV}={lake}   # then --state-url can be left out")
+    for command in commands:
+        console.print(Text("  ") + Text(command, style="cyan"), soft_wrap=True)
+
+
+def _command_names() -> set[str]:
+    names = set()
+    for info in app.registered_commands:
+        names.add(info.name or (info.callback.__name__.replace("_", "-") if info.callback else ""))
+    return names
+
+
+@app.command()
+def runs(
+    session_id: Annotated[
+        str | None,
+        typer.Argument(metavar="SESSION_ID", help="Session id; leave out to list the latest runs across all sessions."),
+    ] = None,
+    limit: Limit = 20,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Runs of one session, newest first (PraisonAI `get_runs`); without a session, the latest runs of all.
+
+    Without SESSION_ID it lists the latest root runs across sessions with their session, agent and user
+    (PraisonAI `get_traces`; `--json` then prints those trace dicts, spans included).
+
+    **Example:**
+
+        runlake runs supp-1a2b3c4d --limit 5
+    """
+    db = open_db(state_url)
+    with _friendly_errors():
+        if session_id is not None:
+            result = db.get_runs(session_id, limit=limit)
+        else:
+            result = db.get_traces(limit=limit)
+    if as_json:
+        print_json(result)
+        return
+    if not result:
+        _empty(f"No runs in session {session_id}." if session_id is not None else "No runs in this lake yet.")
+        return
+    if session_id is not None:
+        _print_session_runs(_stdout(), result, session_id)
+    else:
+        _print_traces(_stdout(), result, "Latest runs across sessions", with_run=True)
+
+
+@app.command()
+def traces(
+    session: Annotated[str | None, typer.Option("--session", "-s", help="Only this session.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user.")] = None,
+    limit: Limit = 20,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Traces, newest first, each described by its root run, with its span count (PraisonAI `get_traces`).
+
+    **Example:**
+
+        runlake traces --user user-alice --limit 10
+    """
+    db = open_db(state_url)
+    with _friendly_errors():
+        result = db.get_traces(session_id=session, user_id=user, limit=limit)
+    if as_json:
+        print_json(result)
+        return
+    scope = []
+    if session is not None:
+        scope.append(f"in session {session}")
+    if user is not None:
+        scope.append(f"of user {user}")
+    if not result:
+        _empty(f"No traces {' '.join(scope)}." if scope else "No traces in this lake yet.")
+        return
+    _print_traces(_stdout(), result, " ".join(["Traces", *scope]))
+
+
+@app.command()
+def history(
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent (name or id).")] = None,
+    skip: Annotated[int, typer.Option("--skip", min=0, help="Skip this many of the newest runs.")] = 0,
+    limit: Limit = 20,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Execution history, newest first: status, duration, tokens, cost (CodexOS `/api/v1/agents/history`).
+
+    **Example:**
+
+        runlake history --agent bug-triager --skip 20 --limit 20
+    """
+    db = open_db(state_url)
+    with _friendly_errors():
+        items = db.get_history(agent_id=agent, skip=skip, limit=limit)
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        if skip:
+            _empty(f"No runs{f' of agent {agent}' if agent else ''} after skipping {skip}.")
+        else:
+            _empty(f"No runs of agent {agent}." if agent else "No runs in this lake yet.")
+        return
+    title = f"Runs of {agent}" if agent else "Latest runs"
+    if skip:
+        title += f" (after skipping {skip})"
+    _print_history(_stdout(), items, title)
+
+
+@app.command()
+def logs(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (as shown by `runlake history`).")],
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Node-level logs of one run: nodes, errors, final output and summary (CodexOS `/api/v1/agents/logs`).
+
+    An unknown run id prints a message on stderr and exits with 1.
+
+    **Example:**
+
+        runlake logs 5f1c2e9a0b7d4c31 --state-url ./runlake-data
+    """
+    db = open_db(state_url)
+    with _friendly_errors():
+        try:
+            result = db.get_logs(run_id)
+        except LookupError:
+            fail(f"run {run_id!r} not found in the lake at {db.root.resolve() if db.root else state_url}")
+        run = None if as_json else db.find_run(run_id)
+    if as_json:
+        print_json(result)
+        return
+    _print_logs(_stdout(), result, run)
+
+
+@app.command()
+def sql(
+    query: Annotated[
+        str, typer.Argument(metavar="QUERY", help="A DuckDB SQL query over the views `spans` and `runs`.")
+    ],
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", min=1, help="Show at most this many rows in the table (not with --json).")
+    ] = 200,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Run DuckDB SQL over the lake's views `spans` and `runs`.
+
+    `spans` has one row per span (runs, nodes, turns), `runs` one row per run (the index); both add
+    `start_time`, `end_time` and `duration_ms` (docs/schema.md lists the columns). The result is a table;
+    `--json` prints a list of row dicts. A SQL error prints DuckDB's message and exits with 1.
+
+    **Example:**
+
+        runlake sql "SELECT agent_name, count(*) AS runs FROM runs GROUP BY 1 ORDER BY 2 DESC"
+    """
+    import duckdb
+
+    db = open_db(state_url)
+    try:
+        relation = db.sql(query)
+        if relation is None:
+            columns: list[str] = []
+            rows: list[tuple] = []
+            more = False
+        else:
+            columns = list(relation.columns)
+            rows = relation.fetchall() if as_json else relation.limit(max_rows + 1).fetchall()
+            more = not as_json and len(rows) > max_rows
+            rows = rows[:max_rows] if more else rows
+    except duckdb.Error as error:
+        fail(f"SQL error: {error}")
+    except OSError as error:
+        fail(f"cannot read the lake: {error}")
+    if as_json:
+        print_json([dict(zip(columns, row)) for row in rows])
+        return
+    console = _stdout()
+    if relation is None:
+        _empty("Statement executed; it returns no rows.")
+        return
+    _print_sql(console, columns, rows)
+    if not rows:
+        _empty("(no rows)")
+    if more:
+        _empty(f"Only the first {max_rows} rows are shown; raise --max-rows or use --json for all.")
+
+
+@app.command()
+def gc(
+    now: Annotated[
+        str | None,
+        typer.Option("--now", metavar="YYYY-MM-DD", help="Take this UTC day as today (default: the real today)."),
+    ] = None,
+    max_age_days: Annotated[
+        int | None,
+        typer.Option("--max-age-days", min=1, help="Also remove anything older than this, whatever its own TTL."),
+    ] = None,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Delete expired history: every day partition whose TTL has passed goes, folder by folder.
+
+    A run started on UTC day D with `ttl_days` N is kept through day D+N and removed from day D+N+1.
+    Prints how many executions and nodes were deleted (`--json`: the dict `HistoryDB.cleanup_expired` returns).
+
+    **Example:**
+
+        runlake gc --now 2030-01-01 --state-url ./runlake-data
+    """
+    today: dt.datetime | None = None
+    if now is not None:
+        try:
+            today = dt.datetime.combine(dt.date.fromisoformat(now), dt.time(12), tzinfo=dt.timezone.utc)
+        except ValueError:
+            fail(f"--now must be a day as YYYY-MM-DD, got {now!r}", code=2)
+    db = open_db(state_url)
+    with _friendly_errors():
+        counts = db.cleanup_expired(now=today, max_age_days=max_age_days)
+    if as_json:
+        print_json(counts)
+        return
+    day = (today or dt.datetime.now(dt.timezone.utc)).date().isoformat()
+    where = db.root.resolve() if db.root else state_url
+    if not counts["executions_deleted"] and not counts["nodes_deleted"]:
+        _stdout().print(Text(f"Nothing has expired in {where} (today taken as {day} UTC)."), soft_wrap=True)
+        return
+    _stdout().print(
+        Text.assemble(
+            "Removed expired partitions from ",
+            str(where),
+            ": ",
+            (f"{counts['executions_deleted']} executions", "bold"),
+            " and ",
+            (f"{counts['nodes_deleted']} nodes", "bold"),
+            f" deleted (today taken as {day} UTC).",
+        ),
+        soft_wrap=True,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``runlake`` console script."""
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    app(prog_name="runlake")
+
+
+if __name__ == "__main__":
+    # Run the app of the imported module ``runlake.cli`` (not of ``__main__``), so commands that other
+    # modules register on ``runlake.cli.app`` are part of it.
+    from runlake.cli import main as _main
+
+    _main()

@@ -1,0 +1,437 @@
+"""The ``runlake`` command line and the demo workload, on real lakes written through the real instrumentation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import runlake
+from runlake import HistoryDB
+from runlake.cli import app
+from runlake.demo import generate_workload
+
+HISTORY_KEYS = {
+    "run_id",
+    "status",
+    "started_at",
+    "duration",
+    "input",
+    "output",
+    "node_count",
+    "tokens_used",
+    "cost_cents",
+}
+LOGS_KEYS = {"run_id", "nodes", "errors", "final_output", "summary"}
+NODE_KEYS = {"id", "type", "input", "output", "time", "status", "error_message", "metadata"}
+SUMMARY_KEYS = {"total_nodes", "successful_nodes", "failed_nodes", "total_duration", "tokens_used", "cost_cents"}
+RUN_KEYS = {
+    "run_id",
+    "session_id",
+    "started_at",
+    "ended_at",
+    "input_content",
+    "output_content",
+    "status",
+    "metadata",
+    "metrics",
+}
+TRACE_KEYS = {
+    "trace_id",
+    "session_id",
+    "run_id",
+    "agent_name",
+    "user_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "metadata",
+    "spans",
+}
+SPAN_KEYS = {
+    "span_id",
+    "trace_id",
+    "name",
+    "parent_span_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "attributes",
+    "events",
+}
+WIDE = {"COLUMNS": "220"}
+
+runner = CliRunner()
+
+
+def cli(*args: object, env: dict[str, str] | None = None):
+    """Invoke the app in-process; stdout and stderr are kept apart (click >= 8.2)."""
+    result = runner.invoke(app, [str(a) for a in args], env={**WIDE, **(env or {})})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"unexpected exception: {result.exception!r}\n{result.output}") from result.exception
+    return result
+
+
+def cli_json(*args: object, env: dict[str, str] | None = None):
+    result = cli(*args, "--json", env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # nothing but JSON on stdout
+
+
+def lake_sql(lake: Path, query: str) -> list[tuple]:
+    return HistoryDB(lake).sql(query).fetchall()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    lake = tmp_path_factory.mktemp("cli") / "demo lake"  # a space, to exercise quoting
+    return lake, generate_workload(lake, sessions=14, seed=11)
+
+
+# ---- demo ---------------------------------------------------------------------------------------------------
+def test_demo_command_writes_a_lake_and_shows_history_logs_sql_and_next_steps(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    result = cli("demo", "--state-url", lake, "--sessions", 6, "--seed", 2)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for heading in ("Latest runs", "One run's logs", "Summary:", "Per agent", "The lake", "Try next:"):
+        assert heading in out
+    for agent in ("bug-triager", "researcher", "support-bot"):
+        assert agent in out  # the SQL aggregate has a row per agent
+    assert "running" in out  # the newest run is still open
+    # where the lake is: absolute path, file count and size as on disk
+    assert str(lake.resolve()) in out
+    parts = [p for p in lake.rglob("*.parquet") if not p.name.startswith((".", "_"))]
+    assert parts and re.search(rf"\b{len(parts)} Parquet files\b", out)
+    # the suggested commands are real: the logs command names a run that exists
+    match = re.search(r"runlake logs ([0-9a-f]{16}) --state-url (\S+)", out)
+    assert match and Path(match.group(2)) == lake.resolve()
+    logs = cli_json("logs", match.group(1), "--state-url", match.group(2))
+    assert logs["run_id"] == match.group(1) and logs["nodes"]
+    for command in ("runlake history --state-url", "runlake sql ", "runlake runs ", "runlake traces --user "):
+        assert command in out
+    # and the history it shows is in the lake
+    history = cli_json("history", "--limit", 3, "--state-url", lake)
+    assert all(item["run_id"] in out for item in history)
+
+
+def test_demo_json_is_the_workload_summary(tmp_path: Path) -> None:
+    summary = cli_json("demo", "--state-url", tmp_path / "lake", "--sessions", 3, "--seed", 4)
+    assert summary["sessions"] == 3 and summary["runs"] >= 3
+    assert summary["state_url"] == str((tmp_path / "lake").resolve())
+
+
+def test_generate_workload_matches_what_the_lake_holds(demo: tuple[Path, dict]) -> None:
+    lake, summary = demo
+    db = HistoryDB(lake)
+    history = db.get_history(limit=10_000)
+    assert len(history) == summary["runs"] >= 14
+    statuses = [item["status"] for item in history]
+    assert statuses.count("failed") == summary["failed_runs"] >= 1
+    assert statuses.count("running") == summary["running_runs"] == 1
+    assert history[0]["run_id"] in summary["running_run_ids"]  # the open run is the newest
+    [(sessions, users, agents)] = lake_sql(
+        lake, "SELECT count(DISTINCT session_id), count(DISTINCT user_id), list(DISTINCT agent_name) FROM runs"
+    )
+    assert (sessions, users) == (summary["sessions"], summary["users"]) and users >= 3
+    assert set(agents) == {"bug-triager", "researcher", "support-bot"} == set(summary["runs_by_agent"])
+    [(nodes, failed_nodes, node_types, turns, tokens, cost)] = lake_sql(
+        lake,
+        "SELECT count(*) FILTER (WHERE span_type = 'node'), "
+        "count(*) FILTER (WHERE span_type = 'node' AND status_code = 'ERROR'), "
+        "list(DISTINCT node_type) FILTER (WHERE span_type = 'node'), count(*) FILTER (WHERE span_type = 'turn'), "
+        "sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)), sum(cost_cents) FROM spans",
+    )
+    assert (nodes, failed_nodes, turns) == (summary["nodes"], summary["failed_nodes"], summary["turns"])
+    assert {"llm", "tool", "retrieval", "router"} <= set(node_types)
+    assert tokens == summary["tokens"] > 0 and cost == pytest.approx(summary["cost_cents"], abs=0.01)
+    [(models, errors, with_metadata)] = lake_sql(
+        lake,
+        "SELECT list(DISTINCT model) FILTER (WHERE model IS NOT NULL), "
+        "list(DISTINCT error_type) FILTER (WHERE error_type IS NOT NULL), "
+        "count(*) FILTER (WHERE metadata IS NOT NULL) FROM spans",
+    )
+    assert len(models) >= 2 and len(errors) >= 2 and with_metadata > 0
+    # spread over the past week, nothing in the future
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    [(first, last, days)] = lake_sql(
+        lake, "SELECT min(start_time_unix_nano), max(end_time_unix_nano), count(DISTINCT day) FROM runs"
+    )
+    assert now - 8 * 86_400 < first / 1e9 and last / 1e9 < now and days >= 3
+    # the runs called out in the summary have what they claim
+    for run_id in summary["runs_with_failed_nodes"]:
+        logs = db.get_logs(run_id)
+        assert logs["summary"]["failed_nodes"] >= 1 and logs["final_output"]
+    for run_id in summary["failed_run_ids"]:
+        errors = db.get_logs(run_id)["errors"]  # the run failed: its error is listed once (node's or its own)
+        assert errors and len({e["error_message"] for e in errors}) == len(errors)
+
+
+def test_generate_workload_is_reproducible_for_a_seed(tmp_path: Path) -> None:
+    def shape(lake: Path) -> list[tuple]:
+        return lake_sql(
+            lake, "SELECT agent_name, session_id, user_id, input, status_code, node_count FROM runs ORDER BY start_time"
+        )
+
+    ids = ("state_url", "failed_run_ids", "runs_with_failed_nodes", "running_run_ids")
+    one = generate_workload(tmp_path / "one", sessions=5, seed=21)
+    two = generate_workload(tmp_path / "two", sessions=5, seed=21)
+    other = generate_workload(tmp_path / "three", sessions=5, seed=22)
+    assert {k: v for k, v in one.items() if k not in ids} == {k: v for k, v in two.items() if k not in ids}
+    assert shape(tmp_path / "one") == shape(tmp_path / "two") != shape(tmp_path / "three")
+    assert other["runs"] and other["sessions"] == 5
+
+
+# ---- read commands ------------------------------------------------------------------------------------------
+def test_history_json_and_table(demo: tuple[Path, dict]) -> None:
+    lake, summary = demo
+    items = cli_json("history", "--limit", 5, "--state-url", lake)
+    assert len(items) == 5 and all(set(item) == HISTORY_KEYS for item in items)
+    assert [i["started_at"] for i in items] == sorted((i["started_at"] for i in items), reverse=True)
+    assert items[0]["status"] == "running" and items[0]["duration"] is None
+    later = cli_json("history", "--skip", 5, "--limit", 5, "--state-url", lake)
+    assert not {i["run_id"] for i in items} & {i["run_id"] for i in later}
+    bots = cli_json("history", "--agent", "support-bot", "--limit", 1000, "--state-url", lake)
+    assert len(bots) == summary["runs_by_agent"]["support-bot"]
+
+    table = cli("history", "--limit", 5, "--state-url", lake)
+    assert table.exit_code == 0 and table.stderr == ""
+    assert all(item["run_id"] in table.stdout for item in items)
+    assert "times are local" in table.stdout and "running" in table.stdout
+    none = cli("history", "--agent", "nobody", "--state-url", lake)
+    assert none.exit_code == 0 and "No runs of agent nobody." in none.stdout
+
+
+def test_logs_json_and_table(demo: tuple[Path, dict]) -> None:
+    lake, summary = demo
+    run_id = summary["runs_with_failed_nodes"][-1]
+    logs = cli_json("logs", run_id, "--state-url", lake)
+    assert set(logs) == LOGS_KEYS and logs["run_id"] == run_id
+    assert logs["nodes"] and all(set(node) == NODE_KEYS for node in logs["nodes"])
+    assert set(logs["summary"]) == SUMMARY_KEYS
+    assert logs["summary"]["total_nodes"] == len(logs["nodes"])
+    failed = [n for n in logs["nodes"] if n["status"] == "failed"]
+    assert failed and logs["summary"]["failed_nodes"] == len(failed) and logs["errors"]
+
+    table = cli("logs", run_id, "--state-url", lake)
+    assert table.exit_code == 0
+    out = table.stdout
+    assert f"Run {run_id}" in out and "completed" in out and "Errors (" in out and "Summary:" in out
+    assert failed[0]["id"] in out and failed[0]["error_message"].split(":")[0] in out
+    assert "final output" in out
+
+
+def test_logs_of_an_unknown_run_exits_1_with_a_message(demo: tuple[Path, dict]) -> None:
+    lake, _ = demo
+    for args in (("logs", "0000000000000000"), ("logs", "nope", "--json")):
+        result = cli(*args, "--state-url", lake)
+        assert result.exit_code == 1
+        assert result.stdout == ""
+        assert "not found" in result.stderr and "Traceback" not in result.output
+
+
+def test_sql_table_json_and_errors(demo: tuple[Path, dict]) -> None:
+    lake, summary = demo
+    query = "SELECT agent_name, count(*) AS n, max(start_time) AS latest FROM runs GROUP BY 1 ORDER BY 1"
+    rows = cli_json("sql", query, "--state-url", lake)
+    assert [set(r) for r in rows] == [{"agent_name", "n", "latest"}] * 3
+    assert {r["agent_name"]: r["n"] for r in rows} == summary["runs_by_agent"]
+    dt.datetime.fromisoformat(rows[0]["latest"])  # timestamps come out as ISO strings
+    table = cli("sql", query, "--state-url", lake)
+    assert table.exit_code == 0 and all(agent in table.stdout for agent in summary["runs_by_agent"])
+    spans = cli_json("sql", "SELECT count(*) AS n FROM spans WHERE span_type = 'node'", "--state-url", lake)
+    assert spans == [{"n": summary["nodes"]}]
+
+    for bad, message in (("SELEC 1", "syntax error"), ("SELECT nope FROM runs", "nope")):
+        result = cli("sql", bad, "--state-url", lake)
+        assert result.exit_code == 1 and result.stdout == ""
+        assert message in result.stderr and "Traceback" not in result.output
+    capped = cli("sql", "SELECT * FROM range(30)", "--max-rows", 10, "--state-url", lake)
+    assert capped.exit_code == 0 and "Only the first 10 rows" in capped.stdout
+
+
+def test_runs_and_traces(demo: tuple[Path, dict]) -> None:
+    lake, summary = demo
+    latest = cli_json("runs", "--limit", 4, "--state-url", lake)  # no session: latest root runs, as traces
+    assert len(latest) == 4 and all(set(t) == TRACE_KEYS for t in latest)
+    session = latest[0]["session_id"]
+    runs = cli_json("runs", session, "--state-url", lake)
+    assert runs and all(set(r) == RUN_KEYS and r["session_id"] == session for r in runs)
+    assert runs[0]["status"] == "running" and runs[0]["run_id"] == latest[0]["run_id"]
+    failed_id = summary["failed_run_ids"][0]
+    [(failed_session,)] = lake_sql(lake, f"SELECT session_id FROM runs WHERE run_id = '{failed_id}'")
+    failed = {r["run_id"]: r for r in cli_json("runs", failed_session, "--state-url", lake)}[failed_id]
+    assert failed["status"] == "error" and failed["metrics"]["error"] and failed["ended_at"] > failed["started_at"]
+
+    user = latest[1]["user_id"]
+    traces = cli_json("traces", "--user", user, "--limit", 50, "--state-url", lake)
+    assert traces and all(t["user_id"] == user and set(t) == TRACE_KEYS for t in traces)
+    assert all(set(s) == SPAN_KEYS for t in traces for s in t["spans"])
+    assert all(len(t["spans"]) >= 2 for t in traces if t["status"] != "running")  # the run and its nodes
+    in_session = cli_json("traces", "--session", session, "--state-url", lake)
+    assert {t["session_id"] for t in in_session} == {session}
+
+    table = cli("traces", "--user", user, "--state-url", lake)
+    assert table.exit_code == 0 and user in table.stdout and traces[0]["trace_id"] in table.stdout
+    table = cli("runs", session, "--state-url", lake)
+    assert table.exit_code == 0 and f"Runs of session {session}" in table.stdout
+    assert cli("runs", "--state-url", lake).stdout.count("\n") > 4
+
+
+def test_hostile_session_ids_and_long_text(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    long_input = "line one\n" + "x" * 5000
+    sessions = ["../x", "a/b", "über 🙂", "[red]s[/red] %2F=~", "esc\x1b[2J"]
+    runlake.configure(lake)
+    try:
+        for session in sessions:
+            with runlake.run("bot", session, user_id="u/../1", input=long_input) as run:
+                with runlake.node("lookup", type="tool", input={"q": session}) as node:
+                    node.set_output("ok")
+                run.set_output("done")
+    finally:
+        runlake.shutdown()
+
+    for session in sessions:
+        runs = cli_json("runs", session, "--state-url", lake)
+        assert len(runs) == 1 and runs[0]["session_id"] == session
+        assert runs[0]["input_content"] == long_input  # never truncated in JSON
+        traces = cli_json("traces", "--session", session, "--state-url", lake)
+        assert len(traces) == 1 and traces[0]["session_id"] == session and len(traces[0]["spans"]) == 2
+        table = cli("runs", session, "--state-url", lake)
+        shown = session.replace("\x1b", "\\x1b")  # terminal escapes are shown, not obeyed
+        assert table.exit_code == 0 and shown in table.stdout and "\x1b" not in table.stdout
+        assert "…" in table.stdout and "x" * 200 not in table.stdout  # truncated in tables
+    users = cli_json("traces", "--user", "u/../1", "--state-url", lake)
+    assert len(users) == len(sessions)
+    missing = cli("runs", "../nope", "--state-url", lake)
+    assert missing.exit_code == 0 and "No runs in session ../nope." in missing.stdout
+    none = cli("traces", "--session", "a/b/c", "--state-url", lake)
+    assert none.exit_code == 0 and "No traces in session a/b/c." in none.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lake"]  # nothing escaped the lake
+
+
+# ---- gc -----------------------------------------------------------------------------------------------------
+def test_gc_removes_expired_partitions_and_prints_counts(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    summary = generate_workload(lake, sessions=8, seed=5, days=5)
+    bots = summary["runs_by_agent"].get("support-bot", 0)
+    assert bots > 0
+    [(bot_nodes,)] = lake_sql(
+        lake,
+        "SELECT count(*) FROM spans s JOIN runs r USING (run_id) "
+        "WHERE s.span_type = 'node' AND r.agent_name = 'support-bot'",
+    )
+    today = dt.datetime.now(dt.timezone.utc).date()
+
+    nothing = cli("gc", "--now", today.isoformat(), "--state-url", lake)
+    assert nothing.exit_code == 0 and "Nothing has expired" in nothing.stdout
+    # support-bot keeps 7 days, the others 30 or 90: eight days on, exactly the support-bot history goes
+    counts = cli_json("gc", "--now", (today + dt.timedelta(days=8)).isoformat(), "--state-url", lake)
+    assert counts == {"executions_deleted": bots, "nodes_deleted": bot_nodes}
+    left = dict(lake_sql(lake, "SELECT agent_name, count(*) FROM runs GROUP BY 1"))
+    assert left == {a: n for a, n in summary["runs_by_agent"].items() if a != "support-bot"}
+
+    result = cli("gc", "--now", "2100-01-01", "--state-url", lake)
+    assert result.exit_code == 0
+    rest = summary["runs"] - bots
+    assert f"{rest} executions" in result.stdout and f"{summary['nodes'] - bot_nodes} nodes" in result.stdout
+    assert not list(lake.rglob("*.parquet")) and not list(lake.rglob("day=*"))
+    assert "No runs in this lake yet." in cli("history", "--state-url", lake).stdout
+
+    bad = cli("gc", "--now", "yesterday", "--state-url", lake)
+    assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.stderr
+
+
+# ---- state URL, errors, help ---------------------------------------------------------------------------------
+def test_missing_lake_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    for args in (
+        ("history",),
+        ("runs",),
+        ("runs", "s1"),
+        ("traces",),
+        ("logs", "abc"),
+        ("sql", "SELECT 1"),
+        ("gc", "--now", "2100-01-01"),
+    ):
+        result = cli(*args, "--state-url", missing)
+        assert result.exit_code == 1, args
+        assert "no lake at" in result.stderr and str(missing) in result.stderr and result.stdout == ""
+        assert "Traceback" not in result.output
+    assert not missing.exists()  # reading never creates it
+    bad_url = cli("history", "--state-url", "s3://bucket/lake")
+    assert bad_url.exit_code == 1 and "file://" in bad_url.stderr
+
+
+def test_state_url_precedence_flag_then_env_then_default(demo: tuple[Path, dict], tmp_path: Path) -> None:
+    lake, summary = demo
+    assert len(cli_json("history", "--limit", 1000, env={"RUNLAKE_STATE_URL": str(lake)})) == summary["runs"]
+    flag_wins = cli_json("history", "--limit", 1, "--state-url", lake, env={"RUNLAKE_STATE_URL": str(tmp_path / "x")})
+    assert len(flag_wins) == 1
+    env_ignored = cli("history", "--state-url", tmp_path / "x", env={"RUNLAKE_STATE_URL": str(lake)})
+    assert env_ignored.exit_code == 1
+    file_url = cli_json("history", "--limit", 2, "--state-url", lake.resolve().as_uri())
+    assert len(file_url) == 2
+    help_text = cli("history", "--help").stdout
+    assert "RUNLAKE_STATE_URL" in help_text and "Precedence" in help_text and "./runlake-data" in help_text
+
+
+@pytest.mark.parametrize("command", ["demo", "runs", "traces", "history", "logs", "sql", "gc"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = cli(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout and f"runlake {command}" in result.stdout
+    assert "--state-url" in result.stdout and "--json" in result.stdout
+    if command == "sql":
+        assert "spans" in result.stdout and "runs" in result.stdout and "docs/schema.md" in result.stdout
+
+
+def test_other_modules_can_register_commands() -> None:
+    import typer
+
+    before = list(app.registered_commands)
+
+    def hello(name: str = "lake") -> None:
+        typer.echo(f"hello {name}")
+
+    try:
+        app.command("hello")(hello)
+        result = cli("hello", "--name", "there")
+        assert result.exit_code == 0 and result.stdout == "hello there\n"
+    finally:
+        app.registered_commands[:] = before
+
+
+# ---- the installed console script, in a real subprocess -----------------------------------------------------
+def test_console_script_end_to_end(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("runlake")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "runlake.cli"]
+    lake = tmp_path / "lake"
+    env = {"PATH": str(Path(sys.executable).parent), "COLUMNS": "200", "RUNLAKE_STATE_URL": str(lake)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    demo = run("demo", "--sessions", "4", "--seed", "9")
+    assert demo.returncode == 0, demo.stderr
+    assert "Try next:" in demo.stdout and str(lake.resolve()) in demo.stdout
+    run_id = re.search(r"runlake logs ([0-9a-f]{16})", demo.stdout).group(1)
+    logs = run("logs", run_id, "--json")
+    assert logs.returncode == 0 and set(json.loads(logs.stdout)) == LOGS_KEYS
+    bad = run("sql", "SELEC 1")
+    assert bad.returncode == 1 and "syntax error" in bad.stderr and "Traceback" not in bad.stderr
+    module = subprocess.run(
+        [sys.executable, "-m", "runlake.cli", "history", "--json", "--limit", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert module.returncode == 0 and [set(i) for i in json.loads(module.stdout)] == [HISTORY_KEYS] * 2
