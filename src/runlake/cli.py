@@ -56,7 +56,7 @@ STATE_URL_ENV = "RUNLAKE_STATE_URL"
 DEFAULT_STATE_URL = "./runlake-data"
 
 # Modules that add commands to ``app`` (imported by ``main()`` before the app runs).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["runlake.cli_ops"]
 
 app = typer.Typer(
     name="runlake",
@@ -890,6 +890,7 @@ def gc(
         int | None,
         typer.Option("--max-age-days", min=1, help="Also remove anything older than this, whatever its own TTL."),
     ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
     state_url: StateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -910,7 +911,7 @@ def gc(
             fail(f"--now must be a day as YYYY-MM-DD, got {now!r}", code=2)
     db = open_db(state_url)
     with _friendly_errors():
-        counts = db.cleanup_expired(now=today, max_age_days=max_age_days)
+        counts = db.cleanup_expired(now=today, max_age_days=max_age_days, dry_run=dry_run)
     if as_json:
         print_json(counts)
         return
@@ -921,13 +922,13 @@ def gc(
         return
     _stdout().print(
         Text.assemble(
-            "Removed expired partitions from ",
+            "Would remove expired partitions from " if dry_run else "Removed expired partitions from ",
             str(where),
             ": ",
             (f"{counts['executions_deleted']} executions", "bold"),
             " and ",
             (f"{counts['nodes_deleted']} nodes", "bold"),
-            f" deleted (today taken as {day} UTC).",
+            f" {'would be ' if dry_run else ''}deleted (today taken as {day} UTC).",
         ),
         soft_wrap=True,
     )

@@ -1,0 +1,205 @@
+"""Lake operations on the command line: ``compact``, ``forward`` (replay to OTLP) and ``import`` (OTLP JSON lines)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cli import DEFAULT_STATE_URL, AsJson, StateUrl, _human_bytes, _lake_root, _stderr, _stdout, app, fail, print_json
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_stderr(),
+        transient=True,
+    )
+
+
+def _existing_lake(state_url: str) -> Path:
+    root = _lake_root(state_url)
+    if not root.is_dir():
+        fail(f"no lake at {root.resolve()}: the folder does not exist")
+    return root
+
+
+def _day(value: str | None, flag: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        fail(f"{flag} must be a day as YYYY-MM-DD, got {value!r}", code=2)
+
+
+@app.command()
+def compact(
+    older_than: Annotated[
+        float,
+        typer.Option("--older-than", metavar="MINUTES", min=0, help="Only partitions with no new part for this long."),
+    ] = 10,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Merge the small part files of quiet partitions into one file each (sorted, large row groups).
+
+    Session partitions with no new part for `--older-than` minutes, and closed days of the `runs/` index, are
+    rewritten in the current schema; readers and writers can go on meanwhile (see docs/design.md).
+
+    **Example:**
+
+        runlake compact --older-than 30 --state-url ./runlake-data
+    """
+    from .compact import compact as run_compaction
+
+    root = _existing_lake(state_url)
+    with _progress() as progress:
+        task = progress.add_task("compacting", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        summary = run_compaction(root, older_than_minutes=older_than, progress=advance)
+    if as_json:
+        print_json(summary.as_dict())
+        return
+    table = Table(title=f"Compaction of {root.resolve()}", show_header=True)
+    for column in ("partitions", "files before", "files after", "bytes before", "bytes after", "rows", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary.partitions),
+        str(summary.files_before),
+        str(summary.files_after),
+        _human_bytes(summary.bytes_before),
+        _human_bytes(summary.bytes_after),
+        str(summary.rows),
+        f"{summary.seconds:.2f}",
+    )
+    _stdout().print(table)
+    if summary.skipped_files:
+        _stderr().print(f"{summary.skipped_files} unreadable part files were left alone (see the warnings above).")
+    if not summary.partitions:
+        _stdout().print("Nothing to compact: no quiet partition has more than one part file.")
+
+
+@app.command()
+def forward(
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", help="OTLP endpoint, e.g. http://collector:4317 (gRPC) or :4318 (HTTP).")
+    ],
+    protocol: Annotated[str, typer.Option("--protocol", help="grpc or http/protobuf.")] = "grpc",
+    header: Annotated[list[str] | None, typer.Option("--header", help="key=value, repeatable.")] = None,
+    session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="From this UTC day.")] = None,
+    until: Annotated[str | None, typer.Option("--until", metavar="YYYY-MM-DD", help="Up to this UTC day.")] = None,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Replay stored spans to an OTLP endpoint with their original ids, times, attributes and events.
+
+    Use it to backfill a new backend (Jaeger, Phoenix, Langfuse, another runlake) from the lake. Exits 1 if any
+    batch was refused.
+
+    **Example:**
+
+        runlake forward --endpoint http://localhost:4318 --protocol http/protobuf --since 2026-11-01
+    """
+    from .forward import build_otlp_exporter, forwarding_settings, parse_headers
+    from .replay import forward as replay
+
+    root = _existing_lake(state_url)
+    try:
+        settings = forwarding_settings(endpoint, protocol, parse_headers(",".join(header or [])))
+    except ValueError as error:
+        fail(str(error), code=2)
+    assert settings is not None
+    exporter = build_otlp_exporter(*settings, timeout_s=10)
+    with _progress() as progress:
+        task = progress.add_task("forwarding spans", total=None)
+        result = replay(
+            root,
+            exporter,
+            session_id=session,
+            since=_day(since, "--since"),
+            until=_day(until, "--until"),
+            progress=lambda n: progress.advance(task, n),
+        )
+    exporter.shutdown()
+    if as_json:
+        print_json(result)
+    else:
+        _stdout().print(
+            f"Forwarded {result['sent']} spans to {settings[0]} ({settings[1]}); {result['failed']} failed."
+        )
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("import")
+def import_files(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="OTLP JSON lines files.")],
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Store under this tenant.")] = None,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Import OTLP JSON lines (the collector's file exporter, opentelemetry-exporter-otlp-json-file) into the lake.
+
+    Each line is one ExportTraceServiceRequest in OTLP/JSON. A bad line is reported with its file and line number
+    and skipped; the rest is imported.
+
+    **Example:**
+
+        runlake import traces.jsonl more.jsonl --state-url ./runlake-data
+    """
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+
+    from .otlp import JSON, OTLPDecodeError, decode_request
+
+    root = _lake_root(state_url)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        fail(f"no such file: {', '.join(missing)}")
+    exporter = RunlakeSpanExporter(root, tenant_id=tenant)
+    summary = {"files": len(files), "lines": 0, "spans": 0, "rejected_spans": 0, "bad_lines": 0}
+    problems: list[str] = []
+    total = sum(f.stat().st_size for f in files)
+    with _progress() as progress:
+        task = progress.add_task("importing", total=total)
+        for path in files:
+            with path.open("rb") as stream:
+                for number, line in enumerate(stream, start=1):
+                    progress.advance(task, len(line))
+                    if not line.strip():
+                        continue
+                    summary["lines"] += 1
+                    try:
+                        decoded = decode_request(line, JSON)
+                    except OTLPDecodeError as error:
+                        summary["bad_lines"] += 1
+                        problems.append(f"{path}:{number}: {error}")
+                        continue
+                    summary["rejected_spans"] += decoded.rejected
+                    if decoded.rejected:
+                        problems.append(f"{path}:{number}: {decoded.error_message}")
+                    exporter.export(decoded.spans)
+                    summary["spans"] += len(decoded.spans)
+    exporter.shutdown()
+    if exporter.stats["dropped_rows"] or exporter.stats["failing"]:
+        fail(f"could not write the lake at {root}: {exporter.stats['failing']}")
+    for problem in problems:
+        _stderr().print(problem, markup=False, highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(summary)
+        return
+    _stdout().print(
+        f"Imported {summary['spans']} spans from {summary['lines']} lines of {summary['files']} file(s) into "
+        f"{root.resolve()}; {summary['bad_lines']} bad lines and {summary['rejected_spans']} invalid spans skipped."
+    )
