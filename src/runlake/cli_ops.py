@@ -203,3 +203,12 @@ def import_files(
         f"Imported {summary['spans']} spans from {summary['lines']} lines of {summary['files']} file(s) into "
         f"{root.resolve()}; {summary['bad_lines']} bad lines and {summary['rejected_spans']} invalid spans skipped."
     )
+
+
+def _register_serve() -> None:
+    from .server import serve_command
+
+    app.command("serve")(serve_command)
+
+
+_register_serve()

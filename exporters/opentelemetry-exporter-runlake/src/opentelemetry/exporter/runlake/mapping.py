@@ -257,16 +257,17 @@ def _events_json(events: Sequence[Any]) -> tuple[str | None, str | None]:
     return _JSON(out), message
 
 
-def _resource_of(span: Any, cache: dict[int, tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
+def _resource_of(span: Any, cache: dict[int, tuple[Any, str | None, str | None]]) -> tuple[str | None, str | None]:
+    """Service name and resource JSON, cached per resource object (spans of one provider share it)."""
     resource = span.resource
-    key = id(resource)
-    hit = cache.get(key)
-    if hit is None:
+    hit = cache.get(id(resource))
+    if hit is None or hit[0] is not resource:  # the cache holds the object, so its id cannot be reused meanwhile
         attrs = dict(resource.attributes) if resource is not None else {}
         service = attrs.pop("service.name", None)
-        hit = (service, _JSON(attrs) if attrs else None)
-        cache[key] = hit
-    return hit
+        if len(cache) >= 1024:
+            cache.clear()
+        hit = cache[id(resource)] = (resource, service, _JSON(attrs) if attrs else None)
+    return hit[1], hit[2]
 
 
 class SpanMapper:
@@ -286,7 +287,7 @@ class SpanMapper:
         self.default_tenant = default_tenant
         self.force_tenant = force_tenant
         self.redact = redact
-        self._resource_cache: dict[int, tuple[str | None, str | None]] = {}
+        self._resource_cache: dict[int, tuple[Any, str | None, str | None]] = {}
 
     def map_span(self, span: Any, record: str = "end") -> tuple:
         """One row; raises ValueError for a span that cannot be stored (no ids or start time)."""

@@ -1,0 +1,264 @@
+"""``ExecutionHistoryService``: CodexOS's service API (cleanup, statistics, performance) over the lake.
+
+```python
+service = ExecutionHistoryService(db)          # a HistoryDB, a state URL, or None (RUNLAKE_STATE_URL)
+await service.cleanup_expired_executions(days=30)  # {"executions_deleted": 150, "nodes_deleted": 1200}
+await service.get_execution_statistics(user_id, days=30)
+await service.get_agent_performance_metrics(agent_id, days=30)
+```
+
+Statistics read the small ``runs/`` index for the day range only (``layout.table_files`` with ``since``);
+per-node-type figures read the ``spans/`` table for the same days, restricted to the runs counted. The
+blocking DuckDB work runs in a worker thread (``asyncio.to_thread``), so the event loop stays free.
+Like ``HistoryDB.scoped``, a service scoped to a tenant (and a user) never sees anything outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
+
+from .history import HistoryDB, iso_time
+from .query import LATEST_ROW, LakeReader
+
+__all__ = ["ExecutionHistoryService"]
+
+_NS_PER_DAY = 86_400 * 10**9
+_DURATION_MS = "(end_time_unix_nano - start_time_unix_nano) / 1e6"
+
+
+def _round(value: Any, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _check_days(days: Any, allow_none: bool = False) -> int | None:
+    if days is None and allow_none:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValueError(f"days must be a positive whole number, got {days!r}")
+    return days
+
+
+class ExecutionHistoryService:
+    """Cleanup, per-user statistics and per-agent performance, as CodexOS's service offers them.
+
+    ``db``: a ``HistoryDB`` (its root, tenant and user scope are used), or a state URL / path, or None for
+    ``RUNLAKE_STATE_URL`` / ``PRAISONAI_STATE_URL``. ``tenant_id`` / ``user_id`` scope a service built from
+    a URL. With no lake configured, reads return empty figures and cleanup deletes nothing.
+    """
+
+    def __init__(
+        self,
+        db: HistoryDB | str | os.PathLike[str] | None = None,
+        *,
+        tenant_id: str | None = None,
+        user_id: str | None = None,
+        reader: LakeReader | None = None,
+    ) -> None:
+        if isinstance(db, HistoryDB):
+            self.db = db if tenant_id is None and user_id is None else db.scoped(tenant_id, user_id)
+        else:
+            self.db = HistoryDB(db, tenant_id=tenant_id, user_id=user_id)
+        self._reader = reader or LakeReader()
+
+    def scoped(self, tenant_id: str | None = None, user_id: str | None = None) -> ExecutionHistoryService:
+        """The same lake seen by one tenant (and one user); shares the DuckDB connection."""
+        scoped = ExecutionHistoryService.__new__(ExecutionHistoryService)
+        scoped.db = self.db.scoped(tenant_id, user_id)
+        scoped._reader = self._reader
+        return scoped
+
+    @property
+    def root(self) -> Path | None:
+        return self.db.root
+
+    @property
+    def tenant_id(self) -> str | None:
+        return self.db.tenant_id
+
+    @property
+    def user_id(self) -> str | None:
+        return self.db.user_id
+
+    # ---- the CodexOS service API ------------------------------------------------------------------------------
+    async def cleanup_expired_executions(self, days: int | None = 30, now: dt.datetime | None = None) -> dict[str, int]:
+        """Delete executions past their own ``ttl_days`` or older than ``days`` (None: own TTL only).
+
+        Returns ``{"executions_deleted": n, "nodes_deleted": m}``. Whole day partitions go, so a day is
+        removed once all of it is past the limit.
+        """
+        days = _check_days(days, allow_none=True)
+        return await asyncio.to_thread(self.db.cleanup_expired, now, days)
+
+    async def get_execution_statistics(
+        self, user_id: str | None = None, days: int = 30, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """Counts, success rate, tokens, cost and duration percentiles of the executions of the last ``days``.
+
+        ``user_id`` None means every user in this service's scope (a tenant for an admin).
+        """
+        days = _check_days(days)
+        return await asyncio.to_thread(self._statistics, user_id, None, days, now)
+
+    async def get_agent_performance_metrics(
+        self, agent_id: str, days: int = 30, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """The statistics of one agent's executions (by agent name or id), plus figures per node type."""
+        if not isinstance(agent_id, str) or not agent_id:
+            raise ValueError("agent_id must be a non-empty string")
+        days = _check_days(days)
+        return await asyncio.to_thread(self._statistics, None, agent_id, days, now)
+
+    # ---- the blocking part ------------------------------------------------------------------------------------
+    def _window(self, days: int, now: dt.datetime | None) -> tuple[int, str, dt.datetime]:
+        moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+        cutoff_ns = int(moment.timestamp() * 1e9) - days * _NS_PER_DAY
+        since_day = dt.datetime.fromtimestamp(cutoff_ns / 1e9, tz=dt.timezone.utc).date().isoformat()
+        return cutoff_ns, since_day, moment
+
+    def _lister(self, table: str, since_day: str) -> Callable[[], list[Path]]:
+        root, tenant = self.root, self.tenant_id
+        return lambda: table_files(root, table, tenant, since=since_day) if root is not None else []
+
+    def _scope_sql(self, params: list[Any], users: bool = True) -> str:
+        sql = ""
+        if self.tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(self.tenant_id)
+        if users and self.user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(self.user_id)
+        return sql
+
+    def _statistics(
+        self, user_id: str | None, agent_id: str | None, days: int, now: dt.datetime | None
+    ) -> dict[str, Any]:
+        cutoff_ns, since_day, moment = self._window(days, now)
+        params: list[Any] = [cutoff_ns]
+        where = "start_time_unix_nano >= ?" + self._scope_sql(params)
+        if user_id is not None:
+            where += " AND user_id = ?"
+            params.append(user_id)
+        if agent_id is not None:
+            where += " AND (agent_name = ? OR agent_id = ?)"
+            params += [agent_id, agent_id]
+        runs_sql = f"SELECT * FROM {{files}} WHERE {where} {LATEST_ROW}"
+        summary_sql = f"""
+            WITH r AS ({runs_sql}),
+                 d AS (SELECT *, CASE WHEN end_time_unix_nano IS NOT NULL THEN {_DURATION_MS} END AS duration_ms
+                       FROM r)
+            SELECT count(*) AS total,
+                   count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR')
+                       AS completed,
+                   count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code = 'ERROR') AS failed,
+                   count(*) FILTER (WHERE end_time_unix_nano IS NULL) AS running,
+                   coalesce(sum(input_tokens), 0) AS input_tokens,
+                   coalesce(sum(output_tokens), 0) AS output_tokens,
+                   coalesce(sum(cost_cents), 0) AS cost_cents,
+                   coalesce(sum(node_count), 0) AS nodes,
+                   coalesce(sum(failed_nodes), 0) AS failed_nodes,
+                   avg(duration_ms) AS avg_ms,
+                   quantile_cont(duration_ms, 0.5) AS p50_ms,
+                   quantile_cont(duration_ms, 0.95) AS p95_ms,
+                   max(duration_ms) AS max_ms,
+                   min(start_time_unix_nano) AS first_ns,
+                   max(start_time_unix_nano) AS last_ns
+            FROM d"""
+        rows = self._reader.rows(summary_sql, self._lister(RUNS, since_day), params) if self.root else []
+        row = rows[0] if rows else {}
+        stats = self._figures(row)
+        out: dict[str, Any] = {}
+        if agent_id is not None:
+            out["agent_id"] = agent_id
+        else:
+            out["user_id"] = user_id
+        out.update(
+            {
+                "period_days": days,
+                "since": iso_time(cutoff_ns),
+                "until": iso_time(int(moment.timestamp() * 1e9)),
+                **stats,
+                "first_execution_at": iso_time(row.get("first_ns")),
+                "last_execution_at": iso_time(row.get("last_ns")),
+            }
+        )
+        if agent_id is not None:
+            out["node_types"] = self._node_types(runs_sql, params, since_day) if stats["total_executions"] else {}
+        return out
+
+    @staticmethod
+    def _figures(row: dict[str, Any]) -> dict[str, Any]:
+        completed, failed = int(row.get("completed") or 0), int(row.get("failed") or 0)
+        finished = completed + failed
+        tokens_in, tokens_out = int(row.get("input_tokens") or 0), int(row.get("output_tokens") or 0)
+        total = int(row.get("total") or 0)
+        cost = float(row.get("cost_cents") or 0.0)
+        return {
+            "total_executions": total,
+            "completed_executions": completed,
+            "failed_executions": failed,
+            "running_executions": int(row.get("running") or 0),
+            "success_rate": round(completed / finished, 4) if finished else None,
+            "tokens_used": tokens_in + tokens_out,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost_cents": int(round(cost)),
+            "avg_cost_cents": round(cost / total, 3) if total else None,
+            "total_nodes": int(row.get("nodes") or 0),
+            "failed_nodes": int(row.get("failed_nodes") or 0),
+            "avg_duration_ms": _round(row.get("avg_ms")),
+            "p50_duration_ms": _round(row.get("p50_ms")),
+            "p95_duration_ms": _round(row.get("p95_ms")),
+            "max_duration_ms": _round(row.get("max_ms")),
+        }
+
+    def _node_types(self, runs_sql: str, params: list[Any], since_day: str) -> dict[str, dict[str, Any]]:
+        """Per node type over the nodes of the runs counted (a root run also owns its trace's unnamed nodes).
+
+        Nodes are found through the runs already scoped, not by their own ``user_id`` (spans made by other
+        instrumentations inside a run often carry none).
+        """
+        runs = self._reader.rows(
+            f"SELECT run_id, trace_id, parent_span_id IS NULL AS root FROM ({runs_sql})",
+            self._lister(RUNS, since_day),
+            params,
+        )
+        run_ids = sorted({r["run_id"] for r in runs if r["run_id"]})
+        root_traces = sorted({r["trace_id"] for r in runs if r["root"]})
+        node_params: list[Any] = [params[0], run_ids, root_traces]
+        sql = f"""
+            WITH n AS (
+                SELECT * FROM {{files}}
+                WHERE span_type = 'node' AND start_time_unix_nano >= ?
+                  AND (list_contains(?, run_id) OR (run_id IS NULL AND list_contains(?, trace_id)))
+                  {self._scope_sql(node_params, users=False)}
+                {LATEST_ROW})
+            SELECT coalesce(node_type, 'unknown') AS node_type,
+                   count(*) AS total,
+                   count(*) FILTER (WHERE status_code = 'ERROR') AS failed,
+                   coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) AS tokens,
+                   coalesce(sum(cost_cents), 0) AS cost_cents,
+                   avg({_DURATION_MS}) AS avg_ms,
+                   quantile_cont({_DURATION_MS}, 0.5) AS p50_ms,
+                   quantile_cont({_DURATION_MS}, 0.95) AS p95_ms
+            FROM n GROUP BY 1 ORDER BY 1"""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self._reader.rows(sql, self._lister(SPANS, since_day), node_params):
+            total, failed = int(r["total"]), int(r["failed"])
+            out[r["node_type"]] = {
+                "count": total,
+                "failed": failed,
+                "success_rate": round((total - failed) / total, 4) if total else None,
+                "tokens_used": int(r["tokens"]),
+                "cost_cents": round(float(r["cost_cents"]), 3),
+                "avg_duration_ms": _round(r["avg_ms"]),
+                "p50_duration_ms": _round(r["p50_ms"]),
+                "p95_duration_ms": _round(r["p95_ms"]),
+            }
+        return out
