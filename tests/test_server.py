@@ -503,7 +503,7 @@ def test_websocket_live_events(server: Server, keys: dict[str, str]) -> None:
 def test_websocket_slow_client_queue_is_bounded() -> None:
     """A subscriber that does not read keeps at most ``queue_size`` events: the oldest go and are counted."""
     from runlake.auth import Principal
-    from runlake.server import EventHub, Subscriber
+    from runlake.events import EventHub, Subscriber
 
     async def scenario() -> None:
         hub = EventHub()

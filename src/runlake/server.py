@@ -18,12 +18,10 @@ import contextlib
 import ipaddress
 import logging
 import os
-import struct
 import threading
 import time
 import zlib
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -37,12 +35,28 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from opentelemetry.exporter.runlake import RunlakeSpanExporter
 from opentelemetry.exporter.runlake.layout import resolve_state_url
-from opentelemetry.exporter.runlake.mapping import COL, NODE, RUN
 from opentelemetry.sdk.trace.export import SpanExportResult
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from . import otlp
+from .api_models import (
+    ErrorBody,
+    HealthResponse,
+    HistoryItem,
+    HistoryParams,
+    LogsParams,
+    LogsResponse,
+    PerformanceParams,
+    PerformanceResponse,
+    RunItem,
+    RunsParams,
+    StatsParams,
+    StatsResponse,
+    TraceItem,
+    TracesParams,
+    WsParams,
+)
 from .auth import (
     WS_SUBPROTOCOL_PREFIX,
     KeysError,
@@ -52,7 +66,9 @@ from .auth import (
     key_from_subprotocols,
     load_keys,
 )
-from .history import HistoryDB, format_duration, iso_time
+from .events import EventBuilder, EventHub, Subscriber
+from .history import HistoryDB, iso_time
+from .ingest_log import IngestLog, IngestLogLocked, StorageUnavailable
 from .service import ExecutionHistoryService
 
 __all__ = [
@@ -108,10 +124,6 @@ class ServerSettings:
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
-class StorageUnavailable(RuntimeError):
-    """The lake cannot be written right now (disk full, read-only, ...): answer 503 + Retry-After."""
-
-
 class BodyError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -159,309 +171,6 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes:
         if encoding == "deflate" and inflater.unused_data:
             raise BodyError(400, "deflate body has trailing data")
     return bytes(out)
-
-
-# ---- live events -----------------------------------------------------------------------------------------------
-def _preview(text: str | None) -> str | None:
-    if text is None or len(text) <= _PREVIEW:
-        return text
-    return text[:_PREVIEW] + "…"
-
-
-class EventBuilder:
-    """Turns stored span rows of one tenant into CodexOS execution events (called under the export lock)."""
-
-    def __init__(self, max_tracked: int = 10_000) -> None:
-        # runs announced as started -> their agent (when known); bounded, oldest forgotten
-        self._started: OrderedDict[str, str | None] = OrderedDict()
-        self._max = max_tracked
-
-    def _announce(self, run_id: str, agent: str | None) -> bool:
-        if run_id in self._started:
-            self._started.move_to_end(run_id)
-            if agent is not None:
-                self._started[run_id] = agent
-            return False
-        self._started[run_id] = agent
-        if len(self._started) > self._max:
-            self._started.popitem(last=False)
-        return True
-
-    def events(self, rows: list[tuple]) -> list[dict[str, Any]]:
-        """Events in time order. A node's agent is its own, else its run's (from this batch or an earlier one)."""
-        out: list[dict[str, Any]] = []
-        c = COL
-        agents = {
-            row[c["run_id"]]: row[c["agent_name"]] or row[c["agent_id"]]
-            for row in rows
-            if row[c["span_type"]] == RUN and row[c["run_id"]]
-        }
-        for row in sorted(rows, key=lambda r: r[c["end_time_unix_nano"]] or r[c["start_time_unix_nano"]]):
-            span_type = row[c["span_type"]]
-            if span_type not in (RUN, NODE):
-                continue
-            run_id = row[c["run_id"]] or ("trace:" + row[c["trace_id"]])
-            agent = row[c["agent_name"]] or row[c["agent_id"]] or agents.get(run_id) or self._started.get(run_id)
-            base = {
-                "tenant_id": row[c["tenant_id"]],
-                "run_id": run_id,
-                "trace_id": row[c["trace_id"]],
-                "session_id": row[c["session_id"]],
-                "user_id": row[c["user_id"]],
-                "agent_id": agent,
-            }
-            start, end = row[c["start_time_unix_nano"]], row[c["end_time_unix_nano"]]
-            failed = row[c["status_code"]] == "ERROR"
-            tokens = (row[c["input_tokens"]] or 0) + (row[c["output_tokens"]] or 0)
-            if self._announce(run_id, agent):
-                started = {"type": "execution_started", **base, "timestamp": iso_time(start)}
-                if span_type == RUN:
-                    started["data"] = {"started_at": iso_time(start), "input": _preview(row[c["input"]])}
-                else:
-                    started["data"] = {"started_at": None, "input": None}  # first seen through a node
-                out.append(started)
-            if span_type == NODE:
-                data = {
-                    "id": row[c["node_id"]],
-                    "type": row[c["node_type"]],
-                    "status": "failed" if failed else "completed",
-                    "time": format_duration(start, end),
-                    "error_message": row[c["status_message"]] if failed else None,
-                    "tokens_used": tokens,
-                    "cost_cents": row[c["cost_cents"]] or 0,
-                    "output": _preview(row[c["output"]]),
-                }
-                out.append({"type": "node_executed", **base, "timestamp": iso_time(end), "data": data})
-            else:
-                self._started.pop(run_id, None)
-                data = {
-                    "status": "failed" if failed else "completed",
-                    "started_at": iso_time(start),
-                    "completed_at": iso_time(end),
-                    "duration": format_duration(start, end),
-                    "output": _preview(row[c["output"]]),
-                    "error_message": row[c["status_message"]] if failed else None,
-                    "tokens_used": tokens,
-                    "cost_cents": row[c["cost_cents"]] or 0,
-                }
-                kind = "execution_failed" if failed else "execution_completed"
-                out.append({"type": kind, **base, "timestamp": iso_time(end), "data": data})
-        return out
-
-
-class Subscriber:
-    """One WebSocket connection: a bounded queue (oldest dropped and counted) and what it may see."""
-
-    def __init__(self, principal: Principal, filters: dict[str, str], maxlen: int) -> None:
-        self.principal = principal
-        self.filters = filters
-        self.queue: deque[dict[str, Any]] = deque(maxlen=maxlen)
-        self.dropped = 0
-        self.unreported_drops = 0
-        self.ready = asyncio.Event()
-
-    def visible(self, event: dict[str, Any]) -> bool:
-        p = self.principal
-        if p.tenant_id is not None and event["tenant_id"] != p.tenant_id:
-            return False
-        if p.read_user is not None and event["user_id"] != p.read_user:
-            return False
-        return all(event.get(k) == v for k, v in self.filters.items())
-
-    def offer(self, event: dict[str, Any]) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1
-            self.unreported_drops += 1
-        self.queue.append(event)
-        self.ready.set()
-
-
-class EventHub:
-    """Fans events out to the WebSocket subscribers that may see them (runs on the event loop)."""
-
-    def __init__(self) -> None:
-        self.subscribers: set[Subscriber] = set()
-        self.published = 0
-
-    def publish(self, events: list[dict[str, Any]]) -> None:
-        self.published += len(events)
-        for sub in list(self.subscribers):
-            for event in events:
-                if sub.visible(event):
-                    sub.offer(event)
-
-    @property
-    def dropped(self) -> int:
-        return sum(s.dropped for s in self.subscribers)
-
-
-# ---- the ingest log: what was answered 200 survives a crash ------------------------------------------------------
-_RECORD = struct.Struct("<4sBBHII")  # magic, media (0 protobuf, 1 JSON), has tenant, tenant length, body length, crc32
-_MAGIC = b"RLI1"
-_MEDIA_CODES = {otlp.PROTOBUF: 0, otlp.JSON: 1}
-_MEDIA_NAMES = {v: k for k, v in _MEDIA_CODES.items()}
-
-
-class IngestLogLocked(RuntimeError):
-    """Another ``runlake serve`` uses this ingest log folder."""
-
-
-class _Segment:
-    def __init__(self, path: Path, handle: Any = None) -> None:
-        self.path = path
-        self.handle = handle  # None once closed (or for segments found at start-up)
-        self.pending = 0  # requests appended here whose rows are not yet in the writers' buffers
-        self.records = 0
-
-
-class IngestLog:
-    """Append-only log of accepted OTLP request bodies (``durability=log``).
-
-    A request is appended (one ``write``; ``fsync`` too if asked) before its rows go into the writers' memory
-    buffers and before it is answered 200. Every flush interval a checkpoint starts a new segment, waits until
-    the requests of the old ones are in the buffers, flushes every writer and then deletes the old segments.
-    At start-up, segments left by a crash are replayed through the same decoding and exporter, so a crash loses
-    nothing that was acknowledged (spans written just before the crash may be stored twice; every reader keeps
-    one row per span id). A record torn by the crash was never acknowledged and is skipped.
-    """
-
-    def __init__(self, folder: Path, fsync: bool = False) -> None:
-        self.folder = folder
-        self.fsync = fsync
-        self._cond = threading.Condition()
-        self._current: _Segment | None = None
-        self._closed: list[_Segment] = []
-        self._lock_file: Any = None
-        self._seq = 0
-        self.appended = 0
-
-    def open(self) -> list[Path]:
-        """Lock the folder for this process; the segments a previous run left behind, oldest first."""
-        import fcntl
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.folder / "LOCK", "a+b")  # noqa: SIM115 - held for the life of the server
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise IngestLogLocked(f"ingest log {self.folder} is in use by another runlake serve") from None
-        found = sorted(self.folder.glob("segment-*.log"))
-        if found:
-            self._seq = max(int(p.stem.split("-")[1]) for p in found)
-        return found
-
-    def adopt(self, paths: list[Path]) -> None:
-        """Segments replayed at start-up: deleted by the next successful checkpoint."""
-        with self._cond:
-            self._closed.extend(_Segment(p) for p in paths)
-
-    def append(self, tenant: str | None, media: str, body: bytes) -> _Segment:
-        """Write one request; raises ``StorageUnavailable`` if it cannot be written (nothing accepted)."""
-        tenant_bytes = (tenant or "").encode("utf-8")
-        header = _RECORD.pack(
-            _MAGIC,
-            _MEDIA_CODES[media],
-            tenant is not None,
-            len(tenant_bytes),
-            len(body),
-            zlib.crc32(tenant_bytes + body),
-        )
-        with self._cond:
-            segment = self._current
-            try:
-                if segment is None:
-                    self._seq += 1
-                    path = self.folder / f"segment-{self._seq:012d}.log"
-                    segment = self._current = _Segment(path, open(path, "ab", buffering=0))  # noqa: SIM115
-                segment.handle.write(header + tenant_bytes + body)
-            except OSError as error:
-                if segment is not None:  # a torn record may end this segment: continue in a new one
-                    self._retire_current()
-                raise StorageUnavailable(f"the ingest log cannot be written: {error}") from None
-            segment.pending += 1
-            segment.records += 1
-            self.appended += 1
-        if self.fsync:
-            try:
-                os.fsync(segment.handle.fileno())
-            except OSError as error:
-                self.done(segment)
-                raise StorageUnavailable(f"the ingest log cannot be synced: {error}") from None
-        return segment
-
-    def done(self, segment: _Segment) -> None:
-        """The rows of one appended request are in the writers' buffers (or its export failed)."""
-        with self._cond:
-            segment.pending -= 1
-            self._cond.notify_all()
-
-    def _retire_current(self) -> None:
-        segment, self._current = self._current, None
-        if segment is not None:
-            self._closed.append(segment)
-
-    def rotate(self, timeout_s: float = 60.0) -> list[_Segment]:
-        """Close the current segment; return every closed one once its requests are all in the buffers."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._retire_current()
-            segments, self._closed = self._closed, []
-            while any(s.pending for s in segments) and time.monotonic() < deadline:
-                self._cond.wait(max(deadline - time.monotonic(), 0.01))
-            for segment in segments:
-                if segment.handle is not None and not segment.pending:
-                    segment.handle.close()
-                    segment.handle = None
-        return segments
-
-    def retire(self, segments: list[_Segment], flushed: bool) -> None:
-        """Delete segments whose rows are now in part files; keep them for the next checkpoint otherwise."""
-        keep = []
-        for segment in segments:
-            if flushed and not segment.pending:
-                with contextlib.suppress(FileNotFoundError):
-                    segment.path.unlink()
-            else:
-                keep.append(segment)
-        if keep:
-            with self._cond:
-                self._closed[:0] = keep
-
-    def close(self) -> None:
-        with self._cond:
-            for segment in [self._current, *self._closed]:
-                if segment is not None and segment.handle is not None:
-                    segment.handle.close()
-                    segment.handle = None
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
-    @staticmethod
-    def read(path: Path) -> Iterator[tuple[str | None, str, bytes]]:
-        """The intact records of one segment: (tenant, media type, body); stops at a torn or corrupt record."""
-        with open(path, "rb") as f:
-            data = f.read()
-        offset = 0
-        while offset < len(data):
-            if len(data) - offset < _RECORD.size:
-                _logger.warning("runlake ingest log %s: torn record at byte %d skipped", path.name, offset)
-                return
-            magic, media, has_tenant, tenant_len, body_len, crc = _RECORD.unpack_from(data, offset)
-            start = offset + _RECORD.size
-            end = start + tenant_len + body_len
-            if magic != _MAGIC or media not in _MEDIA_NAMES or end > len(data):
-                _logger.warning("runlake ingest log %s: torn or corrupt record at byte %d skipped", path.name, offset)
-                return
-            payload = data[start:end]
-            if zlib.crc32(payload) != crc:
-                _logger.warning("runlake ingest log %s: record at byte %d fails its checksum", path.name, offset)
-                return
-            tenant = payload[:tenant_len].decode("utf-8") if has_tenant else None
-            yield tenant, _MEDIA_NAMES[media], payload[tenant_len:]
-            offset = end
 
 
 # ---- ingest: one exporter per tenant, group commit -----------------------------------------------------------
@@ -722,188 +431,6 @@ class Runtime:
                 _logger.exception("runlake: flushing tenant %r at shutdown failed", sink.tenant)
         if self.log is not None:
             self.log.close()
-
-
-# ---- response models (OpenAPI) ----------------------------------------------------------------------------------
-class ErrorBody(BaseModel):
-    detail: Any = Field(description="What went wrong: a message, or the list of invalid parameters (422)")
-
-
-class HistoryItem(BaseModel):
-    run_id: str | None
-    status: str
-    started_at: str | None
-    duration: str | None
-    input: str | None
-    output: str | None
-    node_count: int
-    tokens_used: int
-    cost_cents: int
-
-
-class LogNode(BaseModel):
-    id: str | None
-    type: str | None
-    input: str | None
-    output: str | None
-    time: str | None
-    status: str
-    error_message: str | None
-    metadata: dict[str, Any]
-
-
-class LogError(BaseModel):
-    node_id: str | None
-    error_type: str | None
-    error_message: str | None
-
-
-class LogSummary(BaseModel):
-    total_nodes: int
-    successful_nodes: int
-    failed_nodes: int
-    total_duration: str | None
-    tokens_used: int
-    cost_cents: int
-
-
-class LogsResponse(BaseModel):
-    run_id: str
-    nodes: list[LogNode]
-    errors: list[LogError]
-    final_output: str | None
-    summary: LogSummary
-
-
-class RunItem(BaseModel):
-    run_id: str | None
-    session_id: str | None
-    started_at: float | None
-    ended_at: float | None
-    input_content: str | None
-    output_content: str | None
-    status: str
-    metadata: dict[str, Any]
-    metrics: dict[str, Any]
-
-
-class TraceSpan(BaseModel):
-    span_id: str
-    trace_id: str
-    name: str | None
-    parent_span_id: str | None
-    started_at: float | None
-    ended_at: float | None
-    status: str
-    attributes: dict[str, Any]
-    events: list[Any]
-
-
-class TraceItem(BaseModel):
-    trace_id: str
-    session_id: str | None
-    run_id: str | None
-    agent_name: str | None
-    user_id: str | None
-    started_at: float | None
-    ended_at: float | None
-    status: str
-    metadata: dict[str, Any]
-    spans: list[TraceSpan]
-
-
-class _Figures(BaseModel):
-    period_days: int
-    since: str | None
-    until: str | None
-    total_executions: int
-    completed_executions: int
-    failed_executions: int
-    running_executions: int
-    success_rate: float | None = Field(description="completed / (completed + failed); null when none finished")
-    tokens_used: int
-    input_tokens: int
-    output_tokens: int
-    cost_cents: int
-    avg_cost_cents: float | None
-    total_nodes: int
-    failed_nodes: int
-    avg_duration_ms: float | None
-    p50_duration_ms: float | None
-    p95_duration_ms: float | None
-    max_duration_ms: float | None
-    first_execution_at: str | None
-    last_execution_at: str | None
-
-
-class StatsResponse(_Figures):
-    user_id: str | None
-
-
-class NodeTypeFigures(BaseModel):
-    count: int
-    failed: int
-    success_rate: float | None
-    tokens_used: int
-    cost_cents: float
-    avg_duration_ms: float | None
-    p50_duration_ms: float | None
-    p95_duration_ms: float | None
-
-
-class PerformanceResponse(_Figures):
-    agent_id: str
-    node_types: dict[str, NodeTypeFigures]
-
-
-class HealthResponse(BaseModel):
-    status: str
-
-
-# ---- query parameters: unknown ones are refused (422) --------------------------------------------------------
-class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-_Id = Field(min_length=1, max_length=1024)
-
-
-class HistoryParams(_Params):
-    agent_id: str | None = Field(None, min_length=1, max_length=1024, description="Agent name or id")
-    skip: int = Field(0, ge=0, le=10**9, description="Items to skip (pagination offset)")
-    limit: int = Field(100, ge=0, le=MAX_PAGE, description=f"Items to return, at most {MAX_PAGE}")
-
-
-class LogsParams(_Params):
-    run_id: str = Field(min_length=1, max_length=1024, description="Execution run id")
-
-
-class RunsParams(_Params):
-    session_id: str = Field(min_length=1, max_length=1024)
-    limit: int = Field(100, ge=0, le=MAX_PAGE, description=f"Runs to return, newest first, at most {MAX_PAGE}")
-
-
-class TracesParams(_Params):
-    session_id: str | None = Field(None, min_length=1, max_length=1024)
-    user_id: str | None = Field(None, min_length=1, max_length=1024)
-    limit: int = Field(100, ge=0, le=MAX_PAGE, description=f"Traces to return, newest first, at most {MAX_PAGE}")
-
-
-class StatsParams(_Params):
-    user_id: str | None = Field(
-        None, min_length=1, max_length=1024, description="Default: the key's user (a user key), the tenant (admin)"
-    )
-    days: int = Field(30, ge=1, le=3650)
-
-
-class PerformanceParams(_Params):
-    days: int = Field(30, ge=1, le=3650)
-
-
-class WsParams(_Params):
-    agent_id: str | None = Field(None, min_length=1, max_length=1024)
-    run_id: str | None = Field(None, min_length=1, max_length=1024)
-    session_id: str | None = Field(None, min_length=1, max_length=1024)
 
 
 # ---- the app --------------------------------------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""Live execution events (CodexOS WebSocket shapes) built from ingested span rows, fanned out to bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from typing import Any
+
+from opentelemetry.exporter.runlake.mapping import COL, NODE, RUN
+
+from .auth import (
+    Principal,
+)
+from .history import format_duration, iso_time
+
+_PREVIEW = 2000  # characters of input/output carried in WebSocket events
+
+
+def _preview(text: str | None) -> str | None:
+    if text is None or len(text) <= _PREVIEW:
+        return text
+    return text[:_PREVIEW] + "…"
+
+
+class EventBuilder:
+    """Turns stored span rows of one tenant into CodexOS execution events (called under the export lock)."""
+
+    def __init__(self, max_tracked: int = 10_000) -> None:
+        # runs announced as started -> their agent (when known); bounded, oldest forgotten
+        self._started: OrderedDict[str, str | None] = OrderedDict()
+        self._max = max_tracked
+
+    def _announce(self, run_id: str, agent: str | None) -> bool:
+        if run_id in self._started:
+            self._started.move_to_end(run_id)
+            if agent is not None:
+                self._started[run_id] = agent
+            return False
+        self._started[run_id] = agent
+        if len(self._started) > self._max:
+            self._started.popitem(last=False)
+        return True
+
+    def events(self, rows: list[tuple]) -> list[dict[str, Any]]:
+        """Events in time order. A node's agent is its own, else its run's (from this batch or an earlier one)."""
+        out: list[dict[str, Any]] = []
+        c = COL
+        agents = {
+            row[c["run_id"]]: row[c["agent_name"]] or row[c["agent_id"]]
+            for row in rows
+            if row[c["span_type"]] == RUN and row[c["run_id"]]
+        }
+        for row in sorted(rows, key=lambda r: r[c["end_time_unix_nano"]] or r[c["start_time_unix_nano"]]):
+            span_type = row[c["span_type"]]
+            if span_type not in (RUN, NODE):
+                continue
+            run_id = row[c["run_id"]] or ("trace:" + row[c["trace_id"]])
+            agent = row[c["agent_name"]] or row[c["agent_id"]] or agents.get(run_id) or self._started.get(run_id)
+            base = {
+                "tenant_id": row[c["tenant_id"]],
+                "run_id": run_id,
+                "trace_id": row[c["trace_id"]],
+                "session_id": row[c["session_id"]],
+                "user_id": row[c["user_id"]],
+                "agent_id": agent,
+            }
+            start, end = row[c["start_time_unix_nano"]], row[c["end_time_unix_nano"]]
+            failed = row[c["status_code"]] == "ERROR"
+            tokens = (row[c["input_tokens"]] or 0) + (row[c["output_tokens"]] or 0)
+            if self._announce(run_id, agent):
+                started = {"type": "execution_started", **base, "timestamp": iso_time(start)}
+                if span_type == RUN:
+                    started["data"] = {"started_at": iso_time(start), "input": _preview(row[c["input"]])}
+                else:
+                    started["data"] = {"started_at": None, "input": None}  # first seen through a node
+                out.append(started)
+            if span_type == NODE:
+                data = {
+                    "id": row[c["node_id"]],
+                    "type": row[c["node_type"]],
+                    "status": "failed" if failed else "completed",
+                    "time": format_duration(start, end),
+                    "error_message": row[c["status_message"]] if failed else None,
+                    "tokens_used": tokens,
+                    "cost_cents": row[c["cost_cents"]] or 0,
+                    "output": _preview(row[c["output"]]),
+                }
+                out.append({"type": "node_executed", **base, "timestamp": iso_time(end), "data": data})
+            else:
+                self._started.pop(run_id, None)
+                data = {
+                    "status": "failed" if failed else "completed",
+                    "started_at": iso_time(start),
+                    "completed_at": iso_time(end),
+                    "duration": format_duration(start, end),
+                    "output": _preview(row[c["output"]]),
+                    "error_message": row[c["status_message"]] if failed else None,
+                    "tokens_used": tokens,
+                    "cost_cents": row[c["cost_cents"]] or 0,
+                }
+                kind = "execution_failed" if failed else "execution_completed"
+                out.append({"type": kind, **base, "timestamp": iso_time(end), "data": data})
+        return out
+
+
+class Subscriber:
+    """One WebSocket connection: a bounded queue (oldest dropped and counted) and what it may see."""
+
+    def __init__(self, principal: Principal, filters: dict[str, str], maxlen: int) -> None:
+        self.principal = principal
+        self.filters = filters
+        self.queue: deque[dict[str, Any]] = deque(maxlen=maxlen)
+        self.dropped = 0
+        self.unreported_drops = 0
+        self.ready = asyncio.Event()
+
+    def visible(self, event: dict[str, Any]) -> bool:
+        p = self.principal
+        if p.tenant_id is not None and event["tenant_id"] != p.tenant_id:
+            return False
+        if p.read_user is not None and event["user_id"] != p.read_user:
+            return False
+        return all(event.get(k) == v for k, v in self.filters.items())
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+            self.unreported_drops += 1
+        self.queue.append(event)
+        self.ready.set()
+
+
+class EventHub:
+    """Fans events out to the WebSocket subscribers that may see them (runs on the event loop)."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.published = 0
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        self.published += len(events)
+        for sub in list(self.subscribers):
+            for event in events:
+                if sub.visible(event):
+                    sub.offer(event)
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.subscribers)
