@@ -19,11 +19,15 @@ from .instrument import (
     step,
     turn,
 )
+from .service import ExecutionHistoryService
+from .sessions import SessionStore
 
 __all__ = [
+    "ExecutionHistoryService",
     "HistoryDB",
     "RunStartProcessor",
     "RunlakeSpanExporter",
+    "SessionStore",
     "agent",
     "configure",
     "current_exporter",

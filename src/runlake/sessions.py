@@ -1,15 +1,951 @@
-"""Runtime-state mirroring (placeholder until the session store lands)."""
+"""Runtime-state mirroring (PraisonAI's session-store API) on the lake, and the policy that guards it.
+
+Every ``set_runtime_state`` is a *turn span* (``runlake.span.type=turn``, ``runlake.runtime.id``,
+``runlake.turn.id``, ``runlake.runtime.state`` = JSON) written through a real OpenTelemetry SDK provider and a real
+``RunlakeSpanExporter`` into the session's partition, synchronously: when the call returns True the part file is
+on disk and every process reads it. ``runlake.turn(...).set_state(...)`` puts the same attributes on the turn span
+of the application's own pipeline. ``clear_runtime_state`` writes a *tombstone* turn span
+(``runlake.runtime.cleared`` = ``"runtime"`` or ``"all"``); reads take, per (runtime, turn), the latest state row
+newer than every tombstone covering it. See docs/sessions.md.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Mapping
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.runlake import RunlakeSpanExporter
+from opentelemetry.exporter.runlake import mapping as m
+from opentelemetry.exporter.runlake.layout import (
+    DEFAULT_TENANT,
+    RUNS,
+    SPANS,
+    data_files,
+    day_dirs,
+    decode_partition_value,
+    resolve_state_url,
+    session_dirs,
+    session_files,
+    table_files,
+)
+from opentelemetry.exporter.runlake.mapping import SPANS_SCHEMA
+from opentelemetry.exporter.runlake.writer import write_part
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import Status
 
-def prepare_state(state: Mapping[str, Any], session_id: str | None, runtime_id: str, turn_id: str) -> str | None:
-    """The state as JSON, or None when it cannot be stored."""
-    try:
-        return json.dumps(dict(state), ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
+from . import instrument as _instrument
+from .query import LATEST_ROW, LakeReader
+from .redact import Redactor
+from .redact import resolve as resolve_redactor
+
+__all__ = [
+    "CLEARED",
+    "DEFAULT_MAX_RUNTIME_BYTES",
+    "DEFAULT_MAX_TURN_BYTES",
+    "SessionStore",
+    "StateGuard",
+    "StatePolicy",
+    "prepare_state",
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TURN_BYTES = 1024  # PraisonAI's guidance: <= 1 KB per turn ...
+DEFAULT_MAX_RUNTIME_BYTES = 10 * 1024  # ... and <= 10 KB per runtime
+MAX_ID_CHARS = 1024
+CLEARED = "runlake.runtime.cleared"  # tombstone marker: "runtime" (the one in runlake.runtime.id) or "all"
+CLEARED_RUNTIME, CLEARED_ALL = "runtime", "all"
+_TRACER = "runlake.sessions"
+OPTIONS = ("max_turn_state_bytes", "max_runtime_state_bytes", "redact_runtime_state", "redact")
+
+
+# ---- policy: limits and redaction -------------------------------------------------------------------------
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class StatePolicy:
+    """Limits and redaction applied to runtime state before it reaches a span (and so disk or a collector)."""
+
+    max_turn_bytes: int = DEFAULT_MAX_TURN_BYTES
+    max_runtime_bytes: int = DEFAULT_MAX_RUNTIME_BYTES
+    redactor: Redactor | Callable[[str], str] | None = field(
+        default_factory=lambda: resolve_redactor(True, default_on=True)
+    )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> StatePolicy:
+        """From ``runlake.configure`` options: ``max_turn_state_bytes``, ``max_runtime_state_bytes``,
+        ``redact_runtime_state`` (True by default; False, a ``Redactor`` or a ``str -> str`` callable)."""
+        return cls(
+            _positive_int("max_turn_state_bytes", options.get("max_turn_state_bytes", DEFAULT_MAX_TURN_BYTES)),
+            _positive_int("max_runtime_state_bytes", options.get("max_runtime_state_bytes", DEFAULT_MAX_RUNTIME_BYTES)),
+            resolve_redactor(options.get("redact_runtime_state"), default_on=True),
+        )
+
+
+_policy = StatePolicy()
+
+
+def set_policy(policy: StatePolicy) -> None:
+    """Called by ``runlake.configure``: the policy of ``turn().set_state`` and of stores built without their own."""
+    global _policy
+    _policy = policy
+
+
+def current_policy() -> StatePolicy:
+    return _policy
+
+
+def _redact_tree(value: Any, redactor: Redactor | Callable[[str], str] | None) -> Any:
+    if redactor is None:
+        return value
+    if isinstance(redactor, Redactor):
+        return redactor.redact_value(value)
+    if isinstance(value, str):
+        return redactor(value)
+    if isinstance(value, Mapping):
+        return {(redactor(k) if isinstance(k, str) else k): _redact_tree(v, redactor) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_tree(v, redactor) for v in value]
+    return value
+
+
+def _bad_id(value: Any, what: str, allow_none: bool = False) -> str | None:
+    """Why ``value`` cannot be an id, or None when it can."""
+    if value is None and allow_none:
         return None
+    if not isinstance(value, str):
+        return f"{what} must be a string, got {type(value).__name__}"
+    if not value:
+        return f"{what} must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"{what} is {len(value)} characters long (at most {MAX_ID_CHARS})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} is not valid Unicode text (lone surrogate)"
+    return None
+
+
+def _describe(session_id: Any, runtime_id: Any, turn_id: Any = None) -> str:
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "...'"
+
+    where = f"session {short(session_id)} runtime {short(runtime_id)}"
+    return where + (f" turn {short(turn_id)}" if turn_id is not None else "")
+
+
+def _encode_state(
+    state: Any, session_id: Any, runtime_id: Any, turn_id: Any, policy: StatePolicy, caller: str
+) -> str | None:
+    """Validated, redacted, size-checked JSON of one turn's state, or None after a warning saying why."""
+    where = _describe(session_id, runtime_id, turn_id)
+    for value, what in ((session_id, "session_id"), (runtime_id, "runtime_id"), (turn_id, "turn_id")):
+        problem = _bad_id(value, what)
+        if problem:
+            _logger.warning("runlake: %s: runtime state not stored: %s (%s)", caller, problem, where)
+            return None
+    if not isinstance(state, Mapping):
+        _logger.warning(
+            "runlake: %s: runtime state not stored: state must be a dict, got %s (%s)",
+            caller,
+            type(state).__name__,
+            where,
+        )
+        return None
+    try:
+        cleaned = _redact_tree(dict(state), policy.redactor)
+        text = json.dumps(cleaned, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as error:
+        _logger.warning(
+            "runlake: %s: runtime state not stored: it is not plain JSON (%s: %s); store ids, strings, numbers, "
+            "lists and dicts only (%s)",
+            caller,
+            type(error).__name__,
+            error,
+            where,
+        )
+        return None
+    if size > policy.max_turn_bytes:
+        _logger.warning(
+            "runlake: %s: runtime state not stored: %d bytes of JSON exceed the limit of %d bytes per turn (%s). "
+            "Store ids and transcript slices, not full outputs, or raise the limit "
+            "(SessionStore(max_turn_bytes=...) or runlake.configure(max_turn_state_bytes=...)).",
+            caller,
+            size,
+            policy.max_turn_bytes,
+            where,
+        )
+        return None
+    return text
+
+
+def _runtime_fits(
+    sizes: Mapping[str, int], turn_id: str, size: int, policy: StatePolicy, caller: str, where: str, runtime_id: str
+) -> bool:
+    """Whether the runtime stays within its limit once ``turn_id`` holds ``size`` bytes; warns when not."""
+    total = sum(v for k, v in sizes.items() if k != turn_id) + size
+    if total <= policy.max_runtime_bytes:
+        return True
+    _logger.warning(
+        "runlake: %s: runtime state not stored: it would bring the runtime to %d bytes of JSON in %d turns, over "
+        "the limit of %d bytes per runtime (%s; this turn: %d bytes). Clear old turns with "
+        "clear_runtime_state(session_id, runtime_id=%r) or raise the limit (SessionStore(max_runtime_bytes=...) "
+        "or runlake.configure(max_runtime_state_bytes=...)).",
+        caller,
+        total,
+        len({*sizes, turn_id}),
+        policy.max_runtime_bytes,
+        where,
+        size,
+        runtime_id,
+    )
+    return False
+
+
+# Per-process sizes of what turn().set_state mirrored, for the per-runtime limit (bounded, oldest evicted).
+_tally: OrderedDict[tuple[str, str], dict[str, int]] = OrderedDict()
+_tally_lock = threading.Lock()
+_MAX_TALLIED = 10_000
+
+
+def prepare_state(
+    state: Mapping[str, Any],
+    session_id: str | None,
+    runtime_id: str,
+    turn_id: str,
+    policy: StatePolicy | None = None,
+) -> str | None:
+    """``turn().set_state``: the state as redacted JSON within the limits, or None (with a warning). Never raises.
+
+    The per-runtime limit counts what this process mirrored for the session's runtime (``SessionStore`` counts
+    what is in the lake instead).
+    """
+    try:
+        policy = policy or _policy
+        caller = "turn().set_state"
+        if session_id is None:
+            _logger.warning(
+                "runlake: %s: runtime state not stored: turn %r is outside runlake.run(), so it has no session",
+                caller,
+                turn_id,
+            )
+            return None
+        text = _encode_state(state, session_id, runtime_id, turn_id, policy, caller)
+        if text is None:
+            return None
+        size = len(text.encode("utf-8"))
+        key = (session_id, runtime_id)
+        with _tally_lock:
+            sizes = _tally.get(key, {})
+            if not _runtime_fits(sizes, turn_id, size, policy, caller, _describe(*key, turn_id), runtime_id):
+                return None
+            sizes = _tally.setdefault(key, sizes)
+            sizes[turn_id] = size
+            _tally.move_to_end(key)
+            while len(_tally) > _MAX_TALLIED:
+                _tally.popitem(last=False)
+        return text
+    except Exception:  # noqa: BLE001 - never raise into the application
+        _logger.exception("runlake: turn().set_state: runtime state not stored")
+        return None
+
+
+def _forget_tally(session_id: str, runtime_id: str | None) -> None:
+    with _tally_lock:
+        for key in [k for k in _tally if k[0] == session_id and (runtime_id is None or k[1] == runtime_id)]:
+            del _tally[key]
+
+
+# ---- the exporter-side guard ------------------------------------------------------------------------------
+def _with_attributes(
+    span: ReadableSpan, attributes: Mapping[str, Any], events: Sequence[Event] | None = None, status: Any = None
+) -> ReadableSpan:
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=span.events if events is None else events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status if status is None else status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _redact_attribute(value: Any, redact: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(redact(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+class StateGuard(SpanExporter):
+    """Wraps an exporter: drops ``runlake.runtime.state`` from every span unless mirroring is on, and redacts it
+    when on — whatever code set the attribute. ``configure`` puts it in front of runlake's exporter.
+
+    ``redact_attributes`` (optional, a ``str -> str`` such as a ``Redactor``): also clean every string attribute,
+    event attribute and the status description — for exporters with no redaction of their own (OTLP forwarding).
+    Spans with nothing to change pass through untouched. Also stands in for the exporter of ``RunStartProcessor``.
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        mirror: bool,
+        policy: StatePolicy | None = None,
+        redact_attributes: Callable[[str], str] | None = None,
+    ) -> None:
+        self.exporter = exporter
+        self.mirror = mirror
+        self.policy = policy or StatePolicy()
+        self.redact_attributes = redact_attributes
+        self.dropped = 0
+
+    def clean(self, span: ReadableSpan) -> ReadableSpan:
+        attributes = span.attributes
+        has_state = bool(attributes) and m.RUNTIME_STATE in attributes
+        redact = self.redact_attributes
+        if not has_state and redact is None:
+            return span
+        kept = dict(attributes or {})
+        if has_state and not self.mirror:
+            del kept[m.RUNTIME_STATE]
+            self.dropped += 1
+        elif has_state and self.policy.redactor is not None:
+            kept[m.RUNTIME_STATE] = self._redacted(kept[m.RUNTIME_STATE])
+        if redact is None:
+            return _with_attributes(span, kept)
+        kept = {k: (v if k == m.RUNTIME_STATE else _redact_attribute(v, redact)) for k, v in kept.items()}
+        events = [
+            Event(e.name, {k: _redact_attribute(v, redact) for k, v in (e.attributes or {}).items()}, e.timestamp)
+            for e in span.events
+        ]
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, redact(status.description))
+        return _with_attributes(span, kept, events=events, status=status)
+
+    def _redacted(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            redactor = self.policy.redactor
+            return redactor(value) if redactor is not None else value
+        return json.dumps(_redact_tree(parsed, self.policy.redactor), ensure_ascii=False, separators=(",", ":"))
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            cleaned = [self.clean(span) for span in spans]
+        except Exception:  # noqa: BLE001 - keep the state out rather than the span
+            _logger.exception("runlake: could not check spans for runtime state; dropping the attribute")
+            cleaned = [
+                _with_attributes(s, {k: v for k, v in (s.attributes or {}).items() if k != m.RUNTIME_STATE})
+                for s in spans
+            ]
+        return self.exporter.export(cleaned)
+
+    def record_start(self, span: ReadableSpan) -> None:
+        self.exporter.record_start(self.clean(span))
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+# ---- the store ---------------------------------------------------------------------------------------------
+class _DurableWrite(SpanProcessor):
+    """Exports each ended span at once and writes it to disk; remembers per span whether that worked."""
+
+    def __init__(self, exporter: RunlakeSpanExporter) -> None:
+        self.exporter = exporter
+        self.results: dict[int, bool] = {}
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ok = False
+        try:
+            ok = self.exporter.export([span]) is SpanExportResult.SUCCESS
+            ok = self.exporter.force_flush() and ok
+        except Exception:  # noqa: BLE001
+            _logger.exception("runlake: writing a runtime-state span failed")
+        self.results[span.context.span_id] = ok
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+_clock_lock = threading.Lock()
+_last_ns = 0
+
+
+def _next_ns() -> int:
+    """Instrumentation time (honours ``shifted_clock``), strictly increasing within a second of the last one so
+    that two sets in a row never tie."""
+    global _last_ns
+    now = _instrument._now_ns()
+    with _clock_lock:
+        if _last_ns - 1_000_000_000 < now <= _last_ns:
+            now = _last_ns + 1
+        _last_ns = max(_last_ns, now)
+    return now
+
+
+def _configured_forwarders() -> list[SpanProcessor]:
+    """The OTLP forwarders of ``runlake.configure``'s pipeline, so store writes reach the collector too."""
+    from .forward import ForwardingProcessor
+
+    pipeline = _instrument._pipeline
+    return [p for p in pipeline.processors if isinstance(p, ForwardingProcessor)] if pipeline is not None else []
+
+
+def _iso(unix_nano: int | None) -> str | None:
+    if unix_nano is None:
+        return None
+    return dt.datetime.fromtimestamp(unix_nano / 1e9, tz=dt.timezone.utc).isoformat()
+
+
+_LIVE_SQL = f"""
+WITH t AS (
+    SELECT runtime_id, turn_id, runtime_state, span_id, ttl_days,
+           coalesce(end_time_unix_nano, start_time_unix_nano) AS ts,
+           json_extract_string(attributes, '$."{CLEARED}"') AS cleared
+    FROM {{files}}
+    WHERE span_type = 'turn' AND record = 'end' AND session_id = ? AND tenant_id = ?
+),
+all_cleared AS (SELECT max(ts) AS ts FROM t WHERE cleared = '{CLEARED_ALL}'),
+runtime_cleared AS (SELECT runtime_id, max(ts) AS ts FROM t WHERE cleared = '{CLEARED_RUNTIME}' GROUP BY runtime_id)
+SELECT t.runtime_id, t.turn_id, t.runtime_state, t.span_id, t.ts
+FROM t CROSS JOIN all_cleared LEFT JOIN runtime_cleared ON runtime_cleared.runtime_id = t.runtime_id
+WHERE t.cleared IS NULL AND t.runtime_state IS NOT NULL AND t.runtime_id IS NOT NULL AND t.turn_id IS NOT NULL
+  AND t.ts > coalesce(all_cleared.ts, -1) AND t.ts > coalesce(runtime_cleared.ts, -1) {{where}}
+QUALIFY row_number() OVER (PARTITION BY t.runtime_id, t.turn_id ORDER BY t.ts DESC, t.span_id DESC) = 1
+ORDER BY t.ts, t.span_id
+"""
+
+_TOMBSTONES_SQL = f"""
+SELECT json_extract_string(attributes, '$."{CLEARED}"') AS cleared, runtime_id,
+       max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS ts
+FROM {{files}}
+WHERE span_type = 'turn' AND record = 'end' AND session_id = ? AND tenant_id = ?
+  AND json_extract_string(attributes, '$."{CLEARED}"') IN ('{CLEARED_ALL}', '{CLEARED_RUNTIME}')
+GROUP BY ALL
+"""
+
+
+class SessionStore:
+    """PraisonAI's runtime-state store API on a runlake lake (docs/sessions.md).
+
+    ``state_url``: folder or ``file://`` URL, else ``RUNLAKE_STATE_URL`` / ``PRAISONAI_STATE_URL``, else the lake
+    of ``runlake.configure``, else ``./runlake-data`` (with a warning). ``tenant_id`` (else ``RUNLAKE_TENANT_ID``,
+    else ``default``) scopes reads and writes. ``ttl_days``: TTL of the turn spans it writes.
+    ``max_turn_bytes`` / ``max_runtime_bytes`` / ``redact``: limits and state redaction (default: those of
+    ``runlake.configure``, else 1 KB, 10 KB and the default ``Redactor``; ``redact=False`` turns it off).
+    ``mirror_runtime_state=False`` makes every set a no-op. ``span_processors``: extra processors (for example a
+    ``BatchSpanProcessor(OTLPSpanExporter())``) that also receive the turn spans, to forward them to a collector.
+    """
+
+    def __init__(
+        self,
+        state_url: str | os.PathLike[str] | None = None,
+        *,
+        tenant_id: str | None = None,
+        ttl_days: int = 30,
+        max_turn_bytes: int | None = None,
+        max_runtime_bytes: int | None = None,
+        redact: bool | Redactor | Callable[[str], str] | None = None,
+        mirror_runtime_state: bool = True,
+        span_processors: Iterable[SpanProcessor] = (),
+        _reader: LakeReader | None = None,
+    ) -> None:
+        root = resolve_state_url(state_url)
+        if root is None:
+            exporter = _instrument.current_exporter()
+            root = exporter.root if exporter is not None else None
+        if root is None:
+            root = Path("runlake-data")
+            _logger.warning(
+                "runlake: SessionStore has no state URL (argument, RUNLAKE_STATE_URL, PRAISONAI_STATE_URL or "
+                "runlake.configure); using ./runlake-data"
+            )
+        if int(ttl_days) < 1:
+            raise ValueError(f"ttl_days must be at least 1, got {ttl_days}")
+        self.root = root
+        self.tenant_id = tenant_id or os.environ.get("RUNLAKE_TENANT_ID") or DEFAULT_TENANT
+        self.ttl_days = int(ttl_days)
+        self._limits = (max_turn_bytes, max_runtime_bytes)
+        for name, value in (("max_turn_bytes", max_turn_bytes), ("max_runtime_bytes", max_runtime_bytes)):
+            if value is not None:
+                _positive_int(name, value)
+        self._redact = redact
+        if redact is not None:
+            resolve_redactor(redact, default_on=True)  # validate now
+        self.mirror_runtime_state = bool(mirror_runtime_state)
+        self._extra_processors = list(span_processors)
+        self._reader = _reader or LakeReader()
+        self._lock = threading.Lock()
+        self._provider: TracerProvider | None = None
+        self._durable: _DurableWrite | None = None
+        self._warned_off = False
+        self._closed = False
+
+    # ---- configuration ----
+    @property
+    def policy(self) -> StatePolicy:
+        base = _policy
+        turn, runtime = self._limits
+        return StatePolicy(
+            turn if turn is not None else base.max_turn_bytes,
+            runtime if runtime is not None else base.max_runtime_bytes,
+            base.redactor if self._redact is None else resolve_redactor(self._redact, default_on=True),
+        )
+
+    def _mirroring(self, mirror_enabled: bool) -> bool:
+        if not mirror_enabled or not self.mirror_runtime_state:
+            return False
+        if _instrument.current_exporter() is not None and not _instrument.mirror_runtime_state_enabled():
+            if not self._warned_off:
+                self._warned_off = True
+                _logger.warning(
+                    "runlake: runtime state is not mirrored: runlake.configure() was called without "
+                    "mirror_runtime_state=True (mirroring is opt-in); set_runtime_state() writes nothing"
+                )
+            return False
+        return True
+
+    def _tracer(self) -> tuple[Any, _DurableWrite]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this SessionStore is closed")
+            if self._provider is None:
+                global_provider = trace.get_tracer_provider()
+                resource = getattr(global_provider, "resource", None) or Resource.create({})
+                provider = TracerProvider(
+                    sampler=ALWAYS_ON,  # a sampled-out state span would be a lost write
+                    resource=resource,
+                    shutdown_on_exit=False,
+                    span_limits=SpanLimits(
+                        max_attribute_length=SpanLimits.UNSET, max_span_attribute_length=SpanLimits.UNSET
+                    ),
+                )
+                exporter = RunlakeSpanExporter(self.root, tenant_id=self.tenant_id, background_flush=False)
+                self._durable = _DurableWrite(exporter)
+                provider.add_span_processor(self._durable)
+                for processor in self._extra_processors:
+                    provider.add_span_processor(processor)
+                self._provider = provider
+            return self._provider.get_tracer(_TRACER), self._durable  # type: ignore[return-value]
+
+    def _emit(self, name: str, attributes: dict[str, Any]) -> bool:
+        """Write one turn span to disk (True when it is there), then forward it like the application's spans."""
+        tracer, durable = self._tracer()
+        at = _next_ns()
+        span = tracer.start_span(name, context=Context(), attributes=attributes, start_time=at)
+        span.end(end_time=at)
+        ok = durable.results.pop(span.get_span_context().span_id, False)
+        for forwarder in _configured_forwarders():
+            try:
+                forwarder.on_end(span)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - the lake has it; forwarding counts its own losses
+                _logger.debug("runlake: could not forward a runtime-state span", exc_info=True)
+        return ok
+
+    def _base_attributes(self, session_id: str, ttl_days: int) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            m.SPAN_TYPE: m.TURN,
+            "gen_ai.conversation.id": session_id,
+            "session.id": session_id,
+            "openinference.span.kind": "CHAIN",
+            m.TTL_DAYS: ttl_days,
+        }
+        if self.tenant_id != DEFAULT_TENANT:
+            attributes[m.TENANT_ID] = self.tenant_id
+        return attributes
+
+    # ---- reads ----
+    def _files(self, session_id: str) -> Callable[[], list[Path]]:
+        return lambda: session_files(self.root, session_id, self.tenant_id)
+
+    def _live_rows(
+        self, session_id: str, runtime_id: str | None = None, turn_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = "", [session_id, self.tenant_id]
+        if runtime_id is not None:
+            where += " AND t.runtime_id = ?"
+            params.append(runtime_id)
+        if turn_id is not None:
+            where += " AND t.turn_id = ?"
+            params.append(turn_id)
+        try:
+            return self._reader.rows(_LIVE_SQL.replace("{where}", where), self._files(session_id), params)
+        except duckdb.BinderException as error:  # only older files without the turn columns: no state
+            _logger.debug("runlake: no runtime-state columns in session %r (%s)", session_id, error)
+            return []
+
+    @staticmethod
+    def _state_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            value = json.loads(row["runtime_state"])
+        except ValueError as error:
+            _logger.warning("runlake: skipping runtime state of span %s: not JSON (%s)", row["span_id"], error)
+            return None
+        if value is None:
+            return {}  # JSON null reads as {} (PraisonAI)
+        if not isinstance(value, dict):
+            _logger.warning(
+                "runlake: skipping runtime state of span %s: a JSON %s, not an object", row["span_id"], type(value)
+            )
+            return None
+        return value
+
+    def _runtime_sizes(self, session_id: str, runtime_id: str) -> dict[str, int]:
+        return {
+            row["turn_id"]: len(row["runtime_state"].encode("utf-8")) for row in self._live_rows(session_id, runtime_id)
+        }
+
+    # ---- PraisonAI API ----
+    def set_runtime_state(
+        self,
+        session_id: str,
+        runtime_id: str,
+        turn_id: str,
+        state: dict[str, Any],
+        mirror_enabled: bool = True,
+    ) -> bool:
+        """Save one turn's state. True when it is on disk, or when mirroring is off (nothing is written then);
+        False, with a warning saying why, when it is refused (bad ids or state, over a limit) or cannot be written.
+        Never raises."""
+        try:
+            if not self._mirroring(mirror_enabled):
+                return True
+            policy = self.policy
+            caller = "set_runtime_state"
+            text = _encode_state(state, session_id, runtime_id, turn_id, policy, caller)
+            if text is None:
+                return False
+            size = len(text.encode("utf-8"))
+            where = _describe(session_id, runtime_id, turn_id)
+            if not _runtime_fits(
+                self._runtime_sizes(session_id, runtime_id), turn_id, size, policy, caller, where, runtime_id
+            ):
+                return False
+            attributes = self._base_attributes(session_id, self.ttl_days)
+            attributes.update({m.RUNTIME_ID: runtime_id, m.TURN_ID: turn_id, m.RUNTIME_STATE: text})
+            if self._emit(f"turn {turn_id}", attributes):
+                return True
+            _logger.warning(
+                "runlake: set_runtime_state: could not write to %s (%s); the row is kept in memory and retried "
+                "with the next write or close()",
+                self.root,
+                where,
+            )
+            return False
+        except Exception:  # noqa: BLE001 - never raise into the application
+            _logger.exception("runlake: set_runtime_state failed (%s)", _describe(session_id, runtime_id, turn_id))
+            return False
+
+    def get_runtime_state(self, session_id: str, runtime_id: str, turn_id: str | None = None) -> dict[str, Any]:
+        """One turn's state (``turn_id`` given) or ``{turn_id: state}`` for the runtime; ``{}`` when missing.
+        Fresh copies every call."""
+        for value, what, optional in (
+            (session_id, "session_id", False),
+            (runtime_id, "runtime_id", False),
+            (turn_id, "turn_id", True),
+        ):
+            problem = _bad_id(value, what, allow_none=optional)
+            if problem:
+                _logger.warning("runlake: get_runtime_state: %s; returning {}", problem)
+                return {}
+        rows = self._live_rows(session_id, runtime_id, turn_id)
+        if turn_id is not None:
+            state = self._state_of(rows[0]) if rows else None
+            return state if state is not None else {}
+        out: dict[str, Any] = {}
+        for row in rows:
+            state = self._state_of(row)
+            if state is not None:
+                out[row["turn_id"]] = state
+        return out
+
+    def clear_runtime_state(self, session_id: str, runtime_id: str | None = None, *, purge: bool = True) -> bool:
+        """Drop one runtime's state, or all of the session's (``runtime_id=None``).
+
+        A tombstone makes it take effect for every reader at once; with ``purge`` (default) the part files holding
+        the cleared state are then rewritten without it (see ``purge_runtime_state``). Never raises.
+        """
+        try:
+            for value, what, optional in ((session_id, "session_id", False), (runtime_id, "runtime_id", True)):
+                problem = _bad_id(value, what, allow_none=optional)
+                if problem:
+                    _logger.warning("runlake: clear_runtime_state: nothing cleared: %s", problem)
+                    return False
+            _forget_tally(session_id, runtime_id)
+            # the tombstone lives at least as long as any row it hides, or those rows would come back
+            params: list[Any] = [session_id, self.tenant_id]
+            sql = "SELECT max(ttl_days) AS ttl FROM {files} WHERE span_type = 'turn' AND session_id = ? "
+            sql += "AND tenant_id = ?"
+            if runtime_id is not None:
+                sql += " AND runtime_id = ?"
+                params.append(runtime_id)
+            rows = self._reader.rows(sql, self._files(session_id), params)
+            ttl = max(self.ttl_days, int((rows[0]["ttl"] if rows else None) or 0))
+            attributes = self._base_attributes(session_id, ttl)
+            attributes[CLEARED] = CLEARED_ALL if runtime_id is None else CLEARED_RUNTIME
+            if runtime_id is not None:
+                attributes[m.RUNTIME_ID] = runtime_id
+            if not self._emit("clear_runtime_state", attributes):
+                _logger.warning(
+                    "runlake: clear_runtime_state: could not write the tombstone to %s; not cleared yet (it is kept "
+                    "in memory and retried with the next write or close())",
+                    self.root,
+                )
+                return False
+            if purge:
+                try:
+                    self.purge_runtime_state(session_id)
+                except Exception:  # noqa: BLE001 - the tombstone already hides it; TTL removes it
+                    _logger.exception("runlake: clear_runtime_state: cleared, but purging the files failed")
+            return True
+        except Exception:  # noqa: BLE001 - never raise into the application
+            _logger.exception("runlake: clear_runtime_state failed (%s)", _describe(session_id, runtime_id))
+            return False
+
+    def purge_runtime_state(self, session_id: str) -> int:
+        """Rewrite the session's part files that still hold state hidden by a tombstone, with that state removed;
+        returns how many rows were cleaned. Each file is replaced like compaction does (new file first, then the
+        old one removed), so readers never miss a row."""
+        marks = self._reader.rows(_TOMBSTONES_SQL, self._files(session_id), [session_id, self.tenant_id])
+        all_at = max((r["ts"] for r in marks if r["cleared"] == CLEARED_ALL), default=-1)
+        runtime_at: dict[str, int] = {}
+        for r in marks:
+            if r["cleared"] == CLEARED_RUNTIME and r["runtime_id"] is not None:
+                runtime_at[r["runtime_id"]] = max(runtime_at.get(r["runtime_id"], -1), r["ts"])
+        if all_at < 0 and not runtime_at:
+            return 0
+        cleaned = 0
+        for path in session_files(self.root, session_id, self.tenant_id):
+            try:
+                cleaned += self._purge_file(path, session_id, all_at, runtime_at)
+            except FileNotFoundError:
+                continue  # compacted or expired meanwhile
+            except Exception as error:  # noqa: BLE001 - one bad file must not stop the rest
+                _logger.warning("runlake: could not purge cleared runtime state from %s (%s)", path, error)
+        return cleaned
+
+    def _purge_file(self, path: Path, session_id: str, all_at: int, runtime_at: Mapping[str, int]) -> int:
+        names = set(pq.read_schema(path).names)
+        if not {"runtime_state", "runtime_id", "span_type", "session_id", "tenant_id"} <= names:
+            return 0
+        table = pq.read_table(path)
+        ends = table.column("end_time_unix_nano").to_pylist() if "end_time_unix_nano" in names else None
+        starts = table.column("start_time_unix_nano").to_pylist()
+        states = table.column("runtime_state").to_pylist()
+        kinds, sessions = table.column("span_type").to_pylist(), table.column("session_id").to_pylist()
+        tenants, runtimes = table.column("tenant_id").to_pylist(), table.column("runtime_id").to_pylist()
+        mask = []
+        for i, state in enumerate(states):
+            at = (ends[i] if ends is not None and ends[i] is not None else starts[i]) or 0
+            hidden = (
+                state is not None
+                and kinds[i] == m.TURN
+                and sessions[i] == session_id
+                and tenants[i] == self.tenant_id
+                and (at <= all_at or at <= runtime_at.get(runtimes[i], -1))
+            )
+            mask.append(hidden)
+        count = sum(mask)
+        if not count:
+            return 0
+        column = pc.if_else(pa.array(mask), pa.nulls(len(mask), pa.string()), table.column("runtime_state"))
+        table = table.set_column(table.schema.get_field_index("runtime_state"), "runtime_state", column)
+        if not path.parent.is_dir():
+            return 0
+        write_part(SPANS, path.parent, _conform(table))
+        path.unlink(missing_ok=True)
+        return count
+
+    def export_session(self, session_id: str) -> dict[str, Any]:
+        """``{"session_id", "messages", "runtime_state"}`` as PraisonAI's session file has them: messages from the
+        session's runs (one root run per trace: its input as ``user``, its output as ``assistant``), oldest first;
+        runtime state as ``{runtime_id: {turn_id: state}}`` (``{}`` when there is none)."""
+        problem = _bad_id(session_id, "session_id")
+        if problem:
+            _logger.warning("runlake: export_session: %s", problem)
+            return {"session_id": session_id, "messages": [], "runtime_state": {}}
+        sql = (
+            f"WITH runs AS (SELECT * FROM {{files}} WHERE span_type = 'run' AND session_id = ? AND tenant_id = ? "
+            f"{LATEST_ROW}) SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY trace_id "
+            "ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1 ORDER BY start_time_unix_nano, span_id"
+        )
+        messages: list[dict[str, Any]] = []
+        for run in self._reader.rows(sql, self._files(session_id), [session_id, self.tenant_id]):
+            metadata = {"run_id": run["run_id"], "agent_name": run["agent_name"]}
+            start, end = run["start_time_unix_nano"], run["end_time_unix_nano"]
+            if run["input"] is not None:
+                messages.append(_message("user", run["input"], start, metadata))
+            if run["output"] is not None:
+                messages.append(_message("assistant", run["output"], end if end is not None else start, metadata))
+        runtime_state: dict[str, dict[str, Any]] = {}
+        for row in self._live_rows(session_id):
+            state = self._state_of(row)
+            if state is not None:
+                runtime_state.setdefault(row["runtime_id"], {})[row["turn_id"]] = state
+        return {"session_id": session_id, "messages": messages, "runtime_state": runtime_state}
+
+    def list_sessions(
+        self, user_id: str | None = None, limit: int | None = None, *, include_state_only: bool = True
+    ) -> list[dict[str, Any]]:
+        """Sessions newest first: ``{"session_id", "id", "user_id", "agent_name", "created_at", "updated_at",
+        "message_count", "run_count"}``.
+
+        Sessions with runs come from the ``runs/`` index. With ``include_state_only`` (and no ``user_id``), sessions
+        that only hold runtime state are found from the names and times of the ``session=`` folders, without
+        opening a file (their ``user_id``/``agent_name`` are None and their times are those of the last write).
+        """
+        if limit is not None and limit <= 0:
+            return []
+        params: list[Any] = [self.tenant_id]
+        where = ""
+        if user_id is not None:
+            where = " AND user_id = ?"
+            params.append(user_id)
+        sql = f"""
+            WITH runs AS (SELECT * FROM {{files}} WHERE session_id IS NOT NULL AND tenant_id = ? {where} {LATEST_ROW}),
+            roots AS (SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY trace_id
+                      ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1)
+            SELECT session_id, arg_max(user_id, start_time_unix_nano) AS user_id,
+                   arg_max(agent_name, start_time_unix_nano) AS agent_name,
+                   min(start_time_unix_nano) AS created,
+                   max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS updated,
+                   count(*) AS run_count, count(input) + count(output) AS message_count
+            FROM roots GROUP BY session_id"""
+        rows = self._reader.rows(sql, lambda: table_files(self.root, RUNS, self.tenant_id), params)
+        sessions = {
+            r["session_id"]: {
+                "session_id": r["session_id"],
+                "id": r["session_id"],
+                "user_id": r["user_id"],
+                "agent_name": r["agent_name"],
+                "created": r["created"],
+                "updated": r["updated"],
+                "message_count": int(r["message_count"]),
+                "run_count": int(r["run_count"]),
+            }
+            for r in rows
+        }
+        if include_state_only and user_id is None:
+            for session_id, first, last in self._session_folders():
+                if session_id in sessions:
+                    continue
+                sessions[session_id] = {
+                    "session_id": session_id,
+                    "id": session_id,
+                    "user_id": None,
+                    "agent_name": None,
+                    "created": first,
+                    "updated": last,
+                    "message_count": 0,
+                    "run_count": 0,
+                }
+        ordered = sorted(sessions.values(), key=lambda s: (s["updated"] or 0, s["session_id"]), reverse=True)
+        if limit is not None:
+            ordered = ordered[:limit]
+        for entry in ordered:
+            entry["created_at"] = _iso(entry.pop("created"))
+            entry["updated_at"] = _iso(entry.pop("updated"))
+        return ordered
+
+    def _session_folders(self) -> list[tuple[str, int, int]]:
+        """(session id, first and last write time in ns) of every ``session=`` folder of this tenant."""
+        found: dict[str, list[int]] = {}
+        for _, _, _, day_dir in day_dirs(self.root, SPANS, self.tenant_id):
+            for folder in session_dirs(day_dir):
+                session_id = decode_partition_value(folder.name[len("session=") :])
+                if session_id is None:  # a hashed long id: its rows name it
+                    session_id = self._session_in(folder)
+                if not session_id:
+                    continue
+                try:
+                    stat = folder.stat()
+                except FileNotFoundError:
+                    continue
+                times = found.setdefault(session_id, [stat.st_mtime_ns, stat.st_mtime_ns])
+                times[0] = min(times[0], stat.st_mtime_ns)
+                times[1] = max(times[1], stat.st_mtime_ns)
+        return [(k, v[0], v[1]) for k, v in found.items()]
+
+    @staticmethod
+    def _session_in(folder: Path) -> str | None:
+        for path in data_files(folder):
+            try:
+                values = pq.read_table(path, columns=["session_id"]).column(0).drop_null()
+            except Exception:  # noqa: BLE001 - unreadable: try the next part
+                continue
+            if len(values):
+                return values[0].as_py()
+        return None
+
+    # ---- lifecycle ----
+    def close(self) -> None:
+        """Write anything a failed write left in memory and release the exporter."""
+        with self._lock:
+            provider, self._provider = self._provider, None
+            self._closed = True
+        if provider is not None:
+            provider.shutdown()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SessionStore({str(self.root)!r}, tenant_id={self.tenant_id!r})"
+
+
+def _message(role: str, content: str, at_ns: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {"role": role, "content": content, "timestamp": at_ns / 1e9, "metadata": dict(metadata)}
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A part's columns in the current spans schema (older parts may lack some)."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in SPANS_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=SPANS_SCHEMA)
