@@ -71,7 +71,7 @@ def workload(lake: Path) -> dict[str, str]:
     ids: dict[str, str] = {}
     runlake.configure(lake)
     try:
-        with shifted_clock(-3600) as advance:
+        with shifted_clock(-3600, frozen=True) as advance:
             with runlake.run("triager", "s1", user_id="u1", input="Process PR #42", metadata={"pr": 42}) as r:
                 with runlake.node("planner", type="llm", input="plan it", metadata={"temp": 0.1}) as n:
                     advance(8)
@@ -121,7 +121,7 @@ def test_get_runs_shape_and_order(history: tuple[runlake.HistoryDB, dict[str, st
     assert ok["status"] == "completed" and ok["input_content"] == "Process PR #42"
     assert ok["output_content"] == "No issues found"
     assert ok["metadata"] == {"agent_name": "triager", "pr": 42}
-    assert ok["metrics"]["duration_ms"] == pytest.approx(45_200, abs=40)  # simulated time plus real time
+    assert ok["metrics"]["duration_ms"] == pytest.approx(45_200, abs=1e-6)  # frozen clock: exactly the simulated time
     failed = runs[1]
     assert failed["status"] == "error" and failed["metrics"] == {"error": "ValueError: repository not found"}
     assert failed["output_content"] is None
@@ -168,7 +168,7 @@ def test_get_traces_fills_spans(history: tuple[runlake.HistoryDB, dict[str, str]
     assert planner["attributes"]["gen_ai.usage.input_tokens"] == 1000
     assert planner["attributes"]["llm.token_count.prompt"] == 1000
     assert planner["attributes"]["session.id"] == "s1" and planner["attributes"]["input.value"] == "plan it"
-    assert planner["status"] == "ok" and planner["ended_at"] - planner["started_at"] == pytest.approx(8, abs=0.04)
+    assert planner["status"] == "ok" and planner["ended_at"] - planner["started_at"] == pytest.approx(8, abs=1e-6)
     failed = traces[1]
     assert failed["status"] == "error"
     fetch = [s for s in failed["spans"] if s["name"] == "execute_tool fetch"][0]
@@ -289,7 +289,7 @@ def test_sql_views(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None:
     assert runs == [("researcher", 2, 0), ("triager", 2, 1000)]
     row = db.sql("SELECT duration_ms, start_time FROM spans WHERE node_id = 'planner' AND input_tokens = 1000")
     duration, start = row.fetchall()[0]
-    assert duration == pytest.approx(8000, abs=40) and isinstance(start, dt.datetime)
+    assert duration == pytest.approx(8000, abs=1e-6) and isinstance(start, dt.datetime)
     empty = runlake.HistoryDB(Path(db.root) / "nowhere")
     assert empty.sql("SELECT count(*) FROM spans").fetchall() == [(0,)]
 

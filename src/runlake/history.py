@@ -221,7 +221,10 @@ class HistoryDB:
         out: dict[str, list[dict[str, Any]]] = {}
         for session_id, trace_ids in traces_by_session.items():
             params: list[Any] = [sorted(trace_ids)]
-            sql = f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} ORDER BY start_time_unix_nano"
+            sql = (
+                f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} "
+                "ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
+            )
             for row in self._reader.rows(sql, self._session_lister(session_id), params):
                 out.setdefault(row["trace_id"], []).append(row)
         return out

@@ -47,19 +47,23 @@ _NODE_KINDS = {
 
 # ---- time: real by default; the demo shifts it to spread history over past days --------------------------
 _time_offset_ns: contextvars.ContextVar[int] = contextvars.ContextVar("runlake_time_offset_ns", default=0)
+_frozen_ns: contextvars.ContextVar[int | None] = contextvars.ContextVar("runlake_frozen_ns", default=None)
 
 
 def _now_ns() -> int:
-    return time.time_ns() + _time_offset_ns.get()
+    frozen = _frozen_ns.get()
+    return (time.time_ns() if frozen is None else frozen) + _time_offset_ns.get()
 
 
 @contextlib.contextmanager
-def shifted_clock(offset_seconds: float) -> Iterator[Callable[[float], None]]:
+def shifted_clock(offset_seconds: float, frozen: bool = False) -> Iterator[Callable[[float], None]]:
     """Run instrumentation as if the clock were shifted; yields ``advance(seconds)``.
 
-    Used to generate realistic past history (``runlake demo``, benchmarks) through the real API.
+    Used to generate realistic past history (``runlake demo``, benchmarks) through the real API. With
+    ``frozen`` the clock stands still except for ``advance``, so durations are exactly the simulated ones.
     """
     token = _time_offset_ns.set(_time_offset_ns.get() + int(offset_seconds * 1e9))
+    frozen_token = _frozen_ns.set(_frozen_ns.get() or time.time_ns()) if frozen else None
 
     def advance(seconds: float) -> None:
         _time_offset_ns.set(_time_offset_ns.get() + int(seconds * 1e9))
@@ -68,6 +72,8 @@ def shifted_clock(offset_seconds: float) -> Iterator[Callable[[float], None]]:
         yield advance
     finally:
         _time_offset_ns.reset(token)
+        if frozen_token is not None:
+            _frozen_ns.reset(frozen_token)
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
