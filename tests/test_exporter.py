@@ -307,3 +307,42 @@ def test_exporter_configures_itself_from_the_environment(lake: Path, monkeypatch
     exporter.shutdown()
     assert (lake / "spans" / "tenant=acme").is_dir()
     assert trace.get_tracer_provider() is not None
+
+
+def test_runtime_state_is_opt_in_for_exporters_from_the_environment(lake: Path, monkeypatch) -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("t").start_as_current_span(
+        "turn t1", attributes={"runlake.span.type": "turn", "session.id": "st", "runlake.runtime.state": '{"a": 1}'}
+    ):
+        pass
+    spans = memory.get_finished_spans()
+    monkeypatch.delenv("RUNLAKE_MIRROR_RUNTIME_STATE", raising=False)
+    off = RunlakeSpanExporter(lake / "off")
+    off.export(spans)
+    off.shutdown()
+    monkeypatch.setenv("RUNLAKE_MIRROR_RUNTIME_STATE", "true")
+    on = RunlakeSpanExporter(lake / "on")
+    on.export(spans)
+    on.shutdown()
+    assert read_table(lake / "off", "spans").column("runtime_state").to_pylist() == [None]
+    assert read_table(lake / "on", "spans").column("runtime_state").to_pylist() == ['{"a": 1}']
+
+
+def test_redaction_covers_metadata_and_exception_events(lake: Path) -> None:
+    from runlake.redact import Redactor
+
+    runlake.configure(lake, redact=True)
+    try:
+        with pytest.raises(RuntimeError):
+            with runlake.run("a", "red", metadata={"note": "token sk-proj-4f9XkQ2mL8vN3bT7wZ1cR6yH0jD5sA"}):
+                raise RuntimeError("auth failed for password=hunter2hunter2")
+    finally:
+        runlake.shutdown()
+    table = read_table(lake, "spans").to_pylist()
+    text = json.dumps(table)
+    assert "sk-proj-4f9XkQ2mL8vN3bT7wZ1cR6yH0jD5sA" not in text and "hunter2hunter2" not in text
+    end = next(r for r in table if r["record"] == "end")
+    assert json.loads(end["events"])[0]["name"] == "exception" and json.loads(end["metadata"])["note"]
+    assert isinstance(Redactor(), Redactor)

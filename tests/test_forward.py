@@ -156,3 +156,21 @@ def test_bad_forwarding_settings_are_clear_errors(lake: Path) -> None:
         runlake.configure(lake, otlp_endpoint="http://127.0.0.1:1", otlp_protocol="carrier-pigeon")
     with pytest.raises(ValueError, match="http"):
         runlake.configure(lake, otlp_endpoint="collector:4317")
+
+
+def test_forwarded_spans_honour_mirroring_off_and_redaction(sink, lake: Path) -> None:
+    protocol, endpoint, collected = sink
+    runlake.configure(lake, otlp_endpoint=endpoint, otlp_protocol=protocol, redact=True)
+    with runlake.run("a", session_id="guarded", input="my key is sk-proj-4f9XkQ2mL8vN3bT7wZ1cR6yH0jD5sA") as r:
+        with runlake.turn("t1") as t:
+            assert t.set_state({"tool_calls": ["call-1"]}) is True  # mirroring is off: nothing is written
+            t.span.set_attribute("runlake.runtime.state", '{"sneaked": "in by hand"}')
+        r.set_output("mail me at jane.doe@example.com")
+    runlake.shutdown()
+    assert len(collected.spans) == 2
+    assert all("runlake.runtime.state" not in s["attributes"] for s in collected.spans)
+    run_attrs = next(s["attributes"] for s in collected.spans if s["name"].startswith("invoke_agent"))
+    assert "sk-proj-4f9XkQ2mL8vN3bT7wZ1cR6yH0jD5sA" not in run_attrs["input.value"]
+    assert "jane.doe@example.com" not in run_attrs["output.value"] and "mail me at" in run_attrs["output.value"]
+    on_disk = runlake.HistoryDB(lake).sql("SELECT count(*) FROM spans WHERE runtime_state IS NOT NULL").fetchall()
+    assert on_disk == [(0,)]

@@ -68,7 +68,7 @@ def state_of_size(total_bytes: int, key: str = "x") -> dict[str, str]:
 
 def write_spans(lake: Path, *attribute_sets: dict) -> None:
     """Spans made by some other producer (older runlake, another language), through the real exporter."""
-    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    exporter = RunlakeSpanExporter(lake, background_flush=False, keep_runtime_state=True)  # a mirroring producer
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("other-producer")

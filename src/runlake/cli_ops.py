@@ -167,7 +167,7 @@ def import_files(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         fail(f"no such file: {', '.join(missing)}")
-    exporter = RunlakeSpanExporter(root, tenant_id=tenant)
+    exporter = RunlakeSpanExporter(root, tenant_id=tenant, keep_runtime_state=True)  # import what was exported
     summary = {"files": len(files), "lines": 0, "spans": 0, "rejected_spans": 0, "bad_lines": 0}
     problems: list[str] = []
     total = sum(f.stat().st_size for f in files)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -137,14 +137,16 @@ class ForwardingProcessor(SpanProcessor):
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 5.0,
         shutdown_timeout_s: float = 5.0,
+        wrap: Callable[[SpanExporter], SpanExporter] | None = None,
         **batch_options: Any,
     ) -> None:
+        """``wrap`` puts a filter (runtime-state guard, redaction) between the batch processor and the exporter."""
         self.endpoint = endpoint
         self.protocol = protocol
         self.exporter = CountingSpanExporter(
             build_otlp_exporter(endpoint, protocol, headers or {}, timeout_s), f"{endpoint} ({protocol})"
         )
-        self._batch = BatchSpanProcessor(self.exporter, **batch_options)
+        self._batch = BatchSpanProcessor(wrap(self.exporter) if wrap else self.exporter, **batch_options)
         self._shutdown_timeout_s = shutdown_timeout_s
         self.ended = 0
 

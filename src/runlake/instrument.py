@@ -24,7 +24,7 @@ from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcesso
 from opentelemetry.exporter.runlake import mapping as m
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from .forward import ForwardingProcessor, forwarding_settings
@@ -159,8 +159,8 @@ def configure(
     forwarding = forwarding_settings(otlp_endpoint, otlp_protocol, otlp_headers)  # bad settings fail first
     policy = _sessions.StatePolicy.from_options(options)
     redact = _redact.resolve(options.get("redact"), default_on=False)
-    exporter = RunlakeSpanExporter(
-        state_url, redact=redact, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options}
+    exporter = RunlakeSpanExporter(  # the guard below decides about runtime state; the exporter keeps what passes
+        state_url, redact=redact, keep_runtime_state=True, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options}
     )
     # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
     guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
@@ -183,7 +183,14 @@ def configure(
     if forwarding is not None:
         endpoint, protocol, headers = forwarding
         timeout_s = float(options.get("otlp_timeout_s", 5.0))
-        processors.append(ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, **batch_options))
+        mirror = bool(options.get("mirror_runtime_state", False))
+
+        def guarded(otlp: SpanExporter) -> SpanExporter:  # the collector gets what the lake gets, no more
+            return _sessions.StateGuard(otlp, mirror, policy, redact_attributes=redact)
+
+        processors.append(
+            ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, wrap=guarded, **batch_options)
+        )
     _slot_of(provider).processors = tuple(processors)
     _pipeline = _Pipeline(provider, exporter, processors, dict(options))
     _sessions.set_policy(policy)

@@ -187,7 +187,11 @@ class TenantSink:
     def __init__(self, root: Path, tenant: str | None, settings: ServerSettings, on_events: Callable) -> None:
         self.tenant = tenant
         self.sync = settings.durability == Durability.sync
-        options: dict[str, Any] = {"force_tenant": tenant, "flush_interval_s": settings.flush_interval_s}
+        options: dict[str, Any] = {
+            "force_tenant": tenant,
+            "flush_interval_s": settings.flush_interval_s,
+            "keep_runtime_state": True,  # mirroring was the sending application's choice
+        }
         if self.sync:
             # nothing is written behind the commit's back: no row limits, no background thread
             options.update(max_part_rows=1 << 31, max_part_bytes=1 << 40, background_flush=False)

@@ -562,7 +562,9 @@ class SessionStore:
                         max_attribute_length=SpanLimits.UNSET, max_span_attribute_length=SpanLimits.UNSET
                     ),
                 )
-                exporter = RunlakeSpanExporter(self.root, tenant_id=self.tenant_id, background_flush=False)
+                exporter = RunlakeSpanExporter(
+                    self.root, tenant_id=self.tenant_id, background_flush=False, keep_runtime_state=True
+                )
                 self._durable = _DurableWrite(exporter)
                 provider.add_span_processor(self._durable)
                 for processor in self._extra_processors:

@@ -46,6 +46,8 @@ class RunlakeSpanExporter(SpanExporter):
     With no arguments it configures itself from the environment (``RUNLAKE_STATE_URL``, else
     ``PRAISONAI_STATE_URL``), as the SDK does when it builds exporters named in ``OTEL_TRACES_EXPORTER``.
     ``export()`` never raises: failures return ``FAILURE``, are logged once and counted in ``stats``.
+    Runtime state (``runlake.runtime.state``) is stored only with ``keep_runtime_state`` (else
+    ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class RunlakeSpanExporter(SpanExporter):
         tenant_id: str | None = None,
         force_tenant: str | None = None,
         redact: Callable[[str], str] | None = None,
+        keep_runtime_state: bool | None = None,
         max_part_rows: int | None = None,
         max_part_bytes: int | None = None,
         max_buffer_bytes: int | None = None,
@@ -73,6 +76,11 @@ class RunlakeSpanExporter(SpanExporter):
             default_tenant=tenant_id or os.environ.get("RUNLAKE_TENANT_ID") or DEFAULT_TENANT,
             force_tenant=force_tenant,
             redact=redact,
+            keep_runtime_state=(
+                keep_runtime_state
+                if keep_runtime_state is not None
+                else os.environ.get("RUNLAKE_MIRROR_RUNTIME_STATE", "").lower() in ("1", "true", "yes", "on")
+            ),
         )
         self._writer = LakeWriter(
             root,

@@ -283,8 +283,10 @@ class SpanMapper:
         default_tenant: str = DEFAULT_TENANT,
         force_tenant: str | None = None,
         redact: Any = None,
+        keep_runtime_state: bool = True,
     ) -> None:
         self.default_tenant = default_tenant
+        self.keep_runtime_state = keep_runtime_state
         self.force_tenant = force_tenant
         self.redact = redact
         self._resource_cache: dict[int, tuple[Any, str | None, str | None]] = {}
@@ -349,6 +351,10 @@ class SpanMapper:
             input_text = self.redact(input_text) if input_text else input_text
             output_text = self.redact(output_text) if output_text else output_text
             status_message = self.redact(status_message) if status_message else status_message
+            if values.get("metadata"):
+                values["metadata"] = _redact_json_text(values["metadata"], self.redact)
+            if events_json:
+                events_json = _redact_json_text(events_json, self.redact)
             if attrs_json:
                 attrs_json = {k: self.redact(v) if isinstance(v, str) else v for k, v in attrs_json.items()}
         return (
@@ -374,7 +380,7 @@ class SpanMapper:
             _str_or_none(text("node_type")),
             _str_or_none(text("turn_id")),
             _str_or_none(text("runtime_id")),
-            text("runtime_state"),
+            text("runtime_state") if self.keep_runtime_state else None,
             _str_or_none(text("operation")),
             _str_or_none(text("model")),
             _str_or_none(text("provider")),
@@ -390,6 +396,24 @@ class SpanMapper:
             events_json,
             resource_json,
         )
+
+
+def _redact_strings(value: Any, redact: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_strings(v, redact) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_strings(v, redact) for v in value]
+    return value
+
+
+def _redact_json_text(text: str, redact: Any) -> str:
+    """Redact the strings inside a JSON document, keeping it valid JSON (plain text if it is not JSON)."""
+    try:
+        return _JSON(_redact_strings(json.loads(text), redact))
+    except ValueError:
+        return redact(text)
 
 
 def _str_or_none(value: Any) -> str | None:
