@@ -71,3 +71,18 @@ def test_replay_to_a_real_otlp_receiver(lake: Path) -> None:
     assert {s["span_id"] for s in collected.spans} == {r["span_id"] for r in ended}
     planner = next(s for s in collected.spans if s["name"] == "chat planner")
     assert planner["attributes"]["gen_ai.usage.input_tokens"] == 1000 and planner["attributes"]["session.id"] == "s1"
+
+
+def test_round_trip_through_runlake_serve(lake: Path, tmp_path: Path) -> None:
+    """lake -> OTLP/HTTP -> runlake serve (a real server subprocess) -> lake gives identical rows."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from server_fixtures import Server
+
+    workload(lake)
+    served = tmp_path / "served"
+    with Server(served, ["--no-auth", "--no-ttl", "--durability", "sync"]) as server:
+        result = forward(lake, OTLPSpanExporter(endpoint=f"{server.base}/v1/traces"))
+    spans = read_table(lake, "spans")
+    original = _sorted(spans.filter(pa.compute.equal(spans["record"], "end")))
+    assert result == {"sent": len(original), "failed": 0}
+    assert _sorted(read_table(served, "spans")) == original
