@@ -366,8 +366,10 @@ def test_missing_lake_is_a_clear_error(tmp_path: Path) -> None:
         assert "no lake at" in result.stderr and str(missing) in result.stderr and result.stdout == ""
         assert "Traceback" not in result.output
     assert not missing.exists()  # reading never creates it
-    bad_url = cli("history", "--state-url", "s3://bucket/lake")
+    bad_url = cli("history", "--state-url", "sqlite:///agent_state.db")
     assert bad_url.exit_code == 1 and "file://" in bad_url.stderr
+    demo_on_s3 = cli("demo", "--state-url", "s3://bucket/lake")  # writes stay local-only in the CLI
+    assert demo_on_s3.exit_code == 1 and "file://" in demo_on_s3.stderr
 
 
 def test_state_url_precedence_flag_then_env_then_default(demo: tuple[Path, dict], tmp_path: Path) -> None:

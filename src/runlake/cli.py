@@ -153,11 +153,12 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _lake_root(state_url: str) -> Path:
-    from opentelemetry.exporter.runlake.layout import resolve_state_url
+def _lake_root(state_url: str, remote_ok: bool = False) -> Path:
+    """The lake's root: a folder, or (for commands that only read, with ``remote_ok``) an ``s3://`` lake."""
+    from opentelemetry.exporter.runlake.layout import resolve_lake, resolve_state_url
 
     try:
-        root = resolve_state_url(state_url)
+        root = resolve_lake(state_url) if remote_ok else resolve_state_url(state_url)
     except ValueError as error:
         fail(str(error))
     if root is None:
@@ -167,9 +168,13 @@ def _lake_root(state_url: str) -> Path:
 
 def open_db(state_url: str) -> HistoryDB:
     """A ``HistoryDB`` on an existing lake; a missing folder is a clear error (exit 1), not a traceback."""
+    from opentelemetry.exporter.runlake.layout import is_remote
+
     from .history import HistoryDB
 
-    root = _lake_root(state_url)
+    root = _lake_root(state_url, remote_ok=True)
+    if is_remote(root):
+        return HistoryDB(root)
     if not root.exists():
         fail(
             f"no lake at {root.resolve()}: the folder does not exist. "

@@ -6,6 +6,9 @@ Safe while readers and writers go on:
 - a reader whose listed file is removed meanwhile lists again (``runlake.query``);
 - only the files listed when the partition was picked are merged and removed: parts written during compaction
   stay, so nothing a writer adds is lost.
+
+On an object store (``s3://``) the same order holds without a rename: the merged object is uploaded under a new
+unique key (it appears whole or not at all), then the old objects are deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +24,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from opentelemetry.exporter.runlake.layout import RUNS, SPANS, data_files, day_dirs, session_dirs
+from opentelemetry.exporter.runlake.layout import (
+    RUNS,
+    SPANS,
+    LakeRoot,
+    ObjectPath,
+    data_files,
+    day_dirs,
+    fs_and_path,
+    is_missing,
+    remove_file,
+    resolve_lake,
+    session_dirs,
+    size_and_mtime,
+)
 from opentelemetry.exporter.runlake.writer import SCHEMAS, write_part
 
 _logger = logging.getLogger(__name__)
@@ -67,7 +83,7 @@ def _latest_rows(table: pa.Table) -> pa.Table:
     return ordered.filter(pa.concat_arrays([pa.array([True]), *first.chunks]) if first.num_chunks else pa.array([True]))
 
 
-def compact_folder(table: str, folder: Path, summary: CompactionSummary) -> bool:
+def compact_folder(table: str, folder: LakeRoot, summary: CompactionSummary) -> bool:
     """Merge the part files of one partition folder; True if it was rewritten."""
     files = data_files(folder)
     if len(files) < 2:
@@ -76,66 +92,71 @@ def compact_folder(table: str, folder: Path, summary: CompactionSummary) -> bool
     used = []
     for path in files:
         try:
-            pieces.append(_conform(pq.read_table(path), SCHEMAS[table]))
+            filesystem, source = fs_and_path(path)
+            pieces.append(_conform(pq.read_table(source, filesystem=filesystem), SCHEMAS[table]))
             used.append(path)
-        except FileNotFoundError:
-            continue
         except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
+            if is_missing(error):  # compacted or expired meanwhile
+                continue
             summary.skipped_files += 1
             _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
     if len(used) < 2:
         return False
-    sizes = sum(p.stat().st_size for p in used)
+    sizes = sum(size_and_mtime(p)[0] for p in used)
     merged = _latest_rows(pa.concat_tables(pieces))
-    new_file = write_part(table, folder, merged, row_group_size=1 << 20)
+    new_file = write_part(table, folder, merged, row_group_size=1 << 20)  # the new file first, then the old go
     for path in used:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        remove_file(path)
     summary.partitions += 1
     summary.files_before += len(used)
     summary.files_after += 1
     summary.bytes_before += sizes
-    summary.bytes_after += new_file.stat().st_size
+    summary.bytes_after += size_and_mtime(new_file)[0]
     summary.rows += merged.num_rows
     return True
 
 
-def _quiet(folder: Path, older_than_s: float, now: float) -> bool:
+def _worth_it(folder: LakeRoot, older_than_s: float, now: float) -> bool:
+    """More than one part, and none newer than ``older_than_s`` (one listing; sizes and times come with it)."""
+    files = data_files(folder)
+    if len(files) < 2:
+        return False
     try:
-        newest = max((p.stat().st_mtime for p in data_files(folder)), default=0.0)
+        newest = max(size_and_mtime(p)[1] for p in files)
     except FileNotFoundError:
         return False
     return now - newest >= older_than_s
 
 
-def plan(root: Path, older_than_minutes: float = 10, tenant: str | None = None) -> list[tuple[str, Path]]:
+def plan(root: LakeRoot, older_than_minutes: float = 10, tenant: str | None = None) -> list[tuple[str, LakeRoot]]:
     """Partitions worth compacting: quiet ``spans`` session folders and closed, quiet ``runs`` days."""
     now = time.time()
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     older_than_s = older_than_minutes * 60
-    todo: list[tuple[str, Path]] = []
+    todo: list[tuple[str, LakeRoot]] = []
     for _, _, _, day_dir in day_dirs(root, SPANS, tenant):
         for session_dir in session_dirs(day_dir):
-            if len(data_files(session_dir)) > 1 and _quiet(session_dir, older_than_s, now):
+            if _worth_it(session_dir, older_than_s, now):
                 todo.append((SPANS, session_dir))
     for _, _, day, day_dir in day_dirs(root, RUNS, tenant):
-        if day < today and len(data_files(day_dir)) > 1 and _quiet(day_dir, older_than_s, now):
+        if day < today and _worth_it(day_dir, older_than_s, now):
             todo.append((RUNS, day_dir))
     return todo
 
 
 def compact(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | LakeRoot,
     older_than_minutes: float = 10,
     tenant: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CompactionSummary:
-    """Compact every quiet partition of the lake; ``progress(done, total)`` is called as it goes."""
+    """Compact every quiet partition of the lake (a folder, or an ``s3://`` URL / ``ObjectPath``);
+    ``progress(done, total)`` is called as it goes."""
     started = time.perf_counter()
     summary = CompactionSummary()
-    todo = plan(Path(root), older_than_minutes, tenant)
+    if not isinstance(root, (Path, ObjectPath)):
+        root = resolve_lake(root) or Path(root)
+    todo = plan(root, older_than_minutes, tenant)
     for done, (table, folder) in enumerate(todo, start=1):
         try:
             compact_folder(table, folder, summary)

@@ -9,18 +9,18 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import duckdb
 from opentelemetry.exporter.runlake.layout import (
     RUNS,
     SPANS,
+    LakeRoot,
     day_dirs,
     day_files,
-    resolve_state_url,
+    remove_dir,
+    resolve_lake,
     session_files,
     table_files,
 )
@@ -76,7 +76,8 @@ def _cents(value: float | None) -> int:
 class HistoryDB:
     """Read agent history from a runlake lake.
 
-    ``state_url``: a folder or ``file://`` URL, else ``RUNLAKE_STATE_URL``, else ``PRAISONAI_STATE_URL``.
+    ``state_url``: a folder, a ``file://`` URL or ``s3://bucket/prefix``, else ``RUNLAKE_STATE_URL``, else
+    ``PRAISONAI_STATE_URL``. ``root`` is a ``Path`` for a local lake and a ``layout.ObjectPath`` on S3.
     ``tenant_id`` / ``user_id`` scope every read (the server passes the caller's).
     """
 
@@ -88,7 +89,7 @@ class HistoryDB:
         user_id: str | None = None,
         _reader: LakeReader | None = None,
     ) -> None:
-        self.root: Path | None = resolve_state_url(state_url)
+        self.root: LakeRoot | None = resolve_lake(state_url)
         self.tenant_id = tenant_id
         self.user_id = user_id
         self._reader = _reader or LakeReader()
@@ -117,10 +118,10 @@ class HistoryDB:
             params.append(self.user_id)
         return clauses
 
-    def _session_lister(self, session_id: str) -> Callable[[], list[Path]]:
+    def _session_lister(self, session_id: str) -> Callable[[], list[LakeRoot]]:
         return lambda: session_files(self.root, session_id, self.tenant_id)
 
-    def _runs_lister(self) -> Callable[[], list[Path]]:
+    def _runs_lister(self) -> Callable[[], list[LakeRoot]]:
         return lambda: table_files(self.root, RUNS, self.tenant_id)
 
     def _index_rows(self, where: str, params: list[Any], order_limit: str = "") -> list[dict[str, Any]]:
@@ -359,7 +360,8 @@ class HistoryDB:
     def cleanup_expired(
         self, now: dt.datetime | None = None, max_age_days: int | None = None, dry_run: bool = False
     ) -> dict[str, int]:
-        """Delete every day partition whose TTL has passed, by removing folders; true counts of what went.
+        """Delete every day partition whose TTL has passed, by removing folders (every object under the day's
+        prefix on S3); true counts of what went.
 
         A run started on UTC day D with ``ttl_days`` N is kept through day D+N and removed from day D+N+1.
         ``max_age_days``, when given, also removes anything older than that, whatever its own TTL.
@@ -369,7 +371,7 @@ class HistoryDB:
             _logger.warning("cleanup_expired() called but no state_url configured; nothing to do")
             return {"executions_deleted": 0, "nodes_deleted": 0}
         today = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).date()
-        expired: dict[str, list[Path]] = {RUNS: [], SPANS: []}
+        expired: dict[str, list[LakeRoot]] = {RUNS: [], SPANS: []}
         for table in (RUNS, SPANS):
             for _, ttl, day, folder in day_dirs(self.root, table, self.tenant_id):
                 try:
@@ -382,11 +384,11 @@ class HistoryDB:
         runs = self._count(RUNS, expired[RUNS], "count(DISTINCT span_id)")
         nodes = self._count(SPANS, expired[SPANS], "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')")
         for folder in [] if dry_run else expired[RUNS] + expired[SPANS]:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_dir(folder)
         return {"executions_deleted": runs, "nodes_deleted": nodes}
 
-    def _count(self, table: str, folders: list[Path], aggregate: str) -> int:
-        files: list[Path] = []
+    def _count(self, table: str, folders: list[LakeRoot], aggregate: str) -> int:
+        files: list[LakeRoot] = []
         for folder in folders:
             files.extend(day_files(folder, table))
         if not files:

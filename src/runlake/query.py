@@ -4,6 +4,11 @@ Readers never glob the lake: callers list the files they need (``opentelemetry.e
 and pass them here. A file that cannot be read (truncated, not Parquet) is set aside with a warning naming
 it and the query is answered from the rest; a file removed meanwhile (TTL, compaction) triggers one fresh
 listing.
+
+Local files are read by DuckDB's own Parquet reader (``read_parquet([...], union_by_name=true)``). Files on an
+object store (``layout.ObjectPath``) are read through ``pyarrow.fs``: they become a ``pyarrow.dataset`` in the
+table's current schema (older files' missing columns read as nulls, as ``union_by_name`` does), registered on the
+cursor, and DuckDB scans it with filter and projection pushdown; no DuckDB extension is needed.
 """
 
 from __future__ import annotations
@@ -11,21 +16,45 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
+from opentelemetry.exporter.runlake.layout import RUNS, SPANS, LakeRoot, ObjectPath, is_missing, table_files
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA, SPANS_SCHEMA
 
 _logger = logging.getLogger(__name__)
 
-Lister = Callable[[], Sequence[Path]]
+Lister = Callable[[], Sequence[LakeRoot]]
+_SCHEMAS = {SPANS: SPANS_SCHEMA, RUNS: RUNS_SCHEMA}
+_SCAN = "_runlake_scan"  # the relation ``{files}`` names for object-store files
+
+
+def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
+    """The files as one ``pyarrow.dataset`` in their table's current schema (sizes from the listing: no HEADs)."""
+    fmt = ds.ParquetFileFormat()
+    fs = files[0].fs
+    schema = _SCHEMAS.get(files[0].table or "")
+    if schema is None:  # not a lake table: the first file's schema
+        return ds.dataset([f.path for f in files], filesystem=fs, format=fmt)
+    try:
+        fragments = [fmt.make_fragment(f.path, fs, file_size=f.size) for f in files]
+    except TypeError:  # pyarrow < 15 has no file_size: one HEAD per file instead
+        fragments = [fmt.make_fragment(f.path, fs) for f in files]
+    return ds.FileSystemDataset(fragments, schema, fmt, fs)
+
 
 # One row per span: the "start" row of a run only while its "end" row has not arrived.
 LATEST_ROW = "QUALIFY row_number() OVER (PARTITION BY span_id ORDER BY record = 'end' DESC) = 1"
+
+
+def _vanished(message: str) -> bool:
+    """A query failed because a listed file was removed meanwhile (TTL, compaction): list again."""
+    return any(
+        m in message for m in ("No files found", "No such file", "not exist", "NO_SUCH_KEY", "RESOURCE_NOT_FOUND")
+    )
 
 
 class LakeReader:
@@ -43,18 +72,31 @@ class LakeReader:
             cursor = self._local.cursor = self._db.cursor()
         return cursor
 
-    def _usable(self, files: Sequence[Path]) -> list[str]:
-        return [s for s in map(str, files) if s not in self._bad]
+    def _usable(self, files: Sequence[LakeRoot]) -> list[LakeRoot]:
+        bad = self._bad
+        return [f for f in files if str(f) not in bad] if bad else list(files)
 
-    def _set_aside(self, files: Sequence[str]) -> bool:
-        """Find unreadable files among ``files`` and remember them; True if any was found."""
+    def _set_aside(self, files: Sequence[LakeRoot]) -> bool:
+        """Find unreadable files among ``files`` and remember them; True if any was found.
+
+        On an object store only a file that is there but is not readable Parquet is set aside: a network or
+        permission error is raised instead, so an outage never marks good files as bad.
+        """
         found = False
-        for name in files:
+        for file in files:
+            name = str(file)
             try:
-                pq.read_metadata(name)
+                if isinstance(file, ObjectPath):
+                    pq.read_metadata(file.path, filesystem=file.fs)
+                else:
+                    pq.read_metadata(name)
             except FileNotFoundError:
                 continue
             except Exception as error:  # noqa: BLE001 - anything pyarrow cannot open is unusable
+                if isinstance(file, ObjectPath) and isinstance(error, OSError):
+                    if is_missing(error):
+                        continue
+                    raise
                 with self._lock:
                     self._bad.add(name)
                 _logger.warning("runlake: skipping unreadable part file %s (%s)", name, error)
@@ -70,38 +112,49 @@ class LakeReader:
         result = self._execute(sql, lister, params)
         if result is None:
             return []
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, row)) for row in result.fetchall()]
+        names, rows = result
+        return [dict(zip(names, row)) for row in rows]
 
-    def _execute(self, sql: str, lister: Lister, params: Sequence[Any]) -> duckdb.DuckDBPyConnection | None:
+    def _execute(self, sql: str, lister: Lister, params: Sequence[Any]) -> tuple[list[str], list[tuple]] | None:
         files = self._usable(lister())
         for attempt in range(4):
             if not files:
                 return None
-            query = sql.replace("{files}", "read_parquet(?, union_by_name=true)")
+            cursor = self._cursor()
+            remote = isinstance(files[0], ObjectPath)
             try:
-                return self._cursor().execute(query, [files, *params])
+                if remote:
+                    cursor.register(_SCAN, object_dataset(files))
+                    result = cursor.execute(sql.replace("{files}", _SCAN), list(params))
+                else:
+                    query = sql.replace("{files}", "read_parquet(?, union_by_name=true, hive_partitioning=false)")
+                    result = cursor.execute(query, [[str(f) for f in files], *params])
+                return [d[0] for d in result.description], result.fetchall()
             except (duckdb.IOException, duckdb.InvalidInputException) as error:
                 if self._set_aside(files):
                     files = self._usable(files)
-                elif attempt < 3 and (
-                    "No files found" in str(error) or "No such file" in str(error) or "not exist" in str(error)
-                ):
+                elif attempt < 3 and _vanished(str(error)):
                     files = self._usable(lister())  # removed meanwhile: list again
                 else:
                     raise
+            finally:
+                if remote:
+                    cursor.unregister(_SCAN)
         return None
 
-    def views(self, root: Path | None, tenant: str | None = None) -> duckdb.DuckDBPyConnection:
+    def views(self, root: LakeRoot | None, tenant: str | None = None) -> duckdb.DuckDBPyConnection:
         """A connection with views ``spans`` and ``runs`` (one row per span / run) over the whole lake."""
         con = self._db.cursor()
         for table, schema in ((SPANS, SPANS_SCHEMA), (RUNS, RUNS_SCHEMA)):
             files = self._usable(table_files(root, table, tenant)) if root is not None else []
             if files and self._set_aside_if_broken(con, files):
                 files = self._usable(files)
-            if files:
-                listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-                source = f"read_parquet({listing}, union_by_name=true)"
+            if files and isinstance(files[0], ObjectPath):
+                con.register(f"_lake_{table}", object_dataset(files))
+                source = f"_lake_{table}"
+            elif files:
+                listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+                source = f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
             else:
                 con.register(f"_empty_{table}", pa.Table.from_pylist([], schema=schema))
                 source = f"_empty_{table}"
@@ -111,15 +164,24 @@ class LakeReader:
                 SELECT * EXCLUDE (record),
                        make_timestamp(start_time_unix_nano // 1000) AS start_time,
                        make_timestamp(end_time_unix_nano // 1000) AS end_time,
-                       (end_time_unix_nano - start_time_unix_nano) / 1e6 AS duration_ms
+                       (end_time_unix_nano - start_time_unix_nano) / 1e6 AS duration_ms,
+                       CAST(make_timestamp(start_time_unix_nano // 1000) AS DATE) AS day
                 FROM {source}
                 QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY record = 'end' DESC) = 1"""
             )
         return con
 
-    def _set_aside_if_broken(self, con: duckdb.DuckDBPyConnection, files: list[str]) -> bool:
+    def _set_aside_if_broken(self, con: duckdb.DuckDBPyConnection, files: list[LakeRoot]) -> bool:
         try:
-            con.execute("SELECT count(*) FROM read_parquet(?, union_by_name=true)", [files]).fetchall()
+            if isinstance(files[0], ObjectPath):
+                con.register("_runlake_check", object_dataset(files))
+                try:
+                    con.execute("SELECT count(*) FROM _runlake_check").fetchall()
+                finally:
+                    con.unregister("_runlake_check")
+            else:
+                sql = "SELECT count(*) FROM read_parquet(?, union_by_name=true, hive_partitioning=false)"
+                con.execute(sql, [[str(f) for f in files]]).fetchall()
             return False
         except (duckdb.IOException, duckdb.InvalidInputException):
             return self._set_aside(files)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-from opentelemetry.exporter.runlake.layout import SPANS, day_dirs, day_files, session_files
+from opentelemetry.exporter.runlake.layout import SPANS, LakeRoot, day_dirs, day_files, session_files
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -79,7 +78,7 @@ def _homogeneous(value: Any) -> bool:
 
 
 def stored_spans(
-    root: Path,
+    root: LakeRoot,
     session_id: str | None = None,
     since: dt.date | None = None,
     until: dt.date | None = None,
@@ -104,7 +103,7 @@ def _iso(day: dt.date | None) -> str | None:
     return day.isoformat() if day else None
 
 
-def _in_range(files: list[Path], since: dt.date | None, until: dt.date | None) -> list[Path]:
+def _in_range(files: list[LakeRoot], since: dt.date | None, until: dt.date | None) -> list[LakeRoot]:
     out = []
     for f in files:
         day = next((p[4:] for p in f.parts if p.startswith("day=")), "")
@@ -115,7 +114,7 @@ def _in_range(files: list[Path], since: dt.date | None, until: dt.date | None) -
 
 
 def forward(
-    root: Path,
+    root: LakeRoot,
     exporter: SpanExporter,
     session_id: str | None = None,
     since: dt.date | None = None,

@@ -496,6 +496,11 @@ class SessionStore:
         if root is None:
             exporter = _instrument.current_exporter()
             root = exporter.root if exporter is not None else None
+        if root is not None and not isinstance(root, Path):
+            raise ValueError(
+                f"SessionStore keeps runtime state in a local lake; {root} is on an object store, which it does not "
+                "support yet. Give SessionStore(state_url=...) a folder."
+            )
         if root is None:
             root = Path("runlake-data")
             _logger.warning(

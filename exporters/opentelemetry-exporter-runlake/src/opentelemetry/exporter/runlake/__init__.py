@@ -6,9 +6,11 @@ of every run so that a run in progress (or one whose process died) is visible as
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,11 +20,11 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from .layout import DEFAULT_TENANT, resolve_state_url
+from .layout import DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
 from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
 from .writer import LakeWriter
 
-__all__ = ["RunlakeSpanExporter", "RunStartProcessor", "resolve_state_url"]
+__all__ = ["RunlakeSpanExporter", "RunStartProcessor", "resolve_lake", "resolve_state_url"]
 __version__ = "0.1.0"
 
 _logger = logging.getLogger(__name__)
@@ -40,11 +42,39 @@ def _env_number(name: str, default: float, kind: Callable[[str], float] = int) -
         return default
 
 
+def _flush_before_s3_finalizes(exporter: RunlakeSpanExporter) -> None:
+    """Make what is queued at exit reach S3 before pyarrow shuts its S3 client down.
+
+    pyarrow finalizes S3 in an ``atexit`` hook registered when ``pyarrow.fs`` is imported; a TracerProvider made
+    before that import shuts down (and flushes) after it, too late to upload. This hook is registered later, so it
+    runs earlier: it flushes the global provider's queues and this exporter's buffers while S3 still works.
+    """
+    ref = weakref.ref(exporter)
+
+    def flush() -> None:
+        live = ref()
+        if live is None or live._shutdown:
+            return
+        try:
+            from opentelemetry import trace
+
+            force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+            if callable(force_flush):
+                force_flush(10_000)
+            live.force_flush()
+        except Exception:  # noqa: BLE001 - never raise at exit
+            _logger.debug("runlake: flush at exit failed", exc_info=True)
+
+    atexit.register(flush)
+
+
 class RunlakeSpanExporter(SpanExporter):
     """Writes spans as Parquet partitioned by tenant, TTL, day and session, plus a ``runs/`` index.
 
     With no arguments it configures itself from the environment (``RUNLAKE_STATE_URL``, else
     ``PRAISONAI_STATE_URL``), as the SDK does when it builds exporters named in ``OTEL_TRACES_EXPORTER``.
+    The lake is a folder, a ``file://`` URL or ``s3://bucket/prefix`` (S3 or S3-compatible; endpoint from
+    ``RUNLAKE_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL``, credentials from the standard AWS variables).
     ``export()`` never raises: failures return ``FAILURE``, are logged once and counted in ``stats``.
     Runtime state (``runlake.runtime.state``) is stored only with ``keep_runtime_state`` (else
     ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in.
@@ -64,7 +94,7 @@ class RunlakeSpanExporter(SpanExporter):
         flush_interval_s: float | None = None,
         background_flush: bool = True,
     ) -> None:
-        root = resolve_state_url(state_url)
+        root = resolve_lake(state_url)
         if root is None:
             root = Path("runlake-data")
             _logger.warning(
@@ -97,6 +127,8 @@ class RunlakeSpanExporter(SpanExporter):
         self.rejected_spans = 0
         self._logged_bad_span = False
         self.listeners: list[Callable[[list[tuple]], None]] = []
+        if isinstance(root, ObjectPath):
+            _flush_before_s3_finalizes(self)
 
     # ---- SpanExporter -----------------------------------------------------------------------------------
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

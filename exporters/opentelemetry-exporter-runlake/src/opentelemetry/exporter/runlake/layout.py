@@ -8,6 +8,12 @@
 Writers, readers and TTL all build paths through :func:`encode_partition_value`, so a hostile id
 (``../x``, ``a/b``, ``=``, ``%``, 300 characters, unicode) maps to the same safe folder everywhere.
 The exact value is kept in the rows themselves; the folder name only has to be safe and unique.
+
+A lake lives in a local folder (a :class:`pathlib.Path`: listed with ``os.scandir``, the fast path) or under an
+object-store prefix (``s3://bucket/prefix``: an :class:`ObjectPath`, reached through ``pyarrow.fs``). Both are
+:data:`LakeRoot` values (see :func:`resolve_lake`) and every function here takes and returns either kind, so
+callers build partition paths with ``/`` and list them the same way; :func:`lake_filesystem` gives
+``(pyarrow filesystem, path)`` for anything else that wants to read the lake.
 """
 
 from __future__ import annotations
@@ -16,10 +22,16 @@ import datetime as _dt
 import hashlib
 import os
 import secrets
+import shutil
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlparse
+
+import pyarrow.fs as pafs
 
 SPANS = "spans"
 RUNS = "runs"
@@ -80,15 +92,207 @@ def _day_name(day_number: int) -> str:
     return name
 
 
-def resolve_state_url(state_url: str | os.PathLike[str] | None = None) -> Path | None:
-    """Where the lake lives: the argument, else ``RUNLAKE_STATE_URL``, else ``PRAISONAI_STATE_URL``.
+# ---- where the lake lives: a local folder or an object-store prefix ---------------------------------------------
+S3_ENDPOINT_ENV = "RUNLAKE_S3_ENDPOINT"
+# URL query parameters accepted for s3:// state URLs (all optional)
+S3_URL_OPTIONS = ("endpoint_override", "scheme", "region", "anonymous", "connect_timeout", "request_timeout")
 
-    Accepts a folder path or a ``file://`` URL. Returns ``None`` when nothing is configured.
+
+class ObjectStore:
+    """One object-store bucket seen through ``pyarrow.fs``; the filesystem is built on first use (no I/O before).
+
+    Options come from the state URL's query, else the environment: endpoint ``RUNLAKE_S3_ENDPOINT``, else
+    ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (``http://host:port`` or ``host:port``); region
+    ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (else ``us-east-1`` with an endpoint override, else the bucket's own);
+    credentials from the standard AWS chain (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``, profiles, instance roles).
+    """
+
+    def __init__(self, scheme: str, bucket: str, options: dict[str, Any]) -> None:
+        self.scheme = scheme
+        self.bucket = bucket
+        self.options = dict(options)
+        self._identity = (scheme, bucket, tuple(sorted(self.options.items())))
+        self._hash = hash(self._identity)
+        self._fs: pafs.FileSystem | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        fs = self._fs
+        if fs is None:
+            with self._lock:
+                if self._fs is None:
+                    self._fs = self._make()
+                fs = self._fs
+        return fs
+
+    def _make(self) -> pafs.FileSystem:
+        options = dict(self.options)
+        if not options.get("region"):
+            options["region"] = "us-east-1" if options.get("endpoint_override") else pafs.resolve_s3_region(self.bucket)
+        # small objects go up in one PUT; larger ones as a multipart upload completed only once every part is in:
+        # either way an object appears whole or not at all
+        return pafs.S3FileSystem(allow_delayed_open=True, **options)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, ObjectStore) and self._identity == other._identity)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        endpoint = self.options.get("endpoint_override")
+        return f"ObjectStore({self.scheme}://{self.bucket}" + (f" at {endpoint})" if endpoint else ")")
+
+
+class ObjectPath:
+    """A folder or object of a lake on an object store, used like a ``pathlib.Path`` by the lake's code.
+
+    ``path`` is the ``pyarrow.fs`` path (``bucket/key``), ``str()`` the URL (``s3://bucket/key``), ``fs`` the
+    filesystem; ``/``, ``name``, ``parent``, ``parts``, ``exists()`` work as for a Path. Objects found by listing
+    also carry their ``size`` and ``mtime`` (seconds), so readers and compaction need no extra request.
+    """
+
+    __slots__ = ("store", "path", "root", "size", "mtime")
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        path: str,
+        root: str | None = None,
+        size: int | None = None,
+        mtime: float | None = None,
+    ) -> None:
+        self.store = store
+        self.path = path.strip("/")
+        self.root = self.path if root is None else root  # the lake root's path, to tell which table a file is in
+        self.size = size
+        self.mtime = mtime
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return self.store.fs
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(self.store, self.path.rpartition("/")[0], self.root)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.path.split("/"))
+
+    @property
+    def table(self) -> str | None:
+        """``spans`` or ``runs`` for a path inside the lake's tables, else None."""
+        if not self.path.startswith(self.root + "/"):
+            return None
+        return self.path[len(self.root) + 1 :].partition("/")[0]
+
+    def __truediv__(self, name: str) -> ObjectPath:
+        return ObjectPath(self.store, f"{self.path}/{name}", self.root)
+
+    def exists(self) -> bool:
+        """An object, or a prefix with objects under it (or the bucket, for the bucket's root)."""
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def resolve(self) -> ObjectPath:
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.store.scheme}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"ObjectPath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectPath) and self.path == other.path and self.store == other.store
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.store))
+
+    def __lt__(self, other: ObjectPath) -> bool:
+        return self.path < other.path
+
+
+LakeRoot = Path | ObjectPath
+"""A lake root, or a folder or file in it: a local ``Path`` or an ``ObjectPath``."""
+
+
+def is_remote(path: object) -> bool:
+    """Whether ``path`` is on an object store (an :class:`ObjectPath`)."""
+    return isinstance(path, ObjectPath)
+
+
+def lake_filesystem(path: LakeRoot) -> tuple[pafs.FileSystem, str]:
+    """``(pyarrow filesystem, path in it)`` for a lake root, folder or file, local or remote."""
+    if isinstance(path, ObjectPath):
+        return path.fs, path.path
+    return pafs.LocalFileSystem(), str(Path(path).absolute())
+
+
+def _endpoint(text: str, options: dict[str, Any]) -> None:
+    """``http://host:port`` or ``host:port`` into pyarrow's ``endpoint_override`` (and ``scheme``)."""
+    parsed = urlparse(text if "://" in text else f"//{text}")
+    if not parsed.netloc:
+        raise ValueError(f"S3 endpoint must be host:port or a URL like http://host:port, got {text!r}")
+    options["endpoint_override"] = parsed.netloc
+    if parsed.scheme:
+        options.setdefault("scheme", parsed.scheme)
+
+
+def _s3_store(text: str, parsed: Any) -> ObjectPath:
+    bucket = parsed.netloc
+    if not bucket or "@" in bucket:
+        raise ValueError(f"S3 state URL must be s3://bucket/prefix (credentials come from the environment): {text!r}")
+    query = dict(parse_qsl(parsed.query, keep_blank_values=True))
+    unknown = set(query) - set(S3_URL_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(sorted(unknown))} in {text!r}; supported: {', '.join(S3_URL_OPTIONS)}"
+        )
+    options: dict[str, Any] = {}
+    if "scheme" in query:
+        options["scheme"] = query["scheme"]
+    endpoint = (
+        query.get("endpoint_override")
+        or os.environ.get(S3_ENDPOINT_ENV)
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    if endpoint:
+        _endpoint(endpoint, options)
+    region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    if query.get("anonymous", "").lower() in ("1", "true", "yes"):
+        options["anonymous"] = True
+    for name in ("connect_timeout", "request_timeout"):
+        if name in query:
+            options[name] = float(query[name])
+    prefix = unquote(parsed.path).strip("/")
+    store = ObjectStore("s3", bucket, options)
+    return ObjectPath(store, f"{bucket}/{prefix}" if prefix else bucket)
+
+
+def resolve_lake(state_url: str | os.PathLike[str] | ObjectPath | None = None) -> LakeRoot | None:
+    """Where the lake lives, local or on an object store: the argument, else ``RUNLAKE_STATE_URL``, else
+    ``PRAISONAI_STATE_URL``.
+
+    A folder path or ``file://`` URL gives a ``Path``; ``s3://bucket/prefix`` (optionally
+    ``?endpoint_override=host:port&scheme=http&region=...``; see :class:`ObjectStore`) gives an
+    :class:`ObjectPath`. Returns ``None`` when nothing is configured.
     """
     if state_url is None:
         state_url = os.environ.get("RUNLAKE_STATE_URL") or os.environ.get("PRAISONAI_STATE_URL") or None
     if state_url is None:
         return None
+    if isinstance(state_url, ObjectPath):
+        return state_url
     text = os.fspath(state_url)
     if not text.strip():
         return None
@@ -97,15 +301,34 @@ def resolve_state_url(state_url: str | os.PathLike[str] | None = None) -> Path |
         if parsed.netloc not in ("", "localhost"):
             raise ValueError(f"file:// state URL must name a local path, got {text!r}")
         return Path(unquote(parsed.path))
+    if parsed.scheme == "s3":
+        return _s3_store(text, parsed)
     if parsed.scheme and len(parsed.scheme) > 1:  # "C:\\x" has a one-letter "scheme"
         raise ValueError(
-            f"unsupported state URL {text!r}: runlake keeps its lake in a folder; "
-            "give a path or a file:// URL (for example file:///var/lib/runlake)"
+            f"unsupported state URL {text!r}: runlake keeps its lake in a folder or on S3; "
+            "give a path or a file:// URL (for example file:///var/lib/runlake), "
+            "or s3://bucket/prefix for an S3 or S3-compatible object store"
         )
     return Path(text).expanduser()
 
 
-def partition_dir(root: Path, table: str, tenant: str, ttl_days: int, day: str, session: str | None = None) -> Path:
+def resolve_state_url(state_url: str | os.PathLike[str] | None = None) -> Path | None:
+    """Like :func:`resolve_lake`, for code that needs a local folder: an object-store URL is a ``ValueError``.
+
+    The exporter, ``HistoryDB``, TTL and compaction take :func:`resolve_lake`'s answer and so work on S3 too.
+    """
+    root = resolve_lake(state_url)
+    if isinstance(root, ObjectPath):
+        raise ValueError(
+            f"{root} is on an object store, but this needs a local lake folder: "
+            "give a path or a file:// URL (for example file:///var/lib/runlake)"
+        )
+    return root
+
+
+def partition_dir(
+    root: LakeRoot, table: str, tenant: str, ttl_days: int, day: str, session: str | None = None
+) -> LakeRoot:
     """The folder of one partition; ``session`` only for the spans table."""
     path = root / table / f"tenant={encode_partition_value(tenant)}" / f"ttl={int(ttl_days)}" / f"day={day}"
     if table == SPANS:
@@ -128,7 +351,39 @@ def is_data_file(name: str) -> bool:
     return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
-def _subdirs(path: Path, prefix: str) -> Iterator[tuple[str, Path]]:
+def _listing(path: ObjectPath) -> list[pafs.FileInfo]:
+    """One level of an object-store folder (one LIST request per 1,000 entries); missing: empty."""
+    return path.fs.get_file_info(pafs.FileSelector(path.path, allow_not_found=True))
+
+
+_LIST_THREADS = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _each_folder(folders: list[LakeRoot], list_one: Callable[[LakeRoot], list]) -> Iterator:
+    """``list_one`` of every folder, in order: concurrently on an object store (each listing is a round trip),
+    one after the other locally (``os.scandir`` is faster than any thread hand-off)."""
+    if len(folders) < 2 or not isinstance(folders[0], ObjectPath):
+        for folder in folders:
+            yield from list_one(folder)
+        return
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=_LIST_THREADS, thread_name_prefix="runlake-list")
+    for found in _pool.map(list_one, folders):
+        yield from found
+
+
+def _subdirs(path: LakeRoot, prefix: str) -> Iterator[tuple[str, LakeRoot]]:
+    if isinstance(path, ObjectPath):
+        for info in _listing(path):
+            name = info.base_name
+            if info.type == pafs.FileType.Directory and name.startswith(prefix):
+                yield name[len(prefix) :], ObjectPath(path.store, info.path, path.root)
+        return
     try:
         with os.scandir(path) as entries:
             for entry in entries:
@@ -138,8 +393,15 @@ def _subdirs(path: Path, prefix: str) -> Iterator[tuple[str, Path]]:
         return
 
 
-def data_files(folder: Path) -> list[Path]:
+def data_files(folder: LakeRoot) -> list[LakeRoot]:
     """Finished part files directly inside one partition folder, oldest first."""
+    if isinstance(folder, ObjectPath):
+        found = [
+            ObjectPath(folder.store, info.path, folder.root, info.size, info.mtime.timestamp() if info.mtime else None)
+            for info in _listing(folder)
+            if info.type == pafs.FileType.File and is_data_file(info.base_name)
+        ]
+        return sorted(found, key=lambda p: p.name)
     try:
         with os.scandir(folder) as entries:
             names = sorted(e.name for e in entries if is_data_file(e.name) and e.is_file())
@@ -148,25 +410,25 @@ def data_files(folder: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
-def tenants(root: Path, table: str) -> list[str]:
+def tenants(root: LakeRoot, table: str) -> list[str]:
     """Encoded tenant folder names present for a table."""
     return sorted(name for name, _ in _subdirs(root / table, "tenant="))
 
 
 def day_dirs(
-    root: Path,
+    root: LakeRoot,
     table: str,
     tenant: str | None = None,
     since: str | None = None,
     until: str | None = None,
-) -> Iterator[tuple[str, int, str, Path]]:
+) -> Iterator[tuple[str, int, str, LakeRoot]]:
     """Yield ``(encoded tenant, ttl_days, day, folder)`` for every day folder, optionally filtered.
 
     ``tenant`` is a raw tenant id (encoded here); ``since``/``until`` are inclusive ``YYYY-MM-DD``.
     """
     base = root / table
     if tenant is not None:
-        tenant_dirs: Iterable[tuple[str, Path]] = [
+        tenant_dirs: Iterable[tuple[str, LakeRoot]] = [
             (enc, base / f"tenant={enc}") for enc in [encode_partition_value(tenant)]
         ]
     else:
@@ -183,20 +445,29 @@ def day_dirs(
                 yield enc_tenant, ttl, day, day_dir
 
 
-def session_files(root: Path, session_id: str, tenant: str | None = None) -> list[Path]:
+def session_files(root: LakeRoot, session_id: str, tenant: str | None = None) -> list[LakeRoot]:
     """All span part files of one session, found by building its paths (no lake-wide glob)."""
     folder_name = f"session={encode_partition_value(session_id)}"
-    files: list[Path] = []
+    if isinstance(root, ObjectPath):
+        days = [day_dir / folder_name for _, _, _, day_dir in day_dirs(root, SPANS, tenant)]
+        return list(_each_folder(days, data_files))
+    files: list[LakeRoot] = []
     for _, _, _, day_dir in day_dirs(root, SPANS, tenant):
         files.extend(data_files(day_dir / folder_name))
     return files
 
 
 def table_files(
-    root: Path, table: str, tenant: str | None = None, since: str | None = None, until: str | None = None
-) -> list[Path]:
+    root: LakeRoot, table: str, tenant: str | None = None, since: str | None = None, until: str | None = None
+) -> list[LakeRoot]:
     """Every part file of a table (optionally one tenant, a day range): for cross-session reads."""
-    files: list[Path] = []
+    if isinstance(root, ObjectPath):
+        days = [day_dir for _, _, _, day_dir in day_dirs(root, table, tenant, since, until)]
+        if table == SPANS:
+            sessions = list(_each_folder(days, session_dirs))
+            return list(_each_folder(sessions, data_files))
+        return list(_each_folder(days, data_files))
+    files: list[LakeRoot] = []
     for _, _, _, day_dir in day_dirs(root, table, tenant, since, until):
         if table == SPANS:
             for _, session_dir in _subdirs(day_dir, "session="):
@@ -206,13 +477,68 @@ def table_files(
     return files
 
 
-def session_dirs(day_dir: Path) -> list[Path]:
+def session_dirs(day_dir: LakeRoot) -> list[LakeRoot]:
     """The ``session=`` folders of one spans day folder."""
     return [p for _, p in _subdirs(day_dir, "session=")]
 
 
-def day_files(day_folder: Path, table: str) -> list[Path]:
+def day_files(day_folder: LakeRoot, table: str) -> list[LakeRoot]:
     """Part files under one day folder (all of its sessions for the spans table)."""
     if table == SPANS:
-        return [f for s in session_dirs(day_folder) for f in data_files(s)]
+        return list(_each_folder(session_dirs(day_folder), data_files))
     return data_files(day_folder)
+
+
+# ---- reading and removing files, local or remote ---------------------------------------------------------------
+def fs_and_path(path: LakeRoot) -> tuple[pafs.FileSystem | None, str]:
+    """What pyarrow's readers take: ``(None, local path)`` or ``(filesystem, bucket/key)``."""
+    if isinstance(path, ObjectPath):
+        return path.fs, path.path
+    return None, os.fspath(path)
+
+
+_GONE = ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "Path does not exist")  # how an object store says "not there"
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether an error means the file is gone (removed by TTL or compaction after it was listed)."""
+    return isinstance(error, FileNotFoundError) or (isinstance(error, OSError) and any(m in str(error) for m in _GONE))
+
+
+def size_and_mtime(path: LakeRoot) -> tuple[int, float]:
+    """A file's size in bytes and modification time (epoch seconds); ``FileNotFoundError`` if it is gone."""
+    if isinstance(path, ObjectPath):
+        if path.size is not None and path.mtime is not None:
+            return path.size, path.mtime
+        info = path.fs.get_file_info(path.path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(str(path))
+        return info.size or 0, info.mtime.timestamp() if info.mtime else 0.0
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime
+
+
+def remove_file(path: LakeRoot) -> None:
+    """Delete one part file; one already gone is fine."""
+    try:
+        if isinstance(path, ObjectPath):
+            path.fs.delete_file(path.path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_dir(folder: LakeRoot) -> None:
+    """Delete a partition folder and everything under it (every object under the prefix on an object store).
+
+    Locally errors are ignored as ``shutil.rmtree(ignore_errors=True)`` does; on an object store a failure other
+    than "already gone" raises, so a caller never reports as deleted what is still there.
+    """
+    if isinstance(folder, ObjectPath):
+        try:
+            folder.fs.delete_dir(folder.path)
+        except FileNotFoundError:
+            pass
+        return
+    shutil.rmtree(folder, ignore_errors=True)

@@ -5,6 +5,10 @@ Rows are buffered per partition and a part file is rolled when a partition reach
 touches many sessions therefore writes a few large files instead of one tiny file per session per batch.
 All buffers together are capped by ``max_buffer_bytes``: past it everything is flushed, and if the disk
 refuses, the oldest rows are dropped and counted rather than letting memory grow.
+
+Locally a part is written under a temporary name and renamed into place. On an object store (no atomic rename)
+the finished Parquet bytes are uploaded straight to the part's unique final key: an S3 PUT, or a multipart upload
+completed only once every part is in, makes the object appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .layout import RUNS, SPANS, day_of, new_part_name, partition_dir, temp_name_for
+from .layout import RUNS, SPANS, LakeRoot, ObjectPath, day_of, new_part_name, partition_dir, temp_name_for
 from .mapping import COL, RUNS_SCHEMA, SPANS_SCHEMA
 
 _logger = logging.getLogger(__name__)
@@ -62,8 +66,10 @@ _TEXT_POSITIONS = {
 _ROW_OVERHEAD = 160  # bytes of a row besides its free text, roughly, once in Python tuples
 
 
-def write_part(table: str, folder: Path, rows: list[tuple] | pa.Table, row_group_size: int = 128 * 1024) -> Path:
-    """Write rows as one new part file in ``folder``, atomically (temp name, then rename)."""
+def write_part(
+    table: str, folder: LakeRoot, rows: list[tuple] | pa.Table, row_group_size: int = 128 * 1024
+) -> LakeRoot:
+    """Write rows as one new part file in ``folder``, atomically (temp name then rename; one upload on S3)."""
     schema = SCHEMAS[table]
     if isinstance(rows, pa.Table):
         arrow = rows
@@ -71,18 +77,19 @@ def write_part(table: str, folder: Path, rows: list[tuple] | pa.Table, row_group
         columns = list(zip(*rows))
         arrow = pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
     arrow = arrow.sort_by("start_time_unix_nano")
-    folder.mkdir(parents=True, exist_ok=True)
+    options = {
+        "compression": "zstd",
+        "use_dictionary": True,
+        "write_statistics": _STATS_COLUMNS[table],
+        "row_group_size": row_group_size,
+    }
     name = new_part_name()
+    if isinstance(folder, ObjectPath):
+        return _upload_part(arrow, folder / name, options)
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / temp_name_for(name)
     try:
-        pq.write_table(
-            arrow,
-            tmp,
-            compression="zstd",
-            use_dictionary=True,
-            write_statistics=_STATS_COLUMNS[table],
-            row_group_size=row_group_size,
-        )
+        pq.write_table(arrow, tmp, **options)
         os.replace(tmp, folder / name)
     except BaseException:
         try:
@@ -91,6 +98,18 @@ def write_part(table: str, folder: Path, rows: list[tuple] | pa.Table, row_group
             pass
         raise
     return folder / name
+
+
+def _upload_part(arrow: pa.Table, target: ObjectPath, options: dict) -> ObjectPath:
+    """The whole file is encoded in memory first, so an encoding error never reaches the store; then one upload
+    to the final key (no rename on S3). A failed upload leaves no object behind."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink, **options)
+    data = sink.getvalue()
+    with target.fs.open_output_stream(target.path) as out:
+        out.write(data)
+    target.size, target.mtime = data.size, time.time()
+    return target
 
 
 @dataclass
@@ -113,7 +132,7 @@ class LakeWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: LakeRoot,
         *,
         max_part_rows: int = 100_000,
         max_part_bytes: int = 64 << 20,
@@ -123,16 +142,16 @@ class LakeWriter:
     ) -> None:
         if max_part_rows < 1 or max_part_bytes < 1 or max_buffer_bytes < 1 or flush_interval_s <= 0:
             raise ValueError("writer limits must be positive")
-        self.root = Path(root)
+        self.root: LakeRoot = root if isinstance(root, ObjectPath) else Path(root)
         self.max_part_rows = max_part_rows
         self.max_part_bytes = max_part_bytes
         self.max_buffer_bytes = max_buffer_bytes
         self.flush_interval_s = flush_interval_s
         self.stats = WriterStats()
-        self._buffers: dict[tuple[str, Path], _Buffer] = {}
+        self._buffers: dict[tuple[str, LakeRoot], _Buffer] = {}
         self._buffered_bytes = 0
         self._lock = threading.Lock()
-        self._dirs: dict[tuple, Path] = {}
+        self._dirs: dict[tuple, LakeRoot] = {}
         self._failing: str | None = None
         self._closed = False
         self._background = background
@@ -140,7 +159,7 @@ class LakeWriter:
         self._stop = threading.Event()
 
     # ---- adding rows ---------------------------------------------------------------------------------
-    def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> Path:
+    def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> LakeRoot:
         key = (table, tenant, ttl, start_ns // 86_400_000_000_000, session)
         folder = self._dirs.get(key)
         if folder is None:
@@ -154,7 +173,7 @@ class LakeWriter:
         """Buffer span rows and run-index rows; roll full partitions. False if a write failed."""
         if self._closed:
             return False
-        full: list[tuple[str, Path]] = []
+        full: list[tuple[str, LakeRoot]] = []
         now = time.monotonic()
         t, ttl_i, start_i, sess_i = COL["tenant_id"], COL["ttl_days"], COL["start_time_unix_nano"], COL["session_id"]
         r_t, r_ttl, r_start = _RUN_POS["tenant_id"], _RUN_POS["ttl_days"], _RUN_POS["start_time_unix_nano"]
@@ -191,7 +210,7 @@ class LakeWriter:
         return ok and self._failing is None
 
     # ---- flushing -------------------------------------------------------------------------------------
-    def _take(self, keys: Iterable[tuple[str, Path]]) -> list[tuple[tuple[str, Path], _Buffer]]:
+    def _take(self, keys: Iterable[tuple[str, LakeRoot]]) -> list[tuple[tuple[str, LakeRoot], _Buffer]]:
         taken = []
         with self._lock:
             for key in keys:
@@ -201,15 +220,23 @@ class LakeWriter:
                     taken.append((key, buf))
         return taken
 
-    def _write_keys(self, keys: Iterable[tuple[str, Path]]) -> bool:
+    def _write_keys(self, keys: Iterable[tuple[str, LakeRoot]]) -> bool:
         ok = True
-        for key, buf in self._take(keys):
+        remote = isinstance(self.root, ObjectPath)
+        taken = self._take(keys)
+        for i, (key, buf) in enumerate(taken):
             table, folder = key
             try:
                 write_part(table, folder, buf.rows)
             except Exception as error:  # noqa: BLE001 - disk full, read-only, bad value: never raise
                 ok = False
                 self._on_failure(key, buf, error)
+                if remote and isinstance(error, OSError):
+                    # the store is unreachable or refusing: keep the other partitions for the next flush rather
+                    # than paying the client's retries once per partition
+                    for later_key, later_buf in taken[i + 1 :]:
+                        self._put_back(later_key, later_buf)
+                    break
             else:
                 self.stats.rows_written += len(buf.rows)
                 self.stats.files_written += 1
@@ -218,7 +245,7 @@ class LakeWriter:
                     self._failing = None
         return ok
 
-    def _on_failure(self, key: tuple[str, Path], buf: _Buffer, error: Exception) -> None:
+    def _on_failure(self, key: tuple[str, LakeRoot], buf: _Buffer, error: Exception) -> None:
         self.stats.failed_writes += 1
         cause = f"{type(error).__name__}: {error}"
         if self._failing is None:
@@ -230,14 +257,8 @@ class LakeWriter:
                 self.max_buffer_bytes,
             )
         self._failing = cause
-        with self._lock:  # put the rows back, before anything added meanwhile
-            current = self._buffers.get(key)
-            if current is not None:
-                buf.rows.extend(current.rows)
-                buf.nbytes += current.nbytes
-                self._buffered_bytes -= current.nbytes
-            self._buffers[key] = buf
-            self._buffered_bytes += buf.nbytes
+        self._put_back(key, buf)
+        with self._lock:
             dropped = 0
             while self._buffered_bytes > self.max_buffer_bytes and self._buffers:
                 oldest = min(self._buffers, key=lambda k: self._buffers[k].since)
@@ -252,6 +273,17 @@ class LakeWriter:
                 self.max_buffer_bytes,
                 cause,
             )
+
+    def _put_back(self, key: tuple[str, LakeRoot], buf: _Buffer) -> None:
+        """Return rows taken for writing to their buffer, before anything added meanwhile."""
+        with self._lock:
+            current = self._buffers.get(key)
+            if current is not None:
+                buf.rows.extend(current.rows)
+                buf.nbytes += current.nbytes
+                self._buffered_bytes -= current.nbytes
+            self._buffers[key] = buf
+            self._buffered_bytes += buf.nbytes
 
     def flush(self, older_than_s: float | None = None) -> bool:
         """Write buffered partitions (only those older than ``older_than_s`` if given). True if all written."""
