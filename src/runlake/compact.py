@@ -1,5 +1,8 @@
 """Compaction: merge a quiet partition's part files into one, sorted by start time, in the current schema.
 
+It also drains each day's shared ``session=~mixed`` parts (written by writers with ``min_session_rows``) into the
+sessions' own partitions, so the lake ends up partitioned by session and day.
+
 Safe while readers and writers go on:
 - the merged file appears atomically (temp name, rename) before any old part is removed, and every runlake
   reader keeps one row per ``span_id``, so a reader that lists both old and new sees each row once;
@@ -31,8 +34,10 @@ from opentelemetry.exporter.runlake.layout import (
     ObjectPath,
     data_files,
     day_dirs,
+    encode_partition_value,
     fs_and_path,
     is_missing,
+    mixed_dir,
     remove_file,
     resolve_lake,
     session_dirs,
@@ -116,6 +121,63 @@ def compact_folder(table: str, folder: LakeRoot, summary: CompactionSummary) -> 
     return True
 
 
+def drain_mixed(folder: LakeRoot, summary: CompactionSummary) -> bool:
+    """Move the rows of a day's shared ``session=~mixed`` parts into their sessions' own partitions.
+
+    Each session's rows become a new part in its folder first; only then do the shared parts go, so a reader
+    sees every row at all times (readers keep one row per span id while both exist).
+    """
+    pieces, used = [], []
+    for path in data_files(folder):
+        try:
+            filesystem, source = fs_and_path(path)
+            pieces.append(_conform(pq.read_table(source, filesystem=filesystem), SCHEMAS[SPANS]))
+            used.append(path)
+        except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
+            if is_missing(error):
+                continue
+            summary.skipped_files += 1
+            _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
+    if not used:
+        return False
+    sizes = sum(size_and_mtime(p)[0] for p in used)
+    rows = _latest_rows(pa.concat_tables(pieces))
+    rows = rows.sort_by([("session_id", "ascending"), ("start_time_unix_nano", "ascending")])
+    sessions = rows.column("session_id").to_pylist()
+    day_dir = folder.parent
+    start = 0
+    written = 0
+    for end in range(1, len(sessions) + 1):
+        if end == len(sessions) or sessions[end] != sessions[start]:
+            target = day_dir / f"session={encode_partition_value(sessions[start])}"
+            new_file = write_part(SPANS, target, rows.slice(start, end - start))
+            summary.bytes_after += size_and_mtime(new_file)[0]
+            written += 1
+            start = end
+    for path in used:
+        remove_file(path)
+    summary.partitions += 1
+    summary.files_before += len(used)
+    summary.files_after += written
+    summary.bytes_before += sizes
+    summary.rows += rows.num_rows
+    return True
+
+
+def _quiet(files: list[LakeRoot], older_than_s: float, now: float) -> bool:
+    try:
+        return bool(files) and now - max(size_and_mtime(p)[1] for p in files) >= older_than_s
+    except FileNotFoundError:
+        return False
+
+
+def mixed_plan(root: LakeRoot, older_than_minutes: float = 10, tenant: str | None = None) -> list[LakeRoot]:
+    """Shared ``session=~mixed`` folders with no new part for ``older_than_minutes``."""
+    now = time.time()
+    folders = (mixed_dir(day_dir) for _, _, _, day_dir in day_dirs(root, SPANS, tenant))
+    return [f for f in folders if _quiet(data_files(f), older_than_minutes * 60, now)]
+
+
 def _worth_it(folder: LakeRoot, older_than_s: float, now: float) -> bool:
     """More than one part, and none newer than ``older_than_s`` (one listing; sizes and times come with it)."""
     files = data_files(folder)
@@ -156,6 +218,14 @@ def compact(
     summary = CompactionSummary()
     if not isinstance(root, (Path, ObjectPath)):
         root = resolve_lake(root) or Path(root)
+    mixed = mixed_plan(root, older_than_minutes, tenant)
+    for done, folder in enumerate(mixed, start=1):
+        try:
+            drain_mixed(folder, summary)
+        except OSError as error:
+            _logger.error("compaction: cannot move the shared parts of %s (%s); they are unchanged", folder, error)
+        if progress is not None:
+            progress(done, len(mixed))
     todo = plan(root, older_than_minutes, tenant)
     for done, (table, folder) in enumerate(todo, start=1):
         try:

@@ -88,8 +88,10 @@ def stored_spans(
     """Finished spans, one list per day folder (or the one session), oldest first."""
     reader = reader or LakeReader()
     sql = f"SELECT * FROM {{files}} WHERE end_time_unix_nano IS NOT NULL {LATEST_ROW} ORDER BY start_time_unix_nano"
-    if session_id is not None:
-        rows = reader.rows(sql, lambda: _in_range(session_files(root, session_id, tenant), since, until))
+    if session_id is not None:  # its own folders and the shared ones: keep its rows only
+        session_sql = sql.replace("WHERE ", "WHERE session_id = ? AND ", 1)
+        files = lambda: _in_range(session_files(root, session_id, tenant), since, until)  # noqa: E731
+        rows = reader.rows(session_sql, files, [session_id])
         if rows:
             yield rows
         return

@@ -78,6 +78,9 @@ class RunlakeSpanExporter(SpanExporter):
     ``export()`` never raises: failures return ``FAILURE``, are logged once and counted in ``stats``.
     Runtime state (``runlake.runtime.state``) is stored only with ``keep_runtime_state`` (else
     ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in.
+    ``min_session_rows`` (else ``RUNLAKE_MIN_SESSION_ROWS``, default 0 = off): sessions with fewer rows in a flush
+    share one file per day (``session=~mixed``) instead of one small file each; compaction later moves them into
+    their own partitions. For ingest servers and other writers that see many sessions at once.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class RunlakeSpanExporter(SpanExporter):
         max_buffer_bytes: int | None = None,
         flush_interval_s: float | None = None,
         background_flush: bool = True,
+        min_session_rows: int | None = None,
     ) -> None:
         root = resolve_lake(state_url)
         if root is None:
@@ -119,6 +123,9 @@ class RunlakeSpanExporter(SpanExporter):
             max_buffer_bytes=int(max_buffer_bytes or _env_number("RUNLAKE_MAX_BUFFER_BYTES", 256 << 20)),
             flush_interval_s=float(flush_interval_s or _env_number("RUNLAKE_FLUSH_INTERVAL_S", 5.0, float)),
             background=background_flush,
+            min_session_rows=int(
+                min_session_rows if min_session_rows is not None else _env_number("RUNLAKE_MIN_SESSION_ROWS", 0)
+            ),
         )
         # per run: [nodes, failed nodes, input tokens, output tokens, cost]; bounded, oldest evicted
         self._run_totals: OrderedDict[str, list[float]] = OrderedDict()

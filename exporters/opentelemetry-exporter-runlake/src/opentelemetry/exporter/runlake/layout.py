@@ -37,6 +37,11 @@ SPANS = "spans"
 RUNS = "runs"
 TABLES = (SPANS, RUNS)
 DEFAULT_TENANT = "default"
+# The shared partition of a day: small sessions of a flush written together (sorted by session) when the writer's
+# ``min_session_rows`` is set; compaction moves them into their own ``session=`` folders. ``encode_partition_value``
+# never yields this name (``~`` appears only alone or before a 32-digit hash), so it cannot shadow a session.
+MIXED = "~mixed"
+MIXED_FOLDER = f"session={MIXED}"
 
 # Bytes kept verbatim in a folder name; everything else is %XX-escaped (UTF-8 bytes).
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -446,14 +451,22 @@ def day_dirs(
 
 
 def session_files(root: LakeRoot, session_id: str, tenant: str | None = None) -> list[LakeRoot]:
-    """All span part files of one session, found by building its paths (no lake-wide glob)."""
+    """All span part files that may hold a session's rows, found by building its paths (no lake-wide glob).
+
+    That is its own ``session=`` folders and each day's shared ``session=~mixed`` folder: readers filter on
+    ``session_id``.
+    """
     folder_name = f"session={encode_partition_value(session_id)}"
+    folders = [
+        folder
+        for _, _, _, day_dir in day_dirs(root, SPANS, tenant)
+        for folder in (day_dir / folder_name, mixed_dir(day_dir))
+    ]
     if isinstance(root, ObjectPath):
-        days = [day_dir / folder_name for _, _, _, day_dir in day_dirs(root, SPANS, tenant)]
-        return list(_each_folder(days, data_files))
+        return list(_each_folder(folders, data_files))
     files: list[LakeRoot] = []
-    for _, _, _, day_dir in day_dirs(root, SPANS, tenant):
-        files.extend(data_files(day_dir / folder_name))
+    for folder in folders:
+        files.extend(data_files(folder))
     return files
 
 
@@ -464,7 +477,7 @@ def table_files(
     if isinstance(root, ObjectPath):
         days = [day_dir for _, _, _, day_dir in day_dirs(root, table, tenant, since, until)]
         if table == SPANS:
-            sessions = list(_each_folder(days, session_dirs))
+            sessions = list(_each_folder(days, lambda day: session_dirs(day, include_mixed=True)))
             return list(_each_folder(sessions, data_files))
         return list(_each_folder(days, data_files))
     files: list[LakeRoot] = []
@@ -477,15 +490,20 @@ def table_files(
     return files
 
 
-def session_dirs(day_dir: LakeRoot) -> list[LakeRoot]:
-    """The ``session=`` folders of one spans day folder."""
-    return [p for _, p in _subdirs(day_dir, "session=")]
+def session_dirs(day_dir: LakeRoot, include_mixed: bool = False) -> list[LakeRoot]:
+    """The ``session=`` folders of one spans day folder (the shared ``session=~mixed`` one only if asked)."""
+    return [p for name, p in _subdirs(day_dir, "session=") if include_mixed or name != MIXED]
+
+
+def mixed_dir(day_dir: LakeRoot) -> LakeRoot:
+    """The shared partition of one spans day folder (see ``MIXED``)."""
+    return day_dir / MIXED_FOLDER
 
 
 def day_files(day_folder: LakeRoot, table: str) -> list[LakeRoot]:
     """Part files under one day folder (all of its sessions for the spans table)."""
     if table == SPANS:
-        return list(_each_folder(session_dirs(day_folder), data_files))
+        return list(_each_folder(session_dirs(day_folder, include_mixed=True), data_files))
     return data_files(day_folder)
 
 

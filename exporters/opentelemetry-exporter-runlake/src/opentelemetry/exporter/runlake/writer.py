@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .layout import RUNS, SPANS, LakeRoot, ObjectPath, day_of, new_part_name, partition_dir, temp_name_for
+from .layout import RUNS, SPANS, LakeRoot, ObjectPath, day_of, mixed_dir, new_part_name, partition_dir, temp_name_for
 from .mapping import COL, RUNS_SCHEMA, SPANS_SCHEMA
 
 _logger = logging.getLogger(__name__)
@@ -66,30 +66,48 @@ _TEXT_POSITIONS = {
 _ROW_OVERHEAD = 160  # bytes of a row besides its free text, roughly, once in Python tuples
 
 
+def to_arrow(table: str, rows: list[tuple]) -> pa.Table:
+    """Row tuples (in the table's column order) as an Arrow table of the current schema."""
+    schema = SCHEMAS[table]
+    columns = list(zip(*rows))
+    return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
+
+
+_MADE_DIRS: set[str] = set()  # local folders known to exist: a part file then costs no mkdir
+
+
 def write_part(
-    table: str, folder: LakeRoot, rows: list[tuple] | pa.Table, row_group_size: int = 128 * 1024
+    table: str,
+    folder: LakeRoot,
+    rows: list[tuple] | pa.Table,
+    row_group_size: int = 128 * 1024,
+    sort_by: tuple[str, ...] = ("start_time_unix_nano",),
 ) -> LakeRoot:
     """Write rows as one new part file in ``folder``, atomically (temp name then rename; one upload on S3)."""
-    schema = SCHEMAS[table]
-    if isinstance(rows, pa.Table):
-        arrow = rows
-    else:
-        columns = list(zip(*rows))
-        arrow = pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
-    arrow = arrow.sort_by("start_time_unix_nano")
+    arrow = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
+    arrow = arrow.sort_by([(c, "ascending") for c in sort_by])
     options = {
         "compression": "zstd",
         "use_dictionary": True,
         "write_statistics": _STATS_COLUMNS[table],
         "row_group_size": row_group_size,
+        "store_schema": False,  # the Parquet schema says it all; saves ~2 KB of footer per file
     }
     name = new_part_name()
     if isinstance(folder, ObjectPath):
         return _upload_part(arrow, folder / name, options)
-    folder.mkdir(parents=True, exist_ok=True)
+    if str(folder) not in _MADE_DIRS:
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(_MADE_DIRS) > 100_000:
+            _MADE_DIRS.clear()
+        _MADE_DIRS.add(str(folder))
     tmp = folder / temp_name_for(name)
     try:
-        pq.write_table(arrow, tmp, **options)
+        try:
+            pq.write_table(arrow, tmp, **options)
+        except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(arrow, tmp, **options)
         os.replace(tmp, folder / name)
     except BaseException:
         try:
@@ -139,6 +157,7 @@ class LakeWriter:
         max_buffer_bytes: int = 256 << 20,
         flush_interval_s: float = 5.0,
         background: bool = True,
+        min_session_rows: int = 0,
     ) -> None:
         if max_part_rows < 1 or max_part_bytes < 1 or max_buffer_bytes < 1 or flush_interval_s <= 0:
             raise ValueError("writer limits must be positive")
@@ -147,6 +166,7 @@ class LakeWriter:
         self.max_part_bytes = max_part_bytes
         self.max_buffer_bytes = max_buffer_bytes
         self.flush_interval_s = flush_interval_s
+        self.min_session_rows = max(int(min_session_rows), 0)
         self.stats = WriterStats()
         self._buffers: dict[tuple[str, LakeRoot], _Buffer] = {}
         self._buffered_bytes = 0
@@ -220,25 +240,43 @@ class LakeWriter:
                     taken.append((key, buf))
         return taken
 
+    def _plan(self, taken: list[tuple[tuple[str, LakeRoot], _Buffer]]) -> list[tuple[str, LakeRoot, list]]:
+        """(table, folder, [(key, buffer), ...]) per file to write: with ``min_session_rows``, the span buffers of
+        sessions smaller than that share one file per day (``session=~mixed``, sorted by session)."""
+        writes: list[tuple[str, LakeRoot, list]] = []
+        mixed: dict[str, tuple[LakeRoot, list]] = {}
+        for key, buf in taken:
+            table, folder = key
+            if table == SPANS and len(buf.rows) < self.min_session_rows:
+                shared = mixed_dir(folder.parent)
+                mixed.setdefault(str(shared), (shared, []))[1].append((key, buf))
+            else:
+                writes.append((table, folder, [(key, buf)]))
+        writes.extend((SPANS, folder, parts) for folder, parts in mixed.values())
+        return writes
+
     def _write_keys(self, keys: Iterable[tuple[str, LakeRoot]]) -> bool:
         ok = True
         remote = isinstance(self.root, ObjectPath)
-        taken = self._take(keys)
-        for i, (key, buf) in enumerate(taken):
-            table, folder = key
+        writes = self._plan(self._take(keys))
+        for i, (table, folder, parts) in enumerate(writes):
+            rows = parts[0][1].rows if len(parts) == 1 else [r for _, buf in parts for r in buf.rows]
+            order = ("start_time_unix_nano",) if len(parts) == 1 else ("session_id", "start_time_unix_nano")
             try:
-                write_part(table, folder, buf.rows)
+                write_part(table, folder, rows, row_group_size=128 * 1024 if len(parts) == 1 else 8192, sort_by=order)
             except Exception as error:  # noqa: BLE001 - disk full, read-only, bad value: never raise
                 ok = False
-                self._on_failure(key, buf, error)
+                for key, buf in parts:
+                    self._on_failure(key, buf, error)
                 if remote and isinstance(error, OSError):
                     # the store is unreachable or refusing: keep the other partitions for the next flush rather
                     # than paying the client's retries once per partition
-                    for later_key, later_buf in taken[i + 1 :]:
-                        self._put_back(later_key, later_buf)
+                    for _, _, later in writes[i + 1 :]:
+                        for later_key, later_buf in later:
+                            self._put_back(later_key, later_buf)
                     break
             else:
-                self.stats.rows_written += len(buf.rows)
+                self.stats.rows_written += len(rows)
                 self.stats.files_written += 1
                 if self._failing is not None:
                     _logger.warning("runlake: writing to %s works again", self.root)
