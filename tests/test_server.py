@@ -706,3 +706,39 @@ def test_ingest_log_mode_is_readable_after_the_flush_interval(tmp_path: Path) ->
         second = Server(lake, ["--keys-file", str(keys_file), "--no-ttl"])
         with pytest.raises(AssertionError, match="in use by another runlake serve"):
             second.start()
+
+
+def test_ingest_shares_small_sessions_and_background_compaction_drains_them(tmp_path: Path) -> None:
+    from opentelemetry.exporter.runlake.layout import MIXED_FOLDER
+
+    lake = tmp_path / "lake"
+    factory = SpanFactory()
+    spans, run_ids = [], {}
+    for i in range(30):
+        run_id, made = factory.run("agent", f"sess-{i}", "u", NODES)
+        spans.extend(made)
+        run_ids[f"sess-{i}"] = run_id
+    args = [
+        "--no-auth",
+        "--no-ttl",
+        "--durability",
+        "sync",
+        "--compact-interval-minutes",
+        "0.01",
+        "--compact-older-than",
+        "0",
+    ]
+    with Server(lake, args) as server:
+        assert send(server, None, spans) is SpanExportResult.SUCCESS
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # bounded poll of the server's own counters
+            status = httpx.get(f"{server.base}/api/v1/status").json()
+            if status["compaction"]["runs"] >= 1 and not list(lake.rglob(f"{MIXED_FOLDER}/*.parquet")):
+                break
+            time.sleep(0.1)
+        assert status["compaction"]["last"]["ok"] is True
+        assert not list(lake.rglob(f"{MIXED_FOLDER}/*.parquet")), "shared parts moved into session partitions"
+        for session, run_id in run_ids.items():
+            runs = httpx.get(f"{server.base}/api/v1/runs", params={"session_id": session}).json()
+            assert [r["run_id"] for r in runs] == [run_id]
+    assert len({p.parent.name for p in (lake / "spans").rglob("*.parquet")}) == 30

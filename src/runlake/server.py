@@ -6,7 +6,8 @@
   ``/api/v1/traces``: PraisonAI shapes; ``GET /api/v1/agents/stats``, ``/api/v1/agents/{id}/performance``:
   ``ExecutionHistoryService``.
 - ``WS /api/v1/agents/ws``: live execution events of spans arriving through ingest.
-- A background task deletes expired partitions (TTL) every ``ttl_interval_s``.
+- A background task deletes expired partitions (TTL) every ``ttl_interval_s``; another compacts quiet partitions
+  every ``compact_interval_s`` (ingest writes small sessions into one shared file per day, ``min_session_rows``).
 
 See docs/server.md for the endpoints, keys, limits and the durability choice.
 """
@@ -87,6 +88,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 8 << 20  # 8 MiB, on the wire and after decompression
 DEFAULT_TTL_INTERVAL_S = 24 * 3600.0
 DEFAULT_FLUSH_INTERVAL_S = 2.0
+DEFAULT_COMPACT_INTERVAL_S = 600.0
+DEFAULT_COMPACT_OLDER_THAN_MIN = 10.0
+DEFAULT_MIN_SESSION_ROWS = 256  # sessions with fewer rows in a flush share one file per day until compaction
 DEFAULT_WS_QUEUE = 1000  # events buffered per WebSocket connection; past it the oldest are dropped
 DEFAULT_MAX_PENDING_INGEST = 64  # OTLP requests in progress; past it: 429 + Retry-After
 MAX_PAGE = 1000  # the cap of every `limit` parameter
@@ -121,6 +125,9 @@ class ServerSettings:
     ws_queue_size: int = DEFAULT_WS_QUEUE
     max_pending_ingest: int = DEFAULT_MAX_PENDING_INGEST
     ingest_threads: int = 4
+    min_session_rows: int = DEFAULT_MIN_SESSION_ROWS
+    compact_interval_s: float | None = DEFAULT_COMPACT_INTERVAL_S
+    compact_older_than_minutes: float = DEFAULT_COMPACT_OLDER_THAN_MIN
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
@@ -191,6 +198,7 @@ class TenantSink:
             "force_tenant": tenant,
             "flush_interval_s": settings.flush_interval_s,
             "keep_runtime_state": True,  # mirroring was the sending application's choice
+            "min_session_rows": settings.min_session_rows,
         }
         if self.sync:
             # nothing is written behind the commit's back: no row limits, no background thread
@@ -323,6 +331,9 @@ class Runtime:
         self.pending_ingest = 0
         self.ingest_limiter = anyio.CapacityLimiter(settings.ingest_threads)
         self.ttl_task: asyncio.Task | None = None
+        self.compact_task: asyncio.Task | None = None
+        self.compact_runs = 0
+        self.compact_last: dict[str, Any] | None = None
         self.checkpoint_task: asyncio.Task | None = None
         self._checkpoint_lock = threading.Lock()
         self.checkpoints = 0
@@ -372,6 +383,23 @@ class Runtime:
                 _logger.exception("runlake TTL cleanup failed")
             self.ttl_runs += 1
             await asyncio.sleep(interval_s)
+
+    async def compact_loop(self, interval_s: float) -> None:
+        """Merge quiet partitions (and drain the shared per-day files) in the background."""
+        from .compact import compact
+
+        while True:
+            await asyncio.sleep(interval_s)
+            started = time.time()
+            try:
+                summary = await asyncio.to_thread(compact, self.settings.root, self.settings.compact_older_than_minutes)
+                self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": True, **summary.as_dict()}
+                if summary.partitions:
+                    _logger.info("runlake compaction: %s", summary.as_dict())
+            except Exception as error:  # noqa: BLE001 - the loop must survive one bad run
+                self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": False, "error": str(error)}
+                _logger.exception("runlake compaction failed")
+            self.compact_runs += 1
 
     # ---- the ingest log ----
     def replay(self) -> None:
@@ -485,13 +513,18 @@ def create_app(
     fsync: bool = False,
     ws_queue_size: int = DEFAULT_WS_QUEUE,
     max_pending_ingest: int = DEFAULT_MAX_PENDING_INGEST,
+    min_session_rows: int = DEFAULT_MIN_SESSION_ROWS,
+    compact_interval_s: float | None = DEFAULT_COMPACT_INTERVAL_S,
+    compact_older_than_minutes: float = DEFAULT_COMPACT_OLDER_THAN_MIN,
 ) -> FastAPI:
     """The FastAPI app over the lake at ``state_url`` (else ``RUNLAKE_STATE_URL``).
 
     ``keys``: a ``KeyStore``; else keys are loaded from ``keys_file`` and ``RUNLAKE_API_KEYS``. Without any
     key, ``no_auth=True`` is required (``serve`` allows it only on a loopback address). ``ttl_interval_s``
     None switches the TTL task off. ``durability``: ``log`` (default), ``sync`` or ``buffered``; see
-    ``TenantSink`` and docs/server.md.
+    ``TenantSink`` and docs/server.md. ``min_session_rows``: ingest writes sessions with fewer rows per flush
+    into one shared file per day; ``compact_interval_s`` (None: off) runs compaction in the background, which
+    moves them into their own partitions once quiet for ``compact_older_than_minutes``.
     """
     root = resolve_state_url(state_url)
     if root is None:
@@ -507,6 +540,8 @@ def create_app(
         raise ValueError("max_body_bytes must be positive")
     if ttl_interval_s is not None and ttl_interval_s <= 0:
         raise ValueError("ttl_interval_s must be positive (or None to switch the TTL task off)")
+    if compact_interval_s is not None and compact_interval_s <= 0:
+        raise ValueError("compact_interval_s must be positive (or None to switch compaction off)")
     if ws_queue_size < 1 or max_pending_ingest < 1 or flush_interval_s <= 0:
         raise ValueError("ws_queue_size, max_pending_ingest and flush_interval_s must be positive")
     settings = ServerSettings(
@@ -521,6 +556,9 @@ def create_app(
         fsync=fsync,
         ws_queue_size=ws_queue_size,
         max_pending_ingest=max_pending_ingest,
+        min_session_rows=max(int(min_session_rows), 0),
+        compact_interval_s=compact_interval_s,
+        compact_older_than_minutes=compact_older_than_minutes,
     )
     runtime = Runtime(settings)
 
@@ -534,6 +572,10 @@ def create_app(
             )
         if settings.ttl_interval_s is not None:
             runtime.ttl_task = asyncio.create_task(runtime.ttl_loop(settings.ttl_interval_s), name="runlake-ttl")
+        if settings.compact_interval_s is not None:
+            runtime.compact_task = asyncio.create_task(
+                runtime.compact_loop(settings.compact_interval_s), name="runlake-compact"
+            )
         _logger.info(
             "runlake serve: lake %s, %s, durability %s",
             root,
@@ -543,7 +585,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in (runtime.ttl_task, runtime.checkpoint_task):
+            for task in (runtime.ttl_task, runtime.compact_task, runtime.checkpoint_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -697,6 +739,11 @@ def _add_api_routes(app: FastAPI) -> None:
                 "interval_s": runtime.settings.ttl_interval_s,
                 "runs": runtime.ttl_runs,
                 "last": runtime.ttl_last,
+            },
+            "compaction": {
+                "interval_s": runtime.settings.compact_interval_s,
+                "runs": runtime.compact_runs,
+                "last": runtime.compact_last,
             },
         }
 
@@ -931,6 +978,23 @@ def serve_command(
         DEFAULT_TTL_INTERVAL_S / 3600, "--ttl-interval-hours", min=0.0001, help="How often expired runs are deleted."
     ),
     no_ttl: bool = typer.Option(False, "--no-ttl", help="Do not run the TTL cleanup task."),
+    min_session_rows: int = typer.Option(
+        DEFAULT_MIN_SESSION_ROWS,
+        "--min-session-rows",
+        min=0,
+        help="Sessions with fewer rows in a flush share one file per day until compaction (0: a file each).",
+    ),
+    compact_interval_minutes: float = typer.Option(
+        DEFAULT_COMPACT_INTERVAL_S / 60, "--compact-interval-minutes", min=0.01, help="How often compaction runs."
+    ),
+    compact_older_than: float = typer.Option(
+        DEFAULT_COMPACT_OLDER_THAN_MIN,
+        "--compact-older-than",
+        metavar="MINUTES",
+        min=0,
+        help="Compact partitions with no new part for this long.",
+    ),
+    no_compact: bool = typer.Option(False, "--no-compact", help="Do not run compaction in the background."),
     durability: Durability = typer.Option(
         Durability.log,
         "--durability",
@@ -974,6 +1038,9 @@ def serve_command(
             access_log=access_log,
             max_body_bytes=int(max_body_mb * (1 << 20)),
             ttl_interval_s=None if no_ttl else ttl_interval_hours * 3600,
+            min_session_rows=min_session_rows,
+            compact_interval_s=None if no_compact else compact_interval_minutes * 60,
+            compact_older_than_minutes=compact_older_than,
             durability=durability,
             flush_interval_s=flush_interval_s,
             ingest_log_dir=ingest_log_dir,
