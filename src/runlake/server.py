@@ -236,7 +236,7 @@ class TenantSink:
         Returns the number the mapping refused. Raises ``StorageUnavailable``: nothing was accepted.
         """
         writer = self.exporter.writer
-        if log is None and writer.failing is not None and not self._commit(self._added, timeout_s):
+        if log is None and writer.failing is not None and not writer.flush():  # is the lake back? try it
             raise StorageUnavailable(f"the lake cannot be written: {writer.failing}")
         segment = log.append(self.tenant, *record) if log is not None and record is not None else None
         try:

@@ -278,9 +278,9 @@ class LakeWriter:
             else:
                 self.stats.rows_written += len(rows)
                 self.stats.files_written += 1
-                if self._failing is not None:
-                    _logger.warning("runlake: writing to %s works again", self.root)
-                    self._failing = None
+        if ok and writes and self._failing is not None:  # only a flush with no failure clears the state
+            _logger.warning("runlake: writing to %s works again", self.root)
+            self._failing = None
         return ok
 
     def _on_failure(self, key: tuple[str, LakeRoot], buf: _Buffer, error: Exception) -> None:
@@ -340,7 +340,7 @@ class LakeWriter:
 
     @property
     def failing(self) -> str | None:
-        """The cause of the last failed write, until a write succeeds again."""
+        """The cause of the last failed write, until a flush writes everything it took without a failure."""
         return self._failing
 
     # ---- background flushing --------------------------------------------------------------------------
