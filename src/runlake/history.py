@@ -9,6 +9,8 @@ import datetime as dt
 import json
 import logging
 import os
+import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ from opentelemetry.exporter.runlake.layout import (
     LakeRoot,
     day_dirs,
     day_files,
+    day_of,
     remove_dir,
     resolve_lake,
     session_files,
@@ -26,7 +29,7 @@ from opentelemetry.exporter.runlake.layout import (
 )
 from opentelemetry.exporter.runlake.mapping import attributes_of_row
 
-from .query import LATEST_ROW, LakeReader
+from .query import LATEST_ROW, LakeReader, _vanished
 
 _logger = logging.getLogger(__name__)
 
@@ -73,6 +76,56 @@ def _cents(value: float | None) -> int:
     return int(round(value or 0))
 
 
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MAX_KNOWN_RUNS = 200_000  # run id -> start day (about 120 bytes each); a larger index is searched instead
+_MAX_INDEXED_FILES = 100_000
+
+
+class _RunDays:
+    """Run id -> the UTC day it started, i.e. the ``runs/`` day folder that holds both rows of the run, for every
+    run in the index files read so far (``files``) plus runs seen in query results.
+
+    ``find_run`` then reads one day folder instead of the whole index. The day is verified by that read: a run not
+    found there (TTL, a scope that excludes it) is searched in the whole index. ``complete`` turns False for good
+    once the lake holds more runs than fit; lookups then search the index. Shared by a ``HistoryDB`` and its
+    ``scoped`` views: the map knows where runs are, the scope is applied by every query.
+    """
+
+    def __init__(self) -> None:
+        self.days: dict[str, str] = {}
+        self.files: set[str] = set()
+        self.complete = True
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> str | None:
+        return self.days.get(run_id)
+
+    def learn(self, rows: list[dict[str, Any]], files: list[LakeRoot] | None = None) -> bool:
+        """Remember where the rows' runs are; ``files``: every run of these files is among the rows.
+
+        False when ``files`` did not fit: the map is emptied (older entries, e.g. runs gone by TTL or rewritten
+        files, may have filled it) to be rebuilt from the current index; if these files alone do not fit,
+        ``complete`` goes False.
+        """
+        with self._lock:
+            if files is not None and (
+                len(self.days) + len(rows) > _MAX_KNOWN_RUNS or len(self.files) + len(files) > _MAX_INDEXED_FILES
+            ):
+                self.days.clear()
+                self.files.clear()
+                if len(rows) > _MAX_KNOWN_RUNS or len(files) > _MAX_INDEXED_FILES:
+                    self.complete = False
+                return False
+            days = self.days
+            for row in rows:
+                run_id, start = row.get("run_id"), row.get("start_time_unix_nano")
+                if run_id and isinstance(start, int) and (run_id in days or len(days) < _MAX_KNOWN_RUNS):
+                    days[run_id] = day_of(start)
+            if files is not None:
+                self.files.update(str(f) for f in files)
+            return True
+
+
 class HistoryDB:
     """Read agent history from a runlake lake.
 
@@ -93,11 +146,12 @@ class HistoryDB:
         self.tenant_id = tenant_id
         self.user_id = user_id
         self._reader = _reader or LakeReader()
+        self._run_days = _RunDays()
 
     def scoped(self, tenant_id: str | None = None, user_id: str | None = None) -> HistoryDB:
         """The same lake, seen by one tenant (and one user); shares the DuckDB connection."""
         scoped = HistoryDB.__new__(HistoryDB)
-        scoped.root, scoped._reader = self.root, self._reader
+        scoped.root, scoped._reader, scoped._run_days = self.root, self._reader, self._run_days
         scoped.tenant_id, scoped.user_id = tenant_id, user_id
         return scoped
 
@@ -121,12 +175,49 @@ class HistoryDB:
     def _session_lister(self, session_id: str) -> Callable[[], list[LakeRoot]]:
         return lambda: session_files(self.root, session_id, self.tenant_id)
 
-    def _runs_lister(self) -> Callable[[], list[LakeRoot]]:
-        return lambda: table_files(self.root, RUNS, self.tenant_id)
+    def _runs_lister(self, since: str | None = None, until: str | None = None) -> Callable[[], list[LakeRoot]]:
+        return lambda: table_files(self.root, RUNS, self.tenant_id, since, until)
 
     def _index_rows(self, where: str, params: list[Any], order_limit: str = "") -> list[dict[str, Any]]:
         sql = f"SELECT * FROM {{files}} WHERE true {where} {LATEST_ROW} {order_limit}"
         return self._reader.rows(sql, self._runs_lister(), params)
+
+    def _newest_index_rows(
+        self, where: str, params: list[Any], order: str, skip: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """``SELECT * ... WHERE true {where} ORDER BY {order} LIMIT limit OFFSET skip`` over the ``runs/`` index
+        (one row per run), for an ``order`` that puts the newest start first: reads day folders newest first.
+
+        A day folder holds the runs that started that day (both rows of a run), so whole days come in order and the
+        walk stops once ``skip + limit`` rows are known; days are read 1, 2, 4, ... at a time, so a sparse filter
+        costs a few queries, not one per day. Day folders not named like days: the whole index in one query.
+        """
+        days = sorted({day for _, _, day, _ in day_dirs(self.root, RUNS, self.tenant_id)}, reverse=True)
+        if not all(_DAY.fullmatch(day) for day in days):
+            return self._index_rows(where, [*params, limit, skip], f"{order} LIMIT ? OFFSET ?")
+        sql = (
+            f"WITH latest AS (SELECT * FROM {{files}} WHERE true {where} {LATEST_ROW}) "
+            f"SELECT * FROM (SELECT *, count(*) OVER () AS _runlake_n, row_number() OVER ({order}) AS _runlake_i "
+            "FROM latest) WHERE _runlake_i = 1 OR _runlake_i BETWEEN ? AND ? ORDER BY _runlake_i"
+        )  # the first row always comes back: it carries the day's count
+        out: list[dict[str, Any]] = []
+        end = skip + limit
+        seen = start = 0
+        batch = 1
+        while start < len(days) and seen < end:
+            chunk = days[start : start + batch]
+            start, batch = start + batch, batch * 2
+            first, last = max(1, skip - seen + 1), end - seen  # the wanted positions within these days
+            rows = self._reader.rows(sql, self._runs_lister(chunk[-1], chunk[0]), [*params, first, last])
+            if not rows:
+                continue
+            seen += rows[0]["_runlake_n"]
+            for row in rows:
+                position = row.pop("_runlake_i")
+                del row["_runlake_n"]
+                if first <= position <= last:
+                    out.append(row)
+        return out
 
     @staticmethod
     def _each(rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], dict[str, Any]], what: str) -> list:
@@ -150,6 +241,7 @@ class HistoryDB:
             sql += " LIMIT ?"
             params.append(int(limit))
         rows = self._reader.rows(sql, self._session_lister(session_id), params)
+        self._run_days.learn(rows)
         return self._each(rows, self._run_dict, "run")
 
     @staticmethod
@@ -189,11 +281,13 @@ class HistoryDB:
             if user_id is not None:
                 where += " AND user_id = ?"
                 params.append(user_id)
+            where += " AND parent_span_id IS NULL"
             order = "ORDER BY start_time_unix_nano DESC"
             if limit is not None:
-                order += " LIMIT ?"
-                params.append(int(limit))
-            runs = self._index_rows(where + " AND parent_span_id IS NULL", params, order)
+                runs = self._newest_index_rows(where, params, order, 0, int(limit))
+            else:
+                runs = self._index_rows(where, params, order)
+        self._run_days.learn(runs)
         spans_by_trace = self._spans_of(runs)
         return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
 
@@ -215,19 +309,25 @@ class HistoryDB:
         return self._reader.rows(sql, self._session_lister(session_id), params)
 
     def _spans_of(self, runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """All spans of the runs' traces, read session by session."""
-        traces_by_session: dict[str, set[str]] = {}
-        for run in runs:
-            traces_by_session.setdefault(run["session_id"] or "", set()).add(run["trace_id"])
+        """All spans of the runs' traces, read in one query over the files of the runs' sessions."""
+        if not runs:
+            return {}
+        sessions = list(dict.fromkeys(run["session_id"] or "" for run in runs))
+        trace_ids = sorted({run["trace_id"] for run in runs})
+
+        def files() -> list[LakeRoot]:
+            found: dict[LakeRoot, None] = {}  # a day's shared files serve several sessions: each file once
+            for session_id in sessions:
+                found.update(dict.fromkeys(session_files(self.root, session_id, self.tenant_id)))
+            return list(found)
+
+        sql = (
+            f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} "
+            "ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
+        )
         out: dict[str, list[dict[str, Any]]] = {}
-        for session_id, trace_ids in traces_by_session.items():
-            params: list[Any] = [sorted(trace_ids)]
-            sql = (
-                f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} "
-                "ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
-            )
-            for row in self._reader.rows(sql, self._session_lister(session_id), params):
-                out.setdefault(row["trace_id"], []).append(row)
+        for row in self._reader.rows(sql, files, [trace_ids]):
+            out.setdefault(row["trace_id"], []).append(row)
         return out
 
     def _trace_dict(self, run: dict[str, Any], spans: list[dict[str, Any]]) -> dict[str, Any]:
@@ -273,8 +373,10 @@ class HistoryDB:
         if agent_id is not None:
             where += " AND (agent_name = ? OR agent_id = ?)"
             params += [agent_id, agent_id]
-        params += [int(limit), int(skip)]
-        rows = self._index_rows(where, params, "ORDER BY start_time_unix_nano DESC, run_id LIMIT ? OFFSET ?")
+        rows = self._newest_index_rows(
+            where, params, "ORDER BY start_time_unix_nano DESC, run_id", int(skip), int(limit)
+        )
+        self._run_days.learn(rows)
         return self._each(rows, self._history_item, "run")
 
     @staticmethod
@@ -292,12 +394,54 @@ class HistoryDB:
         }
 
     def find_run(self, run_id: str) -> dict[str, Any] | None:
-        """The run's index row (in this scope), or None."""
+        """The run's index row (in this scope), or None.
+
+        Reads only the ``runs/`` day folder of the run's start, from a map of where every run is, kept up to date
+        by reading the ``run_id`` and start columns of index files not seen before.
+        """
         if self.root is None:
             return None
         params: list[Any] = [run_id]
-        rows = self._index_rows(" AND run_id = ?" + self._scope_sql(params), params, "LIMIT 1")
-        return rows[0] if rows else None
+        sql = f"SELECT * FROM {{files}} WHERE run_id = ? {self._scope_sql(params)} {LATEST_ROW} LIMIT 1"
+        known = self._run_days.get(run_id)
+        if known is None and self._run_days.complete:
+            self._index_new_runs()
+            known = self._run_days.get(run_id)
+            if known is None and self._run_days.complete:
+                return None  # no index file (in this tenant's scope) holds the run
+        if known is not None:
+            rows = self._reader.rows(sql, self._runs_lister(known, known), params)
+            if rows:
+                return rows[0]
+        # not where it was (TTL removed it, it is outside this scope) or too many runs to map: search the index,
+        # reading only its run_id column first (several times cheaper than whole rows), then the days it names
+        starts = self._reader.rows(
+            "SELECT DISTINCT start_time_unix_nano FROM {files} WHERE run_id = ?", self._runs_lister(), [run_id]
+        )
+        days = {day_of(r["start_time_unix_nano"]) for r in starts if r["start_time_unix_nano"] is not None}
+        for day in sorted(days - {known}, reverse=True):
+            rows = self._reader.rows(sql, self._runs_lister(day, day), params)
+            if rows:
+                self._run_days.learn(rows)
+                return rows[0]
+        return None
+
+    def _index_new_runs(self) -> None:
+        """Add the runs of index files not read before to the run -> day map (two narrow columns per file)."""
+        run_days = self._run_days
+        sql = f"SELECT run_id, start_time_unix_nano FROM {{files}} LIMIT {_MAX_KNOWN_RUNS + 1}"
+        for _ in range(2):  # a second time when the map was full of old entries and has been emptied
+            if not run_days.complete:
+                return
+            listed: list[LakeRoot] = []
+
+            def new_files(listed: list[LakeRoot] = listed) -> list[LakeRoot]:  # again if a file vanishes meanwhile
+                listed[:] = [f for f in table_files(self.root, RUNS, self.tenant_id) if str(f) not in run_days.files]
+                return listed
+
+            rows = self._reader.rows(sql, new_files)
+            if not listed or run_days.learn(rows, listed):
+                return
 
     def get_logs(self, run_id: str) -> dict[str, Any]:
         """Node-level logs of one run (CodexOS ``GET /api/v1/agents/logs``). Unknown run: ``LookupError``."""
@@ -353,8 +497,14 @@ class HistoryDB:
     # ---- SQL ----
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
         """A DuckDB relation for ``query`` over views ``spans`` and ``runs`` (docs/schema.md)."""
-        con = self._reader.views(self.root, self.tenant_id)
-        return con.sql(query)
+        for attempt in range(3):
+            con = self._reader.views(self.root, self.tenant_id)
+            try:
+                return con.sql(query)
+            except (duckdb.IOException, duckdb.InvalidInputException) as error:
+                if attempt == 2 or not _vanished(str(error)):
+                    raise  # a file removed after the views were made (TTL, compaction): make them again
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- TTL ----
     def cleanup_expired(

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
 from opentelemetry.exporter.runlake import mapping as m
@@ -340,21 +341,48 @@ class TurnHandle(SpanHandle):
         return True
 
 
+# (provider, its tracer): the SDK returns the same Tracer for the same provider and name, so it is looked up once per
+# provider rather than per span (6-9 µs each). The global provider is checked on every span (a global read): it is set
+# once per process, and a provider that replaces the proxy invalidates the entry.
+_tracer_entry: tuple[Any, trace.Tracer] | None = None
+
+
+def _tracer() -> trace.Tracer:
+    global _tracer_entry
+    provider = trace.get_tracer_provider()
+    entry = _tracer_entry
+    if entry is None or entry[0] is not provider:
+        entry = _tracer_entry = (provider, provider.get_tracer(_TRACER_NAME))
+    return entry[1]
+
+
 @contextlib.contextmanager
 def _span(name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
-    tracer = trace.get_tracer(_TRACER_NAME)
-    span = tracer.start_span(name, attributes=attributes, start_time=_now_ns())
+    """A current span for the block; an exception marks it failed and propagates.
+
+    ``run`` / ``node`` / ``turn`` repeat these lines instead of nesting this generator (one less per span).
+    """
+    span = _tracer().start_span(name, attributes=attributes, start_time=_now_ns())
     try:
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        # what trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False) does,
+        # without its generator: make the span current, and restore the previous context before anything else
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             yield span
+        finally:
+            otel_context.detach(token)
     except BaseException as error:
-        if not isinstance(error, GeneratorExit):
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.record_exception(error, timestamp=_now_ns())
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        _failed(span, error)
         raise
     finally:
         span.end(end_time=_now_ns())
+
+
+def _failed(span: trace.Span, error: BaseException) -> None:
+    if not isinstance(error, GeneratorExit):
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.record_exception(error, timestamp=_now_ns())
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 def _inherited(run_ctx: _RunContext | None) -> dict[str, Any]:
@@ -406,14 +434,24 @@ def run(
         attrs["input.value"] = _to_text(input)
     if metadata:
         attrs[m.METADATA] = _to_text(dict(metadata))  # at start, so a run in progress shows it too
-    with _span(f"invoke_agent {agent}", attrs) as span:
-        handle = RunHandle(span, metadata)
-        span.set_attribute(m.RUN_ID, handle.run_id)
-        token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, int(ttl_days)))
+    span = _tracer().start_span(f"invoke_agent {agent}", attributes=attrs, start_time=_now_ns())
+    try:  # _span's lines, inlined
+        context_token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            yield handle
+            handle = RunHandle(span, metadata)
+            span.set_attribute(m.RUN_ID, handle.run_id)
+            token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, int(ttl_days)))
+            try:
+                yield handle
+            finally:
+                _current_run.reset(token)
         finally:
-            _current_run.reset(token)
+            otel_context.detach(context_token)
+    except BaseException as error:
+        _failed(span, error)
+        raise
+    finally:
+        span.end(end_time=_now_ns())
 
 
 @contextlib.contextmanager
@@ -436,8 +474,18 @@ def node(
         attrs["gen_ai.tool.name"] = node_id
     if input is not None:
         attrs["input.value"] = _to_text(input)
-    with _span(f"{operation or type} {node_id}", attrs) as span:
-        yield SpanHandle(span, metadata)
+    span = _tracer().start_span(f"{operation or type} {node_id}", attributes=attrs, start_time=_now_ns())
+    try:  # _span's lines, inlined
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield SpanHandle(span, metadata)
+        finally:
+            otel_context.detach(context_token)
+    except BaseException as error:
+        _failed(span, error)
+        raise
+    finally:
+        span.end(end_time=_now_ns())
 
 
 @contextlib.contextmanager
@@ -445,10 +493,22 @@ def turn(turn_id: str, runtime_id: str = "native") -> Iterator[TurnHandle]:
     """One conversation turn; its handle can mirror runtime state (``set_state``)."""
     run_ctx = _current_run.get()
     attrs = _inherited(run_ctx)
-    attrs.update({m.SPAN_TYPE: m.TURN, m.TURN_ID: turn_id, m.RUNTIME_ID: runtime_id})
+    attrs[m.SPAN_TYPE] = m.TURN
+    attrs[m.TURN_ID] = turn_id
+    attrs[m.RUNTIME_ID] = runtime_id
     attrs["openinference.span.kind"] = "CHAIN"
-    with _span(f"turn {turn_id}", attrs) as span:
-        yield TurnHandle(span, run_ctx.session_id if run_ctx else None, runtime_id, turn_id)
+    span = _tracer().start_span(f"turn {turn_id}", attributes=attrs, start_time=_now_ns())
+    try:  # _span's lines, inlined
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield TurnHandle(span, run_ctx.session_id if run_ctx else None, runtime_id, turn_id)
+        finally:
+            otel_context.detach(context_token)
+    except BaseException as error:
+        _failed(span, error)
+        raise
+    finally:
+        span.end(end_time=_now_ns())
 
 
 # ---- decorators ------------------------------------------------------------------------------------------------

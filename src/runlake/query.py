@@ -64,6 +64,7 @@ class LakeReader:
         self._db = duckdb.connect(config={"threads": 2})
         self._local = threading.local()
         self._bad: set[str] = set()
+        self._verified: set[tuple[str, int | None, float | None]] = set()
         self._lock = threading.Lock()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -143,33 +144,68 @@ class LakeReader:
         return None
 
     def views(self, root: LakeRoot | None, tenant: str | None = None) -> duckdb.DuckDBPyConnection:
-        """A connection with views ``spans`` and ``runs`` (one row per span / run) over the whole lake."""
+        """A connection with views ``spans`` and ``runs`` (one row per span / run) over the whole lake.
+
+        Local files are not checked beforehand: creating a view reads every listed file's footer (the view is bound
+        with ``union_by_name``), so an unreadable file fails it and is then found and set aside, as in ``rows``.
+        Object-store files are scanned lazily through a dataset, so files not seen before (path, size, mtime) are
+        checked once with ``count(*)``.
+        """
         con = self._db.cursor()
         for table, schema in ((SPANS, SPANS_SCHEMA), (RUNS, RUNS_SCHEMA)):
-            files = self._usable(table_files(root, table, tenant)) if root is not None else []
-            if files and self._set_aside_if_broken(con, files):
-                files = self._usable(files)
-            if files and isinstance(files[0], ObjectPath):
-                con.register(f"_lake_{table}", object_dataset(files))
-                source = f"_lake_{table}"
-            elif files:
-                listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-                source = f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
+            lister: Lister = (lambda table=table: table_files(root, table, tenant)) if root is not None else list
+            files = self._usable(lister())
+            for attempt in range(4):
+                try:
+                    if files and isinstance(files[0], ObjectPath):
+                        new = [f for f in files if _identity(f) not in self._verified]
+                        if new and self._set_aside_if_broken(con, new):
+                            files = self._usable(files)
+                            continue
+                        self._remember_verified(new)
+                    self._create_view(con, table, schema, files)
+                    break
+                except (duckdb.IOException, duckdb.InvalidInputException) as error:
+                    if self._set_aside(files):
+                        files = self._usable(files)
+                    elif attempt < 3 and _vanished(str(error)):
+                        files = self._usable(lister())  # removed meanwhile: list again
+                    else:
+                        raise
             else:
-                con.register(f"_empty_{table}", pa.Table.from_pylist([], schema=schema))
-                source = f"_empty_{table}"
-            key = "span_id"
-            con.execute(
-                f"""CREATE OR REPLACE TEMP VIEW {table} AS
-                SELECT * EXCLUDE (record),
-                       make_timestamp(start_time_unix_nano // 1000) AS start_time,
-                       make_timestamp(end_time_unix_nano // 1000) AS end_time,
-                       (end_time_unix_nano - start_time_unix_nano) / 1e6 AS duration_ms,
-                       CAST(make_timestamp(start_time_unix_nano // 1000) AS DATE) AS day
-                FROM {source}
-                QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY record = 'end' DESC) = 1"""
-            )
+                raise RuntimeError(f"runlake: could not build the {table} view")  # pragma: no cover
         return con
+
+    def _remember_verified(self, files: Sequence[LakeRoot]) -> None:
+        if not files:
+            return
+        with self._lock:
+            if len(self._verified) + len(files) > _MAX_VERIFIED:
+                self._verified.clear()
+            self._verified.update(_identity(f) for f in files)
+
+    @staticmethod
+    def _create_view(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, files: list[LakeRoot]) -> None:
+        if files and isinstance(files[0], ObjectPath):
+            con.register(f"_lake_{table}", object_dataset(files))
+            source = f"_lake_{table}"
+        elif files:
+            listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+            source = f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
+        else:
+            con.register(f"_empty_{table}", pa.Table.from_pylist([], schema=schema))
+            source = f"_empty_{table}"
+        key = "span_id"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW {table} AS
+            SELECT * EXCLUDE (record),
+                   make_timestamp(start_time_unix_nano // 1000) AS start_time,
+                   make_timestamp(end_time_unix_nano // 1000) AS end_time,
+                   (end_time_unix_nano - start_time_unix_nano) / 1e6 AS duration_ms,
+                   CAST(make_timestamp(start_time_unix_nano // 1000) AS DATE) AS day
+            FROM {source}
+            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY record = 'end' DESC) = 1"""
+        )
 
     def _set_aside_if_broken(self, con: duckdb.DuckDBPyConnection, files: list[LakeRoot]) -> bool:
         try:
@@ -185,3 +221,13 @@ class LakeReader:
             return False
         except (duckdb.IOException, duckdb.InvalidInputException):
             return self._set_aside(files)
+
+
+_MAX_VERIFIED = 500_000  # object-store files known readable (path, size, mtime); forgotten all at once past this
+
+
+def _identity(file: LakeRoot) -> tuple[str, int | None, float | None]:
+    """What names one version of a file: object-store listings carry size and mtime (part names are unique anyway)."""
+    if isinstance(file, ObjectPath):
+        return file.path, file.size, file.mtime
+    return str(file), None, None

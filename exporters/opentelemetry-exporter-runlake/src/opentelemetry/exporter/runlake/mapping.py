@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan as _ReadableSpan
+from opentelemetry.sdk.trace import Span as _SdkSpan
+from opentelemetry.trace import SpanKind, StatusCode
 
 from .layout import DEFAULT_TENANT
 
@@ -185,7 +191,24 @@ COL = _SPAN_INDEX  # row positions by column name, e.g. row[COL["session_id"]]
 
 _STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 _KIND_NAMES = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
+_STATUS_BY_ID = {id(code): _STATUS_NAMES.get(code.value, "UNSET") for code in StatusCode}  # no Enum.value per span
+_KIND_BY_ID = {id(kind): _KIND_NAMES.get(kind.value, "INTERNAL") for kind in SpanKind}
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+try:  # the C encoder JSONEncoder.encode builds on every call, built once (no circular check: attribute values)
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring as _encode_basestring
+except ImportError:  # pragma: no cover - interpreters without the C accelerator
+    _c_make_encoder = None
+if _c_make_encoder is not None:
+    _c_encoder = _c_make_encoder(None, str, _encode_basestring, None, ":", ",", False, False, True)
+
+    def _fast_json(value: Any) -> str:
+        """``_JSON`` for the dicts and lists of span attributes and events, without its per-call set-up."""
+        return "".join(_c_encoder(value, 0))
+
+else:  # pragma: no cover
+    _fast_json = _JSON
 
 
 def to_json(value: Any) -> str:
@@ -243,6 +266,13 @@ def classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str 
     return OTHER, None
 
 
+def _plain(attributes: Any) -> Any:
+    """The SDK's plain dict behind ``BoundedAttributes`` (read-only use), else the mapping itself."""
+    if type(attributes) is _BoundedAttributes:
+        return attributes._dict if attributes._immutable else attributes.copy()  # a live span's: a snapshot
+    return attributes
+
+
 def _events_json(events: Sequence[Any]) -> tuple[str | None, str | None]:
     """Events as JSON, and the message of the first exception event (the error message)."""
     if not events:
@@ -250,16 +280,16 @@ def _events_json(events: Sequence[Any]) -> tuple[str | None, str | None]:
     out = []
     message = None
     for event in events:
-        attrs = dict(event.attributes or {})
+        attrs = event.attributes
+        attrs = _plain(attrs) if type(attrs) is _BoundedAttributes else dict(attrs or {})  # only read, never changed
         if message is None and event.name == "exception":
             message = attrs.get("exception.message")
         out.append({"name": event.name, "time_unix_nano": event.timestamp, "attributes": attrs})
-    return _JSON(out), message
+    return _fast_json(out), message
 
 
-def _resource_of(span: Any, cache: dict[int, tuple[Any, str | None, str | None]]) -> tuple[str | None, str | None]:
+def _resource_of(resource: Any, cache: dict[int, tuple[Any, str | None, str | None]]) -> tuple[str | None, str | None]:
     """Service name and resource JSON, cached per resource object (spans of one provider share it)."""
-    resource = span.resource
     hit = cache.get(id(resource))
     if hit is None or hit[0] is not resource:  # the cache holds the object, so its id cannot be reused meanwhile
         attrs = dict(resource.attributes) if resource is not None else {}
@@ -268,6 +298,66 @@ def _resource_of(span: Any, cache: dict[int, tuple[Any, str | None, str | None]]
             cache.clear()
         hit = cache[id(resource)] = (resource, service, _JSON(attrs) if attrs else None)
     return hit[1], hit[2]
+
+
+# ---- the per-key-set plan ----------------------------------------------------------------------------------------
+# Spans of one instrumentation carry the same attribute keys in the same order, so what each key feeds is worked out
+# once per key tuple: which value every column takes (the first found of its keys), which keys are leftovers, and
+# which aliases go to the leftovers only when their value differs from the column's.
+_PLAN_COLUMNS = tuple(COLUMN_KEYS)  # the order of the values a plan's getter returns (map_span unpacks them)
+_PLAN_TEXT = frozenset(_TEXT_COLUMNS)  # absent -> _ABSENT (a present None becomes "null", as _text makes it)
+_ABSENT = object()
+_MAX_PLANS = 4096
+if _PLAN_COLUMNS != (
+    "session_id", "user_id", "tenant_id", "run_id", "agent_name", "agent_id", "node_id", "node_type", "turn_id",
+    "runtime_id", "runtime_state", "operation", "model", "provider", "input", "output", "input_tokens",
+    "output_tokens", "cost_cents", "error_type", "ttl_days", "metadata",
+):  # fmt: skip
+    raise RuntimeError("COLUMN_KEYS changed: update the unpacking in SpanMapper.map_span")
+
+
+class _Plan:
+    __slots__ = ("columns", "leftover_keys", "leftovers", "aliases")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        none_at, absent_at = len(keys), len(keys) + 1  # values are extended with (None, _ABSENT)
+        chosen: dict[str, tuple[int, int]] = {}  # column -> (rank, position of its key)
+        for i, key in enumerate(keys):
+            hit = _KEY_INDEX.get(key)
+            if hit is not None and hit[1] < chosen.get(hit[0], (99, 0))[0]:
+                chosen[hit[0]] = (hit[1], i)
+        picks = [chosen[c][1] if c in chosen else (absent_at if c in _PLAN_TEXT else none_at) for c in _PLAN_COLUMNS]
+        self.columns = itemgetter(*picks)
+        self.leftover_keys = tuple(k for k in keys if k not in _KEY_INDEX)
+        # one extra position so itemgetter always returns a tuple; zip() stops at the last key
+        self.leftovers = itemgetter(*[i for i, k in enumerate(keys) if k not in _KEY_INDEX], none_at)
+        self.aliases = tuple(
+            (key, i, chosen[_KEY_INDEX[key][0]][1])
+            for i, key in enumerate(keys)
+            if key in _KEY_INDEX and chosen[_KEY_INDEX[key][0]][1] != i
+        )
+
+
+def _sdk_internals_known() -> bool:
+    """Whether this SDK keeps span fields and attribute dicts where the fast path reads them (checked once)."""
+    try:
+        attributes = BoundedAttributes(attributes={"k": 1})
+        span = _ReadableSpan("probe", resource=Resource({}), attributes=attributes, start_time=0)
+        fields = ("_name", "_context", "_parent", "_start_time", "_kind", "_status", "_resource", "_events")
+        return (
+            all(hasattr(span, f) for f in fields)
+            and span._attributes is attributes
+            and attributes._dict == {"k": 1}
+            and attributes._immutable
+        )
+    except Exception:  # noqa: BLE001 - any surprise: use the public properties only
+        return False
+
+
+# the SDK's own span classes: their fields are read directly (subclasses and foreign spans go through properties);
+# attributes: the plain dict inside BoundedAttributes instead of the Mapping ABC's items() (the slow part)
+_SDK_SPAN_TYPES = frozenset({_ReadableSpan, _SdkSpan}) if _sdk_internals_known() else frozenset()
+_BoundedAttributes = BoundedAttributes if _SDK_SPAN_TYPES else None
 
 
 class SpanMapper:
@@ -290,109 +380,129 @@ class SpanMapper:
         self.force_tenant = force_tenant
         self.redact = redact
         self._resource_cache: dict[int, tuple[Any, str | None, str | None]] = {}
+        self._plans: dict[tuple[str, ...], _Plan] = {}
 
     def map_span(self, span: Any, record: str = "end") -> tuple:
         """One row; raises ValueError for a span that cannot be stored (no ids or start time)."""
-        if not isinstance(span.start_time, int) or span.context is None or not span.context.span_id:
-            raise ValueError(f"span {span.name!r} has no start time or span id")
-        attributes = span.attributes or {}
-        values: dict[str, Any] = {}
-        ranks: dict[str, int] = {}
-        leftover: dict[str, Any] | None = None
-        key_index = _KEY_INDEX
-        for key, value in attributes.items():
-            hit = key_index.get(key)
-            if hit is None:
-                if leftover is None:
-                    leftover = {}
-                leftover[key] = value
-                continue
-            column, rank = hit
-            if rank < ranks.get(column, 99):
-                values[column] = value
-                ranks[column] = rank
-        # aliases that were not chosen (or differ) stay in the leftover attributes
-        for key, value in attributes.items():
-            hit = key_index.get(key)
-            if hit is not None and (ranks.get(hit[0]) != hit[1]) and values.get(hit[0]) != value:
-                if leftover is None:
-                    leftover = {}
-                leftover[key] = value
-        for column in _INT_COLUMNS.intersection(values):
-            values[column] = _as_int(values[column])
-        if "cost_cents" in values:
-            values["cost_cents"] = _as_float(values["cost_cents"])
-        for column in ("input", "output", "runtime_state", "metadata"):
-            if column in values and not isinstance(values[column], str):
-                values[column] = _text(values[column])
+        if type(span) in _SDK_SPAN_TYPES:  # the SDK's own spans: read their fields, skip the read-only proxies
+            start_time, context, parent = span._start_time, span._context, span._parent
+            attributes = span._attributes
+            if type(attributes) is _BoundedAttributes:
+                attributes = attributes._dict if attributes._immutable else attributes.copy()
+            elif type(attributes) is not dict:
+                attributes = span.attributes or {}
+            events = span.events if span._events else ()
+            name, kind, status, resource = span._name, span._kind, span._status, span._resource
+        else:
+            start_time, context, parent = span.start_time, span.context, span.parent
+            attributes = span.attributes or {}
+            if type(attributes) is not dict:
+                attributes = dict(attributes.items())
+            events, name, kind, status, resource = span.events, span.name, span.kind, span.status, span.resource
+        if not isinstance(start_time, int) or context is None or not context.span_id:
+            raise ValueError(f"span {name!r} has no start time or span id")
 
-        parent = span.parent
-        span_type, node_type = classify(attributes, parent is not None)
-        context = span.context
+        keys = tuple(attributes)
+        plan = self._plans.get(keys)
+        if plan is None:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[keys] = _Plan(keys)
+        values = [*attributes.values(), None, _ABSENT]
+        (
+            session_id, user_id, tenant_id, run_id, agent_name, agent_id, node_id, node_type, turn_id,
+            runtime_id, runtime_state, operation, model, provider, input_text, output_text, input_tokens,
+            output_tokens, cost_cents, error_type, ttl, metadata,
+        ) = plan.columns(values)  # fmt: skip
+        leftover = dict(zip(plan.leftover_keys, plan.leftovers(values))) if plan.leftover_keys else None
+        for key, i, chosen in plan.aliases:  # aliases that differ from their column's value stay in the leftovers
+            if values[i] != values[chosen]:
+                if leftover is None:
+                    leftover = {}
+                leftover[key] = values[i]
+        if input_tokens is not None:
+            input_tokens = _as_int(input_tokens)
+        if output_tokens is not None:
+            output_tokens = _as_int(output_tokens)
+        if ttl is not None:
+            ttl = _as_int(ttl)
+        if cost_cents is not None:
+            cost_cents = _as_float(cost_cents)
+        if not isinstance(input_text, str):
+            input_text = None if input_text is _ABSENT else _text(input_text)
+        if not isinstance(output_text, str):
+            output_text = None if output_text is _ABSENT else _text(output_text)
+        if not isinstance(runtime_state, str):
+            runtime_state = None if runtime_state is _ABSENT else _text(runtime_state)
+        if not isinstance(metadata, str):
+            metadata = None if metadata is _ABSENT else _text(metadata)
+
+        span_type, derived_type = classify(attributes, parent is not None)
         span_id = f"{context.span_id:016x}"
-        if values.get("node_type") is None and node_type is not None:
-            values["node_type"] = node_type
+        if node_type is None and derived_type is not None:
+            node_type = derived_type
         if span_type == RUN:  # a run is named by its own span, whatever it inherited
-            values["run_id"] = span_id
-        if span_type == NODE and not values.get("node_id"):
-            values["node_id"] = span.name
-        tenant = self.force_tenant or values.get("tenant_id") or self.default_tenant
-        status = span.status
-        status_code = _STATUS_NAMES.get(status.status_code.value, "UNSET")
-        events_json, exception_message = _events_json(span.events)
+            run_id = span_id
+        if span_type == NODE and not node_id:
+            node_id = name
+        tenant = self.force_tenant or tenant_id or self.default_tenant
+        status_code = _STATUS_BY_ID.get(id(status.status_code)) or _STATUS_NAMES.get(status.status_code.value, "UNSET")
+        events_json, exception_message = _events_json(events) if events else (None, None)
         status_message = status.description or exception_message
-        service, resource_json = _resource_of(span, self._resource_cache)
-        ttl = values.get("ttl_days")
+        hit = self._resource_cache.get(id(resource))
+        if hit is not None and hit[0] is resource:
+            service, resource_json = hit[1], hit[2]
+        else:
+            service, resource_json = _resource_of(resource, self._resource_cache)
         if not ttl or ttl < 1:
             ttl = DEFAULT_TTL_DAYS
-        text = values.get
-        input_text, output_text, attrs_json = text("input"), text("output"), leftover
-        if self.redact is not None:
-            input_text = self.redact(input_text) if input_text else input_text
-            output_text = self.redact(output_text) if output_text else output_text
-            status_message = self.redact(status_message) if status_message else status_message
-            if values.get("metadata"):
-                values["metadata"] = _redact_json_text(values["metadata"], self.redact)
+        redact = self.redact
+        if redact is not None:
+            input_text = redact(input_text) if input_text else input_text
+            output_text = redact(output_text) if output_text else output_text
+            status_message = redact(status_message) if status_message else status_message
+            if metadata:
+                metadata = _redact_json_text(metadata, redact)
             if events_json:
-                events_json = _redact_json_text(events_json, self.redact)
-            if attrs_json:
-                attrs_json = {k: self.redact(v) if isinstance(v, str) else v for k, v in attrs_json.items()}
+                events_json = _redact_json_text(events_json, redact)
+            if leftover:
+                leftover = {k: redact(v) if isinstance(v, str) else v for k, v in leftover.items()}
         return (
             record,
             span_type,
-            str(tenant),
-            _str_or_none(text("session_id")),
-            _str_or_none(text("user_id")),
-            _str_or_none(text("run_id")),
+            tenant if type(tenant) is str else str(tenant),
+            session_id if session_id is None or isinstance(session_id, str) else str(session_id),
+            user_id if user_id is None or isinstance(user_id, str) else str(user_id),
+            run_id if run_id is None or isinstance(run_id, str) else str(run_id),
             f"{context.trace_id:032x}",
             span_id,
             f"{parent.span_id:016x}" if parent is not None else None,
-            span.name,
-            _KIND_NAMES.get(span.kind.value, "INTERNAL"),
-            span.start_time,
+            name,
+            _KIND_BY_ID.get(id(kind)) or _KIND_NAMES.get(kind.value, "INTERNAL"),
+            start_time,
             span.end_time if record == "end" else None,
             status_code,
             status_message,
-            _str_or_none(text("error_type")),
-            _str_or_none(text("agent_name")),
-            _str_or_none(text("agent_id")),
-            _str_or_none(text("node_id")),
-            _str_or_none(text("node_type")),
-            _str_or_none(text("turn_id")),
-            _str_or_none(text("runtime_id")),
-            text("runtime_state") if self.keep_runtime_state else None,
-            _str_or_none(text("operation")),
-            _str_or_none(text("model")),
-            _str_or_none(text("provider")),
+            error_type if error_type is None or isinstance(error_type, str) else str(error_type),
+            agent_name if agent_name is None or isinstance(agent_name, str) else str(agent_name),
+            agent_id if agent_id is None or isinstance(agent_id, str) else str(agent_id),
+            node_id if node_id is None or isinstance(node_id, str) else str(node_id),
+            node_type if node_type is None or isinstance(node_type, str) else str(node_type),
+            turn_id if turn_id is None or isinstance(turn_id, str) else str(turn_id),
+            runtime_id if runtime_id is None or isinstance(runtime_id, str) else str(runtime_id),
+            runtime_state if self.keep_runtime_state else None,
+            operation if operation is None or isinstance(operation, str) else str(operation),
+            model if model is None or isinstance(model, str) else str(model),
+            provider if provider is None or isinstance(provider, str) else str(provider),
             input_text,
             output_text,
-            text("input_tokens"),
-            text("output_tokens"),
-            text("cost_cents"),
+            input_tokens,
+            output_tokens,
+            cost_cents,
             ttl,
             service,
-            text("metadata"),
-            _JSON(attrs_json) if attrs_json else None,
+            metadata,
+            _fast_json(leftover) if leftover else None,
             events_json,
             resource_json,
         )
@@ -414,12 +524,6 @@ def _redact_json_text(text: str, redact: Any) -> str:
         return _JSON(_redact_strings(json.loads(text), redact))
     except ValueError:
         return redact(text)
-
-
-def _str_or_none(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
 
 
 def run_row(span_row: tuple, aggregate: Sequence[float] | None) -> tuple:

@@ -1,0 +1,263 @@
+"""The fast read paths of HistoryDB give the answers of the straightforward queries they replaced.
+
+``get_history`` / ``get_traces(limit=)`` walk ``runs/`` day folders newest first; ``find_run`` reads one day folder
+found through a run -> day map; ``get_traces`` reads the spans of all its sessions in one query; ``sql()`` builds
+its views without checking every file first. Each is compared with the old whole-index query on a lake spread over
+many days, with ties, runs in progress, runs written in two files, tenants, TTL and rewritten files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import lake_files
+from opentelemetry import trace
+from opentelemetry.exporter.runlake.layout import RUNS, day_dirs, new_part_name, session_files, table_files
+
+import runlake
+from runlake import query as query_module
+from runlake.history import HistoryDB
+from runlake.instrument import shifted_clock
+from runlake.query import LATEST_ROW
+
+DAY = 86_400
+AGENTS = ("alpha", "beta", "gamma")
+
+
+def _build(lake: Path) -> dict[str, list[str]]:
+    """Runs over 12 days: 3 agents, 3 users, 2 tenants, equal start times, in-progress runs, start and end rows
+    of one run in different files."""
+    ids: dict[str, list[str]] = {"runs": [], "open": []}
+    runlake.configure(lake)
+    try:
+        for i in range(42):
+            day_offset = -(i % 12) * DAY - 3600 * (i % 5)
+            with shifted_clock(day_offset, frozen=True) as advance:  # frozen: runs of one offset start together
+                with runlake.run(
+                    AGENTS[i % 3],
+                    f"session-{i % 7}",
+                    user_id=f"user-{i % 3}",
+                    tenant_id="other" if i % 10 == 0 else None,
+                    input=f"question {i}",
+                    ttl_days=3 if i % 11 == 0 else 30,
+                ) as r:
+                    if i % 4 == 0:
+                        runlake.force_flush()  # the run's start row goes to a file of its own
+                    with runlake.node("llm-call", type="llm", input="x") as n:
+                        advance(1.5)
+                        n.set_usage(10, i)
+                    with runlake.node("tool-call", type="tool"):
+                        advance(0.5)
+                    r.set_output(f"answer {i}")
+                    ids["runs"].append(r.run_id)
+        tracer = trace.get_tracer("test")
+        for i in range(3):  # never ended: only their start rows exist
+            with shifted_clock(-i * DAY):
+                span = tracer.start_span(
+                    f"invoke_agent {AGENTS[i]}",
+                    attributes={"runlake.span.type": "run", "gen_ai.agent.name": AGENTS[i], "session.id": "open"},
+                )
+                ids["open"].append(f"{span.get_span_context().span_id:016x}")
+        runlake.force_flush()
+    finally:
+        runlake.shutdown()
+    return ids
+
+
+@pytest.fixture
+def lake_ids(lake: Path) -> dict[str, list[str]]:
+    return _build(lake)
+
+
+def _index(db: HistoryDB, where: str, params: list, order_limit: str) -> list[dict]:
+    """The old way: one query over every runs/ file."""
+    sql = f"SELECT * FROM {{files}} WHERE true {where} {LATEST_ROW} {order_limit}"
+    return db._reader.rows(sql, lambda: table_files(db.root, RUNS, db.tenant_id), params)
+
+
+def _history_reference(db: HistoryDB, agent: str | None, skip: int, limit: int) -> list[dict]:
+    params: list = []
+    where = db._scope_sql(params)
+    if agent is not None:
+        where += " AND (agent_name = ? OR agent_id = ?)"
+        params += [agent, agent]
+    rows = _index(db, where, [*params, limit, skip], "ORDER BY start_time_unix_nano DESC, run_id LIMIT ? OFFSET ?")
+    return [db._history_item(r) for r in rows]
+
+
+def _traces_reference(db: HistoryDB, user_id: str | None, limit: int) -> list[dict]:
+    params: list = []
+    where = db._scope_sql(params)
+    if user_id is not None:
+        where += " AND user_id = ?"
+        params.append(user_id)
+    runs = _index(
+        db, where + " AND parent_span_id IS NULL", [*params, limit], "ORDER BY start_time_unix_nano DESC LIMIT ?"
+    )
+    spans: dict[str, list[dict]] = {}
+    by_session: dict[str, set[str]] = {}
+    for run in runs:
+        by_session.setdefault(run["session_id"] or "", set()).add(run["trace_id"])
+    for session_id, trace_ids in by_session.items():  # the old way: one query per session
+        sql = (
+            f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} "
+            "ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
+        )
+        lister = lambda s=session_id: session_files(db.root, s, db.tenant_id)  # noqa: E731
+        for row in db._reader.rows(sql, lister, [sorted(trace_ids)]):
+            spans.setdefault(row["trace_id"], []).append(row)
+    return [db._trace_dict(r, spans.get(r["trace_id"], [])) for r in runs]
+
+
+def _key(trace: dict) -> tuple:
+    return (trace["started_at"], trace["trace_id"])
+
+
+def test_history_pages_equal_the_whole_index_query(lake: Path, lake_ids: dict) -> None:
+    days = {day for _, _, day, _ in day_dirs(lake, RUNS)}
+    assert len(days) >= 12
+    for db in (HistoryDB(lake), HistoryDB(lake, tenant_id="other"), HistoryDB(lake, user_id="user-1")):
+        for agent in (None, "alpha", "gamma", "nobody"):
+            for skip, limit in ((0, 1), (0, 5), (3, 4), (7, 20), (20, 20), (0, 100), (44, 3), (200, 5)):
+                assert db.get_history(agent, skip=skip, limit=limit) == _history_reference(db, agent, skip, limit), (
+                    db.tenant_id,
+                    db.user_id,
+                    agent,
+                    skip,
+                    limit,
+                )
+    everything = HistoryDB(lake).get_history(limit=1000)
+    assert len(everything) == 45 and sum(1 for h in everything if h["status"] == "running") == 3
+
+
+def test_traces_with_limit_equal_the_old_queries(lake: Path, lake_ids: dict) -> None:
+    db = HistoryDB(lake)
+    for user_id in (None, "user-0", "user-2"):
+        for limit in (1, 3, 10, 100):
+            fast = db.get_traces(user_id=user_id, limit=limit)
+            reference = _traces_reference(db, user_id, limit)
+            assert sorted(fast, key=_key) == sorted(reference, key=_key)
+            assert [t["started_at"] for t in fast] == [t["started_at"] for t in reference]
+            assert all(t["spans"] for t in fast)
+
+
+def test_find_run_and_logs_through_the_day_map(lake: Path, lake_ids: dict) -> None:
+    db = HistoryDB(lake)
+    for run_id in lake_ids["runs"] + lake_ids["open"] + ["0000000000000000"]:
+        reference = _index(db, " AND run_id = ?", [run_id], "LIMIT 1")
+        assert db.find_run(run_id) == (reference[0] if reference else None)
+    assert len(db._run_days.days) == 45 and db._run_days.complete
+    logs = db.get_logs(lake_ids["runs"][5])
+    assert logs["summary"]["total_nodes"] == 2 and logs["final_output"] == "answer 5"
+    # tenants: the map is shared, the scope still applies
+    other = db.scoped(tenant_id="other")
+    assert other.find_run(lake_ids["runs"][0])["tenant_id"] == "other"
+    assert other.find_run(lake_ids["runs"][1]) is None
+    assert HistoryDB(lake, tenant_id="other").find_run(lake_ids["runs"][1]) is None
+
+
+def test_find_run_sees_new_runs_rewritten_files_and_ttl(lake: Path, lake_ids: dict) -> None:
+    db = HistoryDB(lake)
+    assert db.find_run(lake_ids["runs"][2]) is not None  # the map is built
+    runlake.configure(lake)
+    try:
+        with runlake.run("late", "session-late") as r:
+            late = r.run_id
+    finally:
+        runlake.shutdown()
+    assert db.find_run(late)["agent_name"] == "late", "files written after the map was built are read"
+    # a day folder rewritten into one new file (as compaction does): the run is still found there
+    victim_day = next(folder for _, _, day, folder in day_dirs(lake, RUNS) if len(list(folder.glob("*.parquet"))) > 1)
+    parts = sorted(victim_day.glob("*.parquet"))
+    merged = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    pq.write_table(merged, victim_day / new_part_name())
+    for p in parts:
+        p.unlink()
+    run_ids = set(merged.column("run_id").to_pylist())
+    for run_id in run_ids:
+        assert db.find_run(run_id) == _index(db, " AND run_id = ?", [run_id], "LIMIT 1")[0]
+    # TTL: runs of expired days are gone, even though the map still names their day
+    db.cleanup_expired(max_age_days=0)
+    for run_id in lake_ids["runs"]:
+        assert db.find_run(run_id) == (lambda rows: rows[0] if rows else None)(
+            _index(db, " AND run_id = ?", [run_id], "LIMIT 1")
+        )
+
+
+def test_too_many_runs_to_map_falls_back_to_searching(lake: Path, lake_ids: dict, monkeypatch) -> None:
+    import runlake.history as history_module
+
+    monkeypatch.setattr(history_module, "_MAX_KNOWN_RUNS", 10)
+    db = HistoryDB(lake)
+    for run_id in lake_ids["runs"][:6] + ["ffffffffffffffff"]:
+        reference = _index(db, " AND run_id = ?", [run_id], "LIMIT 1")
+        assert db.find_run(run_id) == (reference[0] if reference else None)
+    assert not db._run_days.complete
+
+
+def test_sql_views_skip_a_broken_file_found_by_the_query_itself(lake: Path, lake_ids: dict, caplog) -> None:
+    before = HistoryDB(lake).sql("SELECT count(*) FROM spans").fetchall()[0][0]
+    victim = next(p for p in lake_files(lake, "spans") if p.suffix == ".parquet")
+    lost = pq.read_metadata(victim).num_rows
+    victim.write_bytes(victim.read_bytes()[:100])
+    junk = next(p for p in lake_files(lake, "runs") if p.suffix == ".parquet").parent / "part-zzz-junk.parquet"
+    junk.write_bytes(b"PAR1 not really")
+    db = HistoryDB(lake)  # a fresh reader: nothing set aside yet
+    with caplog.at_level(logging.WARNING):
+        after = db.sql("SELECT count(*) FROM spans").fetchall()[0][0]
+        runs = db.sql("SELECT count(*) FROM runs").fetchall()[0][0]
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert str(victim) in warnings and str(junk) in warnings
+    assert 0 < before - after <= lost and runs == 45
+    assert db.sql("SELECT count(*) FROM spans").fetchall()[0][0] == after
+
+
+def test_sql_views_list_again_when_a_file_vanished(lake: Path, lake_ids: dict, monkeypatch) -> None:
+    real = query_module.table_files
+    calls = {"n": 0}
+
+    def listing_with_a_ghost(root, table, tenant=None, *args):  # noqa: ANN001, ANN202
+        files = real(root, table, tenant, *args)
+        calls["n"] += 1
+        return files + [files[0].parent / "part-0-gone.parquet"] if calls["n"] <= 2 and files else files
+
+    monkeypatch.setattr(query_module, "table_files", listing_with_a_ghost)
+    db = HistoryDB(lake)
+    assert db.sql("SELECT count(*) FROM runs").fetchall()[0][0] == 45
+    assert calls["n"] >= 3
+
+
+def test_the_map_starts_over_when_old_entries_fill_it(lake: Path, lake_ids: dict, monkeypatch) -> None:
+    import runlake.history as history_module
+
+    files = len(table_files(lake, RUNS))
+    monkeypatch.setattr(history_module, "_MAX_INDEXED_FILES", files + 5)
+    db = HistoryDB(lake)
+    assert db.find_run(lake_ids["runs"][0]) is not None and db._run_days.complete
+    db._run_days.files.update(f"/gone/part-{i}.parquet" for i in range(5))  # files rewritten or removed since
+    db._run_days.days["0123456789abcdef"] = "2001-01-01"
+    runlake.configure(lake)
+    try:
+        with runlake.run("late", "session-late") as r:
+            late = r.run_id
+    finally:
+        runlake.shutdown()
+    assert db.find_run(late)["agent_name"] == "late"
+    assert db._run_days.complete and "0123456789abcdef" not in db._run_days.days, "emptied and rebuilt"
+    assert len(db._run_days.days) == 46
+    # an index larger than the map: searched instead, same answers
+    monkeypatch.setattr(history_module, "_MAX_INDEXED_FILES", 2)
+    db._run_days.files.add("/gone/another.parquet")
+    runlake.configure(lake)
+    try:
+        with runlake.run("later", "session-late") as r:
+            later = r.run_id
+    finally:
+        runlake.shutdown()
+    assert db.find_run(later)["agent_name"] == "later"
+    assert not db._run_days.complete
+    assert db.find_run(lake_ids["runs"][3]) == _index(db, " AND run_id = ?", [lake_ids["runs"][3]], "LIMIT 1")[0]
