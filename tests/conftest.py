@@ -31,6 +31,57 @@ HOSTILE_IDS = [
 ]
 
 
+# ---- the documented shapes (design.md §2): the exact keys of every dict runlake returns ------------------------
+RUN_KEYS = {
+    "run_id",
+    "session_id",
+    "started_at",
+    "ended_at",
+    "input_content",
+    "output_content",
+    "status",
+    "metadata",
+    "metrics",
+}
+TRACE_KEYS = {
+    "trace_id",
+    "session_id",
+    "run_id",
+    "agent_name",
+    "user_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "metadata",
+    "spans",
+}
+SPAN_KEYS = {
+    "span_id",
+    "trace_id",
+    "name",
+    "parent_span_id",
+    "started_at",
+    "ended_at",
+    "status",
+    "attributes",
+    "events",
+}
+HISTORY_KEYS = {
+    "run_id",
+    "status",
+    "started_at",
+    "duration",
+    "input",
+    "output",
+    "node_count",
+    "tokens_used",
+    "cost_cents",
+}
+LOGS_KEYS = {"run_id", "nodes", "errors", "final_output", "summary"}
+NODE_KEYS = {"id", "type", "input", "output", "time", "status", "error_message", "metadata"}
+SUMMARY_KEYS = {"total_nodes", "successful_nodes", "failed_nodes", "total_duration", "tokens_used", "cost_cents"}
+
+
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     return tmp_path / "lake"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HISTORY_KEYS, LOGS_KEYS, NODE_KEYS, RUN_KEYS, SPAN_KEYS, SUMMARY_KEYS, TRACE_KEYS
 from typer.testing import CliRunner
 
 import runlake
@@ -17,54 +18,6 @@ from runlake import HistoryDB
 from runlake.cli import app
 from runlake.demo import generate_workload
 
-HISTORY_KEYS = {
-    "run_id",
-    "status",
-    "started_at",
-    "duration",
-    "input",
-    "output",
-    "node_count",
-    "tokens_used",
-    "cost_cents",
-}
-LOGS_KEYS = {"run_id", "nodes", "errors", "final_output", "summary"}
-NODE_KEYS = {"id", "type", "input", "output", "time", "status", "error_message", "metadata"}
-SUMMARY_KEYS = {"total_nodes", "successful_nodes", "failed_nodes", "total_duration", "tokens_used", "cost_cents"}
-RUN_KEYS = {
-    "run_id",
-    "session_id",
-    "started_at",
-    "ended_at",
-    "input_content",
-    "output_content",
-    "status",
-    "metadata",
-    "metrics",
-}
-TRACE_KEYS = {
-    "trace_id",
-    "session_id",
-    "run_id",
-    "agent_name",
-    "user_id",
-    "started_at",
-    "ended_at",
-    "status",
-    "metadata",
-    "spans",
-}
-SPAN_KEYS = {
-    "span_id",
-    "trace_id",
-    "name",
-    "parent_span_id",
-    "started_at",
-    "ended_at",
-    "status",
-    "attributes",
-    "events",
-}
 WIDE = {"COLUMNS": "220"}
 
 runner = CliRunner()

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from conftest import HISTORY_KEYS, LOGS_KEYS, NODE_KEYS, RUN_KEYS, SPAN_KEYS, SUMMARY_KEYS, TRACE_KEYS
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -33,26 +34,6 @@ from runlake.otlp import PROTOBUF
 
 pytestmark = pytest.mark.timeout(120)
 
-HISTORY_KEYS = {
-    "run_id",
-    "status",
-    "started_at",
-    "duration",
-    "input",
-    "output",
-    "node_count",
-    "tokens_used",
-    "cost_cents",
-}
-LOG_KEYS = {"run_id", "nodes", "errors", "final_output", "summary"}
-NODE_KEYS = {"id", "type", "input", "output", "time", "status", "error_message", "metadata"}
-SUMMARY_KEYS = {"total_nodes", "successful_nodes", "failed_nodes", "total_duration", "tokens_used", "cost_cents"}
-RUN_KEYS = {"run_id", "session_id", "started_at", "ended_at", "input_content", "output_content", "status"}
-RUN_KEYS |= {"metadata", "metrics"}
-TRACE_KEYS = {"trace_id", "session_id", "run_id", "agent_name", "user_id", "started_at", "ended_at", "status"}
-TRACE_KEYS |= {"metadata", "spans"}
-SPAN_KEYS = {"span_id", "trace_id", "name", "parent_span_id", "started_at", "ended_at", "status", "attributes"}
-SPAN_KEYS |= {"events"}
 MAX_BODY = 1 << 20  # the server below runs with --max-body-mb 1
 
 
@@ -143,7 +124,7 @@ def test_otlp_protobuf_ingest_then_codexos_history_and_logs(server: Server, api:
     assert by_id[bad_run]["status"] == "failed" and by_id[bad_run]["node_count"] == 2
 
     logs = api.get("/api/v1/agents/logs", params={"run_id": ok_run}).json()
-    assert set(logs) == LOG_KEYS and set(logs["summary"]) == SUMMARY_KEYS
+    assert set(logs) == LOGS_KEYS and set(logs["summary"]) == SUMMARY_KEYS
     assert [n["id"] for n in logs["nodes"]] == ["planner", "search", "writer"]
     assert all(set(n) == NODE_KEYS for n in logs["nodes"])
     assert logs["nodes"][0] == {

@@ -358,10 +358,7 @@ def _tracer() -> trace.Tracer:
 
 @contextlib.contextmanager
 def _span(name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
-    """A current span for the block; an exception marks it failed and propagates.
-
-    ``run`` / ``node`` / ``turn`` repeat these lines instead of nesting this generator (one less per span).
-    """
+    """A current span for the block; an exception marks it failed and propagates."""
     span = _tracer().start_span(name, attributes=attributes, start_time=_now_ns())
     try:
         # what trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False) does,
@@ -434,24 +431,14 @@ def run(
         attrs["input.value"] = _to_text(input)
     if metadata:
         attrs[m.METADATA] = _to_text(dict(metadata))  # at start, so a run in progress shows it too
-    span = _tracer().start_span(f"invoke_agent {agent}", attributes=attrs, start_time=_now_ns())
-    try:  # _span's lines, inlined
-        context_token = otel_context.attach(trace.set_span_in_context(span))
+    with _span(f"invoke_agent {agent}", attrs) as span:
+        handle = RunHandle(span, metadata)
+        span.set_attribute(m.RUN_ID, handle.run_id)
+        token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, int(ttl_days)))
         try:
-            handle = RunHandle(span, metadata)
-            span.set_attribute(m.RUN_ID, handle.run_id)
-            token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, int(ttl_days)))
-            try:
-                yield handle
-            finally:
-                _current_run.reset(token)
+            yield handle
         finally:
-            otel_context.detach(context_token)
-    except BaseException as error:
-        _failed(span, error)
-        raise
-    finally:
-        span.end(end_time=_now_ns())
+            _current_run.reset(token)
 
 
 @contextlib.contextmanager
@@ -474,18 +461,8 @@ def node(
         attrs["gen_ai.tool.name"] = node_id
     if input is not None:
         attrs["input.value"] = _to_text(input)
-    span = _tracer().start_span(f"{operation or type} {node_id}", attributes=attrs, start_time=_now_ns())
-    try:  # _span's lines, inlined
-        context_token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            yield SpanHandle(span, metadata)
-        finally:
-            otel_context.detach(context_token)
-    except BaseException as error:
-        _failed(span, error)
-        raise
-    finally:
-        span.end(end_time=_now_ns())
+    with _span(f"{operation or type} {node_id}", attrs) as span:
+        yield SpanHandle(span, metadata)
 
 
 @contextlib.contextmanager
@@ -497,18 +474,8 @@ def turn(turn_id: str, runtime_id: str = "native") -> Iterator[TurnHandle]:
     attrs[m.TURN_ID] = turn_id
     attrs[m.RUNTIME_ID] = runtime_id
     attrs["openinference.span.kind"] = "CHAIN"
-    span = _tracer().start_span(f"turn {turn_id}", attributes=attrs, start_time=_now_ns())
-    try:  # _span's lines, inlined
-        context_token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            yield TurnHandle(span, run_ctx.session_id if run_ctx else None, runtime_id, turn_id)
-        finally:
-            otel_context.detach(context_token)
-    except BaseException as error:
-        _failed(span, error)
-        raise
-    finally:
-        span.end(end_time=_now_ns())
+    with _span(f"turn {turn_id}", attrs) as span:
+        yield TurnHandle(span, run_ctx.session_id if run_ctx else None, runtime_id, turn_id)
 
 
 # ---- decorators ------------------------------------------------------------------------------------------------
@@ -520,6 +487,29 @@ def _call_input(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         return {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
     except (TypeError, ValueError):
         return {"args": list(args), "kwargs": kwargs}
+
+
+def _traced(func: F, open_span: Callable[[tuple, dict], contextlib.AbstractContextManager[SpanHandle]]) -> F:
+    """Wrap a sync or async function in the span ``open_span(args, kwargs)`` opens; its result is the output."""
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with open_span(args, kwargs) as handle:
+                result = await func(*args, **kwargs)
+                handle.set_output(result)
+                return result
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with open_span(args, kwargs) as handle:
+            result = func(*args, **kwargs)
+            handle.set_output(result)
+            return result
+
+    return wrapper  # type: ignore[return-value]
 
 
 def agent(
@@ -537,38 +527,18 @@ def agent(
     """
 
     def decorate(func: F) -> F:
-        agent_name = name or func.__name__
+        def open_run(args: tuple, kwargs: dict) -> contextlib.AbstractContextManager[RunHandle]:
+            return run(
+                name or func.__name__,
+                session_id or kwargs.get("session_id") or f"session-{uuid.uuid4().hex[:12]}",
+                user_id=user_id or kwargs.get("user_id"),
+                tenant_id=tenant_id,
+                input=_call_input(func, args, kwargs),
+                ttl_days=ttl_days,
+                metadata=metadata,
+            )
 
-        def run_kwargs(args: tuple, kwargs: dict) -> dict[str, Any]:
-            return {
-                "agent": agent_name,
-                "session_id": session_id or kwargs.get("session_id") or f"session-{uuid.uuid4().hex[:12]}",
-                "user_id": user_id or kwargs.get("user_id"),
-                "tenant_id": tenant_id,
-                "input": _call_input(func, args, kwargs),
-                "ttl_days": ttl_days,
-                "metadata": metadata,
-            }
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with run(**run_kwargs(args, kwargs)) as handle:
-                    result = await func(*args, **kwargs)
-                    handle.set_output(result)
-                    return result
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with run(**run_kwargs(args, kwargs)) as handle:
-                result = func(*args, **kwargs)
-                handle.set_output(result)
-                return result
-
-        return wrapper  # type: ignore[return-value]
+        return _traced(func, open_run)
 
     return decorate
 
@@ -578,24 +548,6 @@ def step(type: str = "tool", name: str | None = None) -> Callable[[F], F]:  # no
 
     def decorate(func: F) -> F:
         node_id = name or func.__name__
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with node(node_id, type=type, input=_call_input(func, args, kwargs)) as handle:
-                    result = await func(*args, **kwargs)
-                    handle.set_output(result)
-                    return result
-
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with node(node_id, type=type, input=_call_input(func, args, kwargs)) as handle:
-                result = func(*args, **kwargs)
-                handle.set_output(result)
-                return result
-
-        return wrapper  # type: ignore[return-value]
+        return _traced(func, lambda args, kwargs: node(node_id, type=type, input=_call_input(func, args, kwargs)))
 
     return decorate
