@@ -692,7 +692,7 @@ def demo(
         f"runlake history --json --limit 3 --state-url {lake}",
     ]
     if "serve" in _command_names():
-        commands.append(f"runlake serve --state-url {lake}")
+        commands.append(f"runlake serve --no-auth --state-url {lake}   # http://127.0.0.1:8000/docs")
     commands.append(f"export {STATE_URL_ENV}={lake}   # then --state-url can be left out")
     for command in commands:
         console.print(Text("  ") + Text(command, style="cyan"), soft_wrap=True)
