@@ -390,28 +390,8 @@ class Workload:
         Deterministic: two calls yield identical spans (ids, times, text).
         """
         self.rng.seed(self.seed * 7919 + 1)
-        rng = self.rng
-        pending = iter(range(len(self.sessions)))
-        active: list[list[ReadableSpan]] = []
-        positions: list[int] = []
-        for index in pending:
-            active.append(self.session_spans(index))
-            positions.append(0)
-            if len(active) >= self.concurrency:
-                break
-        while active:
-            i = rng.randrange(len(active))
-            yield active[i][positions[i]]
-            positions[i] += 1
-            if positions[i] >= len(active[i]):
-                nxt = next(pending, None)
-                if nxt is None:
-                    active[i] = active[-1]
-                    positions[i] = positions[-1]
-                    active.pop()
-                    positions.pop()
-                else:
-                    active[i], positions[i] = self.session_spans(nxt), 0
+        sessions = (self.session_spans(index) for index in range(len(self.sessions)))  # made as they start
+        yield from common.iter_interleaved(sessions, self.concurrency, self.rng)
 
     def batches(self, size: int = BATCH) -> Iterator[list[ReadableSpan]]:
         batch: list[ReadableSpan] = []
@@ -530,26 +510,6 @@ def tree_size(path: Path, suffix: str | None = None) -> tuple[int, int]:
 
 def lake_size(root: Path) -> dict[str, tuple[int, int]]:
     return {t: tree_size(root / t, ".parquet") for t in ("spans", "runs")}
-
-
-def fs_probe(scratch: Path, count: int = 200) -> tuple[float, float]:
-    """Milliseconds per mkdir and per create+write+rename of a 16 KB file in the scratch folder."""
-    probe = scratch / "fs-probe"
-    probe.mkdir()
-    start = time.perf_counter()
-    for i in range(count):
-        (probe / f"d{i}").mkdir()
-    mkdir_s = (time.perf_counter() - start) / count
-    payload = b"x" * 16_384
-    start = time.perf_counter()
-    for i in range(count):
-        tmp = probe / f"d{i}" / ".f.tmp"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, probe / f"d{i}" / "f.parquet")
-    create_s = (time.perf_counter() - start) / count
-    shutil.rmtree(probe)
-    return mkdir_s * 1e3, create_s * 1e3
 
 
 def hardlink_copy(src: Path, dst: Path) -> None:
@@ -1070,7 +1030,7 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     print("machine: " + ", ".join(f"{k} {v}" for k, v in common.machine().items()))
     print(f"code: {code_version()}")
-    mkdir_ms, create_ms = fs_probe(scratch)
+    mkdir_ms, create_ms = common.fs_probe(scratch)
     print(
         f"scratch: {scratch}: mkdir {mkdir_ms:.2f} ms, create+write+rename of a 16 KB file {create_ms:.2f} ms"
         + (

@@ -978,26 +978,6 @@ def profile_queries(root: Path) -> None:
 
 
 # ==== main ==================================================================================================
-def fs_probe(scratch: Path, count: int = 200) -> tuple[float, float]:
-    """Median-free quick probe of the scratch file system's metadata cost (it decides per-file costs)."""
-    probe = scratch / "fs-probe"
-    probe.mkdir()
-    start = time.perf_counter()
-    for i in range(count):
-        (probe / f"d{i}").mkdir()
-    mkdir_s = (time.perf_counter() - start) / count
-    payload = b"x" * 16_384
-    start = time.perf_counter()
-    for i in range(count):
-        tmp = probe / f"d{i}" / ".f.tmp"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, probe / f"d{i}" / "f.parquet")
-    create_s = (time.perf_counter() - start) / count
-    shutil.rmtree(probe)
-    return mkdir_s, create_s
-
-
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
@@ -1008,10 +988,10 @@ def main() -> None:
     print("runlake core benchmarks" + (" (--quick)" if args.quick else ""))
     print("machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
     print("load average at the start: " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)")
-    mkdir_s, create_s = fs_probe(scratch)
+    mkdir_ms, create_ms = common.fs_probe(scratch)
     print(
         f"scratch: {scratch} (page-cached writes, no fsync, same file system for every case); "
-        f"file system here: mkdir {mkdir_s * 1e3:.2f} ms, create+write+rename of a 16 KB file {create_s * 1e3:.2f} ms"
+        f"file system here: mkdir {mkdir_ms:.2f} ms, create+write+rename of a 16 KB file {create_ms:.2f} ms"
     )
     common.provider()
     try:

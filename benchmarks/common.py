@@ -11,11 +11,13 @@ import gc
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -221,20 +223,25 @@ def _attr(span: ReadableSpan, key: str) -> Any:
     return (span.attributes or {}).get(key)
 
 
-def interleave(per_session: list[list[ReadableSpan]], concurrency: int, rng: random.Random) -> list[ReadableSpan]:
-    """Merge per-session span streams: ``concurrency`` sessions in flight, one span at a time at random."""
-    pending = iter(per_session)
-    active: list[list[ReadableSpan]] = []
+def iter_interleaved(
+    streams: Iterable[Sequence[ReadableSpan]], concurrency: int, rng: random.Random
+) -> Iterator[ReadableSpan]:
+    """Merge per-session span streams: ``concurrency`` sessions in flight, one span at a time at random.
+
+    ``streams`` is consumed lazily (a new session is taken only when one in flight ends), so a generator of
+    sessions keeps memory bounded.
+    """
+    pending = iter(streams)
+    active: list[Sequence[ReadableSpan]] = []
     positions: list[int] = []
     for stream in pending:
         active.append(stream)
         positions.append(0)
         if len(active) >= concurrency:
             break
-    out: list[ReadableSpan] = []
     while active:
         i = rng.randrange(len(active))
-        out.append(active[i][positions[i]])
+        yield active[i][positions[i]]
         positions[i] += 1
         if positions[i] >= len(active[i]):
             nxt = next(pending, None)
@@ -245,7 +252,31 @@ def interleave(per_session: list[list[ReadableSpan]], concurrency: int, rng: ran
                 positions.pop()
             else:
                 active[i], positions[i] = nxt, 0
-    return out
+
+
+def interleave(per_session: list[list[ReadableSpan]], concurrency: int, rng: random.Random) -> list[ReadableSpan]:
+    """``iter_interleaved`` as a list."""
+    return list(iter_interleaved(per_session, concurrency, rng))
+
+
+def fs_probe(scratch: Path, count: int = 200) -> tuple[float, float]:
+    """Milliseconds per mkdir and per create+write+rename of a 16 KB file in ``scratch`` (per-file costs)."""
+    probe = scratch / "fs-probe"
+    probe.mkdir()
+    start = time.perf_counter()
+    for i in range(count):
+        (probe / f"d{i}").mkdir()
+    mkdir_s = (time.perf_counter() - start) / count
+    payload = b"x" * 16_384
+    start = time.perf_counter()
+    for i in range(count):
+        tmp = probe / f"d{i}" / ".f.tmp"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, probe / f"d{i}" / "f.parquet")
+    create_s = (time.perf_counter() - start) / count
+    shutil.rmtree(probe)
+    return mkdir_s * 1e3, create_s * 1e3
 
 
 def _one_run(
