@@ -88,13 +88,12 @@ def _latest_rows(table: pa.Table) -> pa.Table:
     return ordered.filter(pa.concat_arrays([pa.array([True]), *first.chunks]) if first.num_chunks else pa.array([True]))
 
 
-def compact_folder(table: str, folder: LakeRoot, summary: CompactionSummary) -> bool:
-    """Merge the part files of one partition folder; True if it was rewritten."""
-    files = data_files(folder)
-    if len(files) < 2:
-        return False
-    pieces = []
-    used = []
+def _read_parts(table: str, files: list[LakeRoot], summary: CompactionSummary) -> tuple[pa.Table | None, list]:
+    """The readable parts among ``files``, merged into one row per span id (current schema), and those parts.
+
+    A part removed meanwhile is passed over; an unreadable one is left where it is, with a warning.
+    """
+    pieces, used = [], []
     for path in files:
         try:
             filesystem, source = fs_and_path(path)
@@ -105,19 +104,31 @@ def compact_folder(table: str, folder: LakeRoot, summary: CompactionSummary) -> 
                 continue
             summary.skipped_files += 1
             _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
-    if len(used) < 2:
-        return False
-    sizes = sum(size_and_mtime(p)[0] for p in used)
-    merged = _latest_rows(pa.concat_tables(pieces))
-    new_file = write_part(table, folder, merged, row_group_size=1 << 20)  # the new file first, then the old go
+    return (_latest_rows(pa.concat_tables(pieces)) if pieces else None), used
+
+
+def _replace(used: list[LakeRoot], new_files: list[LakeRoot], rows: int, summary: CompactionSummary) -> None:
+    """Remove the merged parts (their rows are already in ``new_files``) and count the change."""
+    summary.bytes_before += sum(size_and_mtime(p)[0] for p in used)
     for path in used:
         remove_file(path)
     summary.partitions += 1
     summary.files_before += len(used)
-    summary.files_after += 1
-    summary.bytes_before += sizes
-    summary.bytes_after += size_and_mtime(new_file)[0]
-    summary.rows += merged.num_rows
+    summary.files_after += len(new_files)
+    summary.bytes_after += sum(size_and_mtime(p)[0] for p in new_files)
+    summary.rows += rows
+
+
+def compact_folder(table: str, folder: LakeRoot, summary: CompactionSummary) -> bool:
+    """Merge the part files of one partition folder; True if it was rewritten."""
+    files = data_files(folder)
+    if len(files) < 2:
+        return False
+    merged, used = _read_parts(table, files, summary)
+    if merged is None or len(used) < 2:
+        return False
+    new_file = write_part(table, folder, merged, row_group_size=1 << 20)  # the new file first, then the old go
+    _replace(used, [new_file], merged.num_rows, summary)
     return True
 
 
@@ -127,40 +138,19 @@ def drain_mixed(folder: LakeRoot, summary: CompactionSummary) -> bool:
     Each session's rows become a new part in its folder first; only then do the shared parts go, so a reader
     sees every row at all times (readers keep one row per span id while both exist).
     """
-    pieces, used = [], []
-    for path in data_files(folder):
-        try:
-            filesystem, source = fs_and_path(path)
-            pieces.append(_conform(pq.read_table(source, filesystem=filesystem), SCHEMAS[SPANS]))
-            used.append(path)
-        except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
-            if is_missing(error):
-                continue
-            summary.skipped_files += 1
-            _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
-    if not used:
+    rows, used = _read_parts(SPANS, data_files(folder), summary)
+    if rows is None:
         return False
-    sizes = sum(size_and_mtime(p)[0] for p in used)
-    rows = _latest_rows(pa.concat_tables(pieces))
     rows = rows.sort_by([("session_id", "ascending"), ("start_time_unix_nano", "ascending")])
     sessions = rows.column("session_id").to_pylist()
-    day_dir = folder.parent
+    new_files = []
     start = 0
-    written = 0
     for end in range(1, len(sessions) + 1):
         if end == len(sessions) or sessions[end] != sessions[start]:
-            target = day_dir / f"session={encode_partition_value(sessions[start])}"
-            new_file = write_part(SPANS, target, rows.slice(start, end - start))
-            summary.bytes_after += size_and_mtime(new_file)[0]
-            written += 1
+            target = folder.parent / f"session={encode_partition_value(sessions[start])}"
+            new_files.append(write_part(SPANS, target, rows.slice(start, end - start)))
             start = end
-    for path in used:
-        remove_file(path)
-    summary.partitions += 1
-    summary.files_before += len(used)
-    summary.files_after += written
-    summary.bytes_before += sizes
-    summary.rows += rows.num_rows
+    _replace(used, new_files, rows.num_rows, summary)
     return True
 
 
