@@ -341,9 +341,23 @@ def partition_dir(
     return path
 
 
-def new_part_name() -> str:
-    """A unique, time-ordered part file name: safe for many processes writing one partition."""
-    return f"part-{time.time_ns():016x}-{os.getpid():x}-{secrets.token_hex(6)}.parquet"
+COMPACTED_PREFIX = "compact-"
+
+
+def new_part_name(compacted: bool = False) -> str:
+    """A unique, time-ordered part file name: safe for many processes writing one partition.
+
+    Compaction's output is named ``compact-…``: a day whose only file is one of those holds each span once, so
+    readers can skip the start/end de-duplication there (``runlake.query``).
+    """
+    prefix = COMPACTED_PREFIX if compacted else "part-"
+    return f"{prefix}{time.time_ns():016x}-{os.getpid():x}-{secrets.token_hex(6)}.parquet"
+
+
+def is_compacted(path: LakeRoot | str) -> bool:
+    """Whether a part file was written by compaction (one row per span id within its partition)."""
+    name = path if isinstance(path, str) else path.name
+    return os.path.basename(name).startswith(COMPACTED_PREFIX)
 
 
 def temp_name_for(final_name: str) -> str:

@@ -13,6 +13,7 @@ completed only once every part is in, makes the object appear whole or not at al
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -20,8 +21,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .layout import RUNS, SPANS, LakeRoot, ObjectPath, day_of, mixed_dir, new_part_name, partition_dir, temp_name_for
@@ -74,6 +77,39 @@ def to_arrow(table: str, rows: list[tuple]) -> pa.Table:
 
 
 _MADE_DIRS: set[str] = set()  # local folders known to exist: a part file then costs no mkdir
+COUNTS_KEY = "runlake.counts"  # Parquet key-value metadata: what TTL reports deleting, without reading the rows
+
+
+def part_counts(table: str, arrow: pa.Table) -> dict[str, int]:
+    """``rows``, ``spans`` (distinct span ids) and, for the spans table, ``nodes`` (finished node rows)."""
+    counts = {"rows": arrow.num_rows, "spans": pc.count_distinct(arrow.column("span_id")).as_py()}
+    if table == SPANS:
+        ended_nodes = pc.and_(pc.equal(arrow.column("span_type"), "node"), pc.equal(arrow.column("record"), "end"))
+        counts["nodes"] = pc.sum(ended_nodes).as_py() or 0
+    return counts
+
+
+def read_part_counts(path: LakeRoot) -> dict[str, int] | None:
+    """The counts ``write_part`` stored in a file's footer; None for files written without them."""
+    if isinstance(path, ObjectPath):
+        metadata = pq.read_metadata(path.path, filesystem=path.fs).metadata
+    else:
+        metadata = pq.read_metadata(path).metadata
+    raw = (metadata or {}).get(COUNTS_KEY.encode())
+    return json.loads(raw) if raw else None
+
+
+def _encode(table: str, arrow: pa.Table, sink: Any, row_group_size: int) -> None:
+    with pq.ParquetWriter(
+        sink,
+        arrow.schema,
+        compression="zstd",
+        use_dictionary=True,
+        write_statistics=_STATS_COLUMNS[table],
+        store_schema=False,  # the Parquet schema says it all; saves ~2 KB of footer per file
+    ) as out:
+        out.write_table(arrow, row_group_size=row_group_size)
+        out.add_key_value_metadata({COUNTS_KEY: json.dumps(part_counts(table, arrow), separators=(",", ":"))})
 
 
 def write_part(
@@ -82,20 +118,17 @@ def write_part(
     rows: list[tuple] | pa.Table,
     row_group_size: int = 128 * 1024,
     sort_by: tuple[str, ...] = ("start_time_unix_nano",),
+    compacted: bool = False,
 ) -> LakeRoot:
-    """Write rows as one new part file in ``folder``, atomically (temp name then rename; one upload on S3)."""
+    """Write rows as one new part file in ``folder``, atomically (temp name then rename; one upload on S3).
+
+    ``compacted``: the rows hold each span id once (compaction's output), said by the file name.
+    """
     arrow = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
     arrow = arrow.sort_by([(c, "ascending") for c in sort_by])
-    options = {
-        "compression": "zstd",
-        "use_dictionary": True,
-        "write_statistics": _STATS_COLUMNS[table],
-        "row_group_size": row_group_size,
-        "store_schema": False,  # the Parquet schema says it all; saves ~2 KB of footer per file
-    }
-    name = new_part_name()
+    name = new_part_name(compacted)
     if isinstance(folder, ObjectPath):
-        return _upload_part(arrow, folder / name, options)
+        return _upload_part(table, arrow, folder / name, row_group_size)
     if str(folder) not in _MADE_DIRS:
         folder.mkdir(parents=True, exist_ok=True)
         if len(_MADE_DIRS) > 100_000:
@@ -104,10 +137,10 @@ def write_part(
     tmp = folder / temp_name_for(name)
     try:
         try:
-            pq.write_table(arrow, tmp, **options)
+            _encode(table, arrow, str(tmp), row_group_size)
         except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(arrow, tmp, **options)
+            _encode(table, arrow, str(tmp), row_group_size)
         os.replace(tmp, folder / name)
     except BaseException:
         try:
@@ -118,11 +151,11 @@ def write_part(
     return folder / name
 
 
-def _upload_part(arrow: pa.Table, target: ObjectPath, options: dict) -> ObjectPath:
+def _upload_part(table: str, arrow: pa.Table, target: ObjectPath, row_group_size: int) -> ObjectPath:
     """The whole file is encoded in memory first, so an encoding error never reaches the store; then one upload
     to the final key (no rename on S3). A failed upload leaves no object behind."""
     sink = pa.BufferOutputStream()
-    pq.write_table(arrow, sink, **options)
+    _encode(table, arrow, sink, row_group_size)
     data = sink.getvalue()
     with target.fs.open_output_stream(target.path) as out:
         out.write(data)
