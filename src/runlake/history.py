@@ -17,12 +17,9 @@ from typing import Any
 import duckdb
 from opentelemetry.exporter.runlake.layout import (
     RUNS,
-    SPANS,
     LakeRoot,
     day_dirs,
-    day_files,
     day_of,
-    remove_dir,
     resolve_lake,
     session_files,
     table_files,
@@ -30,6 +27,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import attributes_of_row
 
 from .query import LATEST_ROW, LakeReader, _vanished
+from .ttl import expire
 
 _logger = logging.getLogger(__name__)
 
@@ -510,8 +508,7 @@ class HistoryDB:
     def cleanup_expired(
         self, now: dt.datetime | None = None, max_age_days: int | None = None, dry_run: bool = False
     ) -> dict[str, int]:
-        """Delete every day partition whose TTL has passed, by removing folders (every object under the day's
-        prefix on S3); true counts of what went.
+        """Delete every day partition whose TTL has passed; true counts of what went (``runlake.ttl``).
 
         A run started on UTC day D with ``ttl_days`` N is kept through day D+N and removed from day D+N+1.
         ``max_age_days``, when given, also removes anything older than that, whatever its own TTL.
@@ -520,31 +517,7 @@ class HistoryDB:
         if self.root is None:
             _logger.warning("cleanup_expired() called but no state_url configured; nothing to do")
             return {"executions_deleted": 0, "nodes_deleted": 0}
-        today = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).date()
-        expired: dict[str, list[LakeRoot]] = {RUNS: [], SPANS: []}
-        for table in (RUNS, SPANS):
-            for _, ttl, day, folder in day_dirs(self.root, table, self.tenant_id):
-                try:
-                    day_date = dt.date.fromisoformat(day)
-                except ValueError:
-                    continue
-                keep = ttl if max_age_days is None else min(ttl, max_age_days)
-                if day_date + dt.timedelta(days=keep) < today:
-                    expired[table].append(folder)
-        runs = self._count(RUNS, expired[RUNS], "count(DISTINCT span_id)")
-        nodes = self._count(SPANS, expired[SPANS], "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')")
-        for folder in [] if dry_run else expired[RUNS] + expired[SPANS]:
-            remove_dir(folder)
-        return {"executions_deleted": runs, "nodes_deleted": nodes}
-
-    def _count(self, table: str, folders: list[LakeRoot], aggregate: str) -> int:
-        files: list[LakeRoot] = []
-        for folder in folders:
-            files.extend(day_files(folder, table))
-        if not files:
-            return 0
-        rows = self._reader.rows(f"SELECT {aggregate} AS n FROM {{files}}", lambda: files)
-        return int(rows[0]["n"]) if rows else 0
+        return expire(self.root, self._reader, self.tenant_id, now, max_age_days, dry_run)
 
 
 __all__ = ["HistoryDB"]
