@@ -1,9 +1,11 @@
 """The fast read paths of HistoryDB give the answers of the straightforward queries they replaced.
 
-``get_history`` / ``get_traces(limit=)`` walk ``runs/`` day folders newest first; ``find_run`` reads one day folder
-found through a run -> day map; ``get_traces`` reads the spans of all its sessions in one query; ``sql()`` builds
-its views without checking every file first. Each is compared with the old whole-index query on a lake spread over
-many days, with ties, runs in progress, runs written in two files, tenants, TTL and rewritten files.
+With the in-memory runs index (``runlake.run_index``) history pages, traces and runs are picked in memory and only
+their days' files are read; without it (``index_max_rows=0``, or a lake past the cap) ``get_history`` /
+``get_traces(limit=)`` walk ``runs/`` day folders newest first. ``get_traces`` reads the spans of all its sessions in
+one query; ``sql()`` builds its views without checking every file first. Each is compared with the old whole-index
+query on a lake spread over many days, with ties, runs in progress, runs written in two files, tenants, TTL and
+rewritten files.
 """
 
 from __future__ import annotations
@@ -117,10 +119,13 @@ def _key(trace: dict) -> tuple:
     return (trace["started_at"], trace["trace_id"])
 
 
-def test_history_pages_equal_the_whole_index_query(lake: Path, lake_ids: dict) -> None:
+@pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])
+def test_history_pages_equal_the_whole_index_query(lake: Path, lake_ids: dict, index_rows: int) -> None:
     days = {day for _, _, day, _ in day_dirs(lake, RUNS)}
     assert len(days) >= 12
-    for db in (HistoryDB(lake), HistoryDB(lake, tenant_id="other"), HistoryDB(lake, user_id="user-1")):
+    dbs = [HistoryDB(lake, index_max_rows=index_rows)]
+    dbs += [dbs[0].scoped(tenant_id="other"), dbs[0].scoped(user_id="user-1")]
+    for db in dbs:
         for agent in (None, "alpha", "gamma", "nobody"):
             for skip, limit in ((0, 1), (0, 5), (3, 4), (7, 20), (20, 20), (0, 100), (44, 3), (200, 5)):
                 assert db.get_history(agent, skip=skip, limit=limit) == _history_reference(db, agent, skip, limit), (
@@ -134,8 +139,9 @@ def test_history_pages_equal_the_whole_index_query(lake: Path, lake_ids: dict) -
     assert len(everything) == 45 and sum(1 for h in everything if h["status"] == "running") == 3
 
 
-def test_traces_with_limit_equal_the_old_queries(lake: Path, lake_ids: dict) -> None:
-    db = HistoryDB(lake)
+@pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])
+def test_traces_with_limit_equal_the_old_queries(lake: Path, lake_ids: dict, index_rows: int) -> None:
+    db = HistoryDB(lake, index_max_rows=index_rows)
     for user_id in (None, "user-0", "user-2"):
         for limit in (1, 3, 10, 100):
             fast = db.get_traces(user_id=user_id, limit=limit)
@@ -145,15 +151,24 @@ def test_traces_with_limit_equal_the_old_queries(lake: Path, lake_ids: dict) -> 
             assert all(t["spans"] for t in fast)
 
 
-def test_find_run_and_logs_through_the_day_map(lake: Path, lake_ids: dict) -> None:
-    db = HistoryDB(lake)
+@pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])
+def test_find_run_and_logs_through_the_index(lake: Path, lake_ids: dict, index_rows: int) -> None:
+    db = HistoryDB(lake, index_max_rows=index_rows)
     for run_id in lake_ids["runs"] + lake_ids["open"] + ["0000000000000000"]:
         reference = _index(db, " AND run_id = ?", [run_id], "LIMIT 1")
         assert db.find_run(run_id) == (reference[0] if reference else None)
-    assert len(db._run_days.days) == 45 and db._run_days.complete
-    logs = db.get_logs(lake_ids["runs"][5])
-    assert logs["summary"]["total_nodes"] == 2 and logs["final_output"] == "answer 5"
-    # tenants: the map is shared, the scope still applies
+    assert (db.run_index() is not None) == bool(index_rows)
+    if index_rows:
+        assert db.run_index().size == 45
+    for i, run_id in enumerate(lake_ids["runs"]):
+        logs = db.get_logs(run_id)
+        assert logs["summary"]["total_nodes"] == 2 and logs["final_output"] == f"answer {i}"
+    for run_id in lake_ids["open"]:
+        logs = db.get_logs(run_id)
+        assert logs["nodes"] == [] and logs["summary"]["total_duration"] is None
+    with pytest.raises(LookupError):
+        db.get_logs("0000000000000000")
+    # tenants: the index is shared, the scope still applies
     other = db.scoped(tenant_id="other")
     assert other.find_run(lake_ids["runs"][0])["tenant_id"] == "other"
     assert other.find_run(lake_ids["runs"][1]) is None
@@ -188,15 +203,15 @@ def test_find_run_sees_new_runs_rewritten_files_and_ttl(lake: Path, lake_ids: di
         )
 
 
-def test_too_many_runs_to_map_falls_back_to_searching(lake: Path, lake_ids: dict, monkeypatch) -> None:
-    import runlake.history as history_module
-
-    monkeypatch.setattr(history_module, "_MAX_KNOWN_RUNS", 10)
-    db = HistoryDB(lake)
+def test_a_lake_past_the_index_cap_is_read_from_disk(lake: Path, lake_ids: dict, caplog) -> None:
+    db = HistoryDB(lake, index_max_rows=10)
+    with caplog.at_level(logging.WARNING):
+        assert db.run_index() is None
+    assert "more than 10 rows" in caplog.text
     for run_id in lake_ids["runs"][:6] + ["ffffffffffffffff"]:
         reference = _index(db, " AND run_id = ?", [run_id], "LIMIT 1")
         assert db.find_run(run_id) == (reference[0] if reference else None)
-    assert not db._run_days.complete
+    assert len(db.get_history(limit=1000)) == 45
 
 
 def test_sql_views_skip_a_broken_file_found_by_the_query_itself(lake: Path, lake_ids: dict, caplog) -> None:
@@ -231,33 +246,20 @@ def test_sql_views_list_again_when_a_file_vanished(lake: Path, lake_ids: dict, m
     assert calls["n"] >= 3
 
 
-def test_the_map_starts_over_when_old_entries_fill_it(lake: Path, lake_ids: dict, monkeypatch) -> None:
-    import runlake.history as history_module
-
-    files = len(table_files(lake, RUNS))
-    monkeypatch.setattr(history_module, "_MAX_INDEXED_FILES", files + 5)
+def test_the_index_forgets_removed_files_and_reads_new_ones(lake: Path, lake_ids: dict) -> None:
     db = HistoryDB(lake)
-    assert db.find_run(lake_ids["runs"][0]) is not None and db._run_days.complete
-    db._run_days.files.update(f"/gone/part-{i}.parquet" for i in range(5))  # files rewritten or removed since
-    db._run_days.days["0123456789abcdef"] = "2001-01-01"
+    assert db.run_index().size == 45
+    victim_day = next(folder for _, _, day, folder in day_dirs(lake, RUNS) if len(list(folder.glob("*.parquet"))) > 1)
+    gone = {r for p in victim_day.glob("*.parquet") for r in pq.read_table(p).column("run_id").to_pylist()}
+    for p in victim_day.glob("*.parquet"):
+        p.unlink()
+    assert db.run_index().size == 45 - len(gone)
+    assert all(db.find_run(run_id) is None for run_id in gone)
     runlake.configure(lake)
     try:
         with runlake.run("late", "session-late") as r:
             late = r.run_id
     finally:
         runlake.shutdown()
-    assert db.find_run(late)["agent_name"] == "late"
-    assert db._run_days.complete and "0123456789abcdef" not in db._run_days.days, "emptied and rebuilt"
-    assert len(db._run_days.days) == 46
-    # an index larger than the map: searched instead, same answers
-    monkeypatch.setattr(history_module, "_MAX_INDEXED_FILES", 2)
-    db._run_days.files.add("/gone/another.parquet")
-    runlake.configure(lake)
-    try:
-        with runlake.run("later", "session-late") as r:
-            later = r.run_id
-    finally:
-        runlake.shutdown()
-    assert db.find_run(later)["agent_name"] == "later"
-    assert not db._run_days.complete
-    assert db.find_run(lake_ids["runs"][3]) == _index(db, " AND run_id = ?", [lake_ids["runs"][3]], "LIMIT 1")[0]
+    assert db.run_index().size == 46 - len(gone)
+    assert db.get_history(limit=1)[0]["run_id"] == late

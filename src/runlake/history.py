@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +21,13 @@ from opentelemetry.exporter.runlake.layout import (
     day_of,
     resolve_lake,
     session_files,
+    sessions_files,
     table_files,
 )
 from opentelemetry.exporter.runlake.mapping import attributes_of_row
 
-from .query import LATEST_ROW, LakeReader, _vanished
+from .query import LakeReader, _vanished
+from .run_index import DEFAULT_MAX_ROWS, RunIndex
 from .ttl import expire
 
 _logger = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ def _json_object(text: str | None, what: str) -> dict[str, Any]:
     return value
 
 
+def _day(file: LakeRoot) -> str:
+    """The ``YYYY-MM-DD`` of a ``runs/`` part file's day folder."""
+    return file.parent.name.removeprefix("day=")
+
+
 def _codexos_status(row: dict[str, Any]) -> str:
     if row["end_time_unix_nano"] is None:
         return "running"
@@ -75,53 +81,26 @@ def _cents(value: float | None) -> int:
 
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-_MAX_KNOWN_RUNS = 200_000  # run id -> start day (about 120 bytes each); a larger index is searched instead
-_MAX_INDEXED_FILES = 100_000
+_DAY_OF_START = "strftime(make_timestamp(start_time_unix_nano // 1000), '%Y-%m-%d')"
+_MAX_DAYS_OF_RUN = 400  # a run's spans are looked for on the days it lasted, up to this many
 
 
-class _RunDays:
-    """Run id -> the UTC day it started, i.e. the ``runs/`` day folder that holds both rows of the run, for every
-    run in the index files read so far (``files``) plus runs seen in query results.
+def _days_of(start_ns: int | None, end_ns: int | None) -> list[str] | None:
+    """The UTC days a run lasted (through today while it runs); None when that is not known or too long."""
+    if not isinstance(start_ns, int):
+        return None
+    first = dt.date.fromisoformat(day_of(start_ns))
+    last = dt.date.fromisoformat(day_of(end_ns)) if isinstance(end_ns, int) else dt.datetime.now(dt.timezone.utc).date()
+    span = (last - first).days
+    if span < 0 or span > _MAX_DAYS_OF_RUN:
+        return None
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(span + 1)]
 
-    ``find_run`` then reads one day folder instead of the whole index. The day is verified by that read: a run not
-    found there (TTL, a scope that excludes it) is searched in the whole index. ``complete`` turns False for good
-    once the lake holds more runs than fit; lookups then search the index. Shared by a ``HistoryDB`` and its
-    ``scoped`` views: the map knows where runs are, the scope is applied by every query.
-    """
 
-    def __init__(self) -> None:
-        self.days: dict[str, str] = {}
-        self.files: set[str] = set()
-        self.complete = True
-        self._lock = threading.Lock()
-
-    def get(self, run_id: str) -> str | None:
-        return self.days.get(run_id)
-
-    def learn(self, rows: list[dict[str, Any]], files: list[LakeRoot] | None = None) -> bool:
-        """Remember where the rows' runs are; ``files``: every run of these files is among the rows.
-
-        False when ``files`` did not fit: the map is emptied (older entries, e.g. runs gone by TTL or rewritten
-        files, may have filled it) to be rebuilt from the current index; if these files alone do not fit,
-        ``complete`` goes False.
-        """
-        with self._lock:
-            if files is not None and (
-                len(self.days) + len(rows) > _MAX_KNOWN_RUNS or len(self.files) + len(files) > _MAX_INDEXED_FILES
-            ):
-                self.days.clear()
-                self.files.clear()
-                if len(rows) > _MAX_KNOWN_RUNS or len(files) > _MAX_INDEXED_FILES:
-                    self.complete = False
-                return False
-            days = self.days
-            for row in rows:
-                run_id, start = row.get("run_id"), row.get("start_time_unix_nano")
-                if run_id and isinstance(start, int) and (run_id in days or len(days) < _MAX_KNOWN_RUNS):
-                    days[run_id] = day_of(start)
-            if files is not None:
-                self.files.update(str(f) for f in files)
-            return True
+def _in_list(column: str, values: list[Any], params: list[Any]) -> str:
+    """``column IN (?, ...)``: with literal parameters DuckDB checks it against Parquet row-group statistics."""
+    params.extend(values)
+    return f"{column} IN ({', '.join('?' * len(values))})" if values else "false"
 
 
 class HistoryDB:
@@ -129,7 +108,8 @@ class HistoryDB:
 
     ``state_url``: a folder, a ``file://`` URL or ``s3://bucket/prefix``, else ``RUNLAKE_STATE_URL``, else
     ``PRAISONAI_STATE_URL``. ``root`` is a ``Path`` for a local lake and a ``layout.ObjectPath`` on S3.
-    ``tenant_id`` / ``user_id`` scope every read (the server passes the caller's).
+    ``tenant_id`` / ``user_id`` scope every read (the server passes the caller's). ``index_max_rows``: runs kept
+    in the in-memory copy of the ``runs/`` index (``runlake.run_index``; 0 turns it off).
     """
 
     def __init__(
@@ -138,18 +118,19 @@ class HistoryDB:
         *,
         tenant_id: str | None = None,
         user_id: str | None = None,
+        index_max_rows: int = DEFAULT_MAX_ROWS,
         _reader: LakeReader | None = None,
     ) -> None:
         self.root: LakeRoot | None = resolve_lake(state_url)
         self.tenant_id = tenant_id
         self.user_id = user_id
         self._reader = _reader or LakeReader()
-        self._run_days = _RunDays()
+        self._index = RunIndex(self.root, index_max_rows) if self.root is not None else None
 
     def scoped(self, tenant_id: str | None = None, user_id: str | None = None) -> HistoryDB:
-        """The same lake, seen by one tenant (and one user); shares the DuckDB connection."""
+        """The same lake, seen by one tenant (and one user); shares the DuckDB connection and the runs index."""
         scoped = HistoryDB.__new__(HistoryDB)
-        scoped.root, scoped._reader, scoped._run_days = self.root, self._reader, self._run_days
+        scoped.root, scoped._reader, scoped._index = self.root, self._reader, self._index
         scoped.tenant_id, scoped.user_id = tenant_id, user_id
         return scoped
 
@@ -170,20 +151,37 @@ class HistoryDB:
             params.append(self.user_id)
         return clauses
 
-    def _session_lister(self, session_id: str) -> Callable[[], list[LakeRoot]]:
-        return lambda: session_files(self.root, session_id, self.tenant_id)
+    def run_index(self) -> RunIndex | None:
+        """The in-memory runs index brought up to date, or None (no lake, turned off, or unreadable just now)."""
+        index = self._index
+        if index is None:
+            return None
+        try:
+            return index if index.refresh() else None
+        except (OSError, duckdb.Error) as error:
+            _logger.warning("runlake: the in-memory runs index is unavailable (%s); reading the files", error)
+            return None
 
     def _runs_lister(self, since: str | None = None, until: str | None = None) -> Callable[[], list[LakeRoot]]:
         return lambda: table_files(self.root, RUNS, self.tenant_id, since, until)
 
+    def _runs_of_days(self, days: set[str]) -> Callable[[], list[LakeRoot]]:
+        """The ``runs/`` part files of some days (a run's rows are in the day it started)."""
+
+        def files() -> list[LakeRoot]:
+            return [f for f in table_files(self.root, RUNS, self.tenant_id, min(days), max(days)) if _day(f) in days]
+
+        return files
+
     def _index_rows(self, where: str, params: list[Any], order_limit: str = "") -> list[dict[str, Any]]:
-        sql = f"SELECT * FROM {{files}} WHERE true {where} {LATEST_ROW} {order_limit}"
+        """One row per run from the ``runs/`` files (the index in memory is off or unavailable)."""
+        sql = f"SELECT * FROM {{latest}} WHERE true {where} {order_limit}"
         return self._reader.rows(sql, self._runs_lister(), params)
 
     def _newest_index_rows(
         self, where: str, params: list[Any], order: str, skip: int, limit: int
     ) -> list[dict[str, Any]]:
-        """``SELECT * ... WHERE true {where} ORDER BY {order} LIMIT limit OFFSET skip`` over the ``runs/`` index
+        """``SELECT * ... WHERE true {where} ORDER BY {order} LIMIT limit OFFSET skip`` over the ``runs/`` files
         (one row per run), for an ``order`` that puts the newest start first: reads day folders newest first.
 
         A day folder holds the runs that started that day (both rows of a run), so whole days come in order and the
@@ -194,7 +192,7 @@ class HistoryDB:
         if not all(_DAY.fullmatch(day) for day in days):
             return self._index_rows(where, [*params, limit, skip], f"{order} LIMIT ? OFFSET ?")
         sql = (
-            f"WITH latest AS (SELECT * FROM {{files}} WHERE true {where} {LATEST_ROW}) "
+            f"WITH latest AS (SELECT * FROM {{latest}} WHERE true {where}) "
             f"SELECT * FROM (SELECT *, count(*) OVER () AS _runlake_n, row_number() OVER ({order}) AS _runlake_i "
             "FROM latest) WHERE _runlake_i = 1 OR _runlake_i BETWEEN ? AND ? ORDER BY _runlake_i"
         )  # the first row always comes back: it carries the day's count
@@ -217,6 +215,22 @@ class HistoryDB:
                     out.append(row)
         return out
 
+    def _with_text(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Index rows completed with the columns the in-memory index leaves out (text), from their day files."""
+        if not runs:
+            return runs
+        params: list[Any] = []
+        where = _in_list("span_id", [r["span_id"] for r in runs], params)
+        days = {day_of(r["start_time_unix_nano"]) for r in runs}
+        full = {
+            r["span_id"]: r
+            for r in self._reader.rows(f"SELECT * FROM {{latest}} WHERE {where}", self._runs_of_days(days), params)
+        }
+        return [
+            {**full.get(r["span_id"], {"input": None, "output": None, "metadata": None, "status_message": None}), **r}
+            for r in runs
+        ]
+
     @staticmethod
     def _each(rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], dict[str, Any]], what: str) -> list:
         out = []
@@ -227,19 +241,35 @@ class HistoryDB:
                 _logger.warning("skipping %s %s: cannot be read (%s)", what, row.get("span_id"), error)
         return out
 
+    def _session_days(self, session_id: str) -> list[str] | None:
+        """The days the session's runs ran on, from the index; None (every day) when the index cannot say."""
+        index = self.run_index()
+        if index is None:
+            return None
+        params: list[Any] = [session_id]
+        sql = (
+            f"SELECT min(start_time_unix_nano) AS first, max(coalesce(end_time_unix_nano, 0)) AS last, "
+            f"bool_or(end_time_unix_nano IS NULL) AS running FROM {{index}} WHERE session_id = ? "
+            f"{self._scope_sql(params)}"
+        )
+        row = index.rows(sql, params)[0]
+        if row["first"] is None:
+            return None  # not in the index (yet): look everywhere
+        return _days_of(row["first"], None if row["running"] else max(row["last"], row["first"]))
+
     # ---- PraisonAI ----
     def get_runs(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Runs of one session, newest ``started_at`` first (PraisonAI's run dicts)."""
         if self._unconfigured("get_runs") or (limit is not None and limit <= 0):
             return []
+        days = self._session_days(session_id)
         params: list[Any] = [session_id]
-        sql = f"""SELECT * FROM {{files}} WHERE span_type = 'run' AND session_id = ? {self._scope_sql(params)}
-                  {LATEST_ROW} ORDER BY start_time_unix_nano DESC"""
+        sql = f"""SELECT * FROM {{latest}} WHERE session_id = ? AND span_type = 'run' {self._scope_sql(params)}
+                  ORDER BY start_time_unix_nano DESC"""
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        rows = self._reader.rows(sql, self._session_lister(session_id), params)
-        self._run_days.learn(rows)
+        rows = self._reader.rows(sql, lambda: session_files(self.root, session_id, self.tenant_id, days), params)
         return self._each(rows, self._run_dict, "run")
 
     @staticmethod
@@ -281,55 +311,67 @@ class HistoryDB:
                 params.append(user_id)
             where += " AND parent_span_id IS NULL"
             order = "ORDER BY start_time_unix_nano DESC"
-            if limit is not None:
+            index = self.run_index()
+            if index is not None:
+                sql = f"SELECT * FROM {{index}} WHERE true {where} {order}"
+                runs = index.rows(
+                    sql + (" LIMIT ?" if limit is not None else ""), [*params, *([limit] if limit is not None else [])]
+                )
+            elif limit is not None:
                 runs = self._newest_index_rows(where, params, order, 0, int(limit))
             else:
                 runs = self._index_rows(where, params, order)
-        self._run_days.learn(runs)
         spans_by_trace = self._spans_of(runs)
         return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
 
     def _session_root_runs(self, session_id: str, user_id: str | None, limit: int | None) -> list[dict]:
+        days = self._session_days(session_id)
         params: list[Any] = [session_id]
         where = self._scope_sql(params)
         if user_id is not None:
             where += " AND user_id = ?"
             params.append(user_id)
         sql = (
-            f"WITH latest AS (SELECT * FROM {{files}} WHERE span_type = 'run' AND session_id = ? {where} "
-            f"{LATEST_ROW}) SELECT * FROM latest QUALIFY row_number() OVER (PARTITION BY trace_id "
-            "ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1 "
-            "ORDER BY start_time_unix_nano DESC"
+            f"SELECT * FROM {{latest}} WHERE session_id = ? AND span_type = 'run' {where} "
+            "QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY parent_span_id IS NULL DESC, "
+            "start_time_unix_nano) = 1 ORDER BY start_time_unix_nano DESC"
         )
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return self._reader.rows(sql, self._session_lister(session_id), params)
+        return self._reader.rows(sql, lambda: session_files(self.root, session_id, self.tenant_id, days), params)
 
     def _spans_of(self, runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """All spans of the runs' traces, read in one query over the files of the runs' sessions."""
+        """All spans of the runs' traces, read in one query over the files of the runs' sessions (on the days the
+        runs lasted, when known)."""
         if not runs:
             return {}
-        sessions = list(dict.fromkeys(run["session_id"] or "" for run in runs))
-        trace_ids = sorted({run["trace_id"] for run in runs})
-
-        def files() -> list[LakeRoot]:
-            found: dict[LakeRoot, None] = {}  # a day's shared files serve several sessions: each file once
-            for session_id in sessions:
-                found.update(dict.fromkeys(session_files(self.root, session_id, self.tenant_id)))
-            return list(found)
-
+        wanted: dict[str, set[str] | None] = {}
+        for run in runs:
+            session = run["session_id"] or ""
+            days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"])
+            known = wanted.get(session, set())
+            wanted[session] = None if days is None or known is None else known | set(days)
+        params: list[Any] = []
+        sessions = _in_list("session_id", [s for s in wanted if s], params)
+        if "" in wanted:
+            sessions = f"({sessions} OR session_id IS NULL OR session_id = '')"
+        params.append(sorted({run["trace_id"] for run in runs}))
         sql = (
-            f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} "
+            f"SELECT * FROM {{latest}} WHERE {sessions} AND list_contains(?, trace_id) "
             "ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
         )
         out: dict[str, list[dict[str, Any]]] = {}
-        for row in self._reader.rows(sql, files, [trace_ids]):
+        for row in self._reader.rows(sql, lambda: sessions_files(self.root, wanted, self.tenant_id), params):
             out.setdefault(row["trace_id"], []).append(row)
         return out
 
     def _trace_dict(self, run: dict[str, Any], spans: list[dict[str, Any]]) -> dict[str, Any]:
         ended = run["end_time_unix_nano"]
+        if "metadata" in run:
+            metadata = run["metadata"]
+        else:  # an in-memory index row: the run's own span row has it
+            metadata = next((s["metadata"] for s in spans if s["span_id"] == run["span_id"]), None)
         return {
             "trace_id": run["trace_id"],
             "session_id": run["session_id"],
@@ -339,7 +381,7 @@ class HistoryDB:
             "started_at": epoch_seconds(run["start_time_unix_nano"]),
             "ended_at": epoch_seconds(ended),
             "status": "running" if ended is None else _TRACE_STATUS.get(run["status_code"], "ok"),
-            "metadata": _json_object(run["metadata"], "metadata"),
+            "metadata": _json_object(metadata, "metadata"),
             "spans": [self._span_dict(s) for s in spans],
         }
 
@@ -371,10 +413,15 @@ class HistoryDB:
         if agent_id is not None:
             where += " AND (agent_name = ? OR agent_id = ?)"
             params += [agent_id, agent_id]
-        rows = self._newest_index_rows(
-            where, params, "ORDER BY start_time_unix_nano DESC, run_id", int(skip), int(limit)
-        )
-        self._run_days.learn(rows)
+        order = "ORDER BY start_time_unix_nano DESC, run_id"
+        index = self.run_index()
+        if index is not None:
+            page = index.rows(
+                f"SELECT * FROM {{index}} WHERE true {where} {order} LIMIT ? OFFSET ?", [*params, int(limit), int(skip)]
+            )
+            rows = self._with_text(page)
+        else:
+            rows = self._newest_index_rows(where, params, order, int(skip), int(limit))
         return self._each(rows, self._history_item, "run")
 
     @staticmethod
@@ -391,69 +438,52 @@ class HistoryDB:
             "cost_cents": _cents(row["cost_cents"]),
         }
 
-    def find_run(self, run_id: str) -> dict[str, Any] | None:
-        """The run's index row (in this scope), or None.
+    def _indexed_run(self, run_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """``(index in use, the run's in-memory index row in this scope or None)``."""
+        index = self.run_index()
+        if index is None:
+            return False, None
+        params: list[Any] = [run_id]
+        rows = index.rows(f"SELECT * FROM {{index}} WHERE run_id = ? {self._scope_sql(params)} LIMIT 1", params)
+        return True, (rows[0] if rows else None)
 
-        Reads only the ``runs/`` day folder of the run's start, from a map of where every run is, kept up to date
-        by reading the ``run_id`` and start columns of index files not seen before.
+    def find_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's ``runs/`` index row (in this scope), or None.
+
+        With the index in memory only the day folder of the run's start is read; otherwise the whole index.
         """
         if self.root is None:
             return None
+        indexed, row = self._indexed_run(run_id)
+        if indexed:
+            return self._with_text([row])[0] if row is not None else None
         params: list[Any] = [run_id]
-        sql = f"SELECT * FROM {{files}} WHERE run_id = ? {self._scope_sql(params)} {LATEST_ROW} LIMIT 1"
-        known = self._run_days.get(run_id)
-        if known is None and self._run_days.complete:
-            self._index_new_runs()
-            known = self._run_days.get(run_id)
-            if known is None and self._run_days.complete:
-                return None  # no index file (in this tenant's scope) holds the run
-        if known is not None:
-            rows = self._reader.rows(sql, self._runs_lister(known, known), params)
-            if rows:
-                return rows[0]
-        # not where it was (TTL removed it, it is outside this scope) or too many runs to map: search the index,
-        # reading only its run_id column first (several times cheaper than whole rows), then the days it names
-        starts = self._reader.rows(
-            "SELECT DISTINCT start_time_unix_nano FROM {files} WHERE run_id = ?", self._runs_lister(), [run_id]
-        )
-        days = {day_of(r["start_time_unix_nano"]) for r in starts if r["start_time_unix_nano"] is not None}
-        for day in sorted(days - {known}, reverse=True):
-            rows = self._reader.rows(sql, self._runs_lister(day, day), params)
-            if rows:
-                self._run_days.learn(rows)
-                return rows[0]
-        return None
-
-    def _index_new_runs(self) -> None:
-        """Add the runs of index files not read before to the run -> day map (two narrow columns per file)."""
-        run_days = self._run_days
-        sql = f"SELECT run_id, start_time_unix_nano FROM {{files}} LIMIT {_MAX_KNOWN_RUNS + 1}"
-        for _ in range(2):  # a second time when the map was full of old entries and has been emptied
-            if not run_days.complete:
-                return
-            listed: list[LakeRoot] = []
-
-            def new_files(listed: list[LakeRoot] = listed) -> list[LakeRoot]:  # again if a file vanishes meanwhile
-                listed[:] = [f for f in table_files(self.root, RUNS, self.tenant_id) if str(f) not in run_days.files]
-                return listed
-
-            rows = self._reader.rows(sql, new_files)
-            if not listed or run_days.learn(rows, listed):
-                return
+        rows = self._index_rows(f" AND run_id = ? {self._scope_sql(params)}", params, "LIMIT 1")
+        return rows[0] if rows else None
 
     def get_logs(self, run_id: str) -> dict[str, Any]:
         """Node-level logs of one run (CodexOS ``GET /api/v1/agents/logs``). Unknown run: ``LookupError``."""
         if self.root is None:
             raise LookupError(f"run {run_id!r} not found: no state_url configured")
-        run = self.find_run(run_id)
+        indexed, run = self._indexed_run(run_id)
+        if not indexed:
+            run = self.find_run(run_id)
         if run is None:
             raise LookupError(f"run {run_id!r} not found")
-        params: list[Any] = [run_id, run["trace_id"], run["parent_span_id"] is None]
+        session = run["session_id"] or ""
+        days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"]) if indexed else None
+        params: list[Any] = [session, run["span_id"], run_id, run["trace_id"], run["parent_span_id"] is None]
         sql = (
-            f"SELECT * FROM {{files}} WHERE span_type = 'node' AND (run_id = ? OR "
-            f"(run_id IS NULL AND trace_id = ? AND ?)) {LATEST_ROW} ORDER BY start_time_unix_nano, span_id"
+            "SELECT * FROM {latest} WHERE coalesce(session_id, '') = ? AND (span_id = ? OR (span_type = 'node' AND "
+            "(run_id = ? OR (run_id IS NULL AND trace_id = ? AND ?)))) ORDER BY start_time_unix_nano, span_id"
         )
-        nodes = self._reader.rows(sql, self._session_lister(run["session_id"] or ""), params)
+        if session:
+            sql = sql.replace("coalesce(session_id, '') = ?", "session_id = ?")  # checked against row-group statistics
+        rows = self._reader.rows(sql, lambda: session_files(self.root, session, self.tenant_id, days), params)
+        nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
+        if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
+            own = next((r for r in rows if r["span_id"] == run["span_id"]), None)
+            run = {**own, **run} if own is not None else (self.find_run(run_id) or run)
         node_dicts = self._each(nodes, self._node_dict, "node")
         failed = [n for n in nodes if n["status_code"] == "ERROR"]
         errors = [
@@ -468,7 +498,7 @@ class HistoryDB:
             "run_id": run_id,
             "nodes": node_dicts,
             "errors": errors,
-            "final_output": run["output"],
+            "final_output": run.get("output"),
             "summary": {
                 "total_nodes": len(nodes),
                 "successful_nodes": sum(1 for n in nodes if n["status_code"] != "ERROR"),

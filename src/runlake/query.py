@@ -22,7 +22,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from opentelemetry.exporter.runlake.layout import RUNS, SPANS, LakeRoot, ObjectPath, is_missing, table_files
+from opentelemetry.exporter.runlake.layout import (
+    RUNS,
+    SPANS,
+    LakeRoot,
+    ObjectPath,
+    is_compacted,
+    is_missing,
+    table_files,
+)
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA, SPANS_SCHEMA
 
 _logger = logging.getLogger(__name__)
@@ -48,6 +56,50 @@ def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
 
 # One row per span: the "start" row of a run only while its "end" row has not arrived.
 LATEST_ROW = "QUALIFY row_number() OVER (PARTITION BY span_id ORDER BY record = 'end' DESC) = 1"
+# The same for ``{latest}``. The window is also partitioned by columns a span's rows share (ids, start time, the
+# partition keys), so DuckDB pushes a caller's filter on them below the window into the Parquet scan.
+_LATEST_OF_PART = (
+    "QUALIFY row_number() OVER (PARTITION BY span_id, trace_id, start_time_unix_nano, session_id, tenant_id "
+    "ORDER BY record = 'end' DESC) = 1"
+)
+
+
+def _day_group(file: LakeRoot) -> str:
+    """The day folder a part file belongs to: the scope within which one span's rows are found."""
+    parent = file.parent
+    return str(parent.parent if parent.name.startswith("session=") else parent)
+
+
+def split_clean(files: Sequence[LakeRoot]) -> tuple[list[LakeRoot], list[LakeRoot]]:
+    """``(clean, dirty)``: files alone in their day (as listed) and written by compaction hold each span once, so
+    they need no de-duplication; every other file is read through the window that keeps one row per span."""
+    groups: dict[str, list[LakeRoot]] = {}
+    for file in files:
+        groups.setdefault(_day_group(file), []).append(file)
+    clean: list[LakeRoot] = []
+    dirty: list[LakeRoot] = []
+    for group in groups.values():
+        if len(group) == 1 and is_compacted(group[0]):
+            clean.append(group[0])
+        else:
+            dirty.extend(group)
+    return clean, dirty
+
+
+def _parquet_list(files: Sequence[LakeRoot]) -> str:
+    listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+    return f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
+
+
+def latest_source(files: Sequence[LakeRoot]) -> str:
+    """SQL for one row per span over local part files: compacted days as they are, the rest de-duplicated."""
+    clean, dirty = split_clean(files)
+    if not dirty:
+        return _parquet_list(clean)
+    deduped = f"(SELECT * FROM {_parquet_list(dirty)} {_LATEST_OF_PART})"
+    if not clean:
+        return deduped
+    return f"(SELECT * FROM {_parquet_list(clean)} UNION ALL BY NAME SELECT * FROM {deduped})"
 
 
 def _vanished(message: str) -> bool:
@@ -58,7 +110,8 @@ def _vanished(message: str) -> bool:
 
 
 class LakeReader:
-    """Runs SQL over part files with ``{files}`` standing for ``read_parquet(<list>, union_by_name=true)``."""
+    """Runs SQL over part files: ``{files}`` stands for every row of them (``read_parquet(<list>, union_by_name)``),
+    ``{latest}`` for one row per span (the ``end`` row once it exists), with no window over compacted days."""
 
     def __init__(self) -> None:
         self._db = duckdb.connect(config={"threads": 2})
@@ -126,7 +179,11 @@ class LakeReader:
             try:
                 if remote:
                     cursor.register(_SCAN, object_dataset(files))
-                    result = cursor.execute(sql.replace("{files}", _SCAN), list(params))
+                    latest = f"(SELECT * FROM {_SCAN} {_LATEST_OF_PART})"
+                    query = sql.replace("{files}", _SCAN).replace("{latest}", latest)
+                    result = cursor.execute(query, list(params))
+                elif "{latest}" in sql:
+                    result = cursor.execute(sql.replace("{latest}", latest_source(files)), list(params))
                 else:
                     query = sql.replace("{files}", "read_parquet(?, union_by_name=true, hive_partitioning=false)")
                     result = cursor.execute(query, [[str(f) for f in files], *params])

@@ -1,0 +1,190 @@
+"""An in-memory copy of the ``runs/`` index's narrow columns, kept per part file.
+
+Part files never change once written (compaction and TTL replace or remove whole files), so what was read from a
+file stays true while the file is listed: a refresh lists the index (``layout.CachedListing``: a ``stat`` per
+unchanged folder), reads only files not seen before and forgets files that went. Cross-session questions (which
+days a session has, where a run is, a user's newest runs, a page of history, statistics) are then answered by
+DuckDB over this Arrow table in memory, and only the few Parquet files that hold the wanted rows' text are opened.
+
+Memory is capped: past ``max_rows`` runs the index turns itself off (said once in the log) and callers read the
+files as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from opentelemetry.exporter.runlake.layout import RUNS, CachedListing, LakeRoot, ObjectPath, fs_and_path, is_missing
+from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
+
+_logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "record",
+    "tenant_id",
+    "session_id",
+    "user_id",
+    "run_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "start_time_unix_nano",
+    "end_time_unix_nano",
+    "status_code",
+    "error_type",
+    "agent_name",
+    "agent_id",
+    "node_count",
+    "failed_nodes",
+    "input_tokens",
+    "output_tokens",
+    "cost_cents",
+    "ttl_days",
+)
+_SCHEMA = pa.schema([RUNS_SCHEMA.field(c) for c in COLUMNS])
+NAME = "runlake_run_index"  # what ``{index}`` stands for in ``RunIndex.rows``
+DEFAULT_MAX_ROWS = 2_000_000  # ~200 bytes a run in memory: ~400 MB at most
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    present = set(table.column_names)
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in _SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=_SCHEMA)
+
+
+def _read_one(file: LakeRoot) -> pa.Table:
+    filesystem, path = fs_and_path(file)
+    present = set(pq.read_schema(path, filesystem=filesystem).names)
+    return _conform(pq.read_table(path, columns=[c for c in COLUMNS if c in present], filesystem=filesystem))
+
+
+def _read_many(cursor: duckdb.DuckDBPyConnection, files: list[LakeRoot]) -> dict[str, pa.Table]:
+    """The narrow columns of local files in one DuckDB scan, split per file."""
+    listing = [str(f) for f in files]
+    wanted = ", ".join(COLUMNS)
+    table = cursor.sql(
+        f"SELECT {wanted}, filename FROM read_parquet({listing!r}, union_by_name=true, filename=true, "
+        "hive_partitioning=false) ORDER BY filename"
+    ).to_arrow_table()
+    names = table.column("filename").to_pylist()
+    table = _conform(table.drop_columns(["filename"]))
+    out: dict[str, pa.Table] = {name: _SCHEMA.empty_table() for name in listing}
+    start = 0
+    for end in range(1, len(names) + 1):
+        if end == len(names) or names[end] != names[start]:
+            out[names[start]] = table.slice(start, end - start)
+            start = end
+    return out
+
+
+class RunIndex:
+    """One row per run (its ``end`` row once written), for every run in the lake's ``runs/`` index."""
+
+    def __init__(self, root: LakeRoot, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+        self.root = root
+        self.max_rows = max_rows
+        self.enabled = max_rows > 0
+        self._listing = CachedListing()
+        self._parts: dict[str, pa.Table] = {}
+        self._rows = 0
+        self._table: pa.Table | None = None
+        self._version = 0
+        self._bad: set[str] = set()
+        self._lock = threading.Lock()
+        self._db = duckdb.connect(config={"threads": 2})
+        self._local = threading.local()
+
+    def refresh(self) -> bool:
+        """Bring the copy up to date with the listing; False if the index is off (too many runs)."""
+        if not self.enabled:
+            return False
+        files = self._listing.table_files(self.root, RUNS)
+        with self._lock:
+            names = {str(f): f for f in files if str(f) not in self._bad}
+            gone = [n for n in self._parts if n not in names]
+            new = [f for n, f in names.items() if n not in self._parts]
+            if not gone and not new and self._table is not None:
+                return True
+            for name in gone:
+                self._rows -= self._parts.pop(name).num_rows
+            for name, part in self._read(new).items():
+                self._parts[name] = part
+                self._rows += part.num_rows
+                if self._rows > self.max_rows:
+                    _logger.warning(
+                        "runlake: the runs index holds more than %d rows; queries read it from disk instead of "
+                        "memory (raise max_rows to keep it in memory)",
+                        self.max_rows,
+                    )
+                    self.enabled = False
+                    self._parts.clear()
+                    self._table = None
+                    return False
+            self._table = self._latest(list(self._parts.values()))
+            self._version += 1
+            return True
+
+    def _read(self, files: list[LakeRoot]) -> dict[str, pa.Table]:
+        """New files' rows; one scan for local files, file by file on an object store or when one is broken."""
+        if files and not isinstance(files[0], ObjectPath):
+            cursor = self._db.cursor()
+            try:
+                return _read_many(cursor, files)
+            except (duckdb.IOException, duckdb.InvalidInputException):
+                pass  # a broken or vanished file among them: find it below
+            finally:
+                cursor.close()
+        out: dict[str, pa.Table] = {}
+        for file in files:
+            try:
+                out[str(file)] = _read_one(file)
+            except Exception as error:  # noqa: BLE001 - a broken file is left out, and said once
+                if not is_missing(error):
+                    self._bad.add(str(file))
+                    _logger.warning("runlake: skipping unreadable part file %s (%s)", file, error)
+        return out
+
+    def _latest(self, parts: list[pa.Table]) -> pa.Table:
+        if not parts:
+            return _SCHEMA.empty_table()
+        merged = pa.concat_tables(parts)
+        cursor = self._db.cursor()
+        try:
+            cursor.register("_parts", merged)
+            return cursor.sql(
+                "SELECT * EXCLUDE (record) FROM _parts "
+                "QUALIFY row_number() OVER (PARTITION BY span_id ORDER BY record = 'end' DESC) = 1"
+            ).to_arrow_table()
+        finally:
+            cursor.close()
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run ``sql`` with ``{index}`` standing for the in-memory index (call ``refresh`` first)."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self._db.cursor()
+            self._local.version = -1
+        with self._lock:
+            table, version = self._table, self._version
+        if table is None:
+            return []
+        if self._local.version != version:
+            cursor.register(NAME, table)
+            self._local.version = version
+        result = cursor.execute(sql.replace("{index}", NAME), list(params))
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row)) for row in result.fetchall()]
+
+    @property
+    def size(self) -> int:
+        """Runs held in memory."""
+        table = self._table
+        return 0 if table is None else table.num_rows
