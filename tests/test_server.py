@@ -426,6 +426,23 @@ def test_execution_history_service_in_process(tmp_path: Path) -> None:
         assert (await service.scoped("other-tenant").get_execution_statistics(None))["total_executions"] == 0
         with pytest.raises(ValueError):
             await service.get_execution_statistics("u1", days=0)
+        per_user = await service.get_statistics_per_user(days=60)
+        assert {u: f["total_executions"] for u, f in per_user.items()} == {"u1": 2, "u2": 1}
+        assert per_user["u1"] == {
+            k: v
+            for k, v in (await service.get_execution_statistics("u1", days=60)).items()
+            if k not in ("user_id", "period_days", "since", "until")
+        }
+        on_disk = ExecutionHistoryService(HistoryDB(lake, index_max_rows=0))  # the same figures from the files
+        now = dt.datetime.now(dt.timezone.utc)
+        for user in ("u1", "u2", None):
+            assert await on_disk.get_execution_statistics(user, 60, now) == (
+                await service.get_execution_statistics(user, 60, now)
+            )
+        assert await on_disk.get_agent_performance_metrics("svc-agent", now=now) == (
+            await service.get_agent_performance_metrics("svc-agent", now=now)
+        )
+        assert await on_disk.get_statistics_per_user(days=60) == per_user
         assert await service.cleanup_expired_executions(days=30) == {"executions_deleted": 1, "nodes_deleted": 1}
         assert (await service.get_execution_statistics("u1", days=60))["total_executions"] == 1
 

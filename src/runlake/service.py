@@ -7,8 +7,9 @@ await service.get_execution_statistics(user_id, days=30)
 await service.get_agent_performance_metrics(agent_id, days=30)
 ```
 
-Statistics read the small ``runs/`` index for the day range only (``layout.table_files`` with ``since``);
-per-node-type figures read the ``spans/`` table for the same days, restricted to the runs counted. The
+Statistics read the ``runs/`` index: its in-memory copy (``runlake.run_index``) when the ``HistoryDB`` keeps one,
+else the window's day folders; per-node-type figures read the ``spans/`` table for the same days, restricted to
+the runs counted. The
 blocking DuckDB work runs in a worker thread (``asyncio.to_thread``), so the event loop stays free.
 Like ``HistoryDB.scoped``, a service scoped to a tenant (and a user) never sees anything outside it.
 """
@@ -25,12 +26,27 @@ from typing import Any
 from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
 
 from .history import HistoryDB, iso_time
-from .query import LATEST_ROW, LakeReader
+from .query import LakeReader
 
 __all__ = ["ExecutionHistoryService"]
 
 _NS_PER_DAY = 86_400 * 10**9
 _DURATION_MS = "(end_time_unix_nano - start_time_unix_nano) / 1e6"
+_SUMMARY = """count(*) AS total,
+       count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR') AS completed,
+       count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code = 'ERROR') AS failed,
+       count(*) FILTER (WHERE end_time_unix_nano IS NULL) AS running,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cost_cents), 0) AS cost_cents,
+       coalesce(sum(node_count), 0) AS nodes,
+       coalesce(sum(failed_nodes), 0) AS failed_nodes,
+       avg(duration_ms) AS avg_ms,
+       quantile_cont(duration_ms, 0.5) AS p50_ms,
+       quantile_cont(duration_ms, 0.95) AS p95_ms,
+       max(duration_ms) AS max_ms,
+       min(start_time_unix_nano) AS first_ns,
+       max(start_time_unix_nano) AS last_ns"""
 
 
 def _round(value: Any, digits: int = 3) -> float | None:
@@ -104,7 +120,7 @@ class ExecutionHistoryService:
         ``user_id`` None means every user in this service's scope (a tenant for an admin).
         """
         days = _check_days(days)
-        return await asyncio.to_thread(self._statistics, user_id, None, days, now)
+        return await asyncio.to_thread(self.statistics, user_id, None, days, now)
 
     async def get_agent_performance_metrics(
         self, agent_id: str, days: int = 30, now: dt.datetime | None = None
@@ -113,7 +129,12 @@ class ExecutionHistoryService:
         if not isinstance(agent_id, str) or not agent_id:
             raise ValueError("agent_id must be a non-empty string")
         days = _check_days(days)
-        return await asyncio.to_thread(self._statistics, None, agent_id, days, now)
+        return await asyncio.to_thread(self.statistics, None, agent_id, days, now)
+
+    async def get_statistics_per_user(self, days: int = 30, now: dt.datetime | None = None) -> dict[str, Any]:
+        """``get_execution_statistics`` of every user in scope at once: ``{user_id: figures}``."""
+        days = _check_days(days)
+        return await asyncio.to_thread(self.statistics_per_user, days, now)
 
     # ---- the blocking part ------------------------------------------------------------------------------------
     def _window(self, days: int, now: dt.datetime | None) -> tuple[int, str, dt.datetime]:
@@ -136,10 +157,7 @@ class ExecutionHistoryService:
             params.append(self.user_id)
         return sql
 
-    def _statistics(
-        self, user_id: str | None, agent_id: str | None, days: int, now: dt.datetime | None
-    ) -> dict[str, Any]:
-        cutoff_ns, since_day, moment = self._window(days, now)
+    def _runs_where(self, cutoff_ns: int, user_id: str | None, agent_id: str | None) -> tuple[str, list[Any]]:
         params: list[Any] = [cutoff_ns]
         where = "start_time_unix_nano >= ?" + self._scope_sql(params)
         if user_id is not None:
@@ -148,29 +166,34 @@ class ExecutionHistoryService:
         if agent_id is not None:
             where += " AND (agent_name = ? OR agent_id = ?)"
             params += [agent_id, agent_id]
-        runs_sql = f"SELECT * FROM {{files}} WHERE {where} {LATEST_ROW}"
-        summary_sql = f"""
-            WITH r AS ({runs_sql}),
-                 d AS (SELECT *, CASE WHEN end_time_unix_nano IS NOT NULL THEN {_DURATION_MS} END AS duration_ms
-                       FROM r)
-            SELECT count(*) AS total,
-                   count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR')
-                       AS completed,
-                   count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code = 'ERROR') AS failed,
-                   count(*) FILTER (WHERE end_time_unix_nano IS NULL) AS running,
-                   coalesce(sum(input_tokens), 0) AS input_tokens,
-                   coalesce(sum(output_tokens), 0) AS output_tokens,
-                   coalesce(sum(cost_cents), 0) AS cost_cents,
-                   coalesce(sum(node_count), 0) AS nodes,
-                   coalesce(sum(failed_nodes), 0) AS failed_nodes,
-                   avg(duration_ms) AS avg_ms,
-                   quantile_cont(duration_ms, 0.5) AS p50_ms,
-                   quantile_cont(duration_ms, 0.95) AS p95_ms,
-                   max(duration_ms) AS max_ms,
-                   min(start_time_unix_nano) AS first_ns,
-                   max(start_time_unix_nano) AS last_ns
-            FROM d"""
-        rows = self._reader.rows(summary_sql, self._lister(RUNS, since_day), params) if self.root else []
+        return where, params
+
+    def _summary_rows(
+        self, where: str, params: list[Any], since_day: str, group_by_user: bool = False
+    ) -> list[dict[str, Any]]:
+        """The summary figures of the runs matching ``where``: from the in-memory runs index when there is one,
+        else from the ``runs/`` files of the window's days."""
+        if self.root is None:
+            return []
+        index = self.db.run_index()
+        source = "{index}" if index is not None else "{latest}"
+        key = "user_id, " if group_by_user else ""
+        sql = f"""
+            WITH d AS (SELECT *, CASE WHEN end_time_unix_nano IS NOT NULL THEN {_DURATION_MS} END AS duration_ms
+                       FROM {source} WHERE {where})
+            SELECT {key}{_SUMMARY} FROM d {"GROUP BY user_id ORDER BY user_id" if group_by_user else ""}"""
+        if index is not None:
+            return index.rows(sql, params)
+        return self._reader.rows(sql, self._lister(RUNS, since_day), params)
+
+    def statistics(
+        self, user_id: str | None = None, agent_id: str | None = None, days: int = 30, now: dt.datetime | None = None
+    ) -> dict[str, Any]:
+        """``get_execution_statistics`` / ``get_agent_performance_metrics`` without the event loop (blocking)."""
+        days = _check_days(days)
+        cutoff_ns, since_day, moment = self._window(days, now)
+        where, params = self._runs_where(cutoff_ns, user_id, agent_id)
+        rows = self._summary_rows(where, params, since_day)
         row = rows[0] if rows else {}
         stats = self._figures(row)
         out: dict[str, Any] = {}
@@ -189,7 +212,21 @@ class ExecutionHistoryService:
             }
         )
         if agent_id is not None:
-            out["node_types"] = self._node_types(runs_sql, params, since_day) if stats["total_executions"] else {}
+            out["node_types"] = self._node_types(where, params, since_day) if stats["total_executions"] else {}
+        return out
+
+    def statistics_per_user(self, days: int = 30, now: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
+        """The figures of ``statistics`` for every user in scope, in one pass: ``{user_id: figures}``."""
+        days = _check_days(days)
+        cutoff_ns, since_day, _ = self._window(days, now)
+        where, params = self._runs_where(cutoff_ns, None, None)
+        out: dict[str, dict[str, Any]] = {}
+        for row in self._summary_rows(where, params, since_day, group_by_user=True):
+            out[row["user_id"]] = {
+                **self._figures(row),
+                "first_execution_at": iso_time(row.get("first_ns")),
+                "last_execution_at": iso_time(row.get("last_ns")),
+            }
         return out
 
     @staticmethod
@@ -218,27 +255,27 @@ class ExecutionHistoryService:
             "max_duration_ms": _round(row.get("max_ms")),
         }
 
-    def _node_types(self, runs_sql: str, params: list[Any], since_day: str) -> dict[str, dict[str, Any]]:
+    def _node_types(self, where: str, params: list[Any], since_day: str) -> dict[str, dict[str, Any]]:
         """Per node type over the nodes of the runs counted (a root run also owns its trace's unnamed nodes).
 
         Nodes are found through the runs already scoped, not by their own ``user_id`` (spans made by other
         instrumentations inside a run often carry none).
         """
-        runs = self._reader.rows(
-            f"SELECT run_id, trace_id, parent_span_id IS NULL AS root FROM ({runs_sql})",
-            self._lister(RUNS, since_day),
-            params,
-        )
+        runs_sql = "SELECT run_id, trace_id, parent_span_id IS NULL AS root FROM {source} WHERE " + where
+        index = self.db.run_index()
+        if index is not None:
+            runs = index.rows(runs_sql.replace("{source}", "{index}"), params)
+        else:
+            runs = self._reader.rows(runs_sql.replace("{source}", "{latest}"), self._lister(RUNS, since_day), params)
         run_ids = sorted({r["run_id"] for r in runs if r["run_id"]})
         root_traces = sorted({r["trace_id"] for r in runs if r["root"]})
         node_params: list[Any] = [params[0], run_ids, root_traces]
         sql = f"""
             WITH n AS (
-                SELECT * FROM {{files}}
+                SELECT * FROM {{latest}}
                 WHERE span_type = 'node' AND start_time_unix_nano >= ?
                   AND (list_contains(?, run_id) OR (run_id IS NULL AND list_contains(?, trace_id)))
-                  {self._scope_sql(node_params, users=False)}
-                {LATEST_ROW})
+                  {self._scope_sql(node_params, users=False)})
             SELECT coalesce(node_type, 'unknown') AS node_type,
                    count(*) AS total,
                    count(*) FILTER (WHERE status_code = 'ERROR') AS failed,
