@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -173,10 +173,13 @@ class HistoryDB:
 
         return files
 
-    def _index_rows(self, where: str, params: list[Any], order_limit: str = "") -> list[dict[str, Any]]:
-        """One row per run from the ``runs/`` files (the index in memory is off or unavailable)."""
-        sql = f"SELECT * FROM {{latest}} WHERE true {where} {order_limit}"
-        return self._reader.rows(sql, self._runs_lister(), params)
+    def _index_rows(
+        self, where: str, params: list[Any], order_limit: str = "", tail: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
+        """One row per run from the ``runs/`` files (the index in memory is off or unavailable); ``tail``: the
+        parameters of ``order_limit``."""
+        sql = f"SELECT * FROM {{latest}} {order_limit}"
+        return self._reader.rows(sql, self._runs_lister(), tail, where=f"true {where}", where_params=params)
 
     def _newest_index_rows(
         self, where: str, params: list[Any], order: str, skip: int, limit: int
@@ -190,9 +193,9 @@ class HistoryDB:
         """
         days = sorted({day for _, _, day, _ in day_dirs(self.root, RUNS, self.tenant_id)}, reverse=True)
         if not all(_DAY.fullmatch(day) for day in days):
-            return self._index_rows(where, [*params, limit, skip], f"{order} LIMIT ? OFFSET ?")
+            return self._index_rows(where, params, f"{order} LIMIT ? OFFSET ?", [limit, skip])
         sql = (
-            f"WITH latest AS (SELECT * FROM {{latest}} WHERE true {where}) "
+            "WITH latest AS (SELECT * FROM {latest}) "
             f"SELECT * FROM (SELECT *, count(*) OVER () AS _runlake_n, row_number() OVER ({order}) AS _runlake_i "
             "FROM latest) WHERE _runlake_i = 1 OR _runlake_i BETWEEN ? AND ? ORDER BY _runlake_i"
         )  # the first row always comes back: it carries the day's count
@@ -204,7 +207,8 @@ class HistoryDB:
             chunk = days[start : start + batch]
             start, batch = start + batch, batch * 2
             first, last = max(1, skip - seen + 1), end - seen  # the wanted positions within these days
-            rows = self._reader.rows(sql, self._runs_lister(chunk[-1], chunk[0]), [*params, first, last])
+            lister = self._runs_lister(chunk[-1], chunk[0])
+            rows = self._reader.rows(sql, lister, [first, last], where=f"true {where}", where_params=params)
             if not rows:
                 continue
             seen += rows[0]["_runlake_n"]
@@ -224,7 +228,9 @@ class HistoryDB:
         days = {day_of(r["start_time_unix_nano"]) for r in runs}
         full = {
             r["span_id"]: r
-            for r in self._reader.rows(f"SELECT * FROM {{latest}} WHERE {where}", self._runs_of_days(days), params)
+            for r in self._reader.rows(
+                "SELECT * FROM {latest}", self._runs_of_days(days), where=where, where_params=params
+            )
         }
         return [
             {**full.get(r["span_id"], {"input": None, "output": None, "metadata": None, "status_message": None}), **r}
@@ -264,12 +270,14 @@ class HistoryDB:
             return []
         days = self._session_days(session_id)
         params: list[Any] = [session_id]
-        sql = f"""SELECT * FROM {{latest}} WHERE session_id = ? AND span_type = 'run' {self._scope_sql(params)}
-                  ORDER BY start_time_unix_nano DESC"""
+        where = f"session_id = ? AND span_type = 'run' {self._scope_sql(params)}"
+        sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano DESC"
+        tail: list[Any] = []
         if limit is not None:
             sql += " LIMIT ?"
-            params.append(int(limit))
-        rows = self._reader.rows(sql, lambda: session_files(self.root, session_id, self.tenant_id, days), params)
+            tail.append(int(limit))
+        lister = lambda: session_files(self.root, session_id, self.tenant_id, days)  # noqa: E731
+        rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
         return self._each(rows, self._run_dict, "run")
 
     @staticmethod
@@ -332,14 +340,16 @@ class HistoryDB:
             where += " AND user_id = ?"
             params.append(user_id)
         sql = (
-            f"SELECT * FROM {{latest}} WHERE session_id = ? AND span_type = 'run' {where} "
-            "QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY parent_span_id IS NULL DESC, "
-            "start_time_unix_nano) = 1 ORDER BY start_time_unix_nano DESC"
+            "SELECT * FROM {latest} QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY parent_span_id IS NULL "
+            "DESC, start_time_unix_nano) = 1 ORDER BY start_time_unix_nano DESC"
         )
+        tail: list[Any] = []
         if limit is not None:
             sql += " LIMIT ?"
-            params.append(int(limit))
-        return self._reader.rows(sql, lambda: session_files(self.root, session_id, self.tenant_id, days), params)
+            tail.append(int(limit))
+        lister = lambda: session_files(self.root, session_id, self.tenant_id, days)  # noqa: E731
+        where = f"session_id = ? AND span_type = 'run' {where}"
+        return self._reader.rows(sql, lister, tail, where=where, where_params=params)
 
     def _spans_of(self, runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """All spans of the runs' traces, read in one query over the files of the runs' sessions (on the days the
@@ -357,12 +367,11 @@ class HistoryDB:
         if "" in wanted:
             sessions = f"({sessions} OR session_id IS NULL OR session_id = '')"
         params.append(sorted({run["trace_id"] for run in runs}))
-        sql = (
-            f"SELECT * FROM {{latest}} WHERE {sessions} AND list_contains(?, trace_id) "
-            "ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
-        )
+        sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
+        lister = lambda: sessions_files(self.root, wanted, self.tenant_id)  # noqa: E731
         out: dict[str, list[dict[str, Any]]] = {}
-        for row in self._reader.rows(sql, lambda: sessions_files(self.root, wanted, self.tenant_id), params):
+        where = f"{sessions} AND list_contains(?, trace_id)"
+        for row in self._reader.rows(sql, lister, where=where, where_params=params):
             out.setdefault(row["trace_id"], []).append(row)
         return out
 
@@ -473,13 +482,15 @@ class HistoryDB:
         session = run["session_id"] or ""
         days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"]) if indexed else None
         params: list[Any] = [session, run["span_id"], run_id, run["trace_id"], run["parent_span_id"] is None]
-        sql = (
-            "SELECT * FROM {latest} WHERE coalesce(session_id, '') = ? AND (span_id = ? OR (span_type = 'node' AND "
-            "(run_id = ? OR (run_id IS NULL AND trace_id = ? AND ?)))) ORDER BY start_time_unix_nano, span_id"
+        where = (
+            "coalesce(session_id, '') = ? AND (span_id = ? OR (span_type = 'node' AND "
+            "(run_id = ? OR (run_id IS NULL AND trace_id = ? AND ?))))"
         )
         if session:
-            sql = sql.replace("coalesce(session_id, '') = ?", "session_id = ?")  # checked against row-group statistics
-        rows = self._reader.rows(sql, lambda: session_files(self.root, session, self.tenant_id, days), params)
+            where = where.replace("coalesce(session_id, '') = ?", "session_id = ?")  # against row-group statistics
+        sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano, span_id"
+        lister = lambda: session_files(self.root, session, self.tenant_id, days)  # noqa: E731
+        rows = self._reader.rows(sql, lister, where=where, where_params=params)
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
             own = next((r for r in rows if r["span_id"] == run["span_id"]), None)

@@ -91,15 +91,22 @@ def _parquet_list(files: Sequence[LakeRoot]) -> str:
     return f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
 
 
-def latest_source(files: Sequence[LakeRoot]) -> str:
-    """SQL for one row per span over local part files: compacted days as they are, the rest de-duplicated."""
+def latest_source(files: Sequence[LakeRoot], where: str = "", params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
+    """SQL (and its parameters) for one row per span over local part files: compacted days as they are, the rest
+    de-duplicated. ``where`` filters rows before de-duplication, so it may only test what a span's start and end
+    rows share (ids, session, tenant, user, span type, start time)."""
     clean, dirty = split_clean(files)
-    if not dirty:
-        return _parquet_list(clean)
-    deduped = f"(SELECT * FROM {_parquet_list(dirty)} {_LATEST_OF_PART})"
-    if not clean:
-        return deduped
-    return f"(SELECT * FROM {_parquet_list(clean)} UNION ALL BY NAME SELECT * FROM {deduped})"
+    condition = f" WHERE {where}" if where else ""
+    parts, values = [], []
+    if clean:
+        parts.append(f"SELECT * FROM {_parquet_list(clean)}{condition}")
+        values += params
+    if dirty:
+        parts.append(f"SELECT * FROM {_parquet_list(dirty)}{condition} {_LATEST_OF_PART}")
+        values += params
+    if len(parts) == 1:
+        return f"({parts[0]})", values
+    return f"({parts[0]} UNION ALL BY NAME {parts[1]})", values
 
 
 def _vanished(message: str) -> bool:
@@ -161,15 +168,28 @@ class LakeReader:
     def bad_files(self) -> set[str]:
         return set(self._bad)
 
-    def rows(self, sql: str, lister: Lister, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Run ``sql`` (with ``{files}``) over the listed files; rows as dicts. No files: no rows."""
-        result = self._execute(sql, lister, params)
+    def rows(
+        self,
+        sql: str,
+        lister: Lister,
+        params: Sequence[Any] = (),
+        where: str = "",
+        where_params: Sequence[Any] = (),
+    ) -> list[dict[str, Any]]:
+        """Run ``sql`` over the listed files; rows as dicts. No files: no rows.
+
+        ``where`` / ``where_params``: a filter applied inside ``{latest}`` before de-duplication (see
+        ``latest_source``); ``{latest}`` must then come before any other ``?`` of ``sql``.
+        """
+        result = self._execute(sql, lister, params, where, where_params)
         if result is None:
             return []
         names, rows = result
         return [dict(zip(names, row)) for row in rows]
 
-    def _execute(self, sql: str, lister: Lister, params: Sequence[Any]) -> tuple[list[str], list[tuple]] | None:
+    def _execute(
+        self, sql: str, lister: Lister, params: Sequence[Any], where: str = "", where_params: Sequence[Any] = ()
+    ) -> tuple[list[str], list[tuple]] | None:
         files = self._usable(lister())
         for attempt in range(4):
             if not files:
@@ -179,11 +199,14 @@ class LakeReader:
             try:
                 if remote:
                     cursor.register(_SCAN, object_dataset(files))
-                    latest = f"(SELECT * FROM {_SCAN} {_LATEST_OF_PART})"
+                    condition = f" WHERE {where}" if where else ""
+                    latest = f"(SELECT * FROM {_SCAN}{condition} {_LATEST_OF_PART})"
                     query = sql.replace("{files}", _SCAN).replace("{latest}", latest)
-                    result = cursor.execute(query, list(params))
+                    values = [*where_params, *params] if "{latest}" in sql else list(params)
+                    result = cursor.execute(query, values)
                 elif "{latest}" in sql:
-                    result = cursor.execute(sql.replace("{latest}", latest_source(files)), list(params))
+                    source, values = latest_source(files, where, where_params)
+                    result = cursor.execute(sql.replace("{latest}", source), [*values, *params])
                 else:
                     query = sql.replace("{files}", "read_parquet(?, union_by_name=true, hive_partitioning=false)")
                     result = cursor.execute(query, [[str(f) for f in files], *params])

@@ -176,15 +176,15 @@ class ExecutionHistoryService:
         if self.root is None:
             return []
         index = self.db.run_index()
-        source = "{index}" if index is not None else "{latest}"
+        source = f"{{index}} WHERE {where}" if index is not None else "{latest}"
         key = "user_id, " if group_by_user else ""
         sql = f"""
             WITH d AS (SELECT *, CASE WHEN end_time_unix_nano IS NOT NULL THEN {_DURATION_MS} END AS duration_ms
-                       FROM {source} WHERE {where})
+                       FROM {source})
             SELECT {key}{_SUMMARY} FROM d {"GROUP BY user_id ORDER BY user_id" if group_by_user else ""}"""
         if index is not None:
             return index.rows(sql, params)
-        return self._reader.rows(sql, self._lister(RUNS, since_day), params)
+        return self._reader.rows(sql, self._lister(RUNS, since_day), where=where, where_params=params)
 
     def statistics(
         self, user_id: str | None = None, agent_id: str | None = None, days: int = 30, now: dt.datetime | None = None
@@ -261,21 +261,22 @@ class ExecutionHistoryService:
         Nodes are found through the runs already scoped, not by their own ``user_id`` (spans made by other
         instrumentations inside a run often carry none).
         """
-        runs_sql = "SELECT run_id, trace_id, parent_span_id IS NULL AS root FROM {source} WHERE " + where
+        columns = "run_id, trace_id, parent_span_id IS NULL AS root"
         index = self.db.run_index()
         if index is not None:
-            runs = index.rows(runs_sql.replace("{source}", "{index}"), params)
+            runs = index.rows(f"SELECT {columns} FROM {{index}} WHERE {where}", params)
         else:
-            runs = self._reader.rows(runs_sql.replace("{source}", "{latest}"), self._lister(RUNS, since_day), params)
+            lister = self._lister(RUNS, since_day)
+            runs = self._reader.rows(f"SELECT {columns} FROM {{latest}}", lister, where=where, where_params=params)
         run_ids = sorted({r["run_id"] for r in runs if r["run_id"]})
         root_traces = sorted({r["trace_id"] for r in runs if r["root"]})
         node_params: list[Any] = [params[0], run_ids, root_traces]
+        node_where = (
+            "span_type = 'node' AND start_time_unix_nano >= ? AND (list_contains(?, run_id) OR "
+            f"(run_id IS NULL AND list_contains(?, trace_id))) {self._scope_sql(node_params, users=False)}"
+        )
         sql = f"""
-            WITH n AS (
-                SELECT * FROM {{latest}}
-                WHERE span_type = 'node' AND start_time_unix_nano >= ?
-                  AND (list_contains(?, run_id) OR (run_id IS NULL AND list_contains(?, trace_id)))
-                  {self._scope_sql(node_params, users=False)})
+            WITH n AS (SELECT * FROM {{latest}})
             SELECT coalesce(node_type, 'unknown') AS node_type,
                    count(*) AS total,
                    count(*) FILTER (WHERE status_code = 'ERROR') AS failed,
@@ -286,7 +287,7 @@ class ExecutionHistoryService:
                    quantile_cont({_DURATION_MS}, 0.95) AS p95_ms
             FROM n GROUP BY 1 ORDER BY 1"""
         out: dict[str, dict[str, Any]] = {}
-        for r in self._reader.rows(sql, self._lister(SPANS, since_day), node_params):
+        for r in self._reader.rows(sql, self._lister(SPANS, since_day), where=node_where, where_params=node_params):
             total, failed = int(r["total"]), int(r["failed"])
             out[r["node_type"]] = {
                 "count": total,
