@@ -247,21 +247,25 @@ class HistoryDB:
                 _logger.warning("skipping %s %s: cannot be read (%s)", what, row.get("span_id"), error)
         return out
 
+    def _in_scope(self, row: dict[str, Any] | None) -> bool:
+        return (
+            row is not None
+            and (self.tenant_id is None or row["tenant_id"] == self.tenant_id)
+            and (self.user_id is None or row["user_id"] == self.user_id)
+        )
+
     def _session_days(self, session_id: str) -> list[str] | None:
         """The days the session's runs ran on, from the index; None (every day) when the index cannot say."""
         index = self.run_index()
         if index is None:
             return None
-        params: list[Any] = [session_id]
-        sql = (
-            f"SELECT min(start_time_unix_nano) AS first, max(coalesce(end_time_unix_nano, 0)) AS last, "
-            f"bool_or(end_time_unix_nano IS NULL) AS running FROM {{index}} WHERE session_id = ? "
-            f"{self._scope_sql(params)}"
-        )
-        row = index.rows(sql, params)[0]
-        if row["first"] is None:
+        runs = [r for r in index.session(session_id) if self._in_scope(r)]
+        if not runs:
             return None  # not in the index (yet): look everywhere
-        return _days_of(row["first"], None if row["running"] else max(row["last"], row["first"]))
+        first = min(r["start_time_unix_nano"] for r in runs)
+        if any(r["end_time_unix_nano"] is None for r in runs):
+            return _days_of(first, None)
+        return _days_of(first, max(max(r["end_time_unix_nano"] for r in runs), first))
 
     # ---- PraisonAI ----
     def get_runs(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -452,9 +456,8 @@ class HistoryDB:
         index = self.run_index()
         if index is None:
             return False, None
-        params: list[Any] = [run_id]
-        rows = index.rows(f"SELECT * FROM {{index}} WHERE run_id = ? {self._scope_sql(params)} LIMIT 1", params)
-        return True, (rows[0] if rows else None)
+        row = index.run(run_id)
+        return True, (row if self._in_scope(row) else None)
 
     def find_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's ``runs/`` index row (in this scope), or None.

@@ -121,7 +121,8 @@ class LakeReader:
     ``{latest}`` for one row per span (the ``end`` row once it exists), with no window over compacted days."""
 
     def __init__(self) -> None:
-        self._db = duckdb.connect(config={"threads": 2})
+        # Part files are never rewritten in place (new files get new names), so cached footers cannot go stale.
+        self._db = duckdb.connect(config={"threads": 2, "parquet_metadata_cache": True})
         self._local = threading.local()
         self._bad: set[str] = set()
         self._verified: set[tuple[str, int | None, float | None]] = set()

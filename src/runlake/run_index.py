@@ -101,6 +101,7 @@ class RunIndex:
         self._lock = threading.Lock()
         self._db = duckdb.connect(config={"threads": 2})
         self._local = threading.local()
+        self._lookups: tuple[int, dict[str, int], dict[str, list[int]]] | None = None  # (version, by run, by session)
 
     def refresh(self) -> bool:
         """Bring the copy up to date with the listing; False if the index is off (too many runs)."""
@@ -182,6 +183,40 @@ class RunIndex:
         result = cursor.execute(sql.replace("{index}", NAME), list(params))
         names = [d[0] for d in result.description]
         return [dict(zip(names, row)) for row in result.fetchall()]
+
+    def _lookup_tables(self) -> tuple[pa.Table | None, dict[str, int], dict[str, list[int]]]:
+        """Run id -> row and session id -> rows of the current table, built once per version (point lookups then
+        cost no query)."""
+        with self._lock:
+            table, version, lookups = self._table, self._version, self._lookups
+        if table is None:
+            return None, {}, {}
+        if lookups is None or lookups[0] != version:
+            by_run: dict[str, int] = {}
+            by_session: dict[str, list[int]] = {}
+            for i, (run_id, session_id) in enumerate(
+                zip(table.column("run_id").to_pylist(), table.column("session_id").to_pylist())
+            ):
+                if run_id is not None:
+                    by_run.setdefault(run_id, i)
+                by_session.setdefault(session_id or "", []).append(i)
+            lookups = (version, by_run, by_session)
+            with self._lock:
+                if self._version == version:
+                    self._lookups = lookups
+        return table, lookups[1], lookups[2]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row, by run id."""
+        table, by_run, _ = self._lookup_tables()
+        i = by_run.get(run_id)
+        return None if table is None or i is None else table.slice(i, 1).to_pylist()[0]
+
+    def session(self, session_id: str) -> list[dict[str, Any]]:
+        """The rows of a session's runs ("" for runs without a session)."""
+        table, _, by_session = self._lookup_tables()
+        rows = by_session.get(session_id or "")
+        return [] if table is None or not rows else table.take(rows).to_pylist()
 
     @property
     def size(self) -> int:
