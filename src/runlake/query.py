@@ -122,7 +122,8 @@ class LakeReader:
 
     def __init__(self) -> None:
         # Part files are never rewritten in place (new files get new names), so cached footers cannot go stale.
-        self._db = duckdb.connect(config={"threads": 2, "parquet_metadata_cache": True})
+        self._db = duckdb.connect(config={"threads": 2})
+        self._db.execute("SET parquet_metadata_cache = true")
         self._local = threading.local()
         self._bad: set[str] = set()
         self._verified: set[tuple[str, int | None, float | None]] = set()
