@@ -263,3 +263,41 @@ def test_the_index_forgets_removed_files_and_reads_new_ones(lake: Path, lake_ids
         runlake.shutdown()
     assert db.run_index().size == 46 - len(gone)
     assert db.get_history(limit=1)[0]["run_id"] == late
+
+
+def test_compacted_days_skip_deduplication_and_late_parts_rejoin_it(lake: Path) -> None:
+    """A day whose only file is a compact- file is read as is; a late part in that day (the end row of a run whose
+    start row was compacted) puts the whole day back through the de-duplication: still one row per span."""
+    from opentelemetry.exporter.runlake.layout import SPANS, is_compacted
+    from opentelemetry.exporter.runlake.writer import write_part
+
+    from runlake.query import split_clean
+
+    runlake.configure(lake)
+    try:
+        tracer = trace.get_tracer("test")
+        span = tracer.start_span(
+            "invoke_agent late", attributes={"runlake.span.type": "run", "session.id": "s-late", "user.id": "u"}
+        )
+        runlake.force_flush()  # the start rows are written; the run goes on
+        run_id = f"{span.get_span_context().span_id:016x}"
+        db = HistoryDB(lake)
+        assert db.get_runs("s-late")[0]["status"] == "running"
+        # compaction's output: each day's rows in one compact- file, each span once
+        for table in (SPANS, RUNS):
+            for part in [p for p in lake_files(lake, table) if p.suffix == ".parquet"]:
+                write_part(table, part.parent, pq.read_table(part), compacted=True)
+                part.unlink()
+        files = session_files(lake, "s-late")
+        assert len(files) == 1 and is_compacted(files[0]) and split_clean(files) == (files, [])
+        assert [r["status"] for r in db.get_runs("s-late")] == ["running"]
+        span.end()  # the end row arrives in a new part of the same day
+        runlake.force_flush()
+        files = session_files(lake, "s-late")
+        assert len(files) == 2 and split_clean(files) == ([], files)
+        runs = db.get_runs("s-late")
+        assert [(r["run_id"], r["status"]) for r in runs] == [(run_id, "completed")]
+        assert [h["status"] for h in db.get_history() if h["run_id"] == run_id] == ["completed"]
+        assert db.sql("SELECT count(*) FROM runs").fetchall()[0][0] == 1
+    finally:
+        runlake.shutdown()
