@@ -1,31 +1,231 @@
-"""Compaction: fewer files, same answers, safe beside readers and writers, old schemas still read."""
+"""Compaction: a closed day becomes one file sorted by session, open days and big days are compacted per folder,
+the same answers before and after, one compactor at a time, safe beside readers and writers, old schemas read."""
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
+import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import lake_files, read_table
-from opentelemetry.exporter.runlake import RunlakeSpanExporter
-from opentelemetry.exporter.runlake.layout import data_files
+from opentelemetry import trace
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake.layout import (
+    MIXED_FOLDER,
+    RUNS,
+    SPANS,
+    data_files,
+    day_dirs,
+    is_compacted,
+    session_dirs,
+)
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from test_exporter import make_spans
+from typer.testing import CliRunner
 
 import runlake
-from runlake.compact import compact
+from runlake.cli import app
+from runlake.cli_ops import DEFAULT_MAX_DAY_MB
+from runlake.compact import BUSY_MESSAGE, DAY_ROW_GROUP_ROWS, DEFAULT_MAX_DAY_BYTES, LOCK_FILE, compact
+
+DAY_NS = 86_400 * 10**9
 
 
 def small_parts_lake(lake: Path, spans: int = 400, sessions: int = 4, batches: int = 8) -> list:
+    """Today's spans (an open day), one small part per session per batch: the worst case."""
     made = make_spans(spans, sessions=sessions)
     exporter = RunlakeSpanExporter(lake, background_flush=False)
     step = len(made) // batches
     for i in range(0, len(made), step):
         exporter.export(made[i : i + step])
-        exporter.force_flush()  # one small part per session per batch: the worst case
+        exporter.force_flush()
     exporter.shutdown()
     return made
+
+
+def noon(days_ago: int) -> int:
+    """Noon (UTC) of a day ``days_ago`` days before today, in nanoseconds: everything of a test run fits its day."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    day = dt.datetime.combine(today - dt.timedelta(days=days_ago), dt.time(12), dt.timezone.utc)
+    return int(day.timestamp()) * 10**9
+
+
+def history_lake(
+    lake: Path, days_ago: tuple[int, ...] = (3, 2), sessions: int = 6, rounds: int = 3, prefix: str = "s"
+) -> int:
+    """Runs on past days through the real exporter with ``RunStartProcessor`` and ``min_session_rows``, so a day
+    has session folders and ``session=~mixed`` parts, several parts per folder, start rows in other parts (and
+    folders) than their end rows, and one run never ended. Returns the number of distinct span ids."""
+    exporter = RunlakeSpanExporter(lake, background_flush=False, min_session_rows=8)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    spans = 0
+    for ago in days_ago:
+        for r in range(rounds):
+            for s in range(sessions):
+                session = f"{prefix}{s}"
+                t = noon(ago) + (r * sessions + s) * 10**9
+                attributes = {"gen_ai.operation.name": "invoke_agent", "session.id": session, "gen_ai.agent.name": "a"}
+                run = tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)
+                spans += 1
+                if (r + s) % 2 == 0:
+                    exporter.force_flush()  # the run's start row in a part (and ~mixed) of its own
+                for j in range(1 + 3 * (s % 4)):  # sessions of 2 to 11 rows per flush: some share ~mixed
+                    node = tracer.start_span(
+                        f"chat {j}",
+                        context=trace.set_span_in_context(run),
+                        start_time=t + j + 1,
+                        attributes={"gen_ai.operation.name": "chat", "session.id": session, "input.value": "x" * 50},
+                    )
+                    node.end(end_time=t + j + 2)
+                    spans += 1
+                if not (ago == days_ago[0] and r == 0 and s == 1):  # one run stays in progress: a start row only
+                    run.end(end_time=t + 100)
+            exporter.force_flush()
+    provider.shutdown()
+    return spans
+
+
+def answers(lake: Path, sessions: list[str]) -> dict:
+    db = runlake.HistoryDB(lake)
+    out: dict = {"history": db.get_history(limit=10_000), "traces": db.get_traces(limit=10_000)}
+    for sid in sessions:
+        runs = db.get_runs(sid)
+        out[sid] = (runs, db.get_traces(session_id=sid), [db.get_logs(r["run_id"]) for r in runs])
+    return out
+
+
+def span_days(lake: Path) -> list[Path]:
+    return [folder for _, _, _, folder in day_dirs(lake, SPANS)]
+
+
+def assert_one_row_per_span(path: Path) -> pa.Table:
+    table = pq.read_table(path)
+    assert pc.count_distinct(table.column("span_id")).as_py() == table.num_rows, path
+    return table
+
+
+def test_closed_day_becomes_one_sorted_file_with_the_same_answers(lake: Path) -> None:
+    distinct = history_lake(lake)
+    sessions = [f"s{i}" for i in range(6)]
+    days = span_days(lake)
+    assert len(days) == 2 and all(len(session_dirs(d)) > 1 and data_files(d / MIXED_FOLDER) for d in days)
+    before = answers(lake, sessions)
+    files_before = len(lake_files(lake, SPANS)) + len(lake_files(lake, RUNS))
+    runs = pc.count_distinct(read_table(lake, RUNS).column("span_id")).as_py()
+    summary = compact(lake, older_than_minutes=0)
+    assert summary.days_merged == 2 and summary.days_over_cap == 0 and not summary.busy
+    assert summary.files_before == files_before and summary.files_after == 4  # a spans and a runs file per day
+    assert summary.rows == distinct + runs and summary.bytes_after < summary.bytes_before
+    for day in days:
+        assert not session_dirs(day), "the emptied session folders are gone"
+        [merged] = data_files(day / MIXED_FOLDER)
+        assert is_compacted(merged) and [p.name for p in day.rglob("*") if p.is_file()] == [merged.name]
+        table = assert_one_row_per_span(merged)
+        keys = list(zip(table.column("session_id").to_pylist(), table.column("start_time_unix_nano").to_pylist()))
+        assert keys == sorted(keys), "sorted by session, then start"
+    for _, _, _, folder in day_dirs(lake, RUNS):
+        [runs_file] = data_files(folder)
+        assert is_compacted(runs_file)
+        assert_one_row_per_span(runs_file)
+    spans = read_table(lake, SPANS)
+    assert spans.num_rows == distinct and pc.count_distinct(spans.column("span_id")).as_py() == distinct
+    in_progress = [r for r in answers(lake, ["s1"])["s1"][0] if r["status"] == "running"]
+    assert len(in_progress) == 1, "the run never ended kept its start row"
+    assert answers(lake, sessions) == before
+    again = compact(lake, older_than_minutes=0)
+    assert again.partitions == 0 and again.files_before == 0, "a day already one compact file is left alone"
+
+
+def test_day_file_has_small_row_groups_a_session_read_can_skip(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    spans = make_spans(3 * DAY_ROW_GROUP_ROWS, sessions=40)
+    exporter.export(spans)
+    exporter.shutdown()
+    today_dir = span_days(lake)[0]
+    closed_dir = today_dir.parent / f"day={(dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))}"
+    for folder in session_dirs(today_dir):  # the same rows on a closed day (files moved as a writer made them)
+        (closed_dir / folder.name).mkdir(parents=True)
+        for part in data_files(folder):
+            part.rename(closed_dir / folder.name / part.name)
+    compact(lake, older_than_minutes=0)
+    [merged] = data_files(closed_dir / MIXED_FOLDER)
+    meta = pq.ParquetFile(merged).metadata
+    assert meta.num_rows == len(spans) and meta.num_row_groups == -(-len(spans) // DAY_ROW_GROUP_ROWS)
+    column = meta.schema.names.index("session_id")
+    ranges = [(g.column(column).statistics.min, g.column(column).statistics.max) for g in map(meta.row_group, range(3))]
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])), "session ranges of row groups do not overlap"
+
+
+def test_day_over_the_byte_cap_is_compacted_per_folder(lake: Path) -> None:
+    distinct = history_lake(lake)
+    sessions = [f"s{i}" for i in range(6)]
+    before = answers(lake, sessions)
+    days = span_days(lake)
+    folder_bytes = {f: sum(p.stat().st_size for p in data_files(f)) for d in days for f in session_dirs(d, True)}
+    cap = max(folder_bytes.values())  # room for any one folder, not for a whole day
+    assert all(sum(folder_bytes[f] for f in session_dirs(d, True)) > cap for d in days)
+    folders_before = {f: len(data_files(f)) for f in folder_bytes}
+    summary = compact(lake, older_than_minutes=0, max_day_bytes=cap)
+    assert summary.days_over_cap == 2 and summary.days_merged == 0
+    for folder, count in folders_before.items():
+        files = data_files(folder)
+        assert len(files) == 1, "each folder is one file"
+        assert is_compacted(files[0]) == (count > 1), "a folder of one part is not rewritten"
+        table = assert_one_row_per_span(files[0])
+        if folder.name != MIXED_FOLDER:  # no rows moved out of ~mixed into the sessions' folders any more
+            assert set(table.column("session_id").to_pylist()) == {folder.name.removeprefix("session=")}
+    assert pc.count_distinct(read_table(lake, SPANS).column("span_id")).as_py() == distinct
+    assert answers(lake, sessions) == before
+    totals = [sum(f.stat().st_size for f in lake_files(d)) for d in days]  # fewer files, fewer footers: smaller
+    again = compact(lake, older_than_minutes=0, max_day_bytes=cap)
+    assert again.days_merged == sum(t <= cap for t in totals) and again.days_over_cap == sum(t > cap for t in totals)
+    assert again.partitions == again.days_merged, "folders already one file each are left alone"
+    merged = compact(lake, older_than_minutes=0)  # under the default cap every day becomes one file
+    assert merged.days_merged == 2 - again.days_merged
+    assert all([f.name for f in lake_files(d)] == [data_files(d / MIXED_FOLDER)[0].name] for d in days)
+    assert answers(lake, sessions) == before
+    assert compact(lake, older_than_minutes=0, max_day_bytes=cap).partitions == 0
+
+
+def test_no_rewrite_reads_more_than_the_cap(lake: Path) -> None:
+    history_lake(lake, days_ago=(2,))
+    files = lake_files(lake, SPANS)
+    summary = compact(lake, older_than_minutes=0, max_day_bytes=1)
+    assert summary.days_over_cap == 1 and lake_files(lake, SPANS) == files, "every part alone is over the cap"
+
+
+def test_open_day_compacts_each_folder_in_place(lake: Path) -> None:
+    distinct = history_lake(lake, days_ago=(0,))
+    [day] = span_days(lake)
+    folders_before = {f.name: len(data_files(f)) for f in session_dirs(day, include_mixed=True)}
+    assert folders_before[MIXED_FOLDER] > 1 and len(folders_before) > 2
+    sessions = [f"s{i}" for i in range(6)]
+    before = answers(lake, sessions)
+    summary = compact(lake, older_than_minutes=0)
+    assert summary.days_merged == 0 and summary.days_over_cap == 0
+    assert {f.name: len(data_files(f)) for f in session_dirs(day, include_mixed=True)} == dict.fromkeys(
+        folders_before, 1
+    ), "every folder stays, as one file"
+    [shared] = data_files(day / MIXED_FOLDER)
+    table = assert_one_row_per_span(shared)
+    assert is_compacted(shared) and table.column("session_id").to_pylist() == sorted(
+        table.column("session_id").to_pylist()
+    )
+    assert pc.count_distinct(read_table(lake, SPANS).column("span_id")).as_py() == distinct
+    assert answers(lake, sessions) == before
+    assert [f for _, _, _, f in day_dirs(lake, RUNS) if len(data_files(f)) > 1], "today's runs index waits"
 
 
 def test_compaction_merges_parts_and_keeps_every_answer(lake: Path) -> None:
@@ -37,7 +237,7 @@ def test_compaction_merges_parts_and_keeps_every_answer(lake: Path) -> None:
     summary = compact(lake, older_than_minutes=0)
     assert summary.files_before == files_before and summary.files_after == 4
     assert summary.rows == 400 and summary.bytes_after < summary.bytes_before
-    assert all(len(data_files(f.parent)) == 1 for f in lake_files(lake, "spans"))
+    assert all(len(data_files(f.parent)) == 1 and is_compacted(f) for f in lake_files(lake, "spans"))
     fresh = runlake.HistoryDB(lake)
     assert {s: fresh.get_runs(f"s{s}") for s in range(4)} == before
     assert fresh.get_history(limit=1000) == history_before
@@ -46,40 +246,110 @@ def test_compaction_merges_parts_and_keeps_every_answer(lake: Path) -> None:
 
 def test_quiet_rule_leaves_recent_partitions_alone(lake: Path) -> None:
     small_parts_lake(lake, spans=100, sessions=1, batches=4)
+    history_lake(lake, days_ago=(2,))  # a closed day, but its parts were just written
+    files = lake_files(lake)
     summary = compact(lake, older_than_minutes=60)
     assert summary.partitions == 0 and summary.files_after == 0
+    assert [f for f in lake_files(lake) if f.name != LOCK_FILE] == files
+
+
+def test_a_second_compaction_returns_at_once_while_one_runs(lake: Path) -> None:
+    history_lake(lake)
+    inside, release = threading.Event(), threading.Event()
+    results = []
+
+    def first_progress(done: int, total: int) -> None:
+        if done == 1:
+            inside.set()
+            assert release.wait(timeout=60)
+
+    first = threading.Thread(
+        target=lambda: results.append(compact(lake, older_than_minutes=0, progress=first_progress))
+    )
+    first.start()
+    try:
+        assert inside.wait(timeout=60)
+        files = lake_files(lake)
+        second = compact(lake, older_than_minutes=0)
+        assert second.busy and second.partitions == 0 and lake_files(lake) == files
+        code = CliRunner().invoke(app, ["compact", "--older-than", "0", "--state-url", str(lake)])
+        assert code.exit_code == 0 and BUSY_MESSAGE in code.stdout
+    finally:
+        release.set()
+        first.join(timeout=60)
+    [done] = results
+    assert not done.busy and done.days_merged == 2
+    assert not compact(lake, older_than_minutes=0).busy, "the lock goes with the compaction"
+
+
+def test_compact_command_says_when_the_lock_is_held(lake: Path) -> None:
+    history_lake(lake, days_ago=(2,))
+    fd = os.open(lake / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process's `runlake compact` holds it
+        result = CliRunner().invoke(app, ["compact", "--older-than", "0", "--state-url", str(lake), "--json"])
+        assert result.exit_code == 0 and json.loads(result.stdout)["busy"] is True
+        assert DEFAULT_MAX_DAY_MB << 20 == DEFAULT_MAX_DAY_BYTES, "the command's default is compact()'s"
+    finally:
+        os.close(fd)
+    assert compact(lake, older_than_minutes=0).days_merged == 1
 
 
 def test_readers_and_writers_go_on_during_compaction(lake: Path) -> None:
-    small_parts_lake(lake, spans=800, sessions=2, batches=16)
-    db = runlake.HistoryDB(lake)
-    expected = len(db.get_runs("s0"))
-    seen: list[int] = []
+    distinct = history_lake(lake, sessions=4, rounds=6)
+    sessions = ["s0", "s3"]
+    expected = {sid: len(runlake.HistoryDB(lake).get_runs(sid)) for sid in sessions}
+    seen: list[dict[str, int]] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def read_loop() -> None:
         reader = runlake.HistoryDB(lake)
         while not stop.is_set():
-            seen.append(len(reader.get_runs("s0")))
+            try:
+                seen.append({sid: len(reader.get_runs(sid)) for sid in sessions})
+            except BaseException as error:  # noqa: BLE001 - reported below
+                failures.append(error)
+                return
 
-    extra = make_spans(300, sessions=1, prefix="late")
-    writer = RunlakeSpanExporter(lake, background_flush=False, max_part_rows=20)
-    readers = [threading.Thread(target=read_loop) for _ in range(2)]
-    for t in readers:
+    today = make_spans(300, sessions=1, prefix="today")
+    written: list[int] = []
+
+    def write_loop() -> None:  # today's spans, and late spans (new sessions) into the closed days being merged
+        writer = RunlakeSpanExporter(lake, background_flush=False, max_part_rows=20)
+        for k in range(10):
+            writer.export(today[k * 30 : k * 30 + 30])
+            written.append(history_lake(lake, sessions=3, rounds=1, prefix=f"late{k}-"))
+        writer.shutdown()
+        written.append(len(today))
+
+    threads = [threading.Thread(target=read_loop) for _ in range(2)]
+    writing = threading.Thread(target=write_loop)
+    for t in [*threads, writing]:
         t.start()
-    writing = threading.Thread(target=lambda: [writer.export(extra[i : i + 30]) for i in range(0, 300, 30)])
-    writing.start()
-    for _ in range(3):
+    compactions = 0
+    deadline = time.monotonic() + 60
+    while (writing.is_alive() or compactions < 5) and time.monotonic() < deadline:
         compact(lake, older_than_minutes=0)
+        compactions += 1
     writing.join(timeout=60)
-    writer.shutdown()
     compact(lake, older_than_minutes=0)
     stop.set()
-    for t in readers:
+    for t in threads:
         t.join(timeout=60)
-    assert seen and set(seen) == {expected}, "no reader ever saw a run twice or missed one"
-    assert read_table(lake, "spans").num_rows == 800 + 300, "nothing written during compaction was lost"
-    assert len(runlake.HistoryDB(lake).get_runs("late0")) == len([s for s in extra if s.parent is None])
+    assert not failures, failures
+    assert len(seen) > 5 and all(s == expected for s in seen), "no reader ever saw a run twice or missed one"
+    spans = read_table(lake, SPANS)
+    total = distinct + sum(written)
+    assert pc.count_distinct(spans.column("span_id")).as_py() == total, "nothing written during compaction was lost"
+    today_dir = f"day={dt.datetime.now(dt.timezone.utc).date()}"
+    closed = [d for d in span_days(lake) if d.name < today_dir]
+    assert len(closed) == 2 and all(
+        [f.name for f in lake_files(d)] == [data_files(d / MIXED_FOLDER)[0].name] for d in closed
+    )
+    assert spans.num_rows == total, "closed days one file each, today one file per session: each span once"
+    assert len(runlake.HistoryDB(lake).get_runs("today0")) == len([s for s in today if s.parent is None])
+    assert len(runlake.HistoryDB(lake).get_runs("late9-2")) == 2
 
 
 def test_parts_of_an_older_schema_still_read_and_compact_to_the_current_one(lake: Path) -> None:

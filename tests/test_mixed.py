@@ -1,14 +1,18 @@
 """Writers that see many sessions at once (min_session_rows): small sessions share one file per day, answers are
-the same as with one file per session, and compaction moves them into their own partitions."""
+the same as with one file per session, and compaction keeps them shared: one file per closed day, one per folder
+today."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from conftest import HOSTILE_IDS, lake_files, read_table
+from opentelemetry import trace
 from opentelemetry.exporter.runlake import RunlakeSpanExporter
-from opentelemetry.exporter.runlake.layout import MIXED_FOLDER
+from opentelemetry.exporter.runlake.layout import MIXED_FOLDER, is_compacted
+from test_compact import noon
 from test_exporter import make_spans
 
 import runlake
@@ -55,41 +59,50 @@ def test_big_sessions_keep_their_own_partition(lake: Path) -> None:
     assert len(runlake.HistoryDB(lake).get_runs("big0")) == 100
 
 
-def test_compaction_moves_shared_rows_into_session_partitions(tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    ids = [sid for sid in HOSTILE_IDS if sid]
-    exporter = RunlakeSpanExporter(lake, background_flush=False, min_session_rows=1000)
+def test_compaction_keeps_hostile_sessions_in_one_day_file(tmp_path: Path) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+    lake = tmp_path / "lake"
+    ids = [sid for sid in HOSTILE_IDS if sid]
     provider = TracerProvider()
+    exporter = RunlakeSpanExporter(lake, background_flush=False, min_session_rows=4)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("t")
-    for sid in ids:
-        for _ in range(3):
-            with tracer.start_as_current_span(
-                "invoke_agent a", attributes={"gen_ai.operation.name": "invoke_agent", "session.id": sid}
-            ):
-                with tracer.start_as_current_span(
-                    "chat", attributes={"gen_ai.operation.name": "chat", "session.id": sid}
-                ):
-                    pass
+    for k, sid in enumerate(ids):
+        for r in range(3):
+            t = noon(2) + (k * 3 + r) * 10**9  # a closed day
+            run = tracer.start_span(
+                "invoke_agent a", start_time=t, attributes={"gen_ai.operation.name": "invoke_agent", "session.id": sid}
+            )
+            chat = tracer.start_span(
+                "chat",
+                context=trace.set_span_in_context(run),
+                start_time=t + 1,
+                attributes={"gen_ai.operation.name": "chat", "session.id": sid},
+            )
+            chat.end(end_time=t + 2)
+            run.end(end_time=t + 3)
+            exporter.force_flush()  # one shared part per run (2 rows < min_session_rows)
     provider.shutdown()
     before = answers(lake, ids)
     assert {f.parent.name for f in lake_files(lake, "spans")} == {MIXED_FOLDER}
     summary = compact(lake, older_than_minutes=0)
-    assert summary.rows == 6 * len(ids)
-    names = {f.parent.name for f in lake_files(lake, "spans")}
-    assert MIXED_FOLDER not in names and len(names) == len(ids), "each session in its own partition now"
+    assert summary.days_merged == 1 and summary.rows == 6 * len(ids) + 3 * len(ids)  # spans rows + runs rows
+    [merged] = lake_files(lake, "spans")
+    assert merged.parent.name == MIXED_FOLDER and is_compacted(merged), "no session folder made for anyone"
+    sessions = pq.read_table(merged, columns=["session_id"]).column("session_id").to_pylist()
+    assert sessions == sorted(sessions) and set(sessions) == set(ids)
     assert answers(lake, ids) == before
     assert read_table(lake, "spans").num_rows == 6 * len(ids), "no row lost or doubled"
 
 
-def test_readers_see_every_row_once_while_shared_parts_drain(tmp_path: Path) -> None:
+def test_readers_see_every_row_once_while_shared_parts_merge(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     spans = make_spans(2000, sessions=40)
-    for start in range(0, 2000, 250):  # several shared parts
+    for start in range(0, 2000, 250):  # several shared parts (today: an open day)
         write(lake, spans[start : start + 250], min_session_rows=1000)
+    assert len(lake_files(lake, "spans")) == 8
     expected = len(runlake.HistoryDB(lake).get_runs("s7"))
     seen: list[int] = []
     stop = threading.Event()
@@ -108,6 +121,8 @@ def test_readers_see_every_row_once_while_shared_parts_drain(tmp_path: Path) -> 
     for t in threads:
         t.join(timeout=60)
     assert seen and set(seen) == {expected}
+    [merged] = lake_files(lake, "spans")
+    assert merged.parent.name == MIXED_FOLDER and is_compacted(merged)
 
 
 def test_ttl_and_replay_count_shared_rows_exactly(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from opentelemetry.exporter.runlake.layout import (
     encode_partition_value,
     resolve_lake,
     resolve_state_url,
+    session_dirs,
     session_files,
 )
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
@@ -391,12 +392,19 @@ def test_compaction_merges_parts_on_s3(
     local_summary = compact(local.root, older_than_minutes=0)
     for field in ("partitions", "files_before", "files_after", "rows", "skipped_files"):
         assert getattr(summary, field) == getattr(local_summary, field), field
-    assert summary.partitions >= len(SESSIONS) and summary.files_after == summary.partitions
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    closed_days = {k.rpartition("/session=")[0] for k in before if k.startswith("spans/") and _day_of(k) < today}
+    assert (
+        summary.days_merged == len(closed_days) == local_summary.days_merged
+        and summary.files_after == summary.partitions
+    )
     assert summary.bytes_before > summary.bytes_after > 0
     after = objects(emulator, s3_url)
     assert len(after) == len(before) - summary.files_before + summary.files_after
-    merged = [f for f in session_files(remote.root, "a/b")]
-    assert len(merged) == 1 and merged[0].name not in {k.rpartition("/")[2] for k in before}  # a new unique key
+    for day in closed_days:  # each closed day is one new object in its shared folder; the session prefixes are gone
+        [merged] = [k for k in after if k.startswith(day + "/")]
+        assert merged.startswith(f"{day}/session=~mixed/compact-") and merged not in before
+    assert not [d for d in closed_days if session_dirs(remote.root / d)], "no empty session prefix is left listed"
     assert answers(remote, light=True) == expected  # nothing lost, nothing doubled
     assert compact(s3_url, older_than_minutes=0).partitions == 0
 

@@ -12,6 +12,8 @@ from rich.table import Table
 
 from .cli import DEFAULT_STATE_URL, AsJson, StateUrl, _human_bytes, _lake_root, _stderr, _stdout, app, fail, print_json
 
+DEFAULT_MAX_DAY_MB = 256  # runlake.compact.DEFAULT_MAX_DAY_BYTES in MiB (not imported: pyarrow stays out of start-up)
+
 
 def _progress() -> Progress:
     return Progress(
@@ -46,18 +48,30 @@ def compact(
         float,
         typer.Option("--older-than", metavar="MINUTES", min=0, help="Only partitions with no new part for this long."),
     ] = 10,
+    max_day_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-day-mb",
+            metavar="MB",
+            min=0,
+            help="A closed day with more parts than this (MiB on disk) is compacted per folder, not into one file.",
+        ),
+    ] = DEFAULT_MAX_DAY_MB,
     state_url: StateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
-    """Merge the small part files of quiet partitions into one file each (sorted, large row groups).
+    """Merge the small part files of quiet days: one file per closed day, one per folder for today.
 
-    Session partitions with no new part for `--older-than` minutes, and closed days of the `runs/` index, are
-    rewritten in the current schema; readers and writers can go on meanwhile (see docs/design.md).
+    A closed day (before today, UTC) with no new part for `--older-than` minutes becomes one file sorted by
+    session; today's session folders and shared `session=~mixed` parts become one file each; closed days of the
+    `runs/` index one file each. Readers and writers can go on meanwhile (see docs/design.md). One compaction at a
+    time: a second one finds the lake locked and returns at once.
 
     **Example:**
 
         runlake compact --older-than 30 --state-url ./runlake-data
     """
+    from .compact import BUSY_MESSAGE, LOCK_FILE
     from .compact import compact as run_compaction
 
     root = _existing_lake(state_url)
@@ -67,15 +81,23 @@ def compact(
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = run_compaction(root, older_than_minutes=older_than, progress=advance)
+        summary = run_compaction(
+            root, older_than_minutes=older_than, progress=advance, max_day_bytes=int(max_day_mb * (1 << 20))
+        )
     if as_json:
         print_json(summary.as_dict())
         return
+    if summary.busy:
+        _stdout().print(f"Nothing done: {BUSY_MESSAGE} on {root.resolve()} (it holds {root / LOCK_FILE}).")
+        return
     table = Table(title=f"Compaction of {root.resolve()}", show_header=True)
-    for column in ("partitions", "files before", "files after", "bytes before", "bytes after", "rows", "seconds"):
+    for column in ("partitions", "days merged", "files before", "files after", "bytes before", "bytes after"):
+        table.add_column(column, justify="right")
+    for column in ("rows", "seconds"):
         table.add_column(column, justify="right")
     table.add_row(
         str(summary.partitions),
+        str(summary.days_merged),
         str(summary.files_before),
         str(summary.files_after),
         _human_bytes(summary.bytes_before),
@@ -84,10 +106,15 @@ def compact(
         f"{summary.seconds:.2f}",
     )
     _stdout().print(table)
+    if summary.days_over_cap:
+        _stdout().print(
+            f"{summary.days_over_cap} closed days had more than {max_day_mb:g} MiB of parts and were compacted per "
+            "folder (raise --max-day-mb to make each one file)."
+        )
     if summary.skipped_files:
         _stderr().print(f"{summary.skipped_files} unreadable part files were left alone (see the warnings above).")
     if not summary.partitions:
-        _stdout().print("Nothing to compact: no quiet partition has more than one part file.")
+        _stdout().print("Nothing to compact: every quiet day is already compacted.")
 
 
 @app.command()

@@ -1,17 +1,31 @@
-"""Compaction: merge a quiet partition's part files into one, sorted by start time, in the current schema.
+"""Compaction: few files per day, each span id once, in the current schema.
 
-It also drains each day's shared ``session=~mixed`` parts (written by writers with ``min_session_rows``) into the
-sessions' own partitions, so the lake ends up partitioned by session and day.
+- **Closed day** (before today, UTC, with no part newer than ``older_than_minutes``): every span part of the
+  tenant/ttl/day (each ``session=`` folder and the shared ``session=~mixed`` one) becomes **one** ``compact-…``
+  file in ``session=~mixed``, sorted by (session, start) in small row groups, and the emptied session folders go.
+  One file per day instead of one per session-day: lake-wide reads open a few dozen files instead of thousands,
+  and a session read skips the other sessions' row groups by their ``session_id`` statistics. A day whose parts
+  pass ``max_day_bytes`` on disk is compacted per folder instead (below), so memory stays bounded.
+- **Open day** (today, or a closed day still being written to, or one past ``max_day_bytes``): each quiet session
+  folder with more than one part becomes one file sorted by start time, and the quiet parts of ``session=~mixed``
+  become one file sorted by session.
+- **runs/ index**: a closed, quiet day becomes one ``compact-…`` file.
+
+Compaction's output holds each span id once (the ``end`` row when there is one) and is named ``compact-…``:
+readers may skip de-duplication in a day whose only file is such a file. Elsewhere they keep one row per span id.
 
 Safe while readers and writers go on:
-- the merged file appears atomically (temp name, rename) before any old part is removed, and every runlake
-  reader keeps one row per ``span_id``, so a reader that lists both old and new sees each row once;
+- the merged file appears atomically (temp name, rename) before any old part is removed; a reader that lists
+  both sees more than one file in the day, so de-duplicates, and sees each row once;
 - a reader whose listed file is removed meanwhile lists again (``runlake.query``);
-- only the files listed when the partition was picked are merged and removed: parts written during compaction
-  stay, so nothing a writer adds is lost.
+- only the files listed when a day was picked are merged and removed: parts written during compaction stay, so
+  nothing a writer adds is lost (the writer makes a removed session folder again).
 
-On an object store (``s3://``) the same order holds without a rename: the merged object is uploaded under a new
-unique key (it appears whole or not at all), then the old objects are deleted.
+One compactor per lake: locally ``compact`` takes a non-blocking lock on ``<root>/.compact.lock`` and returns at
+once (``summary.busy``) if another holds it. On an object store (``s3://``) there is **no lock**: run one compactor
+per lake (two at once never lose a row, but may write a day's rows twice until the next run merges them; readers
+de-duplicate meanwhile). There the merged object is uploaded under a new unique key (it appears whole or not at
+all), then the old objects are deleted.
 """
 
 from __future__ import annotations
@@ -20,36 +34,58 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from opentelemetry.exporter.runlake.layout import (
+    MIXED_FOLDER,
     RUNS,
     SPANS,
     LakeRoot,
     ObjectPath,
     data_files,
     day_dirs,
-    encode_partition_value,
+    day_files,
     fs_and_path,
+    is_compacted,
     is_missing,
     mixed_dir,
+    remove_dir,
     remove_file,
     resolve_lake,
-    session_dirs,
     size_and_mtime,
 )
 from opentelemetry.exporter.runlake.writer import SCHEMAS, write_part
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (run one compactor per lake)
+    fcntl = None  # type: ignore[assignment]
+
 _logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_DAY_BYTES = 256 << 20
+# Rows per row group of a day file (sorted by session): a session read decompresses only the groups whose
+# session_id range covers it, input/output text included. Measured on B30 (docs/design.md, "Compaction").
+DAY_ROW_GROUP_ROWS = 1024
+SESSION_ROW_GROUP_ROWS = 1 << 20  # a session folder's own file: its rows are all wanted together
+LOCK_FILE = ".compact.lock"
+BUSY_MESSAGE = "another compaction is running"
+_BY_SESSION = ("session_id", "start_time_unix_nano")
+_BY_START = ("start_time_unix_nano",)
 
 
 @dataclass
 class CompactionSummary:
+    """What one ``compact`` call did; ``busy``: another compaction held the lake's lock, nothing was done."""
+
     partitions: int = 0
     files_before: int = 0
     files_after: int = 0
@@ -57,9 +93,12 @@ class CompactionSummary:
     bytes_after: int = 0
     rows: int = 0
     skipped_files: int = 0
+    days_merged: int = 0
+    days_over_cap: int = 0
     seconds: float = 0.0
+    busy: bool = False
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -75,17 +114,20 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _latest_rows(table: pa.Table) -> pa.Table:
-    """One row per span id: the ``end`` row when present (drops superseded run ``start`` rows)."""
+    """One row per span id: the ``end`` row when present (drops superseded run ``start`` rows).
+
+    One ``take`` of the wide table (the text columns dominate), so a day costs one copy here.
+    """
     if table.num_rows == 0:
         return table
     order = pc.sort_indices(
         pa.table({"span_id": table.column("span_id"), "is_end": pc.equal(table.column("record"), "end")}),
         sort_keys=[("span_id", "ascending"), ("is_end", "descending")],
     )
-    ordered = table.take(order)
-    ids = ordered.column("span_id")
+    ids = table.column("span_id").take(order)
     first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True)
-    return ordered.filter(pa.concat_arrays([pa.array([True]), *first.chunks]) if first.num_chunks else pa.array([True]))
+    keep = pa.concat_arrays([pa.array([True]), *first.chunks]) if first.num_chunks else pa.array([True])
+    return table.take(order.filter(keep))
 
 
 def _read_parts(table: str, files: list[LakeRoot], summary: CompactionSummary) -> tuple[pa.Table | None, list]:
@@ -107,93 +149,195 @@ def _read_parts(table: str, files: list[LakeRoot], summary: CompactionSummary) -
     return (_latest_rows(pa.concat_tables(pieces)) if pieces else None), used
 
 
-def _replace(used: list[LakeRoot], new_files: list[LakeRoot], rows: int, summary: CompactionSummary) -> None:
-    """Remove the merged parts (their rows are already in ``new_files``) and count the change."""
+def _replace(used: list[LakeRoot], new_file: LakeRoot, rows: int, summary: CompactionSummary) -> None:
+    """Remove the merged parts (their rows are already in ``new_file``) and count the change."""
     summary.bytes_before += sum(size_and_mtime(p)[0] for p in used)
     for path in used:
         remove_file(path)
     summary.partitions += 1
     summary.files_before += len(used)
-    summary.files_after += len(new_files)
-    summary.bytes_after += sum(size_and_mtime(p)[0] for p in new_files)
+    summary.files_after += 1
+    summary.bytes_after += size_and_mtime(new_file)[0]
     summary.rows += rows
 
 
-def compact_folder(table: str, folder: LakeRoot, summary: CompactionSummary) -> bool:
-    """Merge the part files of one partition folder; True if it was rewritten."""
-    files = data_files(folder)
-    if len(files) < 2:
-        return False
+def _merge(
+    table: str,
+    files: list[LakeRoot],
+    target: LakeRoot,
+    summary: CompactionSummary,
+    sort_by: tuple[str, ...],
+    row_group_size: int,
+) -> bool:
+    """Rewrite ``files`` as one ``compact-…`` file in ``target``: the new file first, then the old ones go."""
     merged, used = _read_parts(table, files, summary)
-    if merged is None or len(used) < 2:
+    if merged is None or not used or (len(used) == 1 and is_compacted(used[0])):
         return False
-    new_file = write_part(table, folder, merged, row_group_size=1 << 20)  # the new file first, then the old go
-    _replace(used, [new_file], merged.num_rows, summary)
+    rows = merged.num_rows
+    new_file = write_part(table, target, merged, sort_by=sort_by, row_group_size=row_group_size, compacted=True)
+    del merged
+    _replace(used, new_file, rows, summary)
     return True
 
 
-def drain_mixed(folder: LakeRoot, summary: CompactionSummary) -> bool:
-    """Move the rows of a day's shared ``session=~mixed`` parts into their sessions' own partitions.
+def _batches(files: list[LakeRoot], sizes: dict[LakeRoot, int], max_bytes: int) -> Iterator[list[LakeRoot]]:
+    """Consecutive groups of ``files`` of at most ``max_bytes`` on disk (a bigger file alone): one rewrite never
+    reads more than that. Each rewrite leaves fewer files, so repeated runs settle."""
+    batch: list[LakeRoot] = []
+    total = 0
+    for path in files:
+        size = sizes.get(path, 0)
+        if batch and total + size > max_bytes:
+            yield batch
+            batch, total = [], 0
+        batch.append(path)
+        total += size
+    if batch:
+        yield batch
 
-    Each session's rows become a new part in its folder first; only then do the shared parts go, so a reader
-    sees every row at all times (readers keep one row per span id while both exist).
+
+def compact_folder(
+    table: str,
+    folder: LakeRoot,
+    summary: CompactionSummary,
+    files: list[LakeRoot] | None = None,
+    max_bytes: int = DEFAULT_MAX_DAY_BYTES,
+) -> bool:
+    """Merge the parts of one partition folder into one ``compact-…`` file in place; True if anything was rewritten.
+
+    The shared ``session=~mixed`` folder is sorted by session in small row groups, a session's own by start time.
     """
-    rows, used = _read_parts(SPANS, data_files(folder), summary)
-    if rows is None:
-        return False
-    rows = rows.sort_by([("session_id", "ascending"), ("start_time_unix_nano", "ascending")])
-    sessions = rows.column("session_id").to_pylist()
-    new_files = []
-    start = 0
-    for end in range(1, len(sessions) + 1):
-        if end == len(sessions) or sessions[end] != sessions[start]:
-            target = folder.parent / f"session={encode_partition_value(sessions[start])}"
-            new_files.append(write_part(SPANS, target, rows.slice(start, end - start)))
-            start = end
-    _replace(used, new_files, rows.num_rows, summary)
-    return True
-
-
-def _quiet(files: list[LakeRoot], older_than_s: float, now: float) -> bool:
-    try:
-        return bool(files) and now - max(size_and_mtime(p)[1] for p in files) >= older_than_s
-    except FileNotFoundError:
-        return False
-
-
-def mixed_plan(root: LakeRoot, older_than_minutes: float = 10, tenant: str | None = None) -> list[LakeRoot]:
-    """Shared ``session=~mixed`` folders with no new part for ``older_than_minutes``."""
-    now = time.time()
-    folders = (mixed_dir(day_dir) for _, _, _, day_dir in day_dirs(root, SPANS, tenant))
-    return [f for f in folders if _quiet(data_files(f), older_than_minutes * 60, now)]
-
-
-def _worth_it(folder: LakeRoot, older_than_s: float, now: float) -> bool:
-    """More than one part, and none newer than ``older_than_s`` (one listing; sizes and times come with it)."""
-    files = data_files(folder)
+    files = data_files(folder) if files is None else files
     if len(files) < 2:
         return False
+    shared = table == SPANS and folder.name == MIXED_FOLDER
+    sort_by, row_group_size = (_BY_SESSION, DAY_ROW_GROUP_ROWS) if shared else (_BY_START, SESSION_ROW_GROUP_ROWS)
+    sizes = _sizes(files)
+    rewritten = False
+    for batch in _batches(files, sizes, max_bytes):
+        if len(batch) > 1:
+            rewritten |= _merge(table, batch, folder, summary, sort_by, row_group_size)
+    return rewritten
+
+
+def _sizes(files: list[LakeRoot]) -> dict[LakeRoot, int]:
+    sizes = {}
+    for path in files:
+        try:
+            sizes[path] = size_and_mtime(path)[0]
+        except FileNotFoundError:
+            continue
+    return sizes
+
+
+def _newest(files: list[LakeRoot]) -> float | None:
+    """The newest modification time among ``files``; None if one is gone (the folder is changing)."""
     try:
-        newest = max(size_and_mtime(p)[1] for p in files)
+        return max(size_and_mtime(p)[1] for p in files)
     except FileNotFoundError:
+        return None
+
+
+def _remove_empty_folders(folders: set[LakeRoot]) -> None:
+    """Remove emptied session folders; one a writer has just written into stays.
+
+    Locally ``rmdir`` fails on a folder that is not empty, so nothing new is ever removed. On an object store a
+    folder is a prefix, but deleting its last object leaves a ``folder/`` marker (pyarrow re-creates the parent),
+    which readers would go on listing: a prefix found empty is removed with ``remove_dir``. A part uploaded into
+    that very prefix between the two listings (a few milliseconds) would go with it; only a closed, quiet day gets
+    here, where a writer writes only for spans that started on that day.
+    """
+    for folder in folders:
+        try:
+            if isinstance(folder, ObjectPath):
+                if not folder.fs.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True, recursive=True)):
+                    remove_dir(folder)
+            else:
+                os.rmdir(folder)
+        except OSError:
+            pass  # not empty, or gone already: left for the next run
+
+
+def merge_day(day_dir: LakeRoot, files: list[LakeRoot], summary: CompactionSummary) -> bool:
+    """Every span part of one closed day as one ``compact-…`` file in its ``session=~mixed`` folder."""
+    if not _merge(SPANS, files, mixed_dir(day_dir), summary, _BY_SESSION, DAY_ROW_GROUP_ROWS):
         return False
-    return now - newest >= older_than_s
+    summary.days_merged += 1
+    _remove_empty_folders({p.parent for p in files if p.parent.name != MIXED_FOLDER})
+    return True
 
 
-def plan(root: LakeRoot, older_than_minutes: float = 10, tenant: str | None = None) -> list[tuple[str, LakeRoot]]:
-    """Partitions worth compacting: quiet ``spans`` session folders and closed, quiet ``runs`` days."""
-    now = time.time()
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    older_than_s = older_than_minutes * 60
-    todo: list[tuple[str, LakeRoot]] = []
-    for _, _, _, day_dir in day_dirs(root, SPANS, tenant):
-        for session_dir in session_dirs(day_dir):
-            if _worth_it(session_dir, older_than_s, now):
-                todo.append((SPANS, session_dir))
-    for _, _, day, day_dir in day_dirs(root, RUNS, tenant):
-        if day < today and _worth_it(day_dir, older_than_s, now):
-            todo.append((RUNS, day_dir))
-    return todo
+@dataclass
+class _Day:
+    """One day folder to look at, and what decides its fate."""
+
+    table: str
+    day: str
+    folder: LakeRoot
+    closed: bool
+    now: float
+    older_than_s: float
+    max_day_bytes: int
+
+    def quiet(self, files: list[LakeRoot]) -> bool:
+        newest = _newest(files)
+        return newest is not None and self.now - newest >= self.older_than_s
+
+
+def _compact_spans_day(day: _Day, summary: CompactionSummary) -> None:
+    """A closed, quiet day under the cap: one file; otherwise each quiet folder on its own."""
+    files = day_files(day.folder, SPANS)
+    if not files or (len(files) == 1 and is_compacted(files[0])):
+        return  # nothing there, or done
+    if day.closed and day.quiet(files):
+        total = sum(_sizes(files).values())
+        if total <= day.max_day_bytes:
+            merge_day(day.folder, files, summary)
+            return
+        summary.days_over_cap += 1
+        _logger.info(
+            "compaction: %s holds %d bytes of parts (over max_day_bytes=%d): compacting each folder instead",
+            day.folder,
+            total,
+            day.max_day_bytes,
+        )
+    by_folder: dict[LakeRoot, list[LakeRoot]] = {}
+    for path in files:
+        by_folder.setdefault(path.parent, []).append(path)
+    for folder, parts in by_folder.items():
+        if len(parts) > 1 and day.quiet(parts):
+            compact_folder(SPANS, folder, summary, parts, day.max_day_bytes)
+
+
+def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
+    """A closed, quiet ``runs/`` day becomes one ``compact-…`` file (the index is small: never near the cap)."""
+    if not day.closed:
+        return
+    files = data_files(day.folder)
+    if not files or (len(files) == 1 and is_compacted(files[0])) or not day.quiet(files):
+        return
+    for batch in _batches(files, _sizes(files), day.max_day_bytes):
+        if len(batch) > 1 or len(files) == 1:  # one part alone is rewritten only to mark the day compacted
+            _merge(RUNS, batch, day.folder, summary, _BY_START, SESSION_ROW_GROUP_ROWS)
+
+
+@contextmanager
+def _lake_lock(root: LakeRoot) -> Iterator[bool]:
+    """Hold ``<root>/.compact.lock`` (``flock``, non-blocking) while compacting a local lake; False if another
+    process (or another ``compact`` call) holds it. No lock on an object store, or where ``flock`` is missing."""
+    if isinstance(root, ObjectPath) or fcntl is None or not Path(root).is_dir():
+        yield True
+        return
+    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def compact(
@@ -201,28 +345,48 @@ def compact(
     older_than_minutes: float = 10,
     tenant: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_day_bytes: int = DEFAULT_MAX_DAY_BYTES,
 ) -> CompactionSummary:
-    """Compact every quiet partition of the lake (a folder, or an ``s3://`` URL / ``ObjectPath``);
-    ``progress(done, total)`` is called as it goes."""
+    """Compact every quiet day of the lake (a folder, or an ``s3://`` URL / ``ObjectPath``); see the module doc.
+
+    ``progress(done, total)`` is called after each day folder. A local lake is locked for the duration: if another
+    compaction holds the lock this returns at once with ``busy`` set. On S3 nothing is locked: run one compactor.
+    """
     started = time.perf_counter()
     summary = CompactionSummary()
     if not isinstance(root, (Path, ObjectPath)):
         root = resolve_lake(root) or Path(root)
-    mixed = mixed_plan(root, older_than_minutes, tenant)
-    for done, folder in enumerate(mixed, start=1):
-        try:
-            drain_mixed(folder, summary)
-        except OSError as error:
-            _logger.error("compaction: cannot move the shared parts of %s (%s); they are unchanged", folder, error)
-        if progress is not None:
-            progress(done, len(mixed))
-    todo = plan(root, older_than_minutes, tenant)
-    for done, (table, folder) in enumerate(todo, start=1):
-        try:
-            compact_folder(table, folder, summary)
-        except OSError as error:
-            _logger.error("compaction: cannot rewrite %s (%s); its parts are unchanged", folder, error)
-        if progress is not None:
-            progress(done, len(todo))
+    with _lake_lock(root) as locked:
+        if not locked:
+            summary.busy = True
+            _logger.warning("compaction of %s: %s; nothing done", root, BUSY_MESSAGE)
+        else:
+            _compact_days(root, older_than_minutes * 60, tenant, progress, max_day_bytes, summary)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _compact_days(
+    root: LakeRoot,
+    older_than_s: float,
+    tenant: str | None,
+    progress: Callable[[int, int], None] | None,
+    max_day_bytes: int,
+    summary: CompactionSummary,
+) -> None:
+    now = time.time()
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    days = [
+        _Day(table, day, folder, day < today, now, older_than_s, max_day_bytes)
+        for table in (SPANS, RUNS)
+        for _, _, day, folder in day_dirs(root, table, tenant)
+    ]
+    for done, day in enumerate(days, start=1):
+        try:
+            (_compact_spans_day if day.table == SPANS else _compact_runs_day)(day, summary)
+        except OSError as error:
+            _logger.error(
+                "compaction: cannot rewrite %s (%s); the parts not yet removed are unchanged", day.folder, error
+            )
+        if progress is not None:
+            progress(done, len(days))
