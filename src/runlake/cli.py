@@ -903,6 +903,8 @@ def gc(
 
     A run started on UTC day D with `ttl_days` N is kept through day D+N and removed from day D+N+1.
     Prints how many executions and nodes were deleted (`--json`: the dict `HistoryDB.cleanup_expired` returns).
+    Expired folders vanish from readers at once; the command waits until their files are deleted. A folder that
+    cannot be removed (read-only disk, permissions) is named in the error (exit 1) and not counted.
 
     **Example:**
 
@@ -914,12 +916,37 @@ def gc(
             today = dt.datetime.combine(dt.date.fromisoformat(now), dt.time(12), tzinfo=dt.timezone.utc)
         except ValueError:
             fail(f"--now must be a day as YYYY-MM-DD, got {now!r}", code=2)
+    from .ttl import ExpireError
+
     db = open_db(state_url)
-    with _friendly_errors():
-        counts = db.cleanup_expired(now=today, max_age_days=max_age_days, dry_run=dry_run)
+    error: ExpireError | None = None
+    try:
+        with _friendly_errors():
+            try:
+                counts = db.cleanup_expired(now=today, max_age_days=max_age_days, dry_run=dry_run)
+            except ExpireError as failed:  # some folders could not be removed: report the rest, then fail
+                counts, error = failed.counts, failed
+    finally:
+        _finish_deletes()
     if as_json:
         print_json(counts)
+    elif error is None or counts["executions_deleted"] or counts["nodes_deleted"]:
+        _print_gc(counts, db, state_url, today, dry_run)
+    if error is not None:
+        fail(str(error))
+
+
+def _finish_deletes(patience_s: float = 1.0) -> None:
+    """Expired folders are hidden at once but deleted in the background: finish before the process exits."""
+    from .ttl import pending_deletes, wait_for_deletes
+
+    if wait_for_deletes(timeout=patience_s):
         return
+    _stderr().print(Text(f"runlake: removing {pending_deletes()} expired folders…", style="dim"), soft_wrap=True)
+    wait_for_deletes()
+
+
+def _print_gc(counts: dict[str, int], db: HistoryDB, state_url: str, today: dt.datetime | None, dry_run: bool) -> None:
     day = (today or dt.datetime.now(dt.timezone.utc)).date().isoformat()
     where = db.root.resolve() if db.root else state_url
     if not counts["executions_deleted"] and not counts["nodes_deleted"]:

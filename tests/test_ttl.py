@@ -1,0 +1,290 @@
+"""TTL (``runlake.ttl``): true counts from footers or DuckDB, days hidden at once and deleted after, errors named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from opentelemetry.exporter.runlake.layout import RUNS, SPANS, day_dirs, day_files, encode_partition_value
+from opentelemetry.exporter.runlake.writer import read_part_counts
+from typer.testing import CliRunner
+
+import runlake
+from runlake import ttl
+from runlake.cli import app
+from runlake.instrument import shifted_clock
+from runlake.query import LakeReader
+
+DAY = 86_400
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def write_history(lake: Path, runs: list[tuple[int, int, str]], nodes: int = 2, split: bool = False) -> None:
+    """One run per ``(age in days, ttl_days, tenant)`` with ``nodes`` nodes, through the real API.
+
+    ``split``: flush while each run is open, so its start row and its end row land in different files.
+    """
+    runlake.configure(lake, flush_interval_s=3600)  # one flush at the end (and at each force_flush)
+    try:
+        for i, (age, ttl_days, tenant) in enumerate(runs):
+            with shifted_clock(-age * DAY):
+                with runlake.run("agent", f"s{i}-{age}-{ttl_days}", tenant_id=tenant, ttl_days=ttl_days):
+                    if split:
+                        runlake.force_flush()
+                    for n in range(nodes):
+                        with runlake.node(f"n{n}"):
+                            pass
+    finally:
+        runlake.shutdown()
+
+
+def expired_days(lake: Path, table: str, max_age_days: int | None = None) -> list[Path]:
+    """The day folders the TTL rule picks (kept through day D+N), found independently of ``runlake.ttl``."""
+    today = NOW.date()
+    return [
+        folder
+        for _, ttl_days, day, folder in day_dirs(lake, table)
+        if dt.date.fromisoformat(day) + dt.timedelta(days=min(ttl_days, max_age_days or ttl_days)) < today
+    ]
+
+
+def duckdb_counts(lake: Path, max_age_days: int | None = None) -> dict[str, int]:
+    """What TTL must report: DuckDB over every file of the expired day folders (distinct runs, finished nodes)."""
+
+    def count(table: str, aggregate: str) -> int:
+        files = [str(f) for d in expired_days(lake, table, max_age_days) for f in day_files(d, table)]
+        if not files:
+            return 0
+        query = f"SELECT {aggregate} FROM read_parquet({files!r}, union_by_name=true)"
+        return duckdb.connect().execute(query).fetchall()[0][0]  # own connection: the default one is shared
+
+    return {
+        "executions_deleted": count(RUNS, "count(DISTINCT span_id)"),
+        "nodes_deleted": count(SPANS, "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')"),
+    }
+
+
+def tree(lake: Path) -> list[str]:
+    """Every path under the lake, hidden ones included."""
+    return sorted(str(p.relative_to(lake)) for p in lake.rglob("*"))
+
+
+def hidden(lake: Path) -> list[Path]:
+    return sorted(lake.rglob(f"{ttl.EXPIRED_PREFIX}*"))
+
+
+def history_runs(lake: Path) -> int:
+    return len(runlake.HistoryDB(lake).get_history(limit=10_000))
+
+
+def expire(lake: Path, **options: object) -> dict[str, int]:
+    return ttl.expire(lake, LakeReader(), now=NOW, **options)  # type: ignore[arg-type]
+
+
+def strip_footer_counts(file: Path) -> None:
+    """Rewrite a part file as an older writer did: the same rows, no ``runlake.counts`` in the footer."""
+    table = pq.read_table(file)
+    pq.write_table(table.replace_schema_metadata(None), file)
+    assert read_part_counts(file) is None
+
+
+def spoil_data_pages(file: Path) -> None:
+    """Zero every byte between the header and the footer: the footer stays readable, the rows do not."""
+    data = bytearray(file.read_bytes())
+    footer_start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    data[4:footer_start] = bytes(footer_start - 4)
+    file.write_bytes(bytes(data))
+
+
+# ---- counts ---------------------------------------------------------------------------------------------------------
+def test_footer_counts_are_exact_and_read_no_rows(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (40, 30, "a"), (35, 30, "b"), (31, 30, "a"), (3, 30, "a")], nodes=3)
+    expected = duckdb_counts(lake)
+    assert expected == {"executions_deleted": 4, "nodes_deleted": 12}
+    runs_days = expired_days(lake, RUNS)
+    assert runs_days and all(len(day_files(d, RUNS)) == 1 for d in runs_days), "one runs file per day: footer path"
+    for table in (RUNS, SPANS):
+        for day in expired_days(lake, table):
+            for file in day_files(day, table):
+                assert read_part_counts(file) is not None
+                spoil_data_pages(file)  # a count that read rows would fail now
+
+    assert expire(lake, dry_run=True) == expected
+    assert expire(lake) == expected
+    assert history_runs(lake) == 1 and not hidden(lake)
+
+
+def test_fallback_counts_runs_split_across_files_and_old_files_exactly(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (40, 30, "a"), (33, 30, "a"), (2, 30, "a")], split=True)
+    split_days = [d for d in expired_days(lake, RUNS) if len(day_files(d, RUNS)) > 1]
+    assert split_days, "start and end rows of a run in different files"
+    for folder in split_days:  # each file counts the run once: the footers would add it up twice
+        files = day_files(folder, RUNS)
+        query = f"SELECT count(DISTINCT span_id) FROM read_parquet({[str(f) for f in files]!r})"
+        assert sum(read_part_counts(f)["spans"] for f in files) > duckdb.connect().execute(query).fetchall()[0][0]
+    old_day = expired_days(lake, SPANS)[0]
+    for file in day_files(old_day, SPANS):  # one day written before footers had counts
+        strip_footer_counts(file)
+    expected = duckdb_counts(lake)
+    assert expected == {"executions_deleted": 3, "nodes_deleted": 6}
+
+    assert expire(lake, dry_run=True) == expected
+    assert expire(lake) == expected
+    assert history_runs(lake) == 1
+
+
+def test_a_lake_without_footer_counts_is_counted_by_duckdb(lake: Path) -> None:
+    write_history(lake, [(age, 30, "a") for age in range(31, 45)] + [(1, 30, "a")])
+    for table in (RUNS, SPANS):
+        for day in expired_days(lake, table):
+            for file in day_files(day, table):
+                strip_footer_counts(file)
+    expected = duckdb_counts(lake)
+    assert expected == {"executions_deleted": 14, "nodes_deleted": 28}
+    assert expire(lake) == expected
+    assert history_runs(lake) == 1
+
+
+def test_per_run_ttl_and_max_age_stay_exact(lake: Path) -> None:
+    write_history(lake, [(2, 1, "a"), (2, 3, "a"), (5, 3, "b"), (40, 30, "a"), (10, 30, "b"), (31, 30, "a")])
+    assert duckdb_counts(lake) == {"executions_deleted": 4, "nodes_deleted": 8}
+    assert expire(lake) == {"executions_deleted": 4, "nodes_deleted": 8}
+    assert duckdb_counts(lake, max_age_days=5) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert expire(lake, max_age_days=5) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert history_runs(lake) == 1
+
+
+# ---- removal --------------------------------------------------------------------------------------------------------
+def test_expired_days_vanish_at_once_and_are_deleted_in_the_background(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (41, 30, "a"), (39, 30, "b"), (1, 30, "a")])
+    old = expired_days(lake, RUNS) + expired_days(lake, SPANS)
+    assert len(old) == 6
+
+    counts = expire(lake, inline_files=0)  # every deletion goes to the background thread
+    assert counts == {"executions_deleted": 3, "nodes_deleted": 6}
+    assert not any(folder.exists() for folder in old), "each day folder went in one rename"
+    assert not expired_days(lake, RUNS) and not expired_days(lake, SPANS)
+    assert history_runs(lake) == 1
+    assert ttl.wait_for_deletes(timeout=60) is True
+    assert ttl.pending_deletes() == 0 and not hidden(lake)
+    assert {p.name for p in lake.rglob("day=*")} == {f"day={(NOW - dt.timedelta(days=1)).date()}"}
+
+
+def test_small_expiries_are_deleted_before_the_call_returns(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (1, 30, "a")])
+    assert expire(lake) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert not hidden(lake) and ttl.pending_deletes() == 0
+
+
+def test_leftovers_of_a_crash_are_swept_and_never_counted(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (1, 30, "b")])
+    tenant_a = lake / RUNS / f"tenant={encode_partition_value('a')}" / "ttl=30"
+    leftover = tenant_a / f"{ttl.EXPIRED_PREFIX}day=2020-01-01-0badc0de"
+    shutil.copytree(expired_days(lake, RUNS)[0], leftover)  # renamed, then the process died before deleting
+    spans_leftover = lake / SPANS / f"tenant={encode_partition_value('b')}" / "ttl=30" / f"{ttl.EXPIRED_PREFIX}x"
+    (spans_leftover / "session=s").mkdir(parents=True)
+    (spans_leftover / "session=s" / "part-1.parquet").write_bytes(b"not even parquet")
+    assert history_runs(lake) == 2, "readers never list hidden folders"
+
+    assert expire(lake, dry_run=True) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert leftover.exists() and spans_leftover.exists(), "a dry run deletes nothing"
+    assert ttl.expire(lake, LakeReader(), tenant="b", now=NOW) == {"executions_deleted": 0, "nodes_deleted": 0}
+    assert ttl.wait_for_deletes(timeout=60)
+    assert leftover.exists() and not spans_leftover.exists(), "a tenant's cleanup sweeps only that tenant"
+    assert expire(lake) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert ttl.wait_for_deletes(timeout=60)
+    assert not hidden(lake) and history_runs(lake) == 1
+
+
+def test_dry_run_renames_and_deletes_nothing(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (35, 7, "b"), (1, 30, "a")])
+    (lake / RUNS / "tenant=a" / "ttl=30" / f"{ttl.EXPIRED_PREFIX}day=2020-01-01-1").mkdir()
+    before = tree(lake)
+    dry = expire(lake, dry_run=True)
+    assert dry == {"executions_deleted": 2, "nodes_deleted": 4} and tree(lake) == before
+    assert expire(lake) == dry
+    assert ttl.wait_for_deletes(timeout=60) and not hidden(lake)
+
+
+def test_gc_waits_for_the_background_deletes(lake: Path) -> None:
+    write_history(lake, [(age, 30, "a") for age in range(31, 40)] + [(1, 30, "a")])  # 18 files: background
+    result = CliRunner().invoke(app, ["gc", "--state-url", str(lake), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith("{") and '"executions_deleted": 9' in result.stdout
+    assert not hidden(lake) and ttl.pending_deletes() == 0, "nothing left for a process that exits now"
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path], None]]:
+    """Mount a real tmpfs on an empty folder, to make part of a lake read-only (needs root, as in test_exporter)."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path) -> None:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+        mounted.append(folder)
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def make_read_only(folder: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
+def test_read_only_lake_is_a_clear_error_and_changes_nothing(tmpfs: Callable[[Path], None], tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    tmpfs(disk)
+    lake = disk / "lake"
+    write_history(lake, [(40, 30, "a"), (1, 30, "a")])
+    make_read_only(disk)
+    before = tree(lake)
+
+    with pytest.raises(ttl.ExpireError) as raised:
+        expire(lake)
+    error = raised.value
+    assert error.counts == {"executions_deleted": 0, "nodes_deleted": 0}
+    assert "Read-only file system" in str(error) and "nothing was deleted" in str(error)
+    assert str(expired_days(lake, RUNS)[0]) in str(error), "names the folder"
+    assert {str(f) for f, _ in error.failed} == {str(f) for f in expired_days(lake, RUNS) + expired_days(lake, SPANS)}
+    assert tree(lake) == before and history_runs(lake) == 2
+
+    result = CliRunner().invoke(app, ["gc", "--state-url", str(lake)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "cannot remove expired folder" in result.stderr and "Read-only file system" in result.stderr
+    assert str(expired_days(lake, RUNS)[0]) in result.stderr.replace("\n", "")
+
+
+def test_a_folder_that_cannot_be_moved_is_not_counted(tmpfs: Callable[[Path], None], tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    write_history(lake, [(40, 30, "a"), (38, 30, "a"), (40, 30, "ro"), (1, 30, "a")])
+    expected = duckdb_counts(lake)
+    assert expected == {"executions_deleted": 3, "nodes_deleted": 6}
+    # tenant "ro"'s runs index moves onto a file system that turns read-only; its spans stay writable
+    frozen = lake / RUNS / "tenant=ro"
+    shutil.move(frozen, tmp_path / "staging")
+    frozen.mkdir()
+    tmpfs(frozen)
+    shutil.copytree(tmp_path / "staging", frozen, dirs_exist_ok=True)
+    make_read_only(frozen)
+    stuck = [d for d in expired_days(lake, RUNS) if "tenant=ro" in str(d)]
+    assert len(stuck) == 1
+
+    with pytest.raises(ttl.ExpireError) as raised:
+        expire(lake)
+    error = raised.value
+    assert [str(f) for f, _ in error.failed] == [str(stuck[0])]
+    assert error.counts == {"executions_deleted": 2, "nodes_deleted": 6}, "the stuck run is not reported as deleted"
+    assert "more expired folders" not in str(error) and str(stuck[0]) in str(error)
+    assert stuck[0].exists() and expired_days(lake, RUNS) == stuck
+    assert not expired_days(lake, SPANS)
