@@ -217,14 +217,17 @@ def test_scoped_reads(history: tuple[runlake.HistoryDB, dict[str, str]]) -> None
 
 def test_truncated_parquet_file_is_skipped_with_a_warning(history, lake: Path, caplog) -> None:
     db, ids = history
+    runs_before = db.get_runs("s1")
     victim = next(p for p in lake_files(lake, "spans") if "session=s1" in str(p))
     victim.write_bytes(victim.read_bytes()[:100])
     junk = victim.parent / "part-zzz-junk.parquet"
     junk.write_bytes(b"PAR1 not really")
     (victim.parent / ".part-hidden.parquet").write_bytes(b"hidden half-written file")
     with caplog.at_level(logging.WARNING):
+        traces = db.get_traces(session_id="s1")
         runs = db.get_runs("s1")
-    assert runs == [], "the only file of that session is unreadable: no rows, but no failed query"
+    assert traces == [], "the only span file of that session is unreadable: no rows, but no failed query"
+    assert runs == runs_before and runs, "runs are read from the runs/ index, which is intact"
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert str(victim) in warnings and str(junk) in warnings and ".part-hidden" not in warnings
     assert len(db.get_history()) == 4, "the runs index is intact and other sessions still read"

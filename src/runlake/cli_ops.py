@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .cli import DEFAULT_STATE_URL, AsJson, StateUrl, _human_bytes, _lake_root, _stderr, _stdout, app, fail, print_json
 
-DEFAULT_MAX_DAY_MB = 256  # runlake.compact.DEFAULT_MAX_DAY_BYTES in MiB (not imported: pyarrow stays out of start-up)
+DEFAULT_MAX_DAY_MB = 64  # runlake.compact.DEFAULT_MAX_DAY_BYTES in MiB (not imported: pyarrow stays out of start-up)
 
 
 def _progress() -> Progress:

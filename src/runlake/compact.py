@@ -71,10 +71,13 @@ except ImportError:  # not POSIX: no lock (run one compactor per lake)
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_DAY_BYTES = 256 << 20
-# Rows per row group of a day file (sorted by session): a session read decompresses only the groups whose
-# session_id range covers it, input/output text included. Measured on B30 (docs/design.md, "Compaction").
+DEFAULT_MAX_DAY_BYTES = 64 << 20  # merging holds ~14x the parts' size in memory (B30 text): ~1 GB at most
+# Row groups of a day file (sorted by session): a session read decompresses only the groups whose session_id range
+# covers it, input/output text included, so a group ends at a session boundary once it holds DAY_ROW_GROUP_BYTES
+# of text, or at DAY_ROW_GROUP_ROWS rows. Measured on B30 (docs/design.md, "Compaction").
 DAY_ROW_GROUP_ROWS = 1024
+DAY_ROW_GROUP_BYTES = 512 << 10
+COMPRESSION_LEVEL = 6  # zstd: compaction runs off the write path, so it can spend more time for fewer bytes
 SESSION_ROW_GROUP_ROWS = 1 << 20  # a session folder's own file: its rows are all wanted together
 LOCK_FILE = ".compact.lock"
 BUSY_MESSAGE = "another compaction is running"
@@ -174,7 +177,17 @@ def _merge(
     if merged is None or not used or (len(used) == 1 and is_compacted(used[0])):
         return False
     rows = merged.num_rows
-    new_file = write_part(table, target, merged, sort_by=sort_by, row_group_size=row_group_size, compacted=True)
+    by_session = sort_by == _BY_SESSION
+    new_file = write_part(
+        table,
+        target,
+        merged,
+        sort_by=sort_by,
+        row_group_size=row_group_size,
+        compacted=True,
+        row_group_bytes=DAY_ROW_GROUP_BYTES if by_session else None,
+        compression_level=COMPRESSION_LEVEL,
+    )
     del merged
     _replace(used, new_file, rows, summary)
     return True
@@ -310,7 +323,8 @@ def _compact_spans_day(day: _Day, summary: CompactionSummary) -> None:
 
 
 def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
-    """A closed, quiet ``runs/`` day becomes one ``compact-…`` file (the index is small: never near the cap)."""
+    """A closed, quiet ``runs/`` day becomes one ``compact-…`` file, sorted by session like the spans' day files (a
+    session's runs are then read from a row group or two)."""
     if not day.closed:
         return
     files = data_files(day.folder)
@@ -318,7 +332,7 @@ def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
         return
     for batch in _batches(files, _sizes(files), day.max_day_bytes):
         if len(batch) > 1 or len(files) == 1:  # one part alone is rewritten only to mark the day compacted
-            _merge(RUNS, batch, day.folder, summary, _BY_START, SESSION_ROW_GROUP_ROWS)
+            _merge(RUNS, batch, day.folder, summary, _BY_SESSION, DAY_ROW_GROUP_ROWS)
 
 
 @contextmanager

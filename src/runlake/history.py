@@ -269,10 +269,13 @@ class HistoryDB:
 
     # ---- PraisonAI ----
     def get_runs(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Runs of one session, newest ``started_at`` first (PraisonAI's run dicts)."""
+        """Runs of one session, newest ``started_at`` first (PraisonAI's run dicts).
+
+        Read from the ``runs/`` files of the days the index knows the session's runs started on (those files are
+        sorted by session once compacted); a session the index does not know is looked for in its span files.
+        """
         if self._unconfigured("get_runs") or (limit is not None and limit <= 0):
             return []
-        days = self._session_days(session_id)
         params: list[Any] = [session_id]
         where = f"session_id = ? AND span_type = 'run' {self._scope_sql(params)}"
         sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano DESC"
@@ -280,8 +283,15 @@ class HistoryDB:
         if limit is not None:
             sql += " LIMIT ?"
             tail.append(int(limit))
-        lister = lambda: session_files(self.root, session_id, self.tenant_id, days)  # noqa: E731
-        rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
+        index = self.run_index()
+        known = [r for r in index.session(session_id) if self._in_scope(r)] if index is not None else []
+        if known:
+            days = {day_of(r["start_time_unix_nano"]) for r in known}
+            where = where.replace(" AND span_type = 'run'", "")  # the runs/ index holds runs only
+            rows = self._reader.rows(sql, self._runs_of_days(days), tail, where=where, where_params=params)
+        else:
+            lister = lambda: session_files(self.root, session_id, self.tenant_id)  # noqa: E731
+            rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
         return self._each(rows, self._run_dict, "run")
 
     @staticmethod

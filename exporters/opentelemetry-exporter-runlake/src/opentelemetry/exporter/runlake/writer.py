@@ -99,16 +99,52 @@ def read_part_counts(path: LakeRoot) -> dict[str, int] | None:
     return json.loads(raw) if raw else None
 
 
-def _encode(table: str, arrow: pa.Table, sink: Any, row_group_size: int) -> None:
+def _row_group_ends(table: str, arrow: pa.Table, max_rows: int, max_bytes: int) -> list[int]:
+    """Where row groups end so that each holds at most ``max_bytes`` of free text (or ``max_rows`` rows), cut between
+    sessions where it can: a read of one session then decompresses little besides that session's own rows."""
+    sizes = [0] * arrow.num_rows
+    for position in _TEXT_POSITIONS[table]:
+        lengths = pc.binary_length(arrow.column(position)).fill_null(0).to_pylist()
+        sizes = [a + b for a, b in zip(sizes, lengths)]
+    sessions = arrow.column("session_id").to_pylist()
+    ends: list[int] = []
+    start = group_bytes = 0
+    for i, size in enumerate(sizes):
+        new_session = i > start and sessions[i] != sessions[i - 1]
+        if i > start and (
+            (new_session and group_bytes >= max_bytes) or group_bytes >= 4 * max_bytes or i - start >= max_rows
+        ):
+            ends.append(i)
+            start, group_bytes = i, 0
+        group_bytes += size
+    ends.append(arrow.num_rows)
+    return ends
+
+
+def _encode(
+    table: str,
+    arrow: pa.Table,
+    sink: Any,
+    row_group_size: int,
+    row_group_bytes: int | None = None,
+    compression_level: int | None = None,
+) -> None:
     with pq.ParquetWriter(
         sink,
         arrow.schema,
         compression="zstd",
+        compression_level=compression_level,
         use_dictionary=True,
         write_statistics=_STATS_COLUMNS[table],
         store_schema=False,  # the Parquet schema says it all; saves ~2 KB of footer per file
     ) as out:
-        out.write_table(arrow, row_group_size=row_group_size)
+        if row_group_bytes is None or arrow.num_rows == 0:
+            out.write_table(arrow, row_group_size=row_group_size)
+        else:
+            start = 0
+            for end in _row_group_ends(table, arrow, row_group_size, row_group_bytes):
+                out.write_table(arrow.slice(start, end - start), row_group_size=end - start)
+                start = end
         out.add_key_value_metadata({COUNTS_KEY: json.dumps(part_counts(table, arrow), separators=(",", ":"))})
 
 
@@ -119,16 +155,20 @@ def write_part(
     row_group_size: int = 128 * 1024,
     sort_by: tuple[str, ...] = ("start_time_unix_nano",),
     compacted: bool = False,
+    row_group_bytes: int | None = None,
+    compression_level: int | None = None,
 ) -> LakeRoot:
     """Write rows as one new part file in ``folder``, atomically (temp name then rename; one upload on S3).
 
     ``compacted``: the rows hold each span id once (compaction's output), said by the file name.
+    ``row_group_bytes``: also end a row group once it holds that much free text (between sessions if it can).
     """
     arrow = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
     arrow = arrow.sort_by([(c, "ascending") for c in sort_by])
     name = new_part_name(compacted)
+    encoding = (row_group_size, row_group_bytes, compression_level)
     if isinstance(folder, ObjectPath):
-        return _upload_part(table, arrow, folder / name, row_group_size)
+        return _upload_part(table, arrow, folder / name, encoding)
     if str(folder) not in _MADE_DIRS:
         folder.mkdir(parents=True, exist_ok=True)
         if len(_MADE_DIRS) > 100_000:
@@ -137,10 +177,10 @@ def write_part(
     tmp = folder / temp_name_for(name)
     try:
         try:
-            _encode(table, arrow, str(tmp), row_group_size)
+            _encode(table, arrow, str(tmp), *encoding)
         except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
             folder.mkdir(parents=True, exist_ok=True)
-            _encode(table, arrow, str(tmp), row_group_size)
+            _encode(table, arrow, str(tmp), *encoding)
         os.replace(tmp, folder / name)
     except BaseException:
         try:
@@ -151,11 +191,11 @@ def write_part(
     return folder / name
 
 
-def _upload_part(table: str, arrow: pa.Table, target: ObjectPath, row_group_size: int) -> ObjectPath:
+def _upload_part(table: str, arrow: pa.Table, target: ObjectPath, encoding: tuple) -> ObjectPath:
     """The whole file is encoded in memory first, so an encoding error never reaches the store; then one upload
     to the final key (no rename on S3). A failed upload leaves no object behind."""
     sink = pa.BufferOutputStream()
-    _encode(table, arrow, sink, row_group_size)
+    _encode(table, arrow, sink, *encoding)
     data = sink.getvalue()
     with target.fs.open_output_stream(target.path) as out:
         out.write(data)
