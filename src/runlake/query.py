@@ -121,18 +121,28 @@ class LakeReader:
     ``{latest}`` for one row per span (the ``end`` row once it exists), with no window over compacted days."""
 
     def __init__(self) -> None:
-        # Part files are never rewritten in place (new files get new names), so cached footers cannot go stale.
-        self._db = duckdb.connect(config={"threads": 2})
-        self._db.execute("SET parquet_metadata_cache = true")
+        self._connection: duckdb.DuckDBPyConnection | None = None  # opened on first use (~20-40 ms)
         self._local = threading.local()
         self._bad: set[str] = set()
         self._verified: set[tuple[str, int | None, float | None]] = set()
         self._lock = threading.Lock()
 
+    def _db(self) -> duckdb.DuckDBPyConnection:
+        connection = self._connection
+        if connection is None:
+            with self._lock:
+                if self._connection is None:
+                    connection = duckdb.connect(config={"threads": 2})
+                    # part files are never rewritten in place (new files get new names): cached footers stay true
+                    connection.execute("SET parquet_metadata_cache = true")
+                    self._connection = connection
+                connection = self._connection
+        return connection
+
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
-            cursor = self._local.cursor = self._db.cursor()
+            cursor = self._local.cursor = self._db().cursor()
         return cursor
 
     def _usable(self, files: Sequence[LakeRoot]) -> list[LakeRoot]:
@@ -233,7 +243,7 @@ class LakeReader:
         Object-store files are scanned lazily through a dataset, so files not seen before (path, size, mtime) are
         checked once with ``count(*)``.
         """
-        con = self._db.cursor()
+        con = self._db().cursor()
         for table, schema in ((SPANS, SPANS_SCHEMA), (RUNS, RUNS_SCHEMA)):
             lister: Lister = (lambda table=table: table_files(root, table, tenant)) if root is not None else list
             files = self._usable(lister())

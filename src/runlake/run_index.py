@@ -98,10 +98,16 @@ class RunIndex:
         self._table: pa.Table | None = None
         self._version = 0
         self._bad: set[str] = set()
-        self._lock = threading.Lock()
-        self._db = duckdb.connect(config={"threads": 2})
+        self._lock = threading.RLock()
+        self._connection: duckdb.DuckDBPyConnection | None = None  # opened on first use
         self._local = threading.local()
         self._lookups: tuple[int, dict[str, int], dict[str, list[int]]] | None = None  # (version, by run, by session)
+
+    def _db(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._connection is None:
+                self._connection = duckdb.connect(config={"threads": 2})
+            return self._connection
 
     def refresh(self) -> bool:
         """Bring the copy up to date with the listing; False if the index is off (too many runs)."""
@@ -136,7 +142,7 @@ class RunIndex:
     def _read(self, files: list[LakeRoot]) -> dict[str, pa.Table]:
         """New files' rows; one scan for local files, file by file on an object store or when one is broken."""
         if files and not isinstance(files[0], ObjectPath):
-            cursor = self._db.cursor()
+            cursor = self._db().cursor()
             try:
                 return _read_many(cursor, files)
             except (duckdb.IOException, duckdb.InvalidInputException):
@@ -157,7 +163,7 @@ class RunIndex:
         if not parts:
             return _SCHEMA.empty_table()
         merged = pa.concat_tables(parts)
-        cursor = self._db.cursor()
+        cursor = self._db().cursor()
         try:
             cursor.register("_parts", merged)
             return cursor.sql(
@@ -171,7 +177,7 @@ class RunIndex:
         """Run ``sql`` with ``{index}`` standing for the in-memory index (call ``refresh`` first)."""
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
-            cursor = self._local.cursor = self._db.cursor()
+            cursor = self._local.cursor = self._db().cursor()
             self._local.version = -1
         with self._lock:
             table, version = self._table, self._version
