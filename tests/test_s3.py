@@ -321,7 +321,7 @@ def test_unreadable_and_hidden_objects_are_set_aside(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     remote, local, _ = lakes
-    expected = local.get_runs("a/b")
+    expected = local.get_traces(session_id="a/b")  # read from the session's span files
     folder = session_files(remote.root, "a/b")[0].parent
     fs = emulator.filesystem()
     for name, data in [
@@ -332,10 +332,10 @@ def test_unreadable_and_hidden_objects_are_set_aside(
         with fs.open_output_stream(f"{folder.path}/{name}") as out:
             out.write(data)
     with caplog.at_level(logging.WARNING):
-        assert remote.get_runs("a/b") == expected
+        assert remote.get_traces(session_id="a/b") == expected
     warnings = [r.getMessage() for r in caplog.records if "unreadable part file" in r.getMessage()]
     assert len(warnings) == 1 and "part-0000000000000000-1-broken.parquet" in warnings[0]
-    assert remote.get_runs("a/b") == expected  # remembered: no second warning needed
+    assert remote.get_traces(session_id="a/b") == expected  # remembered: no second warning needed
     assert remote.sql("SELECT count(*) FROM spans WHERE session_id = 'a/b'").fetchall()[0][0] == len(
         local.sql("SELECT span_id FROM spans WHERE session_id = 'a/b'").fetchall()
     )
@@ -476,11 +476,12 @@ def test_objects_of_an_older_schema_still_read_and_compact_on_s3(s3_url: str, em
     )
     fs = emulator.filesystem()
     pq.write_table(old, f"{current.parent.path}/part-0000000000000000-old.parquet", filesystem=fs)
-    assert "legacy" in [r["metadata"]["agent_name"] for r in runlake.HistoryDB(s3_url).get_runs("s0")]
+    # the legacy run is only in spans/ (no runs/ row): read through the session's spans
+    assert "legacy" in [t["agent_name"] for t in runlake.HistoryDB(s3_url).get_traces(session_id="s0")]
     compact(s3_url, older_than_minutes=0)
     [merged] = data_files(current.parent)
     assert tuple(pq.read_schema(merged.path, filesystem=fs).names) == SPAN_COLUMNS
-    assert "legacy" in [r["metadata"]["agent_name"] for r in runlake.HistoryDB(s3_url).get_runs("s0")]
+    assert "legacy" in [t["agent_name"] for t in runlake.HistoryDB(s3_url).get_traces(session_id="s0")]
 
 
 def test_exporter_survives_the_endpoint_going_down(

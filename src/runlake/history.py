@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 from opentelemetry.exporter.runlake.layout import (
     RUNS,
+    SPANS,
     LakeRoot,
     day_dirs,
     day_of,
@@ -549,8 +550,9 @@ class HistoryDB:
     # ---- SQL ----
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
         """A DuckDB relation for ``query`` over views ``spans`` and ``runs`` (docs/schema.md)."""
+        named = tuple(t for t in (SPANS, RUNS) if re.search(rf"\b{t}\b", query, re.IGNORECASE)) or (SPANS, RUNS)
         for attempt in range(3):
-            con = self._reader.views(self.root, self.tenant_id)
+            con = self._reader.views(self.root, self.tenant_id, named)  # only the views the statement names
             try:
                 return con.sql(query)
             except (duckdb.IOException, duckdb.InvalidInputException) as error:

@@ -235,8 +235,11 @@ class LakeReader:
                     cursor.unregister(_SCAN)
         return None
 
-    def views(self, root: LakeRoot | None, tenant: str | None = None) -> duckdb.DuckDBPyConnection:
-        """A connection with views ``spans`` and ``runs`` (one row per span / run) over the whole lake.
+    def views(
+        self, root: LakeRoot | None, tenant: str | None = None, tables: Sequence[str] = (SPANS, RUNS)
+    ) -> duckdb.DuckDBPyConnection:
+        """A connection with views ``spans`` and ``runs`` (one row per span / run; only those in ``tables``) over the
+        whole lake. Compacted days are read as they are, the rest through the de-duplication (``latest_source``).
 
         Local files are not checked beforehand: creating a view reads every listed file's footer (the view is bound
         with ``union_by_name``), so an unreadable file fails it and is then found and set aside, as in ``rows``.
@@ -245,6 +248,8 @@ class LakeReader:
         """
         con = self._db().cursor()
         for table, schema in ((SPANS, SPANS_SCHEMA), (RUNS, RUNS_SCHEMA)):
+            if table not in tables:
+                continue
             lister: Lister = (lambda table=table: table_files(root, table, tenant)) if root is not None else list
             files = self._usable(lister())
             for attempt in range(4):
@@ -277,17 +282,16 @@ class LakeReader:
             self._verified.update(_identity(f) for f in files)
 
     @staticmethod
+    @staticmethod
     def _create_view(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, files: list[LakeRoot]) -> None:
         if files and isinstance(files[0], ObjectPath):
             con.register(f"_lake_{table}", object_dataset(files))
-            source = f"_lake_{table}"
+            source = f"(SELECT * FROM _lake_{table} {_LATEST_OF_PART})"
         elif files:
-            listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-            source = f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
+            source, _ = latest_source(files)
         else:
             con.register(f"_empty_{table}", pa.Table.from_pylist([], schema=schema))
             source = f"_empty_{table}"
-        key = "span_id"
         con.execute(
             f"""CREATE OR REPLACE TEMP VIEW {table} AS
             SELECT * EXCLUDE (record),
@@ -295,8 +299,7 @@ class LakeReader:
                    make_timestamp(end_time_unix_nano // 1000) AS end_time,
                    (end_time_unix_nano - start_time_unix_nano) / 1e6 AS duration_ms,
                    CAST(make_timestamp(start_time_unix_nano // 1000) AS DATE) AS day
-            FROM {source}
-            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY record = 'end' DESC) = 1"""
+            FROM {source}"""
         )
 
     def _set_aside_if_broken(self, con: duckdb.DuckDBPyConnection, files: list[LakeRoot]) -> bool:
