@@ -98,6 +98,12 @@ def _days_of(start_ns: int | None, end_ns: int | None) -> list[str] | None:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(span + 1)]
 
 
+def _one_tenant(rows: list[dict[str, Any]]) -> str | None:
+    """The tenant all the rows belong to (their files are then listed in that tenant only), else None."""
+    tenants = {r.get("tenant_id") for r in rows}
+    return tenants.pop() if len(tenants) == 1 and None not in tenants else None
+
+
 def _in_list(column: str, values: list[Any], params: list[Any]) -> str:
     """``column IN (?, ...)``: with literal parameters DuckDB checks it against Parquet row-group statistics."""
     params.extend(values)
@@ -166,13 +172,28 @@ class HistoryDB:
     def _runs_lister(self, since: str | None = None, until: str | None = None) -> Callable[[], list[LakeRoot]]:
         return lambda: table_files(self.root, RUNS, self.tenant_id, since, until)
 
-    def _runs_of_days(self, days: set[str]) -> Callable[[], list[LakeRoot]]:
-        """The ``runs/`` part files of some days (a run's rows are in the day it started)."""
+    def _runs_of_days(self, days: set[str], tenant: str | None = None) -> Callable[[], list[LakeRoot]]:
+        """The ``runs/`` part files of some days (a run's rows are in the day it started), of one tenant if given."""
+        tenant = self.tenant_id if tenant is None else tenant
+        listing = self._index.listing if self._index is not None else None
 
         def files() -> list[LakeRoot]:
-            return [f for f in table_files(self.root, RUNS, self.tenant_id, min(days), max(days)) if _day(f) in days]
+            since, until = min(days), max(days)
+            if listing is not None:
+                found = listing.table_files(self.root, RUNS, tenant, since, until)
+            else:
+                found = table_files(self.root, RUNS, tenant, since, until)
+            return [f for f in found if _day(f) in days]
 
         return files
+
+    def _sessions_lister(self, sessions: dict[str, set[str] | None], tenant: str | None = None) -> Callable:
+        """The span part files of sessions on their days (None: every day), of one tenant if given."""
+        tenant = self.tenant_id if tenant is None else tenant
+        listing = self._index.listing if self._index is not None else None
+        if listing is not None:
+            return lambda: listing.sessions_files(self.root, sessions, tenant)
+        return lambda: sessions_files(self.root, sessions, tenant)
 
     def _index_rows(
         self, where: str, params: list[Any], order_limit: str = "", tail: Sequence[Any] = ()
@@ -230,7 +251,7 @@ class HistoryDB:
         full = {
             r["span_id"]: r
             for r in self._reader.rows(
-                "SELECT * FROM {latest}", self._runs_of_days(days), where=where, where_params=params
+                "SELECT * FROM {latest}", self._runs_of_days(days, _one_tenant(runs)), where=where, where_params=params
             )
         }
         return [
@@ -255,18 +276,19 @@ class HistoryDB:
             and (self.user_id is None or row["user_id"] == self.user_id)
         )
 
-    def _session_days(self, session_id: str) -> list[str] | None:
-        """The days the session's runs ran on, from the index; None (every day) when the index cannot say."""
+    def _session_days(self, session_id: str) -> tuple[list[str] | None, str | None]:
+        """``(days, tenant)``: the days the session's runs ran on and the tenant they are in, from the index;
+        ``(None, None)`` (every day, every tenant in scope) when the index cannot say."""
         index = self.run_index()
         if index is None:
-            return None
+            return None, None
         runs = [r for r in index.session(session_id) if self._in_scope(r)]
         if not runs:
-            return None  # not in the index (yet): look everywhere
+            return None, None  # not in the index (yet): look everywhere
         first = min(r["start_time_unix_nano"] for r in runs)
         if any(r["end_time_unix_nano"] is None for r in runs):
-            return _days_of(first, None)
-        return _days_of(first, max(max(r["end_time_unix_nano"] for r in runs), first))
+            return _days_of(first, None), _one_tenant(runs)
+        return _days_of(first, max(max(r["end_time_unix_nano"] for r in runs), first)), _one_tenant(runs)
 
     # ---- PraisonAI ----
     def get_runs(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -289,7 +311,8 @@ class HistoryDB:
         if known:
             days = {day_of(r["start_time_unix_nano"]) for r in known}
             where = where.replace(" AND span_type = 'run'", "")  # the runs/ index holds runs only
-            rows = self._reader.rows(sql, self._runs_of_days(days), tail, where=where, where_params=params)
+            lister = self._runs_of_days(days, _one_tenant(known))
+            rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
         else:
             lister = lambda: session_files(self.root, session_id, self.tenant_id)  # noqa: E731
             rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
@@ -348,7 +371,7 @@ class HistoryDB:
         return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
 
     def _session_root_runs(self, session_id: str, user_id: str | None, limit: int | None) -> list[dict]:
-        days = self._session_days(session_id)
+        days, tenant = self._session_days(session_id)
         params: list[Any] = [session_id]
         where = self._scope_sql(params)
         if user_id is not None:
@@ -362,7 +385,7 @@ class HistoryDB:
         if limit is not None:
             sql += " LIMIT ?"
             tail.append(int(limit))
-        lister = lambda: session_files(self.root, session_id, self.tenant_id, days)  # noqa: E731
+        lister = self._sessions_lister({session_id: days and set(days)}, tenant)
         where = f"session_id = ? AND span_type = 'run' {where}"
         return self._reader.rows(sql, lister, tail, where=where, where_params=params)
 
@@ -383,7 +406,7 @@ class HistoryDB:
             sessions = f"({sessions} OR session_id IS NULL OR session_id = '')"
         params.append(sorted({run["trace_id"] for run in runs}))
         sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
-        lister = lambda: sessions_files(self.root, wanted, self.tenant_id)  # noqa: E731
+        lister = self._sessions_lister(wanted, _one_tenant(runs))
         out: dict[str, list[dict[str, Any]]] = {}
         where = f"{sessions} AND list_contains(?, trace_id)"
         for row in self._reader.rows(sql, lister, where=where, where_params=params):
@@ -503,7 +526,7 @@ class HistoryDB:
         if session:
             where = where.replace("coalesce(session_id, '') = ?", "session_id = ?")  # against row-group statistics
         sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano, span_id"
-        lister = lambda: session_files(self.root, session, self.tenant_id, days)  # noqa: E731
+        lister = self._sessions_lister({session: days and set(days)}, run["tenant_id"] if indexed else None)
         rows = self._reader.rows(sql, lister, where=where, where_params=params)
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row

@@ -92,7 +92,7 @@ class RunIndex:
         self.root = root
         self.max_rows = max_rows
         self.enabled = max_rows > 0
-        self._listing = CachedListing()
+        self.listing = CachedListing()  # shared with the readers of the same HistoryDB
         self._parts: dict[str, pa.Table] = {}
         self._rows = 0
         self._table: pa.Table | None = None
@@ -113,7 +113,7 @@ class RunIndex:
         """Bring the copy up to date with the listing; False if the index is off (too many runs)."""
         if not self.enabled:
             return False
-        files = self._listing.table_files(self.root, RUNS)
+        files = self.listing.table_files(self.root, RUNS)
         with self._lock:
             names = {str(f): f for f in files if str(f) not in self._bad}
             gone = [n for n in self._parts if n not in names]
@@ -135,7 +135,7 @@ class RunIndex:
                     self._parts.clear()
                     self._table = None
                     return False
-            self._table = self._latest(list(self._parts.values()))
+            self._table = self._latest(list(self._parts.values())).combine_chunks()  # one chunk: cheap takes
             self._version += 1
             return True
 
