@@ -246,7 +246,10 @@ class HistoryDB:
         if not runs:
             return runs
         params: list[Any] = []
+        sessions = sorted({r["session_id"] for r in runs if r["session_id"] is not None})
         where = _in_list("span_id", [r["span_id"] for r in runs], params)
+        if all(r["session_id"] is not None for r in runs):  # the files are sorted by session: skip other row groups
+            where += " AND " + _in_list("session_id", sessions, params)
         days = {day_of(r["start_time_unix_nano"]) for r in runs}
         full = {
             r["span_id"]: r
@@ -268,6 +271,15 @@ class HistoryDB:
             except (ValueError, TypeError, KeyError) as error:
                 _logger.warning("skipping %s %s: cannot be read (%s)", what, row.get("span_id"), error)
         return out
+
+    def _scope_equal(self) -> dict[str, Any]:
+        """The scope as column values (for ``RunIndex.newest``)."""
+        equal: dict[str, Any] = {}
+        if self.tenant_id is not None:
+            equal["tenant_id"] = self.tenant_id
+        if self.user_id is not None:
+            equal["user_id"] = self.user_id
+        return equal
 
     def _in_scope(self, row: dict[str, Any] | None) -> bool:
         return (
@@ -359,10 +371,10 @@ class HistoryDB:
             order = "ORDER BY start_time_unix_nano DESC"
             index = self.run_index()
             if index is not None:
-                sql = f"SELECT * FROM {{index}} WHERE true {where} {order}"
-                runs = index.rows(
-                    sql + (" LIMIT ?" if limit is not None else ""), [*params, *([limit] if limit is not None else [])]
-                )
+                equal = self._scope_equal()
+                if user_id is not None and equal.setdefault("user_id", user_id) != user_id:
+                    return []  # another user than the scope's
+                runs = index.newest(equal, 0, None if limit is None else int(limit), roots_only=True)
             elif limit is not None:
                 runs = self._newest_index_rows(where, params, order, 0, int(limit))
             else:
@@ -463,10 +475,7 @@ class HistoryDB:
         order = "ORDER BY start_time_unix_nano DESC, run_id"
         index = self.run_index()
         if index is not None:
-            page = index.rows(
-                f"SELECT * FROM {{index}} WHERE true {where} {order} LIMIT ? OFFSET ?", [*params, int(limit), int(skip)]
-            )
-            rows = self._with_text(page)
+            rows = self._with_text(index.newest(self._scope_equal(), int(skip), int(limit), agent=agent_id))
         else:
             rows = self._newest_index_rows(where, params, order, int(skip), int(limit))
         return self._each(rows, self._history_item, "run")

@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from opentelemetry.exporter.runlake.layout import RUNS, CachedListing, LakeRoot, ObjectPath, fs_and_path, is_missing
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
@@ -135,7 +136,10 @@ class RunIndex:
                     self._parts.clear()
                     self._table = None
                     return False
-            self._table = self._latest(list(self._parts.values())).combine_chunks()  # one chunk: cheap takes
+            latest = self._latest(list(self._parts.values()))
+            # newest first (the order of history and traces), in one chunk: filters and takes stay cheap
+            order = [("start_time_unix_nano", "descending"), ("run_id", "ascending")]
+            self._table = latest.sort_by(order).combine_chunks()
             self._version += 1
             return True
 
@@ -223,6 +227,40 @@ class RunIndex:
         table, _, by_session = self._lookup_tables()
         rows = by_session.get(session_id or "")
         return [] if table is None or not rows else table.take(rows).to_pylist()
+
+    def newest(
+        self,
+        equal: dict[str, Any],
+        skip: int = 0,
+        limit: int | None = None,
+        roots_only: bool = False,
+        agent: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows newest first (start time, then run id) whose columns equal ``equal``, run by ``agent`` (name or
+        id) if given, root runs only if asked; ``skip`` / ``limit`` as OFFSET / LIMIT. No query: the table is kept
+        in this order, so this is a mask and a slice."""
+        with self._lock:
+            table = self._table
+        if table is None or table.num_rows == 0:
+            return []
+        mask = None
+        for column, value in equal.items():
+            test = pc.equal(table.column(column), value)
+            mask = test if mask is None else pc.and_kleene(mask, test)
+        if agent is not None:
+            test = pc.or_kleene(pc.equal(table.column("agent_name"), agent), pc.equal(table.column("agent_id"), agent))
+            mask = test if mask is None else pc.and_kleene(mask, test)
+        if roots_only:
+            test = pc.is_null(table.column("parent_span_id"))
+            mask = test if mask is None else pc.and_kleene(mask, test)
+        positions = pc.indices_nonzero(mask.fill_null(False)) if mask is not None else None
+        total = table.num_rows if positions is None else len(positions)
+        end = total if limit is None else min(total, skip + limit)
+        if skip >= end:
+            return []
+        if positions is None:
+            return table.slice(skip, end - skip).to_pylist()
+        return table.take(positions.slice(skip, end - skip)).to_pylist()
 
     @property
     def size(self) -> int:
