@@ -98,6 +98,17 @@ def _days_of(start_ns: int | None, end_ns: int | None) -> list[str] | None:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range(span + 1)]
 
 
+# the columns each shape is built from: DuckDB pays for every column read, wanted or not
+_RUN_DICT_COLUMNS = (
+    "run_id, session_id, start_time_unix_nano, end_time_unix_nano, input, output, status_code, status_message, "
+    "error_type, metadata, agent_name"
+)
+_LOG_COLUMNS = (
+    "span_id, span_type, run_id, trace_id, node_id, node_type, input, output, start_time_unix_nano, "
+    "end_time_unix_nano, status_code, status_message, error_type, metadata, input_tokens, output_tokens, cost_cents"
+)
+
+
 def _one_tenant(rows: list[dict[str, Any]]) -> str | None:
     """The tenant all the rows belong to (their files are then listed in that tenant only), else None."""
     tenants = {r.get("tenant_id") for r in rows}
@@ -241,8 +252,9 @@ class HistoryDB:
                     out.append(row)
         return out
 
-    def _with_text(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Index rows completed with the columns the in-memory index leaves out (text), from their day files."""
+    def _with_text(self, runs: list[dict[str, Any]], columns: str = "*") -> list[dict[str, Any]]:
+        """Index rows completed with the columns the in-memory index leaves out (text), from their day files;
+        ``columns``: the ones wanted (each column read costs, whether used or not)."""
         if not runs:
             return runs
         params: list[Any] = []
@@ -254,7 +266,10 @@ class HistoryDB:
         full = {
             r["span_id"]: r
             for r in self._reader.rows(
-                "SELECT * FROM {latest}", self._runs_of_days(days, _one_tenant(runs)), where=where, where_params=params
+                f"SELECT span_id, {columns} FROM {{latest}}",
+                self._runs_of_days(days, _one_tenant(runs)),
+                where=where,
+                where_params=params,
             )
         }
         return [
@@ -313,7 +328,7 @@ class HistoryDB:
             return []
         params: list[Any] = [session_id]
         where = f"session_id = ? AND span_type = 'run' {self._scope_sql(params)}"
-        sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano DESC"
+        sql = f"SELECT {_RUN_DICT_COLUMNS} FROM {{latest}} ORDER BY start_time_unix_nano DESC"
         tail: list[Any] = []
         if limit is not None:
             sql += " LIMIT ?"
@@ -475,7 +490,8 @@ class HistoryDB:
         order = "ORDER BY start_time_unix_nano DESC, run_id"
         index = self.run_index()
         if index is not None:
-            rows = self._with_text(index.newest(self._scope_equal(), int(skip), int(limit), agent=agent_id))
+            page = index.newest(self._scope_equal(), int(skip), int(limit), agent=agent_id)
+            rows = self._with_text(page, "input, output")
         else:
             rows = self._newest_index_rows(where, params, order, int(skip), int(limit))
         return self._each(rows, self._history_item, "run")
@@ -534,7 +550,7 @@ class HistoryDB:
         )
         if session:
             where = where.replace("coalesce(session_id, '') = ?", "session_id = ?")  # against row-group statistics
-        sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano, span_id"
+        sql = f"SELECT {_LOG_COLUMNS} FROM {{latest}} ORDER BY start_time_unix_nano, span_id"
         lister = self._sessions_lister({session: days and set(days)}, run["tenant_id"] if indexed else None)
         rows = self._reader.rows(sql, lister, where=where, where_params=params)
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
