@@ -25,7 +25,7 @@ from opentelemetry.exporter.runlake.layout import (
     sessions_files,
     table_files,
 )
-from opentelemetry.exporter.runlake.mapping import attributes_of_row
+from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS, attributes_of_row
 
 from .query import LakeReader, _vanished
 from .run_index import DEFAULT_MAX_ROWS, RunIndex
@@ -100,13 +100,17 @@ def _days_of(start_ns: int | None, end_ns: int | None) -> list[str] | None:
 
 # the columns each shape is built from: DuckDB pays for every column read, wanted or not
 _RUN_DICT_COLUMNS = (
-    "run_id, session_id, start_time_unix_nano, end_time_unix_nano, input, output, status_code, status_message, "
-    "error_type, metadata, agent_name"
+    "run_id, session_id, tenant_id, user_id, start_time_unix_nano, end_time_unix_nano, input, output, status_code, "
+    "status_message, error_type, metadata, agent_name"
 )
 _LOG_COLUMNS = (
-    "span_id, span_type, run_id, trace_id, node_id, node_type, input, output, start_time_unix_nano, "
+    "span_id, span_type, session_id, run_id, trace_id, node_id, node_type, input, output, start_time_unix_nano, "
     "end_time_unix_nano, status_code, status_message, error_type, metadata, input_tokens, output_tokens, cost_cents"
 )
+
+
+def _names(columns: str) -> list[str]:
+    return [c.strip() for c in columns.split(",")]
 
 
 def _one_tenant(rows: list[dict[str, Any]]) -> str | None:
@@ -168,6 +172,19 @@ class HistoryDB:
             clauses += " AND user_id = ?"
             params.append(self.user_id)
         return clauses
+
+    def warm(self) -> int:
+        """Load the runs index and the footers of compacted files, newest days first, as a long-lived reader (the
+        server) would have them after its first queries; the number of footers kept. Optional: a cold reader
+        answers the same, a few milliseconds slower per file it opens for the first time."""
+        if self.root is None or self.run_index() is None:
+            return 0
+        listing = self._index.listing
+        files = listing.table_files(self.root, RUNS, self.tenant_id) + listing.table_files(
+            self.root, SPANS, self.tenant_id
+        )
+        files.sort(key=lambda f: _day(f.parent if f.parent.name.startswith("session=") else f), reverse=True)
+        return self._reader.warm(files)
 
     def run_index(self) -> RunIndex | None:
         """The in-memory runs index brought up to date, or None (no lake, turned off, or unreadable just now)."""
@@ -263,15 +280,16 @@ class HistoryDB:
         if all(r["session_id"] is not None for r in runs):  # the files are sorted by session: skip other row groups
             where += " AND " + _in_list("session_id", sessions, params)
         days = {day_of(r["start_time_unix_nano"]) for r in runs}
-        full = {
-            r["span_id"]: r
-            for r in self._reader.rows(
-                f"SELECT span_id, {columns} FROM {{latest}}",
-                self._runs_of_days(days, _one_tenant(runs)),
-                where=where,
-                where_params=params,
+        lister = self._runs_of_days(days, _one_tenant(runs))
+        wanted = {r["span_id"] for r in runs}
+        found = None
+        if columns != "*" and sessions and all(r["session_id"] is not None for r in runs):
+            found = self._reader.session_rows(lister, sessions, ["span_id", "session_id", *_names(columns)])
+        if found is None:
+            found = self._reader.rows(
+                f"SELECT span_id, {columns} FROM {{latest}}", lister, where=where, where_params=params
             )
-        }
+        full = {r["span_id"]: r for r in found if r["span_id"] in wanted}
         return [
             {**full.get(r["span_id"], {"input": None, "output": None, "metadata": None, "status_message": None}), **r}
             for r in runs
@@ -339,6 +357,10 @@ class HistoryDB:
             days = {day_of(r["start_time_unix_nano"]) for r in known}
             where = where.replace(" AND span_type = 'run'", "")  # the runs/ index holds runs only
             lister = self._runs_of_days(days, _one_tenant(known))
+            found = self._reader.session_rows(lister, [session_id], _names(_RUN_DICT_COLUMNS))
+            if found is not None:
+                found = sorted((r for r in found if self._in_scope(r)), key=lambda r: -r["start_time_unix_nano"])
+                return self._each(found if limit is None else found[: int(limit)], self._run_dict, "run")
             rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
         else:
             lister = lambda: session_files(self.root, session_id, self.tenant_id)  # noqa: E731
@@ -436,7 +458,13 @@ class HistoryDB:
         lister = self._sessions_lister(wanted, _one_tenant(runs))
         out: dict[str, list[dict[str, Any]]] = {}
         where = f"{sessions} AND list_contains(?, trace_id)"
-        for row in self._reader.rows(sql, lister, where=where, where_params=params):
+        traces = sorted({run["trace_id"] for run in runs})
+        found = None
+        if "" not in wanted:
+            found = self._reader.session_rows(lister, list(wanted), SPAN_COLUMNS[1:], also=("trace_id", traces))
+        if found is not None:
+            found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
+        for row in found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params):
             out.setdefault(row["trace_id"], []).append(row)
         return out
 
@@ -552,7 +580,25 @@ class HistoryDB:
             where = where.replace("coalesce(session_id, '') = ?", "session_id = ?")  # against row-group statistics
         sql = f"SELECT {_LOG_COLUMNS} FROM {{latest}} ORDER BY start_time_unix_nano, span_id"
         lister = self._sessions_lister({session: days and set(days)}, run["tenant_id"] if indexed else None)
-        rows = self._reader.rows(sql, lister, where=where, where_params=params)
+        found = self._reader.session_rows(lister, [session], _names(_LOG_COLUMNS)) if session else None
+        if found is not None:
+            own, root = run["span_id"], run["parent_span_id"] is None
+            rows = sorted(
+                (
+                    r
+                    for r in found
+                    if r["span_id"] == own
+                    or (
+                        r["span_type"] == "node"
+                        and (
+                            r["run_id"] == run_id or (r["run_id"] is None and r["trace_id"] == run["trace_id"] and root)
+                        )
+                    )
+                ),
+                key=lambda r: (r["start_time_unix_nano"], r["span_id"]),
+            )
+        else:
+            rows = self._reader.rows(sql, lister, where=where, where_params=params)
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
             own = next((r for r in rows if r["span_id"] == run["span_id"]), None)

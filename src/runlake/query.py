@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from opentelemetry.exporter.runlake.layout import (
@@ -125,6 +126,7 @@ class LakeReader:
         self._local = threading.local()
         self._bad: set[str] = set()
         self._verified: set[tuple[str, int | None, float | None]] = set()
+        self._footers: dict[str, tuple[pq.FileMetaData, list[tuple[Any, Any]]]] = {}
         self._lock = threading.Lock()
 
     def _db(self) -> duckdb.DuckDBPyConnection:
@@ -235,6 +237,73 @@ class LakeReader:
                     cursor.unregister(_SCAN)
         return None
 
+    def session_rows(
+        self,
+        lister: Lister,
+        sessions: Sequence[str],
+        columns: Sequence[str],
+        also: tuple[str, Sequence[Any]] | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """The rows of ``sessions`` in the listed files, read with pyarrow: only the row groups whose ``session_id``
+        statistics can hold them, only ``columns``. For point reads this is about half DuckDB's time (no planning).
+
+        Only where no de-duplication is needed (every file a compacted day's only file) and every file is local
+        and readable in the current schema; otherwise None, and the caller asks DuckDB (which also sets broken
+        files aside with a warning). ``also``: ``(column, values)``, a second filter applied before rows become
+        Python dicts.
+        """
+        files = self._usable(lister())
+        if not files or isinstance(files[0], ObjectPath) or split_clean(files)[1]:
+            return None if files else []
+        wanted = set(sessions)
+        low, high = min(wanted), max(wanted)
+        out: list[dict[str, Any]] = []
+        try:
+            for file in files:
+                metadata, bounds = self._footer(str(file))
+                groups = [i for i, (lo, hi) in enumerate(bounds) if lo is None or (lo <= high and hi >= low)]
+                if not groups:
+                    continue
+                table = pq.ParquetFile(str(file), metadata=metadata).read_row_groups(groups, columns=list(columns))
+                keep = pc.is_in(table.column("session_id"), value_set=pa.array(sorted(wanted), pa.string()))
+                if also is not None:
+                    column, values = also
+                    keep = pc.and_(keep, pc.is_in(table.column(column), value_set=pa.array(list(values), pa.string())))
+                out.extend(table.filter(keep).to_pylist())
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            return None  # vanished, broken or of another schema: DuckDB's path handles each of those
+        return out
+
+    def warm(self, files: Sequence[LakeRoot]) -> int:
+        """Read and keep the footers of compacted local files (as many as the cache holds), so the first point read
+        of each does not parse one; the number kept."""
+        kept = 0
+        for file in files:
+            if kept >= _MAX_FOOTERS or isinstance(file, ObjectPath) or not is_compacted(file):
+                continue
+            try:
+                self._footer(str(file))
+                kept += 1
+            except (OSError, ValueError, pa.ArrowException):
+                continue  # a broken file is found and said by the query that reads it
+        return kept
+
+    def _footer(self, path: str) -> tuple[pq.FileMetaData, list[tuple[Any, Any]]]:
+        """A file's footer and each row group's session_id (min, max), kept for the file's life (never rewritten)."""
+        hit = self._footers.get(path)
+        if hit is None:
+            metadata = pq.read_metadata(path)
+            column = metadata.schema.to_arrow_schema().get_field_index("session_id")
+            bounds = []
+            for i in range(metadata.num_row_groups):
+                stats = metadata.row_group(i).column(column).statistics
+                known = stats is not None and stats.has_min_max and stats.null_count == 0
+                bounds.append((stats.min, stats.max) if known else (None, None))
+            if len(self._footers) >= _MAX_FOOTERS:
+                self._footers.clear()
+            hit = self._footers[path] = (metadata, bounds)
+        return hit
+
     def views(
         self, root: LakeRoot | None, tenant: str | None = None, tables: Sequence[str] = (SPANS, RUNS)
     ) -> duckdb.DuckDBPyConnection:
@@ -318,6 +387,7 @@ class LakeReader:
             return self._set_aside(files)
 
 
+_MAX_FOOTERS = 256  # footers kept for pyarrow point reads (a day file's: ~0.2-0.5 MB in memory); forgotten all at once
 _MAX_VERIFIED = 500_000  # object-store files known readable (path, size, mtime); forgotten all at once past this
 
 
