@@ -1,10 +1,10 @@
 """B30: 30 days, 100,000 runs, ~1.1 million spans: runlake beside the stores it replaces.
 
-    python benchmarks/bench_b30.py [--quick] [--runs N] [--reps R] [--workdir DIR] [--keep] [--no-profile]
+    python benchmarks/bench_b30.py [--quick] [--runs N] [--reps R] [--workdir DIR] [--keep]
                                    [--budget S] [--min-session-rows N] [--other-min-session-rows N] [--sql-before]
 
-Figures, method and the fixes they point to: docs/performance-b30.md. The full run takes ~17 min on 2 cores
-(--quick: under a minute); give --workdir a folder on a disk with fast metadata operations (printed at start).
+Method and figures: docs/performance-b30.md. The full run takes ~18 min on 2 cores (--quick: under a minute);
+give --workdir a folder on a disk with fast metadata operations (printed at start).
 
 One process run measures, on the same rows:
 
@@ -19,9 +19,8 @@ One process run measures, on the same rows:
 
 Spans are ``ReadableSpan`` objects built directly (the attributes runlake's own ``run``/``turn``/``node``
 set), in a generator that keeps only the sessions in flight, so memory stays bounded. Every store gets the
-same deterministic stream in its own pass (its own time and peak memory). After compaction the script profiles the
-runlake side (cProfile categories, DuckDB's own profiler) and times what-ifs for the proposed fixes (B30.6-B30.9).
-Nothing here is a test.
+same deterministic stream in its own pass (its own time and peak memory). An llm span's input is the session's
+conversation as a JSON messages list (``Chat``), as chat-API instrumentations record it. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -65,6 +64,7 @@ AGENT_WEIGHTS = (5, 3, 2, 2, 4, 2, 1, 1)
 TOOLS = common.TOOLS
 MODELS = common.MODELS
 TTL_DAYS = 30  # every run keeps the CodexOS default, so "10 of 30 days" expire at one `now`
+CONTEXT_CHARS = 24_000  # an llm call's messages are trimmed to this many characters (the model's window)
 _KINDS = {"llm": "LLM", "tool": "TOOL", "retrieval": "RETRIEVER", "router": "CHAIN"}
 _OPS = {"llm": "chat", "tool": "execute_tool", "retrieval": "retrieval"}
 
@@ -72,9 +72,10 @@ _OPS = {"llm": "chat", "tool": "execute_tool", "retrieval": "retrieval"}
 class Corpus:
     """Prose-like text, fast: slices of one long Zipf-vocabulary text (``common.TextMaker``'s words).
 
-    ``TextMaker.text`` costs ~0.1 µs per byte, far too slow for ~2 GB of text; slicing a 24 MB corpus at random
-    offsets costs ~1 µs and keeps the same statistics. Any two slices overlap with a probability of about
-    (their length / corpus size), so a 1 MB Parquet page sees ~4% repeated text at most.
+    ``TextMaker.text`` costs ~0.1 µs per byte, far too slow for the ~1.5 GB of fresh text a pass needs; slicing a
+    24 MB corpus at random offsets costs ~1 µs and keeps the same statistics. Any two slices overlap with a
+    probability of about (their length / corpus size), so a 1 MB Parquet page sees ~4% repeated text at most (apart
+    from the conversation history an llm prompt re-sends on purpose).
     """
 
     def __init__(self, rng: random.Random, nbytes: int) -> None:
@@ -94,6 +95,61 @@ class Corpus:
         return text[start : start + n]
 
 
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps(str), the C function
+
+
+class Chat:
+    """One session's conversation as an LLM instrumentation records it: the JSON list of role-tagged messages
+    (``[{"role": "system", "content": …}, {"role": "user", …}, …]``) that a chat API call sends.
+
+    Chat APIs are stateless, so every llm call re-sends the conversation: the system prompt, the session's earlier
+    user requests and answers (a session is one conversation, a run one user turn), then the current run's request,
+    retrieved context, assistant tool calls and tool results (the ReAct loop). When a run ends only its request
+    and answer stay in the history (the framework's chat history; intermediate steps are per run). ``prompt()`` is
+    the messages list trimmed, oldest first after the system prompt, to ``budget`` characters, as frameworks trim to
+    the model's window. Messages are serialised once when added; a prompt is a join of the kept ones.
+    """
+
+    __slots__ = ("budget", "parts", "roles", "run_start")
+
+    def __init__(self, system_prompt: str, budget: int) -> None:
+        self.budget = budget
+        self.parts = [json.dumps({"role": "system", "content": system_prompt})]
+        self.roles = ["system"]
+        self.run_start = 1
+
+    def add(self, role: str, content: str, **extra: Any) -> None:
+        if extra:
+            self.parts.append(json.dumps({"role": role, "content": content, **extra}))
+        else:  # what json.dumps writes for {"role": role, "content": content}, 2× faster
+            self.parts.append(f'{{"role": "{role}", "content": {_json_string(content)}}}')
+        self.roles.append(role)
+
+    def begin_run(self, request: str) -> None:
+        self.run_start = len(self.parts)
+        self.add("user", request)
+
+    def end_run(self, answer: str | None) -> None:
+        """Keep the run's request and answer; drop its context, tool calls and tool results. A failed run
+        (``answer`` None) leaves nothing behind (the framework rolls its history back)."""
+        request = self.parts[self.run_start]
+        del self.parts[self.run_start :], self.roles[self.run_start :]
+        if answer is not None:
+            self.parts.append(request)
+            self.roles.append("user")
+            self.add("assistant", answer)
+
+    def prompt(self) -> str:
+        parts, roles = self.parts, self.roles
+        size = sum(map(len, parts)) + 2 * len(parts)
+        first = 1
+        last = len(parts) - 1  # the newest message is always sent
+        while first < last and (size > self.budget or roles[first] == "tool"):  # no tool result without its call
+            size -= len(parts[first]) + 2
+            first += 1
+        return "[" + ", ".join([parts[0], *parts[first:]]) + "]"
+
+
 @dataclass
 class Workload:
     """Deterministic description of the 30-day workload; ``spans()`` streams it in arrival order."""
@@ -106,6 +162,7 @@ class Workload:
     corpus_bytes: int = 24 << 20
 
     def __post_init__(self) -> None:
+        started = time.perf_counter()
         rng = random.Random(self.seed)
         self.rng = rng
         self.corpus = Corpus(rng, self.corpus_bytes)
@@ -137,6 +194,7 @@ class Workload:
         self._user_cum = _cumulative(user_weights)
         self._tenant_cum = _cumulative([w for _, w in TENANTS])
         self._agent_cum = _cumulative(AGENT_WEIGHTS)
+        self.setup_s = time.perf_counter() - started  # corpus, knowledge base, prompts, session plan
 
     # ---- helpers ----
     def _pick(self, items: Any, cum: list[float]) -> Any:
@@ -146,22 +204,25 @@ class Workload:
         return self.rng.getrandbits(64) or 1
 
     # ---- one session ----
-    def session_spans(self, index: int) -> list[ReadableSpan]:
-        """Every span of session ``index``, in the order they end (the order an exporter sends them)."""
+    def session_spans(self, index: int) -> Iterator[ReadableSpan]:
+        """Every span of session ``index``, in the order they end (the order an exporter sends them), made one run
+        at a time as they are consumed: a session in flight holds its conversation and its current run's spans.
+        (A run starts after the previous one ended, so sorting each run's spans sorts the session's.)"""
         rng = self.rng
         start, n_runs = self.sessions[index]
         tenant = self._pick([t for t, _ in TENANTS], self._tenant_cum)
         user = f"{tenant}-user-{self._pick(range(USERS_PER_TENANT), self._user_cum):04d}"
         agent = self._pick(AGENTS, self._agent_cum)
         session_id = f"sess-{index:06d}-{rng.getrandbits(40):010x}"
-        spans: list[ReadableSpan] = []
+        chat = Chat(self.prompts[agent], CONTEXT_CHARS)  # the conversation: lives as long as the session
         t = start
         for _ in range(n_runs):
-            t = self._run(spans, t, tenant, user, agent, session_id) + int(rng.uniform(20, 600) * NS)
-        spans.sort(key=lambda s: s.end_time)
-        return spans
+            spans: list[ReadableSpan] = []
+            t = self._run(spans, t, tenant, user, agent, session_id, chat) + int(rng.uniform(20, 600) * NS)
+            spans.sort(key=lambda s: s.end_time)
+            yield from spans
 
-    def _run(self, out: list, t0: int, tenant: str, user: str, agent: str, session_id: str) -> int:
+    def _run(self, out: list, t0: int, tenant: str, user: str, agent: str, session_id: str, chat: Chat) -> int:
         rng, corpus = self.rng, self.corpus
         trace_id = self.rng.getrandbits(128) or 1
         run_sid = self._ids()
@@ -175,6 +236,8 @@ class Workload:
             "runlake.tenant.id": tenant,
         }
         user_text = corpus.take(rng.randint(100, 800))
+        chat.begin_run(user_text)
+        answer = None  # the run's answer: its last llm output
         run_ctx = SpanContext(trace_id, run_sid, False, TraceFlags(1))
         resource = self.resources[tenant]
         t = t0 + int(rng.uniform(0.002, 0.02) * NS)
@@ -187,7 +250,7 @@ class Workload:
             turn_ids.append(turn_id)
             t += int(rng.uniform(0.001, 0.01) * NS)
             # router
-            t = self._node(
+            t, _ = self._node(
                 out,
                 turn_ctx,
                 resource,
@@ -199,12 +262,11 @@ class Workload:
                 json.dumps({"route": rng.choice(TOOLS), "confidence": round(rng.random(), 3)}),
                 rng.lognormvariate(-3.5, 0.5),
             )
-            context = ""
             if rng.random() < 0.6:
                 k = rng.randint(2, 4)
                 found = "\n---\n".join(rng.choice(self.docs) for _ in range(k))
-                context = found[: rng.randint(200, 800)]
-                t = self._node(
+                chat.add("system", "Context:\n" + found[: rng.randint(200, 800)])  # what the prompt quotes of it
+                t, _ = self._node(
                     out,
                     turn_ctx,
                     resource,
@@ -216,17 +278,11 @@ class Workload:
                     found,
                     rng.lognormvariate(-2.0, 0.6),
                 )
-            for _ in range(rng.randint(1, 4)):
-                prompt = (
-                    self.prompts[agent]
-                    + "\n\nContext: "
-                    + context
-                    + "\n\nUser: "
-                    + user_text
-                    + "\n"
-                    + corpus.take(rng.randint(20, 300))
-                )
-                t = self._node(
+            steps = rng.randint(1, 4)
+            for step in range(steps):  # the ReAct loop: llm → the tool it called → llm …, the last llm answers
+                tool = rng.choice(TOOLS) if step < steps - 1 else None
+                text = corpus.take(rng.randint(100, 1200))
+                t, failed = self._node(
                     out,
                     turn_ctx,
                     resource,
@@ -234,25 +290,37 @@ class Workload:
                     t,
                     "llm",
                     "chat_completion",
-                    prompt,
-                    corpus.take(rng.randint(100, 1200)),
+                    chat.prompt(),
+                    text,
                     rng.lognormvariate(0.2, 0.6),
                 )
-                if rng.random() < 0.6:
-                    tool = rng.choice(TOOLS)
-                    args = json.dumps({"query": corpus.take(rng.randint(40, 150)), "k": 5})
-                    t = self._node(
-                        out,
-                        turn_ctx,
-                        resource,
-                        inherited,
-                        t,
-                        "tool",
-                        tool,
-                        args,
-                        corpus.take(rng.randint(150, 1500)),
-                        rng.lognormvariate(-1.8, 1.0),
-                    )
+                if failed:  # rate limited: no answer, no tool call; the loop goes on
+                    continue
+                answer = text
+                if tool is None:
+                    chat.add("assistant", text)
+                    continue
+                args = json.dumps({"query": corpus.take(rng.randint(40, 150)), "k": 5})
+                call_id = f"call_{rng.getrandbits(48):012x}"
+                chat.add(
+                    "assistant",
+                    text,
+                    tool_calls=[{"id": call_id, "type": "function", "function": {"name": tool, "arguments": args}}],
+                )
+                result = corpus.take(rng.randint(150, 1500))
+                t, failed = self._node(
+                    out,
+                    turn_ctx,
+                    resource,
+                    inherited,
+                    t,
+                    "tool",
+                    tool,
+                    args,
+                    result,
+                    rng.lognormvariate(-1.8, 1.0),
+                )
+                chat.add("tool", f"TimeoutError: {tool} timed out" if failed else result, tool_call_id=call_id)
             t += int(rng.uniform(0.001, 0.02) * NS)
             attrs = dict(inherited)
             attrs.update(
@@ -288,11 +356,13 @@ class Workload:
             "runlake.metadata": json.dumps({"channel": rng.choice(("web", "api", "slack")), "version": "1.4.2"}),
         }
         status, events = Status(StatusCode.UNSET), ()
-        if rng.random() < 0.02:
+        if rng.random() < 0.02 or answer is None:  # gave up, or every llm call of the run was rate limited
             message = "agent gave up: " + corpus.take(40)
             status, events = _failure(attrs, "RuntimeError", message, t)
+            chat.end_run(None)
         else:
-            attrs["output.value"] = corpus.take(rng.randint(200, 2000))
+            attrs["output.value"] = answer
+            chat.end_run(answer)
         out.append(
             ReadableSpan(
                 f"invoke_agent {agent}",
@@ -322,7 +392,8 @@ class Workload:
         input_text: str,
         output_text: str,
         seconds: float,
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """Append one node span; returns (when the next step starts, whether this node failed)."""
         rng = self.rng
         sid = self._ids()
         ctx = SpanContext(parent.trace_id, sid, False, TraceFlags(1))
@@ -381,7 +452,7 @@ class Workload:
                 end_time=end,
             )
         )
-        return end + int(rng.uniform(0.0005, 0.01) * NS)
+        return end + int(rng.uniform(0.0005, 0.01) * NS), fail
 
     # ---- the stream ----
     def spans(self) -> Iterator[ReadableSpan]:
@@ -390,7 +461,7 @@ class Workload:
         Deterministic: two calls yield identical spans (ids, times, text).
         """
         self.rng.seed(self.seed * 7919 + 1)
-        sessions = (self.session_spans(index) for index in range(len(self.sessions)))  # made as they start
+        sessions = (self.session_spans(index) for index in range(len(self.sessions)))  # made as consumed
         yield from common.iter_interleaved(sessions, self.concurrency, self.rng)
 
     def batches(self, size: int = BATCH) -> Iterator[list[ReadableSpan]]:
@@ -812,11 +883,9 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(b) PraisonAI KV": lambda i: kv.user_statistics(_cycle(keys.users, i), since_ns / NS),
             },
             stats_sig,
-            None,
-            "≥ 10× faster than (a)",
         ),
         Query(
-            "statistics, every user, 30 days",
+            "statistics per user, 30 days",
             {
                 "runs index (LakeReader)": index_stats_all,
                 "HistoryDB.sql (runs view)": lambda db, i: db.sql(stats_view_sql(None, since)).fetchall(),
@@ -991,7 +1060,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json-every", type=int, help="write every N-th batch as OTLP JSON and extrapolate (default 10)")
     p.add_argument("--workdir", help="scratch folder parent (default: the system temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    p.add_argument("--no-profile", action="store_true", help="skip the profile of the runlake side")
     p.add_argument(
         "--sql-before",
         action="store_true",
@@ -1085,7 +1153,7 @@ def run_benchmark(
     root = scratch / "lake"
     print(
         f"\n[ingest] runlake: RunlakeSpanExporter(min_session_rows={args.min_session_rows}).export(512 spans), "
-        f"force_flush every {flush_every:,} spans",
+        f"force_flush every {flush_every:,} spans{_at()}",
         flush=True,
     )
     rl, rl_stats = ingest_runlake(
@@ -1101,7 +1169,7 @@ def run_benchmark(
     extra: list[Ingest] = []
     if args.other_min_session_rows is not None:  # the same stream with the other writer setting: ingest only
         other = scratch / "lake-other"
-        print(f"[ingest] runlake, min_session_rows={args.other_min_session_rows} (ingest only)", flush=True)
+        print(f"[ingest] runlake, min_session_rows={args.other_min_session_rows} (ingest only){_at()}", flush=True)
         o_ing, o_stats = ingest_runlake(
             work,
             other,
@@ -1113,23 +1181,30 @@ def run_benchmark(
         o_ing.note = f"{o_files:,} files, {fmt_bytes(o_bytes)} (lake not kept)"
         extra.append(o_ing)
         shutil.rmtree(other, ignore_errors=True)
-    print("[ingest] (a) SQLite CodexOS", flush=True)
+    print(f"[ingest] (a) SQLite CodexOS{_at()}", flush=True)
     codexos = CodexOSStore(scratch / "codexos.sqlite")
     a_ing = ingest_pass("(a) SQLite CodexOS", work, codexos.ingest, codexos.close)
-    print("[ingest] (b) PraisonAI KV", flush=True)
+    print(f"[ingest] (b) PraisonAI KV{_at()}", flush=True)
     kv = PraisonKV(scratch / "praisonai-kv.sqlite")
     b_ing = ingest_pass("(b) PraisonAI KV", work, kv.ingest, kv.close)
-    print(f"[ingest] (c) OTLP JSON FileSpanExporter, every {args.json_every}. batch", flush=True)
+    print(f"[ingest] (c) OTLP JSON FileSpanExporter, every {args.json_every}. batch{_at()}", flush=True)
     json_path = scratch / "spans.otlp.jsonl"
     json_exporter = FileSpanExporter(json_path)
-    text = {"bytes": 0, "spans": 0, "sessions": []}
+    text: dict[str, Any] = {"bytes": 0, "spans": 0, "sessions": [], "kinds": {}}
 
     def observe(batch: list) -> None:  # facts about the stream (untimed): text volume, sessions per batch
         text["spans"] += len(batch)
         text["sessions"].append(len({s.attributes.get("session.id") for s in batch}))
+        kinds = text["kinds"]
         for s in batch:
             a = s.attributes
-            text["bytes"] += len(a.get("input.value") or "") + len(a.get("output.value") or "")
+            i, o = len(a.get("input.value") or ""), len(a.get("output.value") or "")
+            text["bytes"] += i + o
+            k = kinds.setdefault(a.get("runlake.node.type") or a.get("runlake.span.type"), [0, 0, 0, 0])
+            k[0] += 1
+            k[1] += i
+            k[2] += o
+            k[3] = max(k[3], i)
 
     c_ing = ingest_pass(
         "(c) OTLP JSON lines",
@@ -1162,6 +1237,13 @@ def run_benchmark(
         for i in (rl, *extra, a_ing, b_ing, c_ing)
     ]
     text_per_span = text["bytes"] / max(1, text["spans"])
+    kinds = text["kinds"]
+    by_kind = ", ".join(
+        f"{k} {v[1] / v[0]:,.0f} / {v[2] / v[0]:,.0f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][1])
+    )
+    llm = kinds.get("llm", [1, 0, 0, 0])
+    passes = (rl, *extra, a_ing, b_ing, c_ing)
+    stream_s = median([i.wall_s - i.busy_s for i in passes])
     print_table(
         f"B30.1 ingest: {n:,} spans ({args.runs:,} runs), batches of {BATCH}, median "
         f"{median(text['sessions']):.0f} sessions per batch, {text_per_span:,.0f} B of input/output text per span",
@@ -1174,6 +1256,10 @@ def run_benchmark(
             f"peak mem = {Peak.method}, whole pass (incl. the span generator's sessions in flight).",
             "(a)/(b): SQLite WAL, synchronous=NORMAL, one transaction per batch (favourable to SQLite); runlake: no "
             "fsync either (atomic rename).",
+            f"text per span (input / output B, the spans (c) saw): {by_kind}; llm input = the conversation "
+            f"re-sent as a JSON messages list, at most {llm[3]:,} B (budget {CONTEXT_CHARS:,}).",
+            f"building the span stream: {stream_s:.1f}s per pass (pass wall − store time, median of "
+            f"{len(passes)} passes), {n / max(stream_s, 1e-9):,.0f} spans/s; workload set-up {work.setup_s:.1f}s.",
         ],
     )
 
@@ -1187,7 +1273,10 @@ def run_benchmark(
     since_ns = work.first_day_ns
     queries = define_queries(keys, lambda: root, codexos, kv, since_ns)
     db_before = runlake.HistoryDB(snapshot)
-    print(f"\n[queries] before compaction: {args.reps} timed repetitions per case (parameters vary), warm", flush=True)
+    print(
+        f"\n[queries] before compaction: {args.reps} timed repetitions per case (parameters vary), warm{_at()}",
+        flush=True,
+    )
     before_t: dict[str, dict[str, Timing]] = {}
     for q in queries:
         cases: dict[str, Callable[[int], Any]] = {
@@ -1201,7 +1290,7 @@ def run_benchmark(
             before_t[q.name].setdefault(f"runlake {label}", Timing(error="not run (see --sql-before)"))
 
     # ---- 4. compaction ------------------------------------------------------------------------------------------
-    print("\n[compaction] runlake.compact.compact(root, older_than_minutes=0)", flush=True)
+    print(f"\n[compaction] runlake.compact.compact(root, older_than_minutes=0){_at()}", flush=True)
     with Peak() as cpeak:
         summary = compact(root, older_than_minutes=0)
     after = lake_size(root)
@@ -1263,26 +1352,21 @@ def run_benchmark(
 
     # ---- 5. queries after compaction ------------------------------------------------------------------------------
     db_after = runlake.HistoryDB(root)
-    print(f"\n[queries] after compaction: runlake, {args.reps} timed repetitions per case", flush=True)
+    print(f"\n[queries] after compaction: runlake, {args.reps} timed repetitions per case{_at()}", flush=True)
     after_t: dict[str, dict[str, Timing]] = {}
     for q in queries:
         cases = {f"runlake {label}": (lambda i, fn=fn: fn(db_after, i)) for label, fn in q.runlake.items()}
         after_t[q.name] = measure(cases, args.reps, args.budget, q.signature, q.name)
     summary_rows = report_queries(queries, before_t, after_t)
 
-    # ---- 6. profile of the runlake side (compacted lake) -----------------------------------------------------------
-    if not args.no_profile:
-        profile(queries, db_after, root, keys, args)
-
-    # ---- 7. TTL: 10 of the 30 days ----------------------------------------------------------------------------
+    # ---- 6. TTL: 10 of the 30 days ----------------------------------------------------------------------------
     cut = first_day + dt.timedelta(days=10)
     now = dt.datetime.combine(first_day + dt.timedelta(days=TTL_DAYS + 10), dt.time(12), dt.timezone.utc)
     print(
         f"\n[ttl] expire {first_day} .. {cut - dt.timedelta(days=1)} (10 days): "
-        f"cleanup_expired(now={now:%Y-%m-%d %H:%M}Z)"
+        f"cleanup_expired(now={now:%Y-%m-%d %H:%M}Z){_at()}"
     )
     ttl_rows = []
-    whatif_ttl = ttl_whatif(root, scratch / "lake-ttl-whatif", first_day, cut) if not args.no_profile else None
     ttl: dict[str, tuple[float, dict, int | None]] = {}
     ttl_dry: dict[str, float | None] = {}
     for label, fn in (
@@ -1342,18 +1426,7 @@ def run_benchmark(
             "list+count = the same call with dry_run=True, run just before (lists and counts, deletes nothing); "
             "time − list+count ≈ removing the folders.",
             "runlake counts nodes by their own start day, SQLite by their run's: runs that cross midnight differ.",
-        ]
-        + (
-            [
-                f"what-if on a linked copy of the compacted lake: counts from the runs index alone "
-                f"(executions = runs rows, nodes = sum(node_count)) {fmt_time(whatif_ttl[0])} → "
-                f"{json.dumps(whatif_ttl[3])}; renaming the {whatif_ttl[4]} expired day folders to hidden "
-                f"'.expired-…' names (readers skip them at once) {fmt_time(whatif_ttl[1])}; removing them "
-                f"afterwards (background work) {fmt_time(whatif_ttl[2])}."
-            ]
-            if whatif_ttl
-            else []
-        ),
+        ],
     )
     summary_rows.insert(
         0,
@@ -1419,43 +1492,18 @@ def run_benchmark(
     return {}
 
 
-def ttl_whatif(root: Path, copy: Path, first_day: dt.date, cut: dt.date) -> tuple[float, float, float, dict, int]:
-    """TTL as proposed in docs/performance-b30.md, timed on a hard-linked copy of the lake: counts from the runs
-    index only, then a rename of each expired day folder to a hidden name, then the deletion (background work)."""
-    from opentelemetry.exporter.runlake.layout import RUNS, SPANS, day_dirs, day_files
-
-    from runlake.query import LakeReader
-
-    hardlink_copy(root, copy)
-    reader = LakeReader()
-    start = time.perf_counter()
-    expired = {t: [d for _, _, day, d in day_dirs(copy, t) if day < cut.isoformat()] for t in (RUNS, SPANS)}
-    files = [f for d in expired[RUNS] for f in day_files(d, RUNS)]
-    rows = reader.rows(
-        "SELECT count(DISTINCT span_id) AS executions, sum(node_count) AS nodes FROM {files} WHERE record = 'end'",
-        lambda: files,
-    )
-    count_s = time.perf_counter() - start
-    start = time.perf_counter()
-    trash = []
-    for folder in expired[RUNS] + expired[SPANS]:
-        target = folder.parent / f".expired-{folder.name}-{os.getpid()}"
-        os.rename(folder, target)
-        trash.append(target)
-    rename_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for folder in trash:
-        shutil.rmtree(folder, ignore_errors=True)
-    remove_s = time.perf_counter() - start
-    shutil.rmtree(copy, ignore_errors=True)
-    counts = {"executions_deleted": int(rows[0]["executions"] or 0), "nodes_deleted": int(rows[0]["nodes"] or 0)}
-    return count_s, rename_s, remove_s, counts, len(trash)
-
-
 def _day_dirs(root: Path) -> Iterator[tuple[str, int, str, Path]]:
     from opentelemetry.exporter.runlake.layout import SPANS, day_dirs
 
     return day_dirs(root, SPANS)
+
+
+_STARTED = time.perf_counter()
+
+
+def _at() -> str:
+    """Where a phase starts: seconds since the script started (for planning runs)."""
+    return f" (at {time.perf_counter() - _STARTED:.0f}s)"
 
 
 def _met(ok: bool, target: str = "") -> str:
@@ -1543,575 +1591,6 @@ def report_queries(queries: list[Query], before_t: dict, after_t: dict) -> list[
             ]
         )
     return summary
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# profile of the runlake side: where the milliseconds go
-# ---------------------------------------------------------------------------------------------------------------
-_CATEGORIES = (
-    "listing files (layout: scandir, pathlib)",
-    "DuckDB (execute + fetchall, C++: bind, plan, read, decode, to Python)",
-    "rows → dicts (runlake.query)",
-    "building shapes (history, mapping, json)",
-    "other Python",
-)
-
-
-def _category(key: tuple[str, int, str]) -> str:
-    """cProfile key → category. DuckDB's pybind11 methods are not profiled separately: their time is the own time
-    of ``LakeReader._execute``, which calls ``execute`` and ``fetchall``."""
-    file, _, name = key
-    lname = name.lower()
-    if file == "~":
-        if "scandir" in lname or "direntry" in lname or "posix.stat" in lname or "posix.lstat" in lname:
-            return _CATEGORIES[0]
-        if "duckdb" in lname:
-            return _CATEGORIES[1]
-        if "json" in lname or "scanstring" in lname or "fromtimestamp" in lname:
-            return _CATEGORIES[3]
-        return _CATEGORIES[4]
-    norm = file.replace("\\", "/")
-    if norm.endswith("runlake/layout.py") or norm.endswith("/pathlib.py"):
-        return _CATEGORIES[0]
-    if norm.endswith("runlake/query.py"):
-        if name in ("_execute", "views", "_set_aside_if_broken"):
-            return _CATEGORIES[1]
-        if name in ("rows", "<listcomp>"):
-            return _CATEGORIES[2]
-        return _CATEGORIES[4]
-    if norm.endswith(("runlake/history.py", "runlake/mapping.py")) or "/json/" in norm:
-        return _CATEGORIES[3]
-    return _CATEGORIES[4]
-
-
-class _ProfiledResult:
-    def __init__(self, real: Any, sink: Callable[[], None]) -> None:
-        self._real, self._sink = real, sink
-
-    @property
-    def description(self) -> Any:
-        return self._real.description
-
-    def fetchall(self) -> Any:
-        out = self._real.fetchall()
-        self._sink()
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-class _ProfiledCursor:
-    """Stands in for a LakeReader's DuckDB cursor: after each query, reads DuckDB's detailed JSON profile."""
-
-    def __init__(self, real: Any, path: Path) -> None:
-        self._real, self._path = real, path
-        self.records: list[dict] = []
-        real.execute("PRAGMA enable_profiling='json'")
-        real.execute("SET profiling_mode='detailed'")
-        real.execute(f"PRAGMA profiling_output='{path}'")
-
-    def _collect(self) -> None:
-        try:
-            p = json.loads(self._path.read_text())
-        except (OSError, ValueError):
-            return
-        scan = files = 0.0
-
-        def walk(node: dict) -> None:
-            nonlocal scan, files
-            if node.get("type") == "TABLE_SCAN":
-                scan += node.get("timing", 0.0)
-                files += float(node.get("extra_info", {}).get("Total Files Read", 0) or 0)
-            for child in node.get("children", []):
-                walk(child)
-
-        for op in p.get("operator", []):
-            walk(op)
-        self.records.append(
-            {
-                "total": p["query"]["total_time"],
-                "bind": p.get("planner", {}).get("total_time", 0.0),
-                "optimize": p.get("optimizer", {}).get("total_time", 0.0)
-                + p.get("physical_planner", {}).get("total_time", 0.0),
-                "scan": scan,
-                "files": files,
-            }
-        )
-
-    def execute(self, sql: str, params: Any = None) -> Any:
-        real = self._real.execute(sql, params) if params is not None else self._real.execute(sql)
-        return _ProfiledResult(real, self._collect)
-
-    def disable(self) -> None:
-        self._real.execute("PRAGMA disable_profiling")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-def _clock(fn: Callable[[int], Any], reps: int) -> float:
-    times = []
-    for i in range(reps):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return median(times)
-
-
-def profile(queries: list[Query], db: Any, root: Path, keys: Keys, args: argparse.Namespace) -> None:
-    """cProfile categories and DuckDB's own profile per runlake query on the compacted lake, then what-ifs that
-    time the fixes proposed in docs/performance-b30.md with the public reader (LakeReader) on the same files."""
-    import cProfile
-    import pstats
-
-    from opentelemetry.exporter.runlake.layout import RUNS, session_files, table_files
-
-    from runlake.query import LATEST_ROW, LakeReader
-
-    reps = 2 if args.quick else 5
-    print(
-        f"\n[profile] runlake after compaction: cProfile over {reps} calls (1 when a call takes > 1 s) + DuckDB "
-        "detailed profiling",
-        flush=True,
-    )
-    prof_path = Path(tempfile.mkdtemp(prefix="duckprof-")) / "profile.json"
-    rows = []
-    for q in queries:
-        label, fn = next(iter(q.runlake.items()))
-        first = _clock(lambda i, fn=fn: fn(db, i), 1)
-        n = reps if first < 1.0 else 1
-        unprofiled = _clock(lambda i, fn=fn: fn(db, i), n) if n > 1 else first
-        reader = _READERS.get(id(db)) if not label.startswith("HistoryDB.") else db._reader  # noqa: SLF001
-        prof = cProfile.Profile()
-        prof.enable()
-        for i in range(n):
-            fn(db, i)
-        prof.disable()
-        recs: list[dict] = []
-        if reader is not None:  # a second pass, with DuckDB's own profiler on the reader's cursor
-            real = reader._cursor()  # noqa: SLF001 - profiling only
-            proxy = _ProfiledCursor(real, prof_path)
-            reader._local.cursor = proxy  # noqa: SLF001
-            try:
-                for i in range(n):
-                    fn(db, i)
-            finally:
-                proxy.disable()
-                reader._local.cursor = real  # noqa: SLF001
-            recs = proxy.records
-        stats = pstats.Stats(prof)
-        cats = dict.fromkeys(_CATEGORIES, 0.0)
-        total = 0.0
-        for key, (_, _, tt, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-            cats[_category(key)] += tt
-            total += tt
-        duck = {k: sum(r[k] for r in recs) / n for k in ("total", "bind", "optimize", "scan", "files")}
-        rows.append(
-            [f"{q.name} [{label}]", fmt_time(unprofiled), fmt_time(total / n)]
-            + [f"{cats[c] / total:.0%}" for c in _CATEGORIES]
-            + (
-                [
-                    f"{len(recs) / n:.1f}",
-                    fmt_time(duck["total"]),
-                    fmt_time(duck["bind"]),
-                    fmt_time(duck["optimize"]),
-                    fmt_time(duck["scan"]),
-                    f"{duck['files']:.0f}",
-                ]
-                if recs
-                else ["-"] * 6
-            )
-        )
-    print_table(
-        "B30.6 profile: where runlake's time goes (compacted lake; per call)",
-        [
-            "query",
-            "p50 (no profiler)",
-            "under cProfile",
-            "listing",
-            "DuckDB",
-            "rows→dicts",
-            "shapes",
-            "other",
-            "SQL/call",
-            "duck total",
-            "duck bind",
-            "duck optimize",
-            "duck scan (CPU)",
-            "files read",
-        ],
-        rows,
-        [
-            "shares = cProfile own time by category (the profiler inflates Python-side shares); DuckDB = own time of "
-            "LakeReader._execute, i.e. DuckDB's execute + fetchall;",
-            "duck * = DuckDB's detailed profiler, second pass, per call: total = query latency inside DuckDB;",
-            "duck bind = DuckDB planner time, which opens every listed file and reads its footer (union_by_name);",
-            "duck scan = CPU time of TABLE_SCAN operators (Parquet read + decode, both threads); files read = files "
-            "the scans opened.",
-            "HistoryDB.sql cases build fresh views on a new cursor each call: no DuckDB profile for them.",
-        ],
-    )
-
-    # ---- what-ifs: the same answers, asked the way the proposed fixes would ask ----
-    reader = LakeReader()
-    runs_files = lambda: table_files(root, RUNS)  # noqa: E731
-    whatifs: list[list[str]] = []
-
-    def add(name: str, now_fn: Callable[[int], Any], then_fn: Callable[[int], Any], fix: str) -> None:
-        first = _clock(now_fn, 1) + _clock(then_fn, 1)  # warm both
-        n = reps * 2 if first < 0.5 else 1 if first > 5 else 3
-        a, b = _clock(now_fn, n), _clock(then_fn, n)
-        whatifs.append([name, fmt_time(a), fmt_time(b), ratio(a, b), str(n), fix])
-
-    add(
-        "history query over the whole runs index: LATEST_ROW window vs none",
-        lambda i: reader.rows(
-            f"SELECT * FROM {{files}} WHERE (agent_name = ? OR agent_id = ?) {LATEST_ROW} "
-            "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?",
-            runs_files,
-            [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)],
-        ),
-        lambda i: reader.rows(
-            "SELECT * FROM {files} WHERE (agent_name = ? OR agent_id = ?) "
-            "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?",
-            runs_files,
-            [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)],
-        ),
-        "skip the window where no start rows exist (compacted files / footer flag), or dedupe only record='start'",
-    )
-    add(
-        "history query over the whole runs index: window on all columns vs on key columns, then the page",
-        lambda i: reader.rows(
-            f"SELECT * FROM {{files}} WHERE (agent_name = ? OR agent_id = ?) {LATEST_ROW} "
-            "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?",
-            runs_files,
-            [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)],
-        ),
-        lambda i: reader.rows(
-            "WITH f AS (SELECT * FROM {files} WHERE agent_name = ? OR agent_id = ?), "
-            "k AS (SELECT span_id, record, start_time_unix_nano, run_id FROM f "
-            f"{LATEST_ROW} ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?) "
-            "SELECT f.* FROM f JOIN k USING (span_id, record) ORDER BY f.start_time_unix_nano DESC, f.run_id",
-            runs_files,
-            [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)],
-        ),
-        "dedupe/sort on key columns only, fetch wide text columns for the page alone",
-    )
-
-    def traces_per_session(i: int) -> Any:
-        return db.get_traces(user_id=_cycle(keys.users, i), limit=10)
-
-    def traces_one_query(i: int) -> Any:
-        user = _cycle(keys.users, i)
-        runs = reader.rows(
-            f"SELECT * FROM {{files}} WHERE user_id = ? AND parent_span_id IS NULL {LATEST_ROW} "
-            "ORDER BY start_time_unix_nano DESC LIMIT 10",
-            runs_files,
-            [user],
-        )
-        sessions = {r["session_id"] for r in runs}
-        files = [f for s in sessions for f in session_files(root, s)]
-        return reader.rows(
-            f"SELECT * FROM {{files}} WHERE list_contains(?, trace_id) {LATEST_ROW} ORDER BY start_time_unix_nano",
-            lambda: files,
-            [[r["trace_id"] for r in runs]],
-        )
-
-    add(
-        "get_traces(user): HistoryDB vs two plain queries (runs index, then the sessions' spans in one)",
-        traces_per_session,
-        traces_one_query,
-        "the floor with today's files: most of it is reading the whole runs index for one user (see the "
-        "in-memory index below)",
-    )
-    add(
-        "get_logs(run) vs its first step, find_run, alone",
-        lambda i: db.get_logs(_cycle(keys.runs, i)),
-        lambda i: db.find_run(_cycle(keys.runs, i)),
-        "right column = finding the run's index row (day map → one runs/ day); the rest is listing the session's "
-        "folders and reading its files",
-    )
-    add(
-        "statistics via HistoryDB.sql (views over both tables) vs the same SQL on the runs files",
-        lambda i: db.sql(stats_view_sql(_cycle(keys.users, i), dt.datetime(2000, 1, 1))).fetchall(),
-        lambda i: reader.rows(stats_sql(True), runs_files, [_cycle(keys.users, i), 0]),
-        "LakeReader.views: list and bind only the tables the SQL names (a runs query never lists spans/), "
-        "cache the listing",
-    )
-    one_file = table_files(root, RUNS)[:1]
-    all_files = table_files(root, RUNS)
-    add(
-        f"fixed cost: count(*) over {len(all_files)} runs files vs 1",
-        lambda i: reader.rows("SELECT count(*) AS n FROM {files}", lambda: all_files),
-        lambda i: reader.rows("SELECT count(*) AS n FROM {files}", lambda: one_file),
-        "per-file cost (open + footer); the runs index is one file per tenant/ttl/day after compaction",
-    )
-    cached = LakeReader()
-    cached._db.execute("SET GLOBAL parquet_metadata_cache = true")  # noqa: SLF001 - what-if only
-    cached._db.execute("SET GLOBAL cache_local_files = true")  # noqa: SLF001
-    add(
-        "statistics, one user (runs index): DuckDB defaults vs Parquet metadata + file cache on",
-        lambda i: reader.rows(stats_sql(True), runs_files, [_cycle(keys.users, i), 0]),
-        lambda i: cached.rows(stats_sql(True), runs_files, [_cycle(keys.users, i), 0]),
-        "LakeReader: SET parquet_metadata_cache = true (+ cache_local_files): part files never change once written",
-    )
-    add(
-        "get_history query: DuckDB defaults vs Parquet metadata + file cache on",
-        lambda i: reader.rows(
-            f"SELECT * FROM {{files}} WHERE (agent_name = ? OR agent_id = ?) {LATEST_ROW} "
-            "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?",
-            runs_files,
-            [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)],
-        ),
-        lambda i: cached.rows(
-            f"SELECT * FROM {{files}} WHERE (agent_name = ? OR agent_id = ?) {LATEST_ROW} "
-            "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?",
-            runs_files,
-            [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)],
-        ),
-        "as above",
-    )
-
-    def runs_by_pyarrow(i: int) -> list[dict]:
-        import pyarrow.parquet as pq
-
-        session = _cycle(keys.sessions, i)
-        files = [str(f) for f in session_files(root, session)]
-        table = pq.read_table(files, filters=[("span_type", "=", "run"), ("session_id", "=", session)])
-        latest: dict[str, dict] = {}
-        for row in table.to_pylist():
-            if row["span_id"] not in latest or row["record"] == "end":
-                latest[row["span_id"]] = row
-        return sorted(latest.values(), key=lambda r: -r["start_time_unix_nano"])
-
-    add(
-        "get_runs(session): DuckDB vs pyarrow.parquet.read_table on the session's files",
-        lambda i: db.get_runs(_cycle(keys.sessions, i)),
-        runs_by_pyarrow,
-        "for one session's 1–2 small files DuckDB's fixed cost (bind, plan, window) dominates; pyarrow + Python",
-    )
-    # the runs index held in memory: part files never change once written, so a reader can keep the rows of the
-    # files it has seen and load only new names at each listing (here: loaded once; the listing is still timed)
-    import duckdb
-    import pyarrow.dataset as pads
-
-    loaded = time.perf_counter()
-    index = pads.dataset([str(f) for f in table_files(root, RUNS)], format="parquet").to_table()
-    load_s = time.perf_counter() - loaded
-    mem = duckdb.connect(config={"threads": 2})
-    mem.register("runs_index", index)
-
-    def in_memory(sql: str, params: list) -> list[dict]:
-        table_files(root, RUNS)  # the listing a cache refresh needs (new names only would be read)
-        result = mem.execute(sql.replace("{files}", "runs_index"), params)
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, r)) for r in result.fetchall()]
-
-    history_sql = (
-        f"SELECT * FROM {{files}} WHERE (agent_name = ? OR agent_id = ?) {LATEST_ROW} "
-        "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?"
-    )
-    add(
-        f"get_history query: runs files vs runs index in memory (loaded once in {fmt_time(load_s)})",
-        lambda i: reader.rows(history_sql, runs_files, [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)]),
-        lambda i: in_memory(history_sql, [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)]),
-        "HistoryDB/LakeReader: cache the runs index in memory keyed by part-file name (immutable files), "
-        "refresh by listing",
-    )
-    add(
-        "statistics, one user: runs files vs runs index in memory",
-        lambda i: reader.rows(stats_sql(True), runs_files, [_cycle(keys.users, i), 0]),
-        lambda i: in_memory(stats_sql(True), [_cycle(keys.users, i), 0]),
-        "as above",
-    )
-    plain_history = (
-        "SELECT * FROM {files} WHERE (agent_name = ? OR agent_id = ?) "
-        "ORDER BY start_time_unix_nano DESC, run_id LIMIT 20 OFFSET ?"
-    )
-    add(
-        "get_history query: as runlake does it vs in memory and without the window (both fixes)",
-        lambda i: reader.rows(history_sql, runs_files, [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)]),
-        lambda i: in_memory(plain_history, [_cycle(keys.agents, i)] * 2 + [_cycle(keys.skips, i)]),
-        "both of the above",
-    )
-    find_sql = f"SELECT * FROM {{files}} WHERE run_id = ? {LATEST_ROW} LIMIT 1"
-    add(
-        "find_run (first half of get_logs): runs files vs runs index in memory",
-        lambda i: reader.rows(find_sql, runs_files, [_cycle(keys.runs, i)]),
-        lambda i: in_memory(find_sql, [_cycle(keys.runs, i)]),
-        "as above; then get_logs reads only the run's session files",
-    )
-    print_table(
-        "B30.7 what-ifs (compacted lake, same answers; median of n calls): A vs B",
-        ["what: A vs B", "A", "B", "A ÷ B", "n", "fix"],
-        whatifs,
-    )
-    bytes_profile(root)
-    day_layout(root, keys, reps)
-    shutil.rmtree(prof_path.parent, ignore_errors=True)
-
-
-def bytes_profile(root: Path) -> None:
-    """Where the compacted lake's bytes go, and what the per-session file layout costs."""
-    import pyarrow.parquet as pq
-    from opentelemetry.exporter.runlake.layout import SPANS, table_files
-
-    files = table_files(root, SPANS)
-    columns: dict[str, int] = {}
-    footers = total = rows = 0
-    for f in files:
-        meta = pq.read_metadata(f)
-        footers += meta.serialized_size
-        rows += meta.num_rows
-        total += f.stat().st_size
-        for rg in range(meta.num_row_groups):
-            group = meta.row_group(rg)
-            for c in range(group.num_columns):
-                col = group.column(c)
-                columns[col.path_in_schema] = columns.get(col.path_in_schema, 0) + col.total_compressed_size
-    data = sum(columns.values())
-    top = sorted(columns.items(), key=lambda kv: -kv[1])[:6]
-    # what-if: one day's sessions merged into one file (what a day-level compaction would write)
-    day = max({f.parent.parent for f in files}, key=lambda d: sum(1 for _ in d.iterdir()))
-    day_files = [f for f in files if f.parent.parent == day]
-    merged = pq.ParquetFile(day_files[0]).schema_arrow.empty_table()
-    import pyarrow as pa
-
-    merged = pa.concat_tables([pq.read_table(f) for f in day_files], promote_options="default")
-    merged = merged.sort_by([("session_id", "ascending"), ("start_time_unix_nano", "ascending")])
-    scratch = Path(tempfile.mkdtemp(prefix="b30-bytes-"))
-    pq.write_table(merged, scratch / "day.parquet", compression="zstd", row_group_size=1 << 20)
-    pq.write_table(merged, scratch / "day-z9.parquet", compression="zstd", compression_level=9, row_group_size=1 << 20)
-    day_bytes = sum(f.stat().st_size for f in day_files)
-    one = (scratch / "day.parquet").stat().st_size
-    one_z9 = (scratch / "day-z9.parquet").stat().st_size
-    shutil.rmtree(scratch, ignore_errors=True)
-    print_table(
-        f"B30.8 bytes of the compacted spans/ table: {len(files):,} files, {rows:,} rows, {fmt_bytes(total)}",
-        ["part", "bytes", "share", "B/row"],
-        [["column data (compressed pages)", fmt_bytes(data), f"{data / total:.0%}", f"{data / rows:.0f}"]]
-        + [[f"  {name}", fmt_bytes(v), f"{v / total:.0%}", f"{v / rows:.0f}"] for name, v in top]
-        + [
-            ["footers (schema, stats, offsets)", fmt_bytes(footers), f"{footers / total:.0%}", f"{footers / rows:.0f}"],
-            [
-                "other (page headers, dictionaries, magic)",
-                fmt_bytes(total - data - footers),
-                f"{(total - data - footers) / total:.0%}",
-                f"{(total - data - footers) / rows:.0f}",
-            ],
-        ],
-        [
-            f"footer per file: {footers / len(files) / 1024:.1f} KB on average.",
-            f"what-if, one day ({day.name}): its {len(day_files):,} session files hold {fmt_bytes(day_bytes)}; "
-            f"the same rows as one file sorted by session: {fmt_bytes(one)} ({day_bytes / one:.1f}× smaller); "
-            f"with zstd level 9 instead of pyarrow's default: {fmt_bytes(one_z9)} ({day_bytes / one_z9:.1f}×).",
-        ],
-    )
-
-
-def day_layout(root: Path, keys: Keys, reps: int) -> None:
-    """What-if: the compacted spans/ table rewritten as ONE file per tenant/ttl/day, rows sorted by session (small
-    row groups, so a session's rows sit in one or two of them and min/max statistics skip the rest). Built in a
-    scratch folder next to the lake; the same questions are asked of both layouts through ``LakeReader``."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
-    from opentelemetry.exporter.runlake.layout import RUNS, SPANS, day_dirs, day_files, session_files, table_files
-
-    import runlake
-    from runlake.query import LATEST_ROW, LakeReader
-
-    out = root.parent / "lake-day-layout"
-    started = time.perf_counter()
-    day_of_file: dict[tuple[str, str], Path] = {}
-    for tenant, ttl, day, folder in day_dirs(root, SPANS):
-        files = day_files(folder, SPANS)
-        if not files:
-            continue
-        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-        table = table.sort_by([("session_id", "ascending"), ("start_time_unix_nano", "ascending")])
-        target = out / "spans" / f"tenant={tenant}" / f"ttl={ttl}" / f"day={day}"
-        target.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
-            table,
-            target / "part-day.parquet",
-            compression="zstd",
-            row_group_size=2048,
-            write_statistics=["session_id", "run_id", "span_type", "record", "start_time_unix_nano"],
-        )
-        day_of_file[(tenant, day)] = target / "part-day.parquet"
-    build_s = time.perf_counter() - started
-    new_files = list(day_of_file.values())
-    new_bytes = sum(f.stat().st_size for f in new_files)
-    old_files = table_files(root, SPANS)
-    old_bytes = sum(f.stat().st_size for f in old_files)
-    # where each session is: its runs' start days (and the next day for a run that ends after midnight), as an
-    # in-memory runs index would say
-    runs = pads.dataset([str(f) for f in table_files(root, RUNS)], format="parquet").to_table(
-        columns=["session_id", "tenant_id", "start_time_unix_nano", "end_time_unix_nano"]
-    )
-    from opentelemetry.exporter.runlake.layout import day_of, encode_partition_value
-
-    where: dict[str, set[Path]] = {}
-    for s, t, a, b in zip(*(runs.column(c).to_pylist() for c in runs.column_names)):
-        for ns in {a, b or a}:
-            f = day_of_file.get((encode_partition_value(t), day_of(ns)))
-            if f is not None:
-                where.setdefault(s, set()).add(f)
-    reader = LakeReader()
-    db = runlake.HistoryDB(root)
-    runs_sql = (
-        f"SELECT * FROM {{files}} WHERE span_type = 'run' AND session_id = ? {LATEST_ROW} "
-        "ORDER BY start_time_unix_nano DESC"
-    )
-    p95_sql = (
-        "SELECT node_type, quantile_cont((end_time_unix_nano - start_time_unix_nano) / 1e6, 0.95) AS p95_ms, "
-        f"count(*) AS n FROM (SELECT node_type, start_time_unix_nano, end_time_unix_nano FROM {{files}} "
-        f"WHERE span_type = 'node' {LATEST_ROW}) GROUP BY node_type ORDER BY node_type"
-    )
-    rows: list[list[str]] = []
-
-    def both(name: str, a: Callable[[int], Any], b: Callable[[int], Any], same: Callable[[Any, Any], bool]) -> None:
-        ra, rb = a(reps), b(reps)  # warm, and check that both layouts give the same answer
-        first = _clock(a, 1) + _clock(b, 1)
-        n = reps * 2 if first < 0.5 else 1 if first > 5 else 3
-        ta, tb = _clock(a, n), _clock(b, n)
-        rows.append([name, fmt_time(ta), fmt_time(tb), ratio(ta, tb), str(n), "yes" if same(ra, rb) else "NO"])
-
-    def sid(i: int) -> str:
-        return _cycle(keys.sessions, i)
-
-    both(
-        "get_runs(session): HistoryDB on session files vs the session's day file(s)",
-        lambda i: db.get_runs(sid(i)),
-        lambda i: reader.rows(runs_sql, lambda: sorted(where.get(sid(i), ())), [sid(i)]),
-        lambda x, y: sorted(r["run_id"] for r in x) == sorted(r["run_id"] for r in y),
-    )
-    both(
-        "the same SQL: session files vs every day file of the lake (no session → day map)",
-        lambda i: reader.rows(runs_sql, lambda: session_files(root, sid(i)), [sid(i)]),
-        lambda i: reader.rows(runs_sql, lambda: new_files, [sid(i)]),
-        lambda x, y: sorted(r["run_id"] for r in x) == sorted(r["run_id"] for r in y),
-    )
-    both(
-        f"p95 node duration per node type: {len(old_files):,} session files vs {len(new_files)} day files",
-        lambda i: reader.rows(p95_sql, lambda: old_files),
-        lambda i: reader.rows(p95_sql, lambda: new_files),
-        lambda x, y: [(r["node_type"], r["n"]) for r in x] == [(r["node_type"], r["n"]) for r in y],
-    )
-    print_table(
-        f"B30.9 what-if: one spans file per tenant/ttl/day, sorted by session (row groups of 2,048 rows); built from "
-        f"the compacted lake in {build_s:.1f}s: {len(old_files):,} files, {fmt_bytes(old_bytes)} → "
-        f"{len(new_files)} files, {fmt_bytes(new_bytes)} ({old_bytes / max(1, new_bytes):.2f}× fewer bytes)",
-        ["question", "session files (today)", "day files", "÷", "n", "same answer"],
-        rows,
-        [
-            "day files: LakeReader.rows over the explicit file list; the session → day map comes from the runs index "
-            "(what an in-memory index would hold). Row-group min/max statistics on session_id skip the rest of the day."
-        ],
-    )
-    shutil.rmtree(out, ignore_errors=True)
 
 
 _READERS: dict[int, Any] = {}

@@ -224,34 +224,46 @@ def _attr(span: ReadableSpan, key: str) -> Any:
 
 
 def iter_interleaved(
-    streams: Iterable[Sequence[ReadableSpan]], concurrency: int, rng: random.Random
+    streams: Iterable[Iterable[ReadableSpan]], concurrency: int, rng: random.Random
 ) -> Iterator[ReadableSpan]:
     """Merge per-session span streams: ``concurrency`` sessions in flight, one span at a time at random.
 
-    ``streams`` is consumed lazily (a new session is taken only when one in flight ends), so a generator of
-    sessions keeps memory bounded.
+    Both levels are consumed lazily: a new session is taken only when one in flight ends, and a session's spans
+    are drawn one at a time (a session may be a generator that makes its spans as it goes), so memory stays
+    bounded. Empty sessions are skipped.
     """
     pending = iter(streams)
-    active: list[Sequence[ReadableSpan]] = []
-    positions: list[int] = []
-    for stream in pending:
-        active.append(stream)
-        positions.append(0)
-        if len(active) >= concurrency:
+    active: list[Iterator[ReadableSpan]] = []
+    heads: list[ReadableSpan] = []  # each active session's next span
+
+    def start() -> tuple[Iterator[ReadableSpan], ReadableSpan] | None:
+        for stream in pending:
+            it = iter(stream)
+            first = next(it, None)
+            if first is not None:
+                return it, first
+        return None
+
+    while len(active) < concurrency:
+        got = start()
+        if got is None:
             break
+        active.append(got[0])
+        heads.append(got[1])
     while active:
         i = rng.randrange(len(active))
-        yield active[i][positions[i]]
-        positions[i] += 1
-        if positions[i] >= len(active[i]):
-            nxt = next(pending, None)
-            if nxt is None:
-                active[i] = active[-1]
-                positions[i] = positions[-1]
-                active.pop()
-                positions.pop()
-            else:
-                active[i], positions[i] = nxt, 0
+        yield heads[i]
+        nxt = next(active[i], None)
+        if nxt is not None:
+            heads[i] = nxt
+            continue
+        got = start()
+        if got is None:
+            active[i], heads[i] = active[-1], heads[-1]
+            active.pop()
+            heads.pop()
+        else:
+            active[i], heads[i] = got
 
 
 def interleave(per_session: list[list[ReadableSpan]], concurrency: int, rng: random.Random) -> list[ReadableSpan]:
