@@ -680,20 +680,6 @@ _STATS_COLUMNS = (
 )
 
 
-def stats_sql(one_user: bool) -> str:
-    """Statistics over the runs index (``{files}`` = every runs/ part file), one row per run as the views do."""
-    from runlake.query import LATEST_ROW
-
-    where = "user_id = ? AND start_time_unix_nano >= ?" if one_user else "start_time_unix_nano >= ?"
-    inner = (
-        "SELECT user_id, status_code, start_time_unix_nano, end_time_unix_nano, input_tokens, output_tokens, "
-        f"cost_cents FROM {{files}} WHERE {where} {LATEST_ROW}"
-    )
-    if one_user:
-        return f"SELECT {_STATS_COLUMNS} FROM ({inner})"
-    return f"SELECT user_id, {_STATS_COLUMNS} FROM ({inner}) GROUP BY user_id ORDER BY user_id"
-
-
 def stats_view_sql(user: str | None, since: dt.datetime) -> str:
     """The same statistics through ``HistoryDB.sql`` over the ``runs`` view (no parameters there: literals)."""
     cols = (
@@ -758,7 +744,7 @@ class Query:
 
 
 def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: Any, since_ns: int) -> list[Query]:
-    from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
+    from opentelemetry.exporter.runlake.layout import SPANS, table_files
 
     from runlake.query import LakeReader
 
@@ -771,23 +757,30 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
             r = _READERS[id(db)] = LakeReader()
         return r
 
-    def index_stats(db: Any, i: int) -> Any:
-        return reader_of(db).rows(
-            stats_sql(True), lambda: table_files(db.root, RUNS), [_cycle(keys.users, i), since_ns]
-        )
+    # ExecutionHistoryService (what `runlake serve` answers with) over the db's in-memory runs index; its window is
+    # `days` back from `now`, so now = since + 30 days gives the alternatives' window exactly
+    window_end = since + dt.timedelta(days=30)
 
-    def index_stats_all(db: Any, i: int) -> Any:
-        return reader_of(db).rows(stats_sql(False), lambda: table_files(db.root, RUNS), [since_ns])
+    def service_of(db: Any) -> Any:
+        from runlake.service import ExecutionHistoryService
+
+        svc = _SERVICES.get(id(db))
+        if svc is None:
+            svc = _SERVICES[id(db)] = ExecutionHistoryService(db)
+        return svc
+
+    def service_stats(db: Any, i: int) -> Any:
+        return service_of(db).statistics(_cycle(keys.users, i), days=30, now=window_end)
+
+    def service_stats_all(db: Any, i: int) -> Any:
+        return service_of(db).statistics_per_user(days=30, now=window_end)
 
     def raw_p95(db: Any, i: int) -> Any:
-        from runlake.query import LATEST_ROW
-
         sql = (
             "SELECT node_type, quantile_cont((end_time_unix_nano - start_time_unix_nano) / 1e6, 0.95) AS p95_ms, "
-            f"count(*) AS n FROM (SELECT node_type, start_time_unix_nano, end_time_unix_nano FROM {{files}} "
-            f"WHERE span_type = 'node' {LATEST_ROW}) GROUP BY node_type ORDER BY node_type"
-        )
-        return reader_of(db).rows(sql, lambda: table_files(db.root, SPANS))
+            "count(*) AS n FROM {latest} GROUP BY node_type ORDER BY node_type"
+        )  # {latest}: one row per span, no de-duplication over compacted days
+        return reader_of(db).rows(sql, lambda: table_files(db.root, SPANS), where="span_type = 'node'")
 
     def run_ids(system: str, result: Any) -> Any:
         return sorted(r["run_id"] for r in result)
@@ -801,6 +794,8 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
         return sorted(n["id"] for n in result["nodes"])
 
     def stats_sig(system: str, result: Any) -> Any:
+        if isinstance(result, dict) and "total_executions" in result:  # ExecutionHistoryService
+            return (result["total_executions"], result["failed_executions"])
         if isinstance(result, list):  # duckdb rows
             row = result[0]
             return (
@@ -811,7 +806,7 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
 
     def all_stats_sig(system: str, result: Any) -> Any:
         if isinstance(result, dict):
-            return (len(result), sum(v["executions"] for v in result.values()))
+            return (len(result), sum(v.get("executions", v.get("total_executions", 0)) for v in result.values()))
         if result and isinstance(result[0], dict):
             return (len(result), sum(r["executions"] for r in result))
         return (len(result), sum(r[1] for r in result))
@@ -873,7 +868,7 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
         Query(
             "statistics, one user, 30 days",
             {
-                "runs index (LakeReader)": index_stats,
+                "ExecutionHistoryService.statistics": service_stats,
                 "HistoryDB.sql (runs view)": lambda db, i: db.sql(
                     stats_view_sql(_cycle(keys.users, i), since)
                 ).fetchall(),
@@ -887,7 +882,7 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
         Query(
             "statistics per user, 30 days",
             {
-                "runs index (LakeReader)": index_stats_all,
+                "ExecutionHistoryService.statistics_per_user": service_stats_all,
                 "HistoryDB.sql (runs view)": lambda db, i: db.sql(stats_view_sql(None, since)).fetchall(),
             },
             {
@@ -1352,7 +1347,14 @@ def run_benchmark(
 
     # ---- 5. queries after compaction ------------------------------------------------------------------------------
     db_after = runlake.HistoryDB(root)
-    print(f"\n[queries] after compaction: runlake, {args.reps} timed repetitions per case{_at()}", flush=True)
+    started = time.perf_counter()
+    footers = db_after.warm()  # what `runlake serve` does at start: the runs index and compacted files' footers
+    print(
+        f"\n[queries] after compaction: runlake, {args.reps} timed repetitions per case{_at()}; HistoryDB.warm() "
+        f"first: {time.perf_counter() - started:.2f} s (runs index of {db_after.run_index().size:,} runs, "
+        f"{footers} footers)",
+        flush=True,
+    )
     after_t: dict[str, dict[str, Timing]] = {}
     for q in queries:
         cases = {f"runlake {label}": (lambda i, fn=fn: fn(db_after, i)) for label, fn in q.runlake.items()}
@@ -1594,6 +1596,7 @@ def report_queries(queries: list[Query], before_t: dict, after_t: dict) -> list[
 
 
 _READERS: dict[int, Any] = {}
+_SERVICES: dict[int, Any] = {}
 
 if __name__ == "__main__":
     main()

@@ -77,6 +77,7 @@ DEFAULT_MAX_DAY_BYTES = 64 << 20  # merging holds ~14x the parts' size in memory
 # of text, or at DAY_ROW_GROUP_ROWS rows. Measured on B30 (docs/design.md, "Compaction").
 DAY_ROW_GROUP_ROWS = 1024
 DAY_ROW_GROUP_BYTES = 512 << 10
+RUNS_ROW_GROUP_BYTES = 128 << 10  # the runs/ index: a session's few runs, read by get_runs and history pages
 COMPRESSION_LEVEL = 6  # zstd: compaction runs off the write path, so it can spend more time for fewer bytes
 SESSION_ROW_GROUP_ROWS = 1 << 20  # a session folder's own file: its rows are all wanted together
 LOCK_FILE = ".compact.lock"
@@ -185,7 +186,7 @@ def _merge(
         sort_by=sort_by,
         row_group_size=row_group_size,
         compacted=True,
-        row_group_bytes=DAY_ROW_GROUP_BYTES if by_session else None,
+        row_group_bytes=(DAY_ROW_GROUP_BYTES if table == SPANS else RUNS_ROW_GROUP_BYTES) if by_session else None,
         compression_level=COMPRESSION_LEVEL,
     )
     del merged
