@@ -335,6 +335,7 @@ class Runtime:
         self.compact_runs = 0
         self.compact_last: dict[str, Any] | None = None
         self.checkpoint_task: asyncio.Task | None = None
+        self.warm_task: asyncio.Task | None = None
         self._checkpoint_lock = threading.Lock()
         self.checkpoints = 0
         self.replayed: dict[str, int] = {"segments": 0, "requests": 0, "spans": 0}
@@ -436,6 +437,15 @@ class Runtime:
                 len(segments),
                 "" if ok else "; the lake cannot be written yet, the segments are kept",
             )
+
+    def warm(self) -> None:
+        """``HistoryDB.warm``: first point reads then parse no footer. A failure only costs speed."""
+        try:
+            started = time.perf_counter()
+            footers = self.history.warm()
+            _logger.info("runlake serve: warmed %d footers in %.2f s", footers, time.perf_counter() - started)
+        except Exception:  # noqa: BLE001 - reads work cold as well
+            _logger.warning("runlake serve: warming the read caches failed", exc_info=True)
 
     def checkpoint(self) -> bool:
         """Flush every writer, then drop the log segments whose requests are now in part files."""
@@ -583,6 +593,8 @@ def create_app(
             runtime.compact_task = asyncio.create_task(
                 runtime.compact_loop(settings.compact_interval_s), name="runlake-compact"
             )
+        # the runs index and compacted files' footers, loaded while the first requests are already served
+        runtime.warm_task = asyncio.create_task(asyncio.to_thread(runtime.warm), name="runlake-warm")
         _logger.info(
             "runlake serve: lake %s, %s, durability %s",
             root,
@@ -592,7 +604,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in (runtime.ttl_task, runtime.compact_task, runtime.checkpoint_task):
+            for task in (runtime.ttl_task, runtime.compact_task, runtime.checkpoint_task, runtime.warm_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
