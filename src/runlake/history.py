@@ -109,6 +109,10 @@ _LOG_COLUMNS = (
 )
 
 
+# a trace's spans: every column the span dicts are rebuilt from (not kind, status message, service or resource)
+_TRACE_COLUMNS = [c for c in SPAN_COLUMNS if c not in ("record", "kind", "status_message", "service_name", "resource")]
+
+
 def _names(columns: str) -> list[str]:
     return [c.strip() for c in columns.split(",")]
 
@@ -461,7 +465,7 @@ class HistoryDB:
         traces = sorted({run["trace_id"] for run in runs})
         found = None
         if "" not in wanted:
-            found = self._reader.session_rows(lister, list(wanted), SPAN_COLUMNS[1:], also=("trace_id", traces))
+            found = self._reader.session_rows(lister, list(wanted), _TRACE_COLUMNS, also=("trace_id", traces))
         if found is not None:
             found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
         for row in found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params):

@@ -13,6 +13,7 @@ cursor, and DuckDB scans it with filter and projection pushdown; no DuckDB exten
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -255,17 +256,21 @@ class LakeReader:
         files = self._usable(lister())
         if not files or isinstance(files[0], ObjectPath) or split_clean(files)[1]:
             return None if files else []
-        wanted = set(sessions)
-        low, high = min(wanted), max(wanted)
+        wanted = sorted(set(sessions))
         out: list[dict[str, Any]] = []
         try:
             for file in files:
                 metadata, bounds = self._footer(str(file))
-                groups = [i for i, (lo, hi) in enumerate(bounds) if lo is None or (lo <= high and hi >= low)]
+                # groups whose [min, max] holds one of the sessions (not merely lies between the first and last)
+                groups = [
+                    i
+                    for i, (lo, hi) in enumerate(bounds)
+                    if lo is None or bisect.bisect_left(wanted, lo) < bisect.bisect_right(wanted, hi)
+                ]
                 if not groups:
                     continue
                 table = pq.ParquetFile(str(file), metadata=metadata).read_row_groups(groups, columns=list(columns))
-                keep = pc.is_in(table.column("session_id"), value_set=pa.array(sorted(wanted), pa.string()))
+                keep = pc.is_in(table.column("session_id"), value_set=pa.array(wanted, pa.string()))
                 if also is not None:
                     column, values = also
                     keep = pc.and_(keep, pc.is_in(table.column(column), value_set=pa.array(list(values), pa.string())))

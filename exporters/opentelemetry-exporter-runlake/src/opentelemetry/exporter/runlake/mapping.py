@@ -543,20 +543,23 @@ def run_row(span_row: tuple, aggregate: Sequence[float] | None) -> tuple:
     return tuple(row)
 
 
+_WRITE_BACK = tuple((column, writes) for column, (_, writes) in COLUMN_KEYS.items())
+
+
 def attributes_of_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Rebuild a span's attributes from a stored row: leftover JSON plus columns under canonical keys."""
-    attributes: dict[str, Any] = {}
     extra = row.get("attributes")
-    if extra:
-        attributes.update(json.loads(extra))
-    for column, (_, writes) in COLUMN_KEYS.items():
-        value = row.get(column)
+    attributes: dict[str, Any] = json.loads(extra) if extra else {}
+    get = row.get
+    for column, writes in _WRITE_BACK:
+        value = get(column)
         if value is None:
             continue
         if column == "tenant_id" and value == DEFAULT_TENANT and TENANT_ID not in attributes:
             continue
         for key in writes:
-            attributes.setdefault(key, value)
+            if key not in attributes:
+                attributes[key] = value
     span_type = row.get("span_type")
     if span_type in (RUN, NODE, TURN):
         attributes.setdefault(SPAN_TYPE, span_type)
