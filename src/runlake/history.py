@@ -21,7 +21,6 @@ from opentelemetry.exporter.runlake.layout import (
     day_dirs,
     day_of,
     resolve_lake,
-    session_files,
     sessions_files,
     table_files,
 )
@@ -82,7 +81,6 @@ def _cents(value: float | None) -> int:
 
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-_DAY_OF_START = "strftime(make_timestamp(start_time_unix_nano // 1000), '%Y-%m-%d')"
 _MAX_DAYS_OF_RUN = 400  # a run's spans are looked for on the days it lasted, up to this many
 
 
@@ -367,8 +365,9 @@ class HistoryDB:
                 return self._each(found if limit is None else found[: int(limit)], self._run_dict, "run")
             rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
         else:
-            lister = lambda: session_files(self.root, session_id, self.tenant_id)  # noqa: E731
-            rows = self._reader.rows(sql, lister, tail, where=where, where_params=params)
+            rows = self._reader.rows(
+                sql, self._sessions_lister({session_id: None}), tail, where=where, where_params=params
+            )
         return self._each(rows, self._run_dict, "run")
 
     @staticmethod
