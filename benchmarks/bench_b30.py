@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import fmt_bytes, fmt_time, median, print_table  # noqa: E402
+from common import Chat, fmt_bytes, fmt_time, median, print_table  # noqa: E402
 from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import Event, ReadableSpan  # noqa: E402
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: E402
@@ -93,61 +93,6 @@ class Corpus:
         start = self.rng.randrange(0, len(text) - n - 64)
         start = text.find(" ", start) + 1
         return text[start : start + n]
-
-
-_json_string = json.encoder.encode_basestring_ascii  # json.dumps(str), the C function
-
-
-class Chat:
-    """One session's conversation as an LLM instrumentation records it: the JSON list of role-tagged messages
-    (``[{"role": "system", "content": …}, {"role": "user", …}, …]``) that a chat API call sends.
-
-    Chat APIs are stateless, so every llm call re-sends the conversation: the system prompt, the session's earlier
-    user requests and answers (a session is one conversation, a run one user turn), then the current run's request,
-    retrieved context, assistant tool calls and tool results (the ReAct loop). When a run ends only its request
-    and answer stay in the history (the framework's chat history; intermediate steps are per run). ``prompt()`` is
-    the messages list trimmed, oldest first after the system prompt, to ``budget`` characters, as frameworks trim to
-    the model's window. Messages are serialised once when added; a prompt is a join of the kept ones.
-    """
-
-    __slots__ = ("budget", "parts", "roles", "run_start")
-
-    def __init__(self, system_prompt: str, budget: int) -> None:
-        self.budget = budget
-        self.parts = [json.dumps({"role": "system", "content": system_prompt})]
-        self.roles = ["system"]
-        self.run_start = 1
-
-    def add(self, role: str, content: str, **extra: Any) -> None:
-        if extra:
-            self.parts.append(json.dumps({"role": role, "content": content, **extra}))
-        else:  # what json.dumps writes for {"role": role, "content": content}, 2× faster
-            self.parts.append(f'{{"role": "{role}", "content": {_json_string(content)}}}')
-        self.roles.append(role)
-
-    def begin_run(self, request: str) -> None:
-        self.run_start = len(self.parts)
-        self.add("user", request)
-
-    def end_run(self, answer: str | None) -> None:
-        """Keep the run's request and answer; drop its context, tool calls and tool results. A failed run
-        (``answer`` None) leaves nothing behind (the framework rolls its history back)."""
-        request = self.parts[self.run_start]
-        del self.parts[self.run_start :], self.roles[self.run_start :]
-        if answer is not None:
-            self.parts.append(request)
-            self.roles.append("user")
-            self.add("assistant", answer)
-
-    def prompt(self) -> str:
-        parts, roles = self.parts, self.roles
-        size = sum(map(len, parts)) + 2 * len(parts)
-        first = 1
-        last = len(parts) - 1  # the newest message is always sent
-        while first < last and (size > self.budget or roles[first] == "tool"):  # no tool result without its call
-            size -= len(parts[first]) + 2
-            first += 1
-        return "[" + ", ".join([parts[0], *parts[first:]]) + "]"
 
 
 @dataclass

@@ -46,6 +46,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=256, help="sessions in flight at once (default 256)")
     p.add_argument("--quick", action="store_true", help="small sizes, finishes in under a minute")
     p.add_argument("--sections", default="1,2,3,4", help="which sections to run (default 1,2,3,4)")
+    p.add_argument(
+        "--text",
+        choices=("prose", "chat"),
+        default="prose",
+        help="text of the export/bytes spans: fresh prose everywhere (default), or llm inputs as the session's "
+        "conversation re-sent as a JSON messages list, as chat-API instrumentations record it",
+    )
     p.add_argument("--profile", action="store_true", help="also cProfile one runlake export pass")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory passes")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (lake, JSON files)")
@@ -87,13 +94,14 @@ def section_export(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from opentelemetry.exporter.runlake import RunlakeSpanExporter
 
     t0 = time.perf_counter()
-    spanset = common.build_spans(args.spans, days=1, concurrency=args.concurrency, seed=11)
+    spanset = common.build_spans(args.spans, days=1, concurrency=args.concurrency, seed=11, text_model=args.text)
     batches = spanset.batches(BATCH)
     n = len(spanset.spans)
     common.freeze_prebuilt()
     sessions_per_batch = median([len({s.attributes.get("session.id") for s in b}) for b in batches])
     print(
-        f"\n[export] built {n:,} spans ({spanset.runs:,} runs, {spanset.sessions:,} sessions, {spanset.users} users) "
+        f"\n[export] built {n:,} spans ({spanset.runs:,} runs, {spanset.sessions:,} sessions, {spanset.users} users; "
+        f"text model: {args.text}) "
         f"with the real SDK in {time.perf_counter() - t0:.1f}s; {len(batches)} batches of {BATCH}, "
         f"median {sessions_per_batch:.0f} sessions per batch",
         flush=True,

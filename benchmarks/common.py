@@ -8,6 +8,7 @@ reordered the way an ingest server receives them: many sessions in flight, their
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import random
@@ -133,6 +134,64 @@ class TextMaker:
         return (out[:nbytes].rsplit(" ", 1)[0] + ".").capitalize()
 
 
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps(str), the C function
+
+
+CHAT_BUDGET = 24_000  # an llm call's messages are trimmed to this many characters (the model's window)
+
+
+class Chat:
+    """One session's conversation as an LLM instrumentation records it: the JSON list of role-tagged messages
+    (``[{"role": "system", "content": …}, {"role": "user", …}, …]``) that a chat API call sends.
+
+    Chat APIs are stateless, so every llm call re-sends the conversation: the system prompt, the session's earlier
+    user requests and answers (a session is one conversation, a run one user turn), then the current run's request,
+    retrieved context, assistant tool calls and tool results (the ReAct loop). When a run ends only its request
+    and answer stay in the history (the framework's chat history; intermediate steps are per run). ``prompt()`` is
+    the messages list trimmed, oldest first after the system prompt, to ``budget`` characters, as frameworks trim to
+    the model's window. Messages are serialised once when added; a prompt is a join of the kept ones.
+    """
+
+    __slots__ = ("budget", "parts", "roles", "run_start")
+
+    def __init__(self, system_prompt: str, budget: int) -> None:
+        self.budget = budget
+        self.parts = [json.dumps({"role": "system", "content": system_prompt})]
+        self.roles = ["system"]
+        self.run_start = 1
+
+    def add(self, role: str, content: str, **extra: Any) -> None:
+        if extra:
+            self.parts.append(json.dumps({"role": role, "content": content, **extra}))
+        else:  # what json.dumps writes for {"role": role, "content": content}, 2× faster
+            self.parts.append(f'{{"role": "{role}", "content": {_json_string(content)}}}')
+        self.roles.append(role)
+
+    def begin_run(self, request: str) -> None:
+        self.run_start = len(self.parts)
+        self.add("user", request)
+
+    def end_run(self, answer: str | None) -> None:
+        """Keep the run's request and answer; drop its context, tool calls and tool results. A failed run
+        (``answer`` None) leaves nothing behind (the framework rolls its history back)."""
+        request = self.parts[self.run_start]
+        del self.parts[self.run_start :], self.roles[self.run_start :]
+        if answer is not None:
+            self.parts.append(request)
+            self.roles.append("user")
+            self.add("assistant", answer)
+
+    def prompt(self) -> str:
+        parts, roles = self.parts, self.roles
+        size = sum(map(len, parts)) + 2 * len(parts)
+        first = 1
+        last = len(parts) - 1  # the newest message is always sent
+        while first < last and (size > self.budget or roles[first] == "tool"):  # no tool result without its call
+            size -= len(parts[first]) + 2
+            first += 1
+        return "[" + ", ".join([parts[0], *parts[first:]]) + "]"
+
+
 # ---- span generation ---------------------------------------------------------------------------------------
 MODELS = [
     ("gpt-4o-mini", "openai"),
@@ -164,6 +223,7 @@ def build_spans(
     users: int = 300,
     runs_per_session: tuple[int, int] = (1, 9),
     seed: int = 7,
+    text_model: str = "prose",
 ) -> SpanSet:
     """Make at least ``n_spans`` finished spans through ``runlake.run/turn/node`` (real SDK, real clock
     shifted into the past) and return them in the order an ingest server would receive them.
@@ -171,7 +231,12 @@ def build_spans(
     A session is a conversation of several runs; ``days`` spreads session starts over the last ``days``
     UTC days (1 = all within the last hour). Arrival order: ``concurrency`` sessions are in flight at once
     and their spans interleave at random, so one 512-span batch touches hundreds of sessions.
+
+    ``text_model``: ``"prose"`` gives every text attribute fresh prose; ``"chat"`` makes an llm node's input the
+    session's conversation as a JSON messages list (``Chat``), as chat-API instrumentations record it.
     """
+    if text_model not in ("prose", "chat"):
+        raise ValueError(f"text_model must be 'prose' or 'chat', not {text_model!r}")
     import runlake
 
     provider()
@@ -193,8 +258,13 @@ def build_spans(
                 start = now - 3600 + rng.random() * 3000
             else:
                 start = now - rng.random() * (days - 0.1) * 86400 - 600
+            chat = (
+                Chat(f"You are {agent}. " + texts.text(rng.randint(500, 1400)), CHAT_BUDGET)
+                if text_model == "chat"
+                else None
+            )
             for _ in range(rng.randint(*runs_per_session)):
-                _one_run(runlake, rng, texts, start - time.time(), session_id, user_id, agent)
+                _one_run(runlake, rng, texts, start - time.time(), session_id, user_id, agent, chat)
                 runs += 1
                 start += rng.uniform(20, 600)
             spans = list(collector.get_finished_spans())
@@ -292,19 +362,31 @@ def fs_probe(scratch: Path, count: int = 200) -> tuple[float, float]:
 
 
 def _one_run(
-    runlake: Any, rng: random.Random, texts: TextMaker, offset: float, session_id: str, user_id: str, agent: str
+    runlake: Any,
+    rng: random.Random,
+    texts: TextMaker,
+    offset: float,
+    session_id: str,
+    user_id: str,
+    agent: str,
+    chat: Chat | None = None,
 ) -> None:
-    """One agent run: run → turn → 2–7 nodes (retrieval, llm calls, tools), with realistic durations."""
+    """One agent run: run → turn → 2–7 nodes (retrieval, llm calls, tools), with realistic durations. With a
+    ``chat``, llm inputs are its messages list and the run's request, context, answers and tool results join it."""
     from runlake.instrument import shifted_clock
 
     fail_run = rng.random() < 0.01
+    request = texts.text(rng.randint(80, 400))
+    if chat is not None:
+        chat.begin_run(request)
+    answer = None
     with shifted_clock(offset) as advance:
         try:
             with runlake.run(
                 agent,
                 session_id,
                 user_id=user_id,
-                input=texts.text(rng.randint(80, 400)),
+                input=request,
                 metadata={"channel": rng.choice(("web", "api", "slack")), "version": "1.4.2"},
             ) as r:
                 with runlake.turn(f"turn-{rng.getrandbits(24):06x}"):
@@ -312,31 +394,45 @@ def _one_run(
                     if rng.random() < 0.5:
                         with runlake.node("retrieve_docs", type="retrieval", input=texts.text(120)) as n:
                             advance(rng.lognormvariate(-2.5, 0.6))
-                            n.set_output(texts.text(rng.randint(300, 700)))
+                            found = texts.text(rng.randint(300, 700))
+                            n.set_output(found)
+                        if chat is not None:
+                            chat.add("system", "Context:\n" + found)
                     for _ in range(rng.randint(1, 3)):
                         model, prov = rng.choice(MODELS)
-                        with runlake.node("chat_completion", type="llm", input=texts.text(rng.randint(200, 600))) as n:
+                        prompt = chat.prompt() if chat is not None else texts.text(rng.randint(200, 600))
+                        with runlake.node("chat_completion", type="llm", input=prompt) as n:
                             n.set_model(model, prov)
                             tin, tout = rng.randint(200, 4000), rng.randint(20, 800)
                             n.set_usage(tin, tout)
                             n.set_cost(round(tin * 0.00015 + tout * 0.0006, 4))
                             advance(rng.lognormvariate(0.0, 0.6))
-                            n.set_output(texts.text(rng.randint(100, 500)))
+                            said = texts.text(rng.randint(100, 500))
+                            n.set_output(said)
+                        if chat is not None:
+                            chat.add("assistant", said)
                         if rng.random() < 0.6:
                             tool = rng.choice(TOOLS)
+                            result = f"TimeoutError: {tool} timed out"
                             try:
                                 with runlake.node(tool, type="tool", input={"query": texts.text(60), "k": 5}) as n:
                                     advance(rng.lognormvariate(-1.8, 1.0))
                                     if rng.random() < 0.03:
                                         raise TimeoutError(f"{tool} timed out")
-                                    n.set_output(texts.text(rng.randint(100, 400)))
+                                    result = texts.text(rng.randint(100, 400))
+                                    n.set_output(result)
                             except TimeoutError:
                                 pass
+                            if chat is not None:
+                                chat.add("tool", result)
                     if fail_run:
                         raise RuntimeError("agent gave up: " + texts.text(40))
-                    r.set_output(texts.text(rng.randint(150, 500)))
+                    answer = texts.text(rng.randint(150, 500))
+                    r.set_output(answer)
         except RuntimeError:
             pass
+    if chat is not None:
+        chat.end_run(answer)
 
 
 # ---- timing ------------------------------------------------------------------------------------------------

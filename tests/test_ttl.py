@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -11,7 +12,17 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from opentelemetry.exporter.runlake.layout import RUNS, SPANS, day_dirs, day_files, encode_partition_value
+from opentelemetry.exporter.runlake.layout import (
+    RUNS,
+    SPANS,
+    counts_in_name,
+    day_dirs,
+    day_files,
+    encode_partition_value,
+    is_compacted,
+    is_data_file,
+    new_part_name,
+)
 from opentelemetry.exporter.runlake.writer import read_part_counts
 from typer.testing import CliRunner
 
@@ -88,10 +99,12 @@ def expire(lake: Path, **options: object) -> dict[str, int]:
 
 
 def strip_footer_counts(file: Path) -> None:
-    """Rewrite a part file as an older writer did: the same rows, no ``runlake.counts`` in the footer."""
+    """Rewrite a part file as an older writer did: the same rows, no counts in its name nor in its footer."""
     table = pq.read_table(file)
-    pq.write_table(table.replace_schema_metadata(None), file)
-    assert read_part_counts(file) is None
+    old_name = file.with_name(re.sub(r"(-r\d+-s\d+(-n\d+)?)\.parquet$", ".parquet", file.name))
+    pq.write_table(table.replace_schema_metadata(None), old_name)
+    file.unlink()
+    assert read_part_counts(old_name) is None
 
 
 def spoil_data_pages(file: Path) -> None:
@@ -118,6 +131,29 @@ def test_footer_counts_are_exact_and_read_no_rows(lake: Path) -> None:
     assert expire(lake, dry_run=True) == expected
     assert expire(lake) == expected
     assert history_runs(lake) == 1 and not hidden(lake)
+
+
+def test_counts_come_from_file_names_without_opening_a_file(lake: Path) -> None:
+    write_history(lake, [(40, 30, "a"), (40, 30, "a"), (35, 30, "b"), (31, 30, "a"), (3, 30, "a")], nodes=3)
+    expected = duckdb_counts(lake)
+    for table in (RUNS, SPANS):
+        for day in expired_days(lake, table):
+            for file in day_files(day, table):
+                named = counts_in_name(file)
+                assert named is not None and named == read_part_counts(file)
+                file.write_bytes(b"")  # neither footer nor rows readable now: only the name can say the counts
+
+    assert expire(lake) == expected
+    assert history_runs(lake) == 1 and not hidden(lake)
+
+
+def test_part_names_round_trip_their_counts() -> None:
+    spans = new_part_name(counts={"rows": 12, "spans": 7, "nodes": 5})
+    runs = new_part_name(compacted=True, counts={"rows": 3, "spans": 2})
+    assert counts_in_name(spans) == {"rows": 12, "spans": 7, "nodes": 5}
+    assert counts_in_name(runs) == {"rows": 3, "spans": 2} and is_compacted(runs)
+    assert counts_in_name(new_part_name()) is None
+    assert all(is_data_file(n) for n in (spans, runs))
 
 
 def test_fallback_counts_runs_split_across_files_and_old_files_exactly(lake: Path) -> None:

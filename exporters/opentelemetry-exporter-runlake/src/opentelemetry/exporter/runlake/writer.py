@@ -27,7 +27,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .layout import RUNS, SPANS, LakeRoot, ObjectPath, day_of, mixed_dir, new_part_name, partition_dir, temp_name_for
+from .layout import (
+    RUNS,
+    SPANS,
+    LakeRoot,
+    ObjectPath,
+    counts_in_name,
+    day_of,
+    mixed_dir,
+    new_part_name,
+    partition_dir,
+    temp_name_for,
+)
 from .mapping import COL, RUNS_SCHEMA, SPANS_SCHEMA
 
 _logger = logging.getLogger(__name__)
@@ -90,7 +101,11 @@ def part_counts(table: str, arrow: pa.Table) -> dict[str, int]:
 
 
 def read_part_counts(path: LakeRoot) -> dict[str, int] | None:
-    """The counts ``write_part`` stored in a file's footer; None for files written without them."""
+    """The counts ``write_part`` stored with a file: from its name, else its footer; None for files written
+    without them."""
+    named = counts_in_name(path)
+    if named is not None:
+        return named
     if isinstance(path, ObjectPath):
         metadata = pq.read_metadata(path.path, filesystem=path.fs).metadata
     else:
@@ -125,6 +140,7 @@ def _encode(
     table: str,
     arrow: pa.Table,
     sink: Any,
+    counts: dict[str, int],
     row_group_size: int,
     row_group_bytes: int | None = None,
     compression_level: int | None = None,
@@ -145,7 +161,7 @@ def _encode(
             for end in _row_group_ends(table, arrow, row_group_size, row_group_bytes):
                 out.write_table(arrow.slice(start, end - start), row_group_size=end - start)
                 start = end
-        out.add_key_value_metadata({COUNTS_KEY: json.dumps(part_counts(table, arrow), separators=(",", ":"))})
+        out.add_key_value_metadata({COUNTS_KEY: json.dumps(counts, separators=(",", ":"))})
 
 
 def write_part(
@@ -165,8 +181,9 @@ def write_part(
     """
     arrow = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
     arrow = arrow.sort_by([(c, "ascending") for c in sort_by])
-    name = new_part_name(compacted)
-    encoding = (row_group_size, row_group_bytes, compression_level)
+    counts = part_counts(table, arrow)
+    name = new_part_name(compacted, counts)
+    encoding = (counts, row_group_size, row_group_bytes, compression_level)
     if isinstance(folder, ObjectPath):
         return _upload_part(table, arrow, folder / name, encoding)
     if str(folder) not in _MADE_DIRS:
