@@ -86,6 +86,26 @@ def test_buffers_across_batches_and_rolls_on_rows(lake: Path) -> None:
     assert all(pq.read_metadata(f).num_rows <= 25 + 10 for f in files)
 
 
+def _dictionary_columns(file: Path) -> set[str]:
+    metadata = pq.read_metadata(file)
+    names = metadata.schema.to_arrow_schema().names
+    group = metadata.row_group(0)
+    return {names[i] for i in range(group.num_columns) if group.column(i).dictionary_page_offset is not None}
+
+
+def test_dictionary_pages_only_where_values_repeat(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    assert exporter.export(make_spans(40, sessions=1, prefix="small")) is SpanExportResult.SUCCESS
+    assert exporter.export(make_spans(600, sessions=1, prefix="big")) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    by_session = {f.parent.name: f for f in lake_files(lake, "spans")}
+    assert _dictionary_columns(by_session["session=small0"]) == set(), "a small part: no dictionary pages at all"
+    big = _dictionary_columns(by_session["session=big0"])
+    assert {"session_id", "span_type", "node_type", "agent_name"} <= big, "repeating values: dictionary"
+    assert not big & {"span_id", "trace_id", "input", "output", "start_time_unix_nano"}, "unique values: none"
+    assert read_table(lake, "spans").num_rows == 640
+
+
 def test_hostile_ids_land_in_their_own_folders_and_read_back(lake: Path) -> None:
     runlake.configure(lake)
     try:

