@@ -1,0 +1,156 @@
+"""``POST /v1/traces``: the OTLP/HTTP receiver. Bodies are read with a size cap, inflated with a cap (no zip
+bombs), decoded and stored off the event loop; errors are ``google.rpc.Status`` in the request's encoding."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .. import otlp
+from ..auth import key_from_headers
+from ..ingest_log import IngestLog, StorageUnavailable
+from .deps import AUTH_HELP, runtime_of
+from .runtime import TenantSink
+from .settings import RETRY_AFTER_S
+
+_logger = logging.getLogger("runlake.server")
+_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+
+router = APIRouter()
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---- request bodies ----------------------------------------------------------------------------------------------
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyError(413, f"body of {int(declared)} bytes is over the limit of {limit} bytes")
+        except ValueError:
+            raise BodyError(400, "Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decompress(data: bytes, encoding: str, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip or deflate), never producing more than ``limit`` bytes (no bombs)."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}[encoding]
+    out = bytearray()
+    pending = data
+    while pending:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(pending, limit + 1 - len(out))
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise BodyError(413, f"decompressed body is over the limit of {limit} bytes")
+            if not inflater.eof:
+                raise BodyError(400, f"{encoding} body is truncated")
+        except zlib.error as error:
+            raise BodyError(400, f"body is not valid {encoding}: {error}") from None
+        # gzip allows several members one after the other; anything else after the stream is an error
+        pending = inflater.unused_data if encoding != "deflate" else b""
+        if encoding == "deflate" and inflater.unused_data:
+            raise BodyError(400, "deflate body has trailing data")
+    return bytes(out)
+
+
+def otlp_error(media: str, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    media = media if media == otlp.PROTOBUF else otlp.JSON
+    body = otlp.encode_status(media, _GRPC_CODES.get(status, 2), message)
+    return Response(body, status, headers=headers, media_type=media)
+
+
+@router.post(
+    "/v1/traces",
+    tags=["OTLP"],
+    summary="OTLP/HTTP trace receiver (ExportTraceServiceRequest, protobuf or JSON, gzip or deflate)",
+    response_class=Response,
+    responses={
+        200: {"description": "ExportTraceServiceResponse; partial_success counts rejected spans"},
+        400: {"description": "Malformed protobuf / JSON / gzip (google.rpc.Status)"},
+        401: {"description": "No key or an unknown key"},
+        413: {"description": "Body (or decompressed body) over the limit"},
+        415: {"description": "Content-Type other than application/x-protobuf or application/json"},
+        429: {"description": "Too many requests in progress; retry after Retry-After"},
+        503: {"description": "The lake cannot be written; retry after Retry-After"},
+    },
+)
+async def ingest(request: Request) -> Response:
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    media = otlp.media_type(request.headers.get("content-type")) or otlp.JSON
+    key = key_from_headers(request.headers)
+    principal = runtime.authenticate(key)
+    if principal is None:
+        message = f"missing API key: {AUTH_HELP}" if key is None else "invalid API key"
+        return otlp_error(media, 401, message, {"WWW-Authenticate": "Bearer"})
+    if otlp.media_type(request.headers.get("content-type")) is None:
+        return otlp_error(
+            media,
+            415,
+            f"Content-Type must be {otlp.PROTOBUF} or {otlp.JSON}, got {request.headers.get('content-type')!r}",
+        )
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+        return otlp_error(media, 415, f"Content-Encoding {encoding!r} is not supported (use gzip or deflate)")
+    if runtime.pending_ingest >= settings.max_pending_ingest:
+        return otlp_error(media, 429, "too many requests in progress", {"Retry-After": str(RETRY_AFTER_S)})
+    runtime.pending_ingest += 1
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+        sink = runtime.sink(principal.tenant_id)
+        decoded, rejected = await anyio.to_thread.run_sync(
+            _decode_and_store,
+            body,
+            encoding,
+            media,
+            settings.max_body_bytes,
+            sink,
+            runtime.log,
+            limiter=runtime.ingest_limiter,
+        )
+    except BodyError as error:
+        return otlp_error(media, error.status, error.message)
+    except otlp.OTLPDecodeError as error:
+        return otlp_error(media, 400, str(error))
+    except StorageUnavailable as error:
+        _logger.error("runlake ingest: %s", error)
+        return otlp_error(media, 503, str(error), {"Retry-After": str(RETRY_AFTER_S)})
+    except Exception:  # noqa: BLE001
+        _logger.exception("runlake ingest failed")
+        return otlp_error(media, 500, "internal server error")
+    finally:
+        runtime.pending_ingest -= 1
+    message = decoded.error_message
+    if rejected:  # refused by the mapping (not by the decoder)
+        decoded.rejected += rejected
+        message = decoded.error_message or f"{rejected} span(s) could not be stored"
+    return Response(otlp.encode_response(media, decoded.rejected, message), 200, media_type=media)
+
+
+def _decode_and_store(
+    body: bytes, encoding: str, media: str, limit: int, sink: TenantSink, log: IngestLog | None
+) -> tuple[otlp.DecodedRequest, int]:
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        body = decompress(body, encoding, limit)
+    decoded = otlp.decode_request(body, media)
+    rejected = sink.ingest(decoded.spans, log, (media, body)) if decoded.spans else 0
+    return decoded, rejected
