@@ -528,15 +528,6 @@ def lake_size(root: Path) -> dict[str, tuple[int, int]]:
     return {t: tree_size(root / t, ".parquet") for t in ("spans", "runs")}
 
 
-def hardlink_copy(src: Path, dst: Path) -> None:
-    """A snapshot that costs no data copy: the same files, linked (compaction and TTL of one do not touch the other)."""
-    for folder, _, names in os.walk(src):
-        target = dst / Path(folder).relative_to(src)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            os.link(Path(folder) / name, target / name)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # ingest: one pass of the same stream per store
 # ---------------------------------------------------------------------------------------------------------------
@@ -1206,7 +1197,7 @@ def run_benchmark(
     # ---- 2. bytes ---------------------------------------------------------------------------------------------
     rl_before_bytes = sum(b for _, b in before.values())
     snapshot = scratch / "lake-before-compaction"
-    hardlink_copy(root, snapshot)  # for TTL on the uncompacted lake, later
+    common.hardlink_copy(root, snapshot)  # for TTL on the uncompacted lake, later
 
     # ---- 3. queries before compaction: runlake and the alternatives --------------------------------------------
     keys = pick_keys(root, args.reps + 1)

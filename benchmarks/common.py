@@ -435,6 +435,15 @@ def _one_run(
         chat.end_run(answer)
 
 
+def hardlink_copy(src: Path, dst: Path) -> None:
+    """A snapshot that costs no data copy: the same files, linked (compaction and TTL of one do not touch the other)."""
+    for folder, _, names in os.walk(src):
+        target = dst / Path(folder).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            os.link(Path(folder) / name, target / name)
+
+
 # ---- timing ------------------------------------------------------------------------------------------------
 class Stopwatch:
     """Wall time and process CPU time (all threads, user + system) since creation."""

@@ -1,5 +1,6 @@
-"""Compaction: a closed day becomes one file sorted by session, open days and big days are compacted per folder,
-the same answers before and after, one compactor at a time, safe beside readers and writers, old schemas read."""
+"""Compaction: a closed day becomes one file sorted by session (a big one merged in steps), open days are compacted
+per folder, the same answers before and after, one compactor at a time, safe beside readers and writers, old schemas
+read."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from typer.testing import CliRunner
 
 import runlake
 from runlake.cli import app
-from runlake.cli_ops import DEFAULT_MAX_DAY_MB
-from runlake.compact import BUSY_MESSAGE, DAY_ROW_GROUP_ROWS, DEFAULT_MAX_DAY_BYTES, LOCK_FILE, compact
+from runlake.cli_ops import DEFAULT_MAX_STEP_MB
+from runlake.compact import BUSY_MESSAGE, DAY_ROW_GROUP_ROWS, DEFAULT_MAX_STEP_BYTES, LOCK_FILE, compact
 
 DAY_NS = 86_400 * 10**9
 
@@ -125,7 +126,7 @@ def test_closed_day_becomes_one_sorted_file_with_the_same_answers(lake: Path) ->
     files_before = len(lake_files(lake, SPANS)) + len(lake_files(lake, RUNS))
     runs = pc.count_distinct(read_table(lake, RUNS).column("span_id")).as_py()
     summary = compact(lake, older_than_minutes=0)
-    assert summary.days_merged == 2 and summary.days_over_cap == 0 and not summary.busy
+    assert summary.days_merged == 2 and summary.days_in_steps == 0 and not summary.busy
     assert summary.files_before == files_before and summary.files_after == 4  # a spans and a runs file per day
     assert summary.rows == distinct + runs and summary.bytes_after < summary.bytes_before
     for day in days:
@@ -168,42 +169,53 @@ def test_day_file_has_small_row_groups_a_session_read_can_skip(lake: Path) -> No
     assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])), "session ranges of row groups do not overlap"
 
 
-def test_day_over_the_byte_cap_is_compacted_per_folder(lake: Path) -> None:
+def test_day_bigger_than_a_step_is_still_one_file_merged_in_steps(lake: Path) -> None:
     distinct = history_lake(lake)
     sessions = [f"s{i}" for i in range(6)]
     before = answers(lake, sessions)
     days = span_days(lake)
-    folder_bytes = {f: sum(p.stat().st_size for p in data_files(f)) for d in days for f in session_dirs(d, True)}
-    cap = max(folder_bytes.values())  # room for any one folder, not for a whole day
-    assert all(sum(folder_bytes[f] for f in session_dirs(d, True)) > cap for d in days)
-    folders_before = {f: len(data_files(f)) for f in folder_bytes}
-    summary = compact(lake, older_than_minutes=0, max_day_bytes=cap)
-    assert summary.days_over_cap == 2 and summary.days_merged == 0
-    for folder, count in folders_before.items():
-        files = data_files(folder)
-        assert len(files) == 1, "each folder is one file"
-        assert is_compacted(files[0]) == (count > 1), "a folder of one part is not rewritten"
-        table = assert_one_row_per_span(files[0])
-        if folder.name != MIXED_FOLDER:  # no rows moved out of ~mixed into the sessions' folders any more
-            assert set(table.column("session_id").to_pylist()) == {folder.name.removeprefix("session=")}
+    day_bytes = [sum(p.stat().st_size for p in lake_files(d)) for d in days]
+    step = min(day_bytes) // 4  # room for a session or two at a time, not for a day
+    summary = compact(lake, older_than_minutes=0, max_step_bytes=step)
+    assert summary.days_merged == 2 and summary.days_in_steps >= 2 and summary.merge_steps >= 2 * 4
+    for day in days:
+        [merged] = lake_files(day)
+        assert merged.parent.name == MIXED_FOLDER and is_compacted(merged)
+        table = assert_one_row_per_span(merged)  # run start rows superseded in other steps' parts are gone too
+        order = list(zip(table.column("session_id").to_pylist(), table.column("start_time_unix_nano").to_pylist()))
+        assert order == sorted(order, key=lambda k: (k[0] is None, k[0] or "", k[1])), "one (session, start) order"
     assert pc.count_distinct(read_table(lake, SPANS).column("span_id")).as_py() == distinct
     assert answers(lake, sessions) == before
-    totals = [sum(f.stat().st_size for f in lake_files(d)) for d in days]  # fewer files, fewer footers: smaller
-    again = compact(lake, older_than_minutes=0, max_day_bytes=cap)
-    assert again.days_merged == sum(t <= cap for t in totals) and again.days_over_cap == sum(t > cap for t in totals)
-    assert again.partitions == again.days_merged, "folders already one file each are left alone"
-    merged = compact(lake, older_than_minutes=0)  # under the default cap every day becomes one file
-    assert merged.days_merged == 2 - again.days_merged
-    assert all([f.name for f in lake_files(d)] == [data_files(d / MIXED_FOLDER)[0].name] for d in days)
-    assert answers(lake, sessions) == before
-    assert compact(lake, older_than_minutes=0, max_day_bytes=cap).partitions == 0
+    one_step = lake.parent / "one-step"
+    history_lake(one_step)
+    compact(one_step, older_than_minutes=0)  # the default step holds a whole test day
+    for day, other in zip(days, span_days(one_step)):
+        steps, whole = pq.read_table(lake_files(day)[0]), pq.read_table(lake_files(other)[0])
+        ids = ("span_id", "trace_id", "parent_span_id", "run_id")  # ids differ from run to run
+        assert steps.drop_columns(list(ids)).equals(whole.drop_columns(list(ids))), "the same rows in the same order"
 
 
-def test_no_rewrite_reads_more_than_the_cap(lake: Path) -> None:
-    history_lake(lake, days_ago=(2,))
-    files = lake_files(lake, SPANS)
-    summary = compact(lake, older_than_minutes=0, max_day_bytes=1)
-    assert summary.days_over_cap == 1 and lake_files(lake, SPANS) == files, "every part alone is over the cap"
+def test_a_start_row_without_a_session_goes_when_its_end_row_has_one(lake: Path) -> None:
+    """A run's start row is recorded when the span starts; an instrumentation may name the session only later. The
+    step with the end row and the step with the start row differ: the first pass must still drop the start row."""
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    run = provider.get_tracer("t").start_span(
+        "invoke_agent a", start_time=noon(2), attributes={"gen_ai.operation.name": "invoke_agent"}
+    )
+    run.set_attribute("session.id", "late")
+    run.end(end_time=noon(2) + 10)
+    provider.shutdown()
+    spans = read_table(lake, SPANS)
+    assert spans.num_rows == 2 and set(spans.column("session_id").to_pylist()) == {None, "late"}
+    summary = compact(lake, older_than_minutes=0, max_step_bytes=1)  # every session a step of its own
+    assert summary.days_in_steps == 2, "the spans day and the runs/ day, each in two steps"
+    for table in (SPANS, RUNS):
+        merged = read_table(lake, table)
+        assert merged.num_rows == 1 and merged.column("record").to_pylist() == ["end"], table
+    assert runlake.HistoryDB(lake).get_runs("late")[0]["status"] == "completed"
 
 
 def test_open_day_compacts_each_folder_in_place(lake: Path) -> None:
@@ -214,7 +226,7 @@ def test_open_day_compacts_each_folder_in_place(lake: Path) -> None:
     sessions = [f"s{i}" for i in range(6)]
     before = answers(lake, sessions)
     summary = compact(lake, older_than_minutes=0)
-    assert summary.days_merged == 0 and summary.days_over_cap == 0
+    assert summary.days_merged == 0 and summary.days_in_steps == 0
     assert {f.name: len(data_files(f)) for f in session_dirs(day, include_mixed=True)} == dict.fromkeys(
         folders_before, 1
     ), "every folder stays, as one file"
@@ -289,7 +301,7 @@ def test_compact_command_says_when_the_lock_is_held(lake: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process's `runlake compact` holds it
         result = CliRunner().invoke(app, ["compact", "--older-than", "0", "--state-url", str(lake), "--json"])
         assert result.exit_code == 0 and json.loads(result.stdout)["busy"] is True
-        assert DEFAULT_MAX_DAY_MB << 20 == DEFAULT_MAX_DAY_BYTES, "the command's default is compact()'s"
+        assert DEFAULT_MAX_STEP_MB << 20 == DEFAULT_MAX_STEP_BYTES, "the command's default is compact()'s"
     finally:
         os.close(fd)
     assert compact(lake, older_than_minutes=0).days_merged == 1
@@ -378,3 +390,57 @@ def test_parts_of_an_older_schema_still_read_and_compact_to_the_current_one(lake
     [merged] = data_files(folder)
     assert tuple(pq.read_schema(merged).names) == SPAN_COLUMNS
     assert "legacy" in [t["agent_name"] for t in runlake.HistoryDB(lake).get_traces(session_id="s0")]
+
+
+def test_steps_cut_the_day_between_sessions_within_the_budget() -> None:
+    from runlake.compact import _steps
+
+    weight = {"a": 40.0, "b": 40.0, "c": 30.0, "d": 200.0, "e": 10.0, None: 5.0}
+    assert _steps(weight, 100) == [
+        ("a", "b", False),
+        ("c", "c", False),
+        ("d", "d", False),
+        ("e", "e", False),
+        (None, None, True),
+    ]
+    assert _steps(weight, 10_000) == [("a", "e", False), (None, None, True)], "a day that fits: one step (and nulls)"
+    assert _steps({"x": 1.0}, 1) == [("x", "x", False)]
+    for budget in (
+        1,
+        50,
+        80,
+        100,
+        1000,
+    ):  # every session in exactly one step, in order; a step over budget is one session
+        steps = _steps(weight, budget)
+        named = [s for s in steps if not s[2]]
+        covered = [
+            k for first, last, _ in named for k in sorted(k for k in weight if k is not None) if first <= k <= last
+        ]
+        assert covered == sorted(k for k in weight if k is not None)
+        for first, last, _ in named:
+            inside = [w for k, w in weight.items() if k is not None and first <= k <= last]
+            assert sum(inside) <= budget or len(inside) == 1
+
+
+def test_a_part_that_goes_during_a_merge_leaves_the_day_as_it_was(lake: Path, monkeypatch) -> None:
+    import runlake.compact as compaction
+
+    history_lake(lake, days_ago=(2,))
+    [day] = span_days(lake)
+    before = sorted(p.name for p in lake_files(day))
+    removed: list[Path] = []
+    real = compaction._step_rows
+
+    def remove_a_part_first(table, parts, step, stale):  # as TTL or a purge would, between the two passes
+        if table == SPANS and not removed:
+            removed.append(parts[0].path)
+            parts[0].path.rename(lake / "elsewhere.parquet")
+        return real(table, parts, step, stale)
+
+    monkeypatch.setattr(compaction, "_step_rows", remove_a_part_first)
+    summary = compact(lake, older_than_minutes=0)
+    assert removed and summary.days_merged == 0
+    left = sorted(p.name for p in lake_files(day))
+    assert left == sorted(n for n in before if n != removed[0].name), "every other part stays; no merged file"
+    assert not [p for p in day.rglob("*") if p.name.startswith(".")], "no temp file left behind"

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .cli import DEFAULT_STATE_URL, AsJson, StateUrl, _human_bytes, _lake_root, _stderr, _stdout, app, fail, print_json
 
-DEFAULT_MAX_DAY_MB = 64  # runlake.compact.DEFAULT_MAX_DAY_BYTES in MiB (not imported: pyarrow stays out of start-up)
+DEFAULT_MAX_STEP_MB = 64  # runlake.compact.DEFAULT_MAX_STEP_BYTES in MiB (not imported: pyarrow stays out of start-up)
 
 
 def _progress() -> Progress:
@@ -48,15 +48,16 @@ def compact(
         float,
         typer.Option("--older-than", metavar="MINUTES", min=0, help="Only partitions with no new part for this long."),
     ] = 10,
-    max_day_mb: Annotated[
+    max_step_mb: Annotated[
         float,
         typer.Option(
-            "--max-day-mb",
+            "--max-step-mb",
             metavar="MB",
-            min=0,
-            help="A closed day with more parts than this (MiB on disk) is compacted per folder, not into one file.",
+            min=0.001,
+            help="Parts read per merge step (MiB on disk). A closed day bigger than this is still one file, merged in "
+            "several steps; memory is about 14x this on chat-like text.",
         ),
-    ] = DEFAULT_MAX_DAY_MB,
+    ] = DEFAULT_MAX_STEP_MB,
     state_url: StateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -82,7 +83,7 @@ def compact(
             progress.update(task, completed=done, total=total)
 
         summary = run_compaction(
-            root, older_than_minutes=older_than, progress=advance, max_day_bytes=int(max_day_mb * (1 << 20))
+            root, older_than_minutes=older_than, progress=advance, max_step_bytes=int(max_step_mb * (1 << 20))
         )
     if as_json:
         print_json(summary.as_dict())
@@ -106,10 +107,10 @@ def compact(
         f"{summary.seconds:.2f}",
     )
     _stdout().print(table)
-    if summary.days_over_cap:
+    if summary.days_in_steps:
         _stdout().print(
-            f"{summary.days_over_cap} closed days had more than {max_day_mb:g} MiB of parts and were compacted per "
-            "folder (raise --max-day-mb to make each one file)."
+            f"{summary.days_in_steps} closed days held more than {max_step_mb:g} MiB of parts (--max-step-mb): each "
+            f"was merged into its one file in several steps ({summary.merge_steps} steps in all)."
         )
     if summary.skipped_files:
         _stderr().print(f"{summary.skipped_files} unreadable part files were left alone (see the warnings above).")

@@ -4,12 +4,13 @@
   tenant/ttl/day (each ``session=`` folder and the shared ``session=~mixed`` one) becomes **one** ``compact-…``
   file in ``session=~mixed``, sorted by (session, start) in small row groups, and the emptied session folders go.
   One file per day instead of one per session-day: lake-wide reads open a few dozen files instead of thousands,
-  and a session read skips the other sessions' row groups by their ``session_id`` statistics. A day whose parts
-  pass ``max_day_bytes`` on disk is compacted per folder instead (below), so memory stays bounded.
-- **Open day** (today, or a closed day still being written to, or one past ``max_day_bytes``): each quiet session
-  folder with more than one part becomes one file sorted by start time, and the quiet parts of ``session=~mixed``
-  become one file sorted by session.
-- **runs/ index**: a closed, quiet day becomes one ``compact-…`` file.
+  and a session read skips the other sessions' row groups by their ``session_id`` statistics. Memory is bounded
+  whatever the day's size: the day is merged in steps of consecutive sessions holding at most ``max_step_bytes``
+  of parts each, appended to the one output file (``_merge_in_steps``).
+- **Open day** (today, or a closed day still being written to): each quiet session folder with more than one part
+  becomes one file sorted by start time, and the quiet parts of ``session=~mixed`` become one file sorted by
+  session (in batches of at most ``max_step_bytes`` of parts).
+- **runs/ index**: a closed, quiet day becomes one ``compact-…`` file (merged in steps too).
 
 Compaction's output holds each span id once (the ``end`` row when there is one) and is named ``compact-…``:
 readers may skip de-duplication in a day whose only file is such a file. Elsewhere they keep one row per span id.
@@ -62,7 +63,7 @@ from opentelemetry.exporter.runlake.layout import (
     resolve_lake,
     size_and_mtime,
 )
-from opentelemetry.exporter.runlake.writer import SCHEMAS, write_part
+from opentelemetry.exporter.runlake.writer import SCHEMAS, PartStream, write_part
 
 try:
     import fcntl
@@ -71,7 +72,7 @@ except ImportError:  # not POSIX: no lock (run one compactor per lake)
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_DAY_BYTES = 64 << 20  # merging holds ~14x the parts' size in memory (B30 text): ~1 GB at most
+DEFAULT_MAX_STEP_BYTES = 64 << 20  # parts read per merge step; a step holds ~14x that in memory (B30 text): ~1 GB
 # Row groups of a day file (sorted by session): a session read decompresses only the groups whose session_id range
 # covers it, input/output text included, so a group ends at a session boundary once it holds DAY_ROW_GROUP_BYTES
 # of text, or at DAY_ROW_GROUP_ROWS rows. Measured on B30 (docs/design.md, "Compaction").
@@ -98,7 +99,8 @@ class CompactionSummary:
     rows: int = 0
     skipped_files: int = 0
     days_merged: int = 0
-    days_over_cap: int = 0
+    merge_steps: int = 0  # steps of the closed-day merges (spans and runs/)
+    days_in_steps: int = 0  # closed days bigger than max_step_bytes: merged in more than one step
     seconds: float = 0.0
     busy: bool = False
 
@@ -215,7 +217,7 @@ def compact_folder(
     folder: LakeRoot,
     summary: CompactionSummary,
     files: list[LakeRoot] | None = None,
-    max_bytes: int = DEFAULT_MAX_DAY_BYTES,
+    max_bytes: int = DEFAULT_MAX_STEP_BYTES,
 ) -> bool:
     """Merge the parts of one partition folder into one ``compact-…`` file in place; True if anything was rewritten.
 
@@ -272,9 +274,168 @@ def _remove_empty_folders(folders: set[LakeRoot]) -> None:
             pass  # not empty, or gone already: left for the next run
 
 
-def merge_day(day_dir: LakeRoot, files: list[LakeRoot], summary: CompactionSummary) -> bool:
+@dataclass
+class _Part:
+    """What the first pass learns of one part: its size, rows per session, and each row group's session range."""
+
+    path: LakeRoot
+    groups: list[tuple[Any, Any, bool]]  # (min, max, holds nulls) of session_id; (None, None, True): unknown
+    bytes_per_row: float
+
+
+def _survey(
+    table: str, files: list[LakeRoot], summary: CompactionSummary
+) -> tuple[list[_Part], dict[str | None, float], set[str], int]:
+    """First pass, narrow columns only: the readable parts, the on-disk bytes each session takes (to cut the day into
+    steps), the run ``start`` rows that an ``end`` row supersedes anywhere in the day, and the row count."""
+    parts: list[_Part] = []
+    weight: dict[str | None, float] = {}
+    starts: set[str] = set()
+    ends: set[str] = set()
+    rows = 0
+    for path in files:
+        try:
+            filesystem, source = fs_and_path(path)
+            reader = pq.ParquetFile(source, filesystem=filesystem)
+            names = reader.schema_arrow.names
+            narrow = reader.read(columns=[n for n in ("session_id", "span_id", "record", "span_type") if n in names])
+            size = size_and_mtime(path)[0]
+        except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
+            if not is_missing(error):
+                summary.skipped_files += 1
+                _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
+            continue
+        n = narrow.num_rows
+        rows += n
+        sessions = narrow.column("session_id") if "session_id" in names else pa.nulls(n, pa.string())
+        per_row = size / max(n, 1)
+        for entry in pc.value_counts(sessions).to_pylist():
+            weight[entry["values"]] = weight.get(entry["values"], 0.0) + entry["counts"] * per_row
+        if "record" in names:
+            record = narrow.column("record")
+            run = pc.equal(narrow.column("span_type"), "run") if "span_type" in names else None
+            is_end = pc.equal(record, "end")
+            starts.update(narrow.column("span_id").filter(pc.equal(record, "start")).to_pylist())
+            ends.update(narrow.column("span_id").filter(is_end if run is None else pc.and_(is_end, run)).to_pylist())
+        parts.append(_Part(path, _session_ranges(reader.metadata, names), per_row))
+    return parts, weight, starts & ends, rows
+
+
+def _session_ranges(metadata: pq.FileMetaData, names: list[str]) -> list[tuple[Any, Any, bool]]:
+    if "session_id" not in names:
+        return [(None, None, True)] * metadata.num_row_groups
+    column = names.index("session_id")
+    out = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            out.append((None, None, True))
+        else:
+            out.append((stats.min, stats.max, stats.null_count != 0))
+    return out
+
+
+def _steps(weight: dict[str | None, float], max_bytes: int) -> list[tuple[str | None, str | None, bool]]:
+    """Consecutive session ranges ``(first, last, nulls)`` in the file's order (sessions ascending, then rows without
+    a session) of at most ``max_bytes`` each (a bigger session alone)."""
+    keys = sorted(k for k in weight if k is not None)
+    steps: list[tuple[str | None, str | None, bool]] = []
+    first = None
+    total = 0.0
+    for i, key in enumerate(keys):
+        if first is not None and total + weight[key] > max_bytes:
+            steps.append((first, keys[i - 1], False))
+            first, total = None, 0.0
+        if first is None:
+            first = key
+        total += weight[key]
+    if first is not None:
+        steps.append((first, keys[-1], False))
+    if None in weight:
+        steps.append((None, None, True))
+    return steps
+
+
+def _step_rows(
+    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: pa.Array | None
+) -> pa.Table | None:
+    """The rows of one step's sessions from every part (only the row groups whose range can hold them), one per span
+    id, sorted by (session, start)."""
+    first, last, nulls = step
+    pieces = []
+    for part in parts:
+        groups = [
+            i
+            for i, (lo, hi, has_nulls) in enumerate(part.groups)
+            if (has_nulls if nulls else lo is None or (lo <= last and hi >= first))
+        ]
+        if not groups:
+            continue
+        filesystem, source = fs_and_path(part.path)
+        piece = _conform(pq.ParquetFile(source, filesystem=filesystem).read_row_groups(groups), SCHEMAS[table])
+        session = piece.column("session_id")
+        keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
+        if superseded is not None:
+            stale = pc.and_(pc.equal(piece.column("record"), "start"), pc.is_in(piece.column("span_id"), superseded))
+            keep = pc.and_(keep, pc.invert(stale.fill_null(False)))
+        pieces.append(piece.filter(keep.fill_null(False)))
+    if not pieces:
+        return None
+    merged = _latest_rows(pa.concat_tables(pieces))
+    return merged.sort_by([(c, "ascending") for c in _BY_SESSION])
+
+
+def _merge_in_steps(
+    table: str, files: list[LakeRoot], target: LakeRoot, summary: CompactionSummary, max_step_bytes: int
+) -> bool:
+    """Rewrite ``files`` (a closed day) as one ``compact-…`` file in ``target``, sorted by (session, start), reading
+    at most ~``max_step_bytes`` of parts at a time: the day is cut into consecutive session ranges, each read from
+    the row groups that can hold it, de-duplicated and appended to the one output file. Run ``start`` rows whose
+    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span id is there once."""
+    parts, weight, superseded, rows_hint = _survey(table, files, summary)
+    used = [p.path for p in parts]
+    if not used or (len(used) == 1 and is_compacted(used[0])):
+        return False
+    stream = PartStream(
+        table,
+        target,
+        rows_hint=rows_hint,
+        row_group_size=DAY_ROW_GROUP_ROWS,
+        row_group_bytes=DAY_ROW_GROUP_BYTES if table == SPANS else RUNS_ROW_GROUP_BYTES,
+        compression_level=COMPRESSION_LEVEL,
+    )
+    try:
+        steps = _steps(weight, max_step_bytes)
+        stale = pa.array(sorted(superseded), pa.string()) if superseded else None
+        for step in steps:
+            rows = _step_rows(table, parts, step, stale)
+            if rows is not None and rows.num_rows:
+                stream.write(rows)
+            del rows
+            pa.default_memory_pool().release_unused()  # hand the step's buffers back, or RSS keeps the largest
+    except OSError:
+        stream.abort()  # a part vanished meanwhile (TTL, a purge): nothing is replaced; the caller says so
+        raise
+    except Exception as error:  # noqa: BLE001 - a part that broke between the passes: the day stays as it was
+        stream.abort()
+        summary.skipped_files += 1
+        _logger.warning("compaction: %s changed while being merged (%s); left as it was", target, error)
+        return False
+    except BaseException:
+        stream.abort()
+        raise
+    new_file = stream.close()
+    summary.merge_steps += len(steps)
+    summary.days_in_steps += len(steps) > 1
+    _replace(used, new_file, stream.counts["rows"], summary)
+    return True
+
+
+def merge_day(
+    day_dir: LakeRoot, files: list[LakeRoot], summary: CompactionSummary, max_step_bytes: int = DEFAULT_MAX_STEP_BYTES
+) -> bool:
     """Every span part of one closed day as one ``compact-…`` file in its ``session=~mixed`` folder."""
-    if not _merge(SPANS, files, mixed_dir(day_dir), summary, _BY_SESSION, DAY_ROW_GROUP_ROWS):
+    if not _merge_in_steps(SPANS, files, mixed_dir(day_dir), summary, max_step_bytes):
         return False
     summary.days_merged += 1
     _remove_empty_folders({p.parent for p in files if p.parent.name != MIXED_FOLDER})
@@ -291,7 +452,7 @@ class _Day:
     closed: bool
     now: float
     older_than_s: float
-    max_day_bytes: int
+    max_step_bytes: int
 
     def quiet(self, files: list[LakeRoot]) -> bool:
         newest = _newest(files)
@@ -299,28 +460,19 @@ class _Day:
 
 
 def _compact_spans_day(day: _Day, summary: CompactionSummary) -> None:
-    """A closed, quiet day under the cap: one file; otherwise each quiet folder on its own."""
+    """A closed, quiet day: one file, merged in steps; otherwise each quiet folder on its own."""
     files = day_files(day.folder, SPANS)
     if not files or (len(files) == 1 and is_compacted(files[0])):
         return  # nothing there, or done
     if day.closed and day.quiet(files):
-        total = sum(_sizes(files).values())
-        if total <= day.max_day_bytes:
-            merge_day(day.folder, files, summary)
-            return
-        summary.days_over_cap += 1
-        _logger.info(
-            "compaction: %s holds %d bytes of parts (over max_day_bytes=%d): compacting each folder instead",
-            day.folder,
-            total,
-            day.max_day_bytes,
-        )
+        merge_day(day.folder, files, summary, day.max_step_bytes)
+        return
     by_folder: dict[LakeRoot, list[LakeRoot]] = {}
     for path in files:
         by_folder.setdefault(path.parent, []).append(path)
     for folder, parts in by_folder.items():
         if len(parts) > 1 and day.quiet(parts):
-            compact_folder(SPANS, folder, summary, parts, day.max_day_bytes)
+            compact_folder(SPANS, folder, summary, parts, day.max_step_bytes)
 
 
 def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
@@ -331,9 +483,7 @@ def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
     files = data_files(day.folder)
     if not files or (len(files) == 1 and is_compacted(files[0])) or not day.quiet(files):
         return
-    for batch in _batches(files, _sizes(files), day.max_day_bytes):
-        if len(batch) > 1 or len(files) == 1:  # one part alone is rewritten only to mark the day compacted
-            _merge(RUNS, batch, day.folder, summary, _BY_SESSION, DAY_ROW_GROUP_ROWS)
+    _merge_in_steps(RUNS, files, day.folder, summary, day.max_step_bytes)  # one part alone: marks the day compacted
 
 
 @contextmanager
@@ -360,7 +510,7 @@ def compact(
     older_than_minutes: float = 10,
     tenant: str | None = None,
     progress: Callable[[int, int], None] | None = None,
-    max_day_bytes: int = DEFAULT_MAX_DAY_BYTES,
+    max_step_bytes: int = DEFAULT_MAX_STEP_BYTES,
 ) -> CompactionSummary:
     """Compact every quiet day of the lake (a folder, or an ``s3://`` URL / ``ObjectPath``); see the module doc.
 
@@ -376,7 +526,7 @@ def compact(
             summary.busy = True
             _logger.warning("compaction of %s: %s; nothing done", root, BUSY_MESSAGE)
         else:
-            _compact_days(root, older_than_minutes * 60, tenant, progress, max_day_bytes, summary)
+            _compact_days(root, older_than_minutes * 60, tenant, progress, max_step_bytes, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -386,13 +536,13 @@ def _compact_days(
     older_than_s: float,
     tenant: str | None,
     progress: Callable[[int, int], None] | None,
-    max_day_bytes: int,
+    max_step_bytes: int,
     summary: CompactionSummary,
 ) -> None:
     now = time.time()
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     days = [
-        _Day(table, day, folder, day < today, now, older_than_s, max_day_bytes)
+        _Day(table, day, folder, day < today, now, older_than_s, max_step_bytes)
         for table in (SPANS, RUNS)
         for _, _, day, folder in day_dirs(root, table, tenant)
     ]

@@ -152,6 +152,30 @@ def _row_group_ends(table: str, arrow: pa.Table, max_rows: int, max_bytes: int) 
     return ends
 
 
+def _writer_options(table: str, rows: int, compression_level: int | None) -> dict[str, Any]:
+    """``ParquetWriter`` options of every part file: zstd, dictionaries where values repeat (none in small parts),
+    statistics on the columns readers filter by, no Arrow schema blob."""
+    return {
+        "compression": "zstd",
+        "compression_level": compression_level,
+        "use_dictionary": _DICTIONARY_COLUMNS[table] if rows >= _DICTIONARY_MIN_ROWS else False,
+        "write_statistics": _STATS_COLUMNS[table],
+        "store_schema": False,  # the Parquet schema says it all; saves ~2 KB of footer per file
+    }
+
+
+def _write_groups(
+    out: pq.ParquetWriter, table: str, arrow: pa.Table, row_group_size: int, row_group_bytes: int | None
+) -> None:
+    if row_group_bytes is None or arrow.num_rows == 0:
+        out.write_table(arrow, row_group_size=row_group_size)
+        return
+    start = 0
+    for end in _row_group_ends(table, arrow, row_group_size, row_group_bytes):
+        out.write_table(arrow.slice(start, end - start), row_group_size=end - start)
+        start = end
+
+
 def _encode(
     table: str,
     arrow: pa.Table,
@@ -161,22 +185,8 @@ def _encode(
     row_group_bytes: int | None = None,
     compression_level: int | None = None,
 ) -> None:
-    with pq.ParquetWriter(
-        sink,
-        arrow.schema,
-        compression="zstd",
-        compression_level=compression_level,
-        use_dictionary=_DICTIONARY_COLUMNS[table] if arrow.num_rows >= _DICTIONARY_MIN_ROWS else False,
-        write_statistics=_STATS_COLUMNS[table],
-        store_schema=False,  # the Parquet schema says it all; saves ~2 KB of footer per file
-    ) as out:
-        if row_group_bytes is None or arrow.num_rows == 0:
-            out.write_table(arrow, row_group_size=row_group_size)
-        else:
-            start = 0
-            for end in _row_group_ends(table, arrow, row_group_size, row_group_bytes):
-                out.write_table(arrow.slice(start, end - start), row_group_size=end - start)
-                start = end
+    with pq.ParquetWriter(sink, arrow.schema, **_writer_options(table, arrow.num_rows, compression_level)) as out:
+        _write_groups(out, table, arrow, row_group_size, row_group_bytes)
         out.add_key_value_metadata({COUNTS_KEY: json.dumps(counts, separators=(",", ":"))})
 
 
@@ -234,6 +244,76 @@ def _upload_part(table: str, arrow: pa.Table, target: ObjectPath, encoding: tupl
         out.write(data)
     target.size, target.mtime = data.size, time.time()
     return target
+
+
+class PartStream:
+    """One part file written a piece at a time, for compaction of a day bigger than it can hold in memory.
+
+    It appears whole at ``close()``, as ``write_part``'s do: locally a hidden temp file renamed to its final name
+    (which carries the counts, known only at the end); on an object store the encoded bytes are kept in memory and
+    uploaded once. Each piece must hold rows of its own sessions, each span id once, in the file's sort order.
+    ``rows_hint``: the expected row count (decides dictionary pages).
+    """
+
+    def __init__(
+        self,
+        table: str,
+        folder: LakeRoot,
+        *,
+        rows_hint: int,
+        row_group_size: int,
+        row_group_bytes: int | None = None,
+        compression_level: int | None = None,
+        compacted: bool = True,
+    ) -> None:
+        self.table, self.folder, self.compacted = table, folder, compacted
+        self.counts: dict[str, int] = {"rows": 0, "spans": 0, **({"nodes": 0} if table == SPANS else {})}
+        self._grouping = (row_group_size, row_group_bytes)
+        self._tmp: Path | None = None
+        if isinstance(folder, ObjectPath):
+            self._buffer: pa.BufferOutputStream | None = pa.BufferOutputStream()
+            sink: Any = self._buffer
+        else:
+            self._buffer = None
+            folder.mkdir(parents=True, exist_ok=True)
+            self._tmp = folder / temp_name_for(new_part_name(compacted))
+            sink = str(self._tmp)
+        self._out = pq.ParquetWriter(sink, SCHEMAS[table], **_writer_options(table, rows_hint, compression_level))
+
+    def write(self, arrow: pa.Table) -> None:
+        for key, value in part_counts(self.table, arrow).items():
+            self.counts[key] += value
+        _write_groups(self._out, self.table, arrow, *self._grouping)
+
+    def close(self) -> LakeRoot:
+        """Finish the file and make it visible under its final name; returns it."""
+        try:
+            self._out.add_key_value_metadata({COUNTS_KEY: json.dumps(self.counts, separators=(",", ":"))})
+            self._out.close()
+            target = self.folder / new_part_name(self.compacted, self.counts)
+            if self._buffer is not None:
+                data = self._buffer.getvalue()
+                with target.fs.open_output_stream(target.path) as out:
+                    out.write(data)
+                target.size, target.mtime = data.size, time.time()
+            else:
+                os.replace(self._tmp, target)
+            return target
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop what was written; nothing becomes visible."""
+        try:
+            self._out.close()
+        except Exception:  # noqa: BLE001 - already closed or broken: the temp file goes either way
+            pass
+        if self._tmp is not None:
+            try:
+                self._tmp.unlink()
+            except OSError:
+                pass
 
 
 @dataclass
