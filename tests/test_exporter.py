@@ -106,6 +106,21 @@ def test_dictionary_pages_only_where_values_repeat(lake: Path) -> None:
     assert read_table(lake, "spans").num_rows == 640
 
 
+def test_a_partition_folder_removed_meanwhile_is_made_again(lake: Path) -> None:
+    import shutil
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    assert exporter.export(make_spans(8, prefix="gone")) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()
+    [first] = lake_files(lake, "spans")
+    shutil.rmtree(first.parent)  # as a purge or TTL would, while the writer still knows the folder
+    assert exporter.export(make_spans(8, prefix="gone")) is SpanExportResult.SUCCESS
+    assert exporter.force_flush() and exporter.stats["failed_writes"] == 0
+    [second] = lake_files(lake, "spans")
+    assert second.parent == first.parent and pq.read_metadata(second).num_rows == 8
+    exporter.shutdown()
+
+
 def test_hostile_ids_land_in_their_own_folders_and_read_back(lake: Path) -> None:
     runlake.configure(lake)
     try:

@@ -176,20 +176,6 @@ def _write_groups(
         start = end
 
 
-def _encode(
-    table: str,
-    arrow: pa.Table,
-    sink: Any,
-    counts: dict[str, int],
-    row_group_size: int,
-    row_group_bytes: int | None = None,
-    compression_level: int | None = None,
-) -> None:
-    with pq.ParquetWriter(sink, arrow.schema, **_writer_options(table, arrow.num_rows, compression_level)) as out:
-        _write_groups(out, table, arrow, row_group_size, row_group_bytes)
-        out.add_key_value_metadata({COUNTS_KEY: json.dumps(counts, separators=(",", ":"))})
-
-
 def write_part(
     table: str,
     folder: LakeRoot,
@@ -207,52 +193,46 @@ def write_part(
     """
     arrow = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
     arrow = arrow.sort_by([(c, "ascending") for c in sort_by])
-    counts = part_counts(table, arrow)
-    name = new_part_name(compacted, counts)
-    encoding = (counts, row_group_size, row_group_bytes, compression_level)
-    if isinstance(folder, ObjectPath):
-        return _upload_part(table, arrow, folder / name, encoding)
+    part = PartStream(
+        table,
+        folder,
+        rows_hint=arrow.num_rows,
+        row_group_size=row_group_size,
+        row_group_bytes=row_group_bytes,
+        compression_level=compression_level,
+        compacted=compacted,
+    )
+    try:
+        part.write(arrow)
+    except BaseException:
+        part.abort()
+        raise
+    return part.close()
+
+
+def _made_dir(folder: Path) -> None:
+    """``mkdir -p`` once per folder and process: a part file in a known folder then costs no mkdir."""
     if str(folder) not in _MADE_DIRS:
         folder.mkdir(parents=True, exist_ok=True)
         if len(_MADE_DIRS) > 100_000:
             _MADE_DIRS.clear()
         _MADE_DIRS.add(str(folder))
-    tmp = folder / temp_name_for(name)
-    try:
-        try:
-            _encode(table, arrow, str(tmp), *encoding)
-        except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
-            folder.mkdir(parents=True, exist_ok=True)
-            _encode(table, arrow, str(tmp), *encoding)
-        os.replace(tmp, folder / name)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    return folder / name
 
 
-def _upload_part(table: str, arrow: pa.Table, target: ObjectPath, encoding: tuple) -> ObjectPath:
-    """The whole file is encoded in memory first, so an encoding error never reaches the store; then one upload
-    to the final key (no rename on S3). A failed upload leaves no object behind."""
-    sink = pa.BufferOutputStream()
-    _encode(table, arrow, sink, *encoding)
-    data = sink.getvalue()
+def _put(target: ObjectPath, data: pa.Buffer) -> None:
+    """One upload to the final key (no rename on S3): the object appears whole or not at all."""
     with target.fs.open_output_stream(target.path) as out:
         out.write(data)
     target.size, target.mtime = data.size, time.time()
-    return target
 
 
 class PartStream:
-    """One part file written a piece at a time, for compaction of a day bigger than it can hold in memory.
+    """One part file, written in one piece (``write_part``) or several (compaction of a day bigger than memory).
 
-    It appears whole at ``close()``, as ``write_part``'s do: locally a hidden temp file renamed to its final name
-    (which carries the counts, known only at the end); on an object store the encoded bytes are kept in memory and
-    uploaded once. Each piece must hold rows of its own sessions, each span id once, in the file's sort order.
-    ``rows_hint``: the expected row count (decides dictionary pages).
+    It appears whole at ``close()``: locally a hidden temp file renamed to its final name (which carries the counts,
+    known only at the end); on an object store the file is encoded in memory, so an encoding error never reaches
+    the store, and uploaded once. With several pieces, each holds rows of its own sessions, each span id once, in
+    the file's sort order. ``rows_hint``: the expected row count (decides dictionary pages).
     """
 
     def __init__(
@@ -275,10 +255,15 @@ class PartStream:
             sink: Any = self._buffer
         else:
             self._buffer = None
-            folder.mkdir(parents=True, exist_ok=True)
+            _made_dir(folder)
             self._tmp = folder / temp_name_for(new_part_name(compacted))
             sink = str(self._tmp)
-        self._out = pq.ParquetWriter(sink, SCHEMAS[table], **_writer_options(table, rows_hint, compression_level))
+        options = _writer_options(table, rows_hint, compression_level)
+        try:
+            self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+        except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
+            folder.mkdir(parents=True, exist_ok=True)
+            self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
 
     def write(self, arrow: pa.Table) -> None:
         for key, value in part_counts(self.table, arrow).items():
@@ -292,10 +277,7 @@ class PartStream:
             self._out.close()
             target = self.folder / new_part_name(self.compacted, self.counts)
             if self._buffer is not None:
-                data = self._buffer.getvalue()
-                with target.fs.open_output_stream(target.path) as out:
-                    out.write(data)
-                target.size, target.mtime = data.size, time.time()
+                _put(target, self._buffer.getvalue())
             else:
                 os.replace(self._tmp, target)
             return target
