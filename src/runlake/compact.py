@@ -276,11 +276,10 @@ def _remove_empty_folders(folders: set[LakeRoot]) -> None:
 
 @dataclass
 class _Part:
-    """What the first pass learns of one part: its size, rows per session, and each row group's session range."""
+    """A part the first pass could read, and each of its row groups' session range (what a step reads of it)."""
 
     path: LakeRoot
     groups: list[tuple[Any, Any, bool]]  # (min, max, holds nulls) of session_id; (None, None, True): unknown
-    bytes_per_row: float
 
 
 def _survey(
@@ -317,7 +316,7 @@ def _survey(
             is_end = pc.equal(record, "end")
             starts.update(narrow.column("span_id").filter(pc.equal(record, "start")).to_pylist())
             ends.update(narrow.column("span_id").filter(is_end if run is None else pc.and_(is_end, run)).to_pylist())
-        parts.append(_Part(path, _session_ranges(reader.metadata, names), per_row))
+        parts.append(_Part(path, _session_ranges(reader.metadata, names)))
     return parts, weight, starts & ends, rows
 
 
