@@ -36,6 +36,17 @@ def test_compact_command(lake: Path) -> None:
     assert code == 0 and "Nothing to compact" in out
 
 
+def test_compact_command_merges_a_big_closed_day_in_steps(lake: Path) -> None:
+    from test_compact import history_lake
+
+    history_lake(lake, days_ago=(2,))
+    code, out, _ = invoke("compact", "--older-than", 0, "--max-step-mb", 0.001, "--state-url", lake)
+    assert code == 0 and "each became its one file in several steps" in " ".join(out.split()), out
+    assert len(lake_files(lake, "spans")) == 1 and len(lake_files(lake, "runs")) == 1
+    code, _, err = invoke("compact", "--max-step-mb", 0, "--state-url", lake)
+    assert code == 2 and "max-step-mb" in err, "a step of nothing is refused"
+
+
 def test_import_otlp_json_lines_with_bad_lines(lake: Path, tmp_path: Path) -> None:
     jsonl = tmp_path / "spans.jsonl"
     exporter = FileSpanExporter(jsonl)

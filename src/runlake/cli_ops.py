@@ -109,8 +109,9 @@ def compact(
     _stdout().print(table)
     if summary.days_in_steps:
         _stdout().print(
-            f"{summary.days_in_steps} closed days held more than {max_step_mb:g} MiB of parts (--max-step-mb): each "
-            f"was merged into its one file in several steps ({summary.merge_steps} steps in all)."
+            f"{summary.days_in_steps} closed day folders (spans/ and runs/ count apart) held more than "
+            f"{max_step_mb:g} MiB of parts (--max-step-mb): each became its one file in several steps "
+            f"({summary.merge_steps} steps in all)."
         )
     if summary.skipped_files:
         _stderr().print(f"{summary.skipped_files} unreadable part files were left alone (see the warnings above).")
