@@ -279,6 +279,7 @@ class _Part:
     """A part the first pass could read, and each of its row groups' session range (what a step reads of it)."""
 
     path: LakeRoot
+    metadata: pq.FileMetaData  # its footer, parsed once for every step that reads the part
     groups: list[tuple[Any, Any, bool]]  # (min, max, holds nulls) of session_id; (None, None, True): unknown
 
 
@@ -316,7 +317,7 @@ def _survey(
             is_end = pc.equal(record, "end")
             starts.update(narrow.column("span_id").filter(pc.equal(record, "start")).to_pylist())
             ends.update(narrow.column("span_id").filter(is_end if run is None else pc.and_(is_end, run)).to_pylist())
-        parts.append(_Part(path, _session_ranges(reader.metadata, names)))
+        parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
     return parts, weight, starts & ends, rows
 
 
@@ -371,7 +372,8 @@ def _step_rows(
         if not groups:
             continue
         filesystem, source = fs_and_path(part.path)
-        piece = _conform(pq.ParquetFile(source, filesystem=filesystem).read_row_groups(groups), SCHEMAS[table])
+        reader = pq.ParquetFile(source, filesystem=filesystem, metadata=part.metadata)
+        piece = _conform(reader.read_row_groups(groups), SCHEMAS[table])
         session = piece.column("session_id")
         keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
         if superseded is not None:
