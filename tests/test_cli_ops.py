@@ -36,6 +36,15 @@ def test_compact_command(lake: Path) -> None:
     assert code == 0 and "Nothing to compact" in out
 
 
+def test_compact_command_says_when_parts_are_too_recent(lake: Path) -> None:
+    small_parts_lake(lake)
+    code, out, _ = invoke("compact", "--older-than", 60, "--state-url", lake, "--json")
+    assert code == 0 and json.loads(out)["partitions"] == 0 and json.loads(out)["days_not_quiet"] > 0
+    code, out, _ = invoke("compact", "--older-than", 60, "--state-url", lake)
+    text = " ".join(out.split())
+    assert code == 0 and "left for now" in text and "--older-than 0" in text and "Nothing to compact" not in text
+
+
 def test_compact_command_merges_a_big_closed_day_in_steps(lake: Path) -> None:
     from test_compact import history_lake
 

@@ -115,8 +115,13 @@ def compact(
         )
     if summary.skipped_files:
         _stderr().print(f"{summary.skipped_files} unreadable part files were left alone (see the warnings above).")
-    if not summary.partitions:
-        _stdout().print("Nothing to compact: every quiet day is already compacted.")
+    if summary.days_not_quiet:
+        _stdout().print(
+            f"{summary.days_not_quiet} day folders were left for now: they have parts written less than "
+            f"{older_than:g} minutes ago (--older-than); a later run merges them (--older-than 0: at once)."
+        )
+    elif not summary.partitions:
+        _stdout().print("Nothing to compact: every day is already compacted.")
 
 
 @app.command()

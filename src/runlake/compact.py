@@ -101,6 +101,7 @@ class CompactionSummary:
     days_merged: int = 0
     merge_steps: int = 0  # steps of the closed-day merges (spans and runs/)
     days_in_steps: int = 0  # closed days bigger than max_step_bytes: merged in more than one step
+    days_not_quiet: int = 0  # day folders with parts to merge, left for now: a part newer than older_than
     seconds: float = 0.0
     busy: bool = False
 
@@ -471,9 +472,13 @@ def _compact_spans_day(day: _Day, summary: CompactionSummary) -> None:
     by_folder: dict[LakeRoot, list[LakeRoot]] = {}
     for path in files:
         by_folder.setdefault(path.parent, []).append(path)
+    waiting = day.closed  # a closed day that is not quiet yet becomes one file later
     for folder, parts in by_folder.items():
         if len(parts) > 1 and day.quiet(parts):
             compact_folder(SPANS, folder, summary, parts, day.max_step_bytes)
+        elif len(parts) > 1:
+            waiting = True
+    summary.days_not_quiet += waiting
 
 
 def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
@@ -482,7 +487,10 @@ def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
     if not day.closed:
         return
     files = data_files(day.folder)
-    if not files or (len(files) == 1 and is_compacted(files[0])) or not day.quiet(files):
+    if not files or (len(files) == 1 and is_compacted(files[0])):
+        return
+    if not day.quiet(files):
+        summary.days_not_quiet += 1
         return
     _merge_in_steps(RUNS, files, day.folder, summary, day.max_step_bytes)  # one part alone: marks the day compacted
 
