@@ -28,6 +28,8 @@ class EventBuilder:
     def __init__(self, max_tracked: int = 10_000) -> None:
         # runs announced as started -> their agent (when known); bounded, oldest forgotten
         self._started: OrderedDict[str, str | None] = OrderedDict()
+        # trace -> its root run's id, for nodes stored without a run id (spans ingested without RunStartProcessor)
+        self._trace_runs: OrderedDict[str, str] = OrderedDict()
         self._max = max_tracked
 
     def _announce(self, run_id: str, agent: str | None) -> bool:
@@ -41,20 +43,42 @@ class EventBuilder:
             self._started.popitem(last=False)
         return True
 
+    def _run_of(self, row: tuple, by_span: dict[str, tuple]) -> str:
+        """A row's run: its own run id, else the run its parents lead to in this batch, else its trace's root run
+        seen so far, else ``trace:<trace id>`` (its run not seen yet)."""
+        c = COL
+        if row[c["run_id"]]:
+            return row[c["run_id"]]
+        parent = by_span.get(row[c["parent_span_id"]])
+        for _ in range(64):  # a parent chain, bounded (ids can repeat in hostile input)
+            if parent is None:
+                break
+            if parent[c["span_type"]] == RUN and parent[c["run_id"]]:
+                return parent[c["run_id"]]
+            parent = by_span.get(parent[c["parent_span_id"]])
+        return self._trace_runs.get(row[c["trace_id"]]) or "trace:" + row[c["trace_id"]]
+
     def events(self, rows: list[tuple]) -> list[dict[str, Any]]:
         """Events in time order. A node's agent is its own, else its run's (from this batch or an earlier one)."""
         out: list[dict[str, Any]] = []
         c = COL
-        agents = {
-            row[c["run_id"]]: row[c["agent_name"]] or row[c["agent_id"]]
-            for row in rows
-            if row[c["span_type"]] == RUN and row[c["run_id"]]
-        }
+        agents: dict[str, str | None] = {}
+        by_span: dict[str, tuple] = {}
+        for row in rows:
+            by_span.setdefault(row[c["span_id"]], row)
+            if row[c["span_type"]] == RUN and row[c["run_id"]]:
+                agents[row[c["run_id"]]] = row[c["agent_name"]] or row[c["agent_id"]]
+                trace = row[c["trace_id"]]
+                if row[c["parent_span_id"]] is None or trace not in self._trace_runs:  # the root run wins
+                    self._trace_runs[trace] = row[c["run_id"]]
+                    self._trace_runs.move_to_end(trace)
+                    if len(self._trace_runs) > self._max:
+                        self._trace_runs.popitem(last=False)
         for row in sorted(rows, key=lambda r: r[c["end_time_unix_nano"]] or r[c["start_time_unix_nano"]]):
             span_type = row[c["span_type"]]
             if span_type not in (RUN, NODE):
                 continue
-            run_id = row[c["run_id"]] or ("trace:" + row[c["trace_id"]])
+            run_id = self._run_of(row, by_span)
             agent = row[c["agent_name"]] or row[c["agent_id"]] or agents.get(run_id) or self._started.get(run_id)
             base = {
                 "tenant_id": row[c["tenant_id"]],
