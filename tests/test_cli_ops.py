@@ -116,3 +116,11 @@ def test_forward_to_nothing_fails_with_exit_1(lake: Path) -> None:
         "--json",
     )
     assert code == 1 and json.loads(out)["failed"] == 10
+
+
+def test_serve_help_states_the_lake_default_like_every_command() -> None:
+    result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "240"})  # no wrapping inside a phrase
+    code, text = result.exit_code, " ".join(result.stdout.replace("│", " ").split())
+    assert code == 0
+    assert "./runlake-data" in text and "PRAISONAI_STATE_URL" in text
+    assert "the lake's .ingest-log folder" in text

@@ -247,6 +247,10 @@ def test_websocket_events_are_scoped(world: World) -> None:
     assert {(e["tenant_id"], e["user_id"]) for e in seen["admin"]} == {("acme", "alice"), ("acme", "bob")}
     assert {(e["tenant_id"], e["user_id"]) for e in seen["globex"]} == {("globex", "carol")}
     assert len(seen["alice"]) == 3  # started, node, completed
+    # status counters are the tenant's own (the only WebSocket test of this module: nothing was published before)
+    for admin, tenant_events in (("acme_admin", seen["admin"]), ("globex_admin", seen["globex"])):
+        counters = world.get(admin, "/api/v1/status").json()["websocket"]
+        assert counters["events_published"] == len(tenant_events)
 
 
 # ---- key loading -------------------------------------------------------------------------------------------

@@ -70,7 +70,10 @@ class IngestLog:
         except BlockingIOError:
             self._lock_file.close()
             self._lock_file = None
-            raise IngestLogLocked(f"ingest log {self.folder} is in use by another runlake serve") from None
+            raise IngestLogLocked(
+                f"ingest log {self.folder} is in use by another runlake serve "
+                "(give this one its own folder with --ingest-log-dir, or --durability sync)"
+            ) from None
         found = sorted(self.folder.glob("segment-*.log"))
         if found:
             self._seq = max(int(p.stem.split("-")[1]) for p in found)

@@ -132,11 +132,7 @@ def status(request: Request, principal: Caller) -> dict[str, Any]:
             "checkpoints": runtime.checkpoints,
             "replayed_at_start": runtime.replayed,
         },
-        "websocket": {
-            "connections": len(runtime.hub.subscribers),
-            "events_published": runtime.hub.published,
-            "events_dropped": runtime.hub.dropped,
-        },
+        "websocket": runtime.hub.counters(principal.tenant_id),
         "ttl": {
             "interval_s": runtime.settings.ttl_interval_s,
             "runs": runtime.ttl_runs,

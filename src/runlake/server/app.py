@@ -61,12 +61,12 @@ def create_app(
     key, ``no_auth=True`` is required (``serve`` allows it only on a loopback address). ``ttl_interval_s``
     None switches the TTL task off. ``durability``: ``log`` (default), ``sync`` or ``buffered``; see
     ``TenantSink`` and docs/server.md. ``min_session_rows``: ingest writes sessions with fewer rows per flush
-    into one shared file per day; ``compact_interval_s`` (None: off) runs compaction in the background, which
-    moves them into their own partitions once quiet for ``compact_older_than_minutes``.
+    into one shared file per day (``session=~mixed``); ``compact_interval_s`` (None: off) runs compaction in the
+    background: days quiet for ``compact_older_than_minutes`` are merged (a closed day into one file).
     """
     root = resolve_state_url(state_url)
     if root is None:
-        raise ValueError("no state URL: give one (--state-url) or set RUNLAKE_STATE_URL")
+        raise ValueError("no state URL: give one (--state-url) or set RUNLAKE_STATE_URL or PRAISONAI_STATE_URL")
     if keys is None:
         keys = load_keys(keys_file)
     if not no_auth and not len(keys):

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from ..auth import KeysError
+from ..cli import DEFAULT_STATE_URL, STATE_URL_ENV
 from ..ingest_log import IngestLogLocked
 from .app import create_app
 from .settings import (
@@ -69,11 +70,14 @@ def serve(
 def serve_command(
     host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind. Default loopback only; 0.0.0.0 for all."),
     port: int = typer.Option(DEFAULT_PORT, "--port", min=0, max=65535, help="TCP port."),
-    state_url: str | None = typer.Option(
-        None,
+    state_url: str = typer.Option(
+        DEFAULT_STATE_URL,
         "--state-url",
-        envvar="RUNLAKE_STATE_URL",
-        help="The lake: a folder or file:// URL (default: $RUNLAKE_STATE_URL, then $PRAISONAI_STATE_URL).",
+        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
+        show_envvar=True,
+        metavar="PATH|file://URL",
+        help="The lake. Precedence: --state-url if given, else $RUNLAKE_STATE_URL, else $PRAISONAI_STATE_URL, "
+        "else ./runlake-data.",
     ),
     keys_file: Path | None = typer.Option(
         None,
@@ -127,7 +131,9 @@ def serve_command(
         help="log and buffered modes: how often buffered rows become part files (and queries see them).",
     ),
     ingest_log_dir: Path | None = typer.Option(
-        None, "--ingest-log-dir", help="log mode: where the ingest log lives (default <lake>/.ingest-log)."
+        None,
+        "--ingest-log-dir",
+        help="log mode: where the ingest log lives (default: the lake's .ingest-log folder).",
     ),
     fsync: bool = typer.Option(False, "--fsync", help="log mode: fsync every logged request (power-loss safe)."),
     ws_queue_size: int = typer.Option(
