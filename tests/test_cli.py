@@ -234,7 +234,9 @@ def test_runs_and_traces(demo: tuple[Path, dict]) -> None:
     assert table.exit_code == 0 and user in table.stdout and traces[0]["trace_id"] in table.stdout
     table = cli("runs", session, "--state-url", lake)
     assert table.exit_code == 0 and f"Runs of session {session}" in table.stdout
-    assert cli("runs", "--state-url", lake).stdout.count("\n") > 4
+    latest_table = cli("runs", "--limit", 50, "--state-url", lake).stdout
+    assert latest_table.count("\n") > 4
+    assert "completed" in latest_table and not re.search(r"\b(ok|error)\b", latest_table), "run words, as runs SESSION"
 
 
 def test_hostile_session_ids_and_long_text(tmp_path: Path) -> None:

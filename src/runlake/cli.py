@@ -92,7 +92,8 @@ AsJson = Annotated[
     typer.Option(
         "--json",
         help=(
-            "Machine output as indented JSON, nothing else on stdout: for reads exactly the dicts HistoryDB returns."
+            "Machine output as indented JSON, nothing else on stdout (history, runs, traces, logs: the dicts HistoryDB "
+            "returns)."
         ),
     ),
 ]
@@ -430,7 +431,11 @@ def _print_session_runs(console: Console, runs: list[dict[str, Any]], session_id
     _print_table(console, cols, rows, f"Runs of session {session_id}", _zone_caption())
 
 
+_RUN_WORDS = {"ok": "completed", "error": "failed"}  # a trace's status in the words of a run's (runs, history)
+
+
 def _print_traces(console: Console, traces: list[dict[str, Any]], title: str, with_run: bool = False) -> None:
+    """Traces, or with ``with_run`` the runs that root them (run id, duration, run status words)."""
     cols = [
         _RUN_ID if with_run else _Col("trace", keep=10),
         _Col("session", text=True, max_width=28, keep=8),
@@ -449,7 +454,7 @@ def _print_traces(console: Console, traces: list[dict[str, Any]], title: str, wi
             _clip(trace["session_id"], 60),
             _clip(trace["agent_name"], 40),
             _clip(trace["user_id"], 40),
-            _status(trace["status"]),
+            _status(_RUN_WORDS.get(trace["status"], trace["status"]) if with_run else trace["status"]),
             _local_time(trace["started_at"]),
         ]
         if with_run:

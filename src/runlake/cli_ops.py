@@ -129,7 +129,13 @@ def forward(
     endpoint: Annotated[
         str, typer.Option("--endpoint", help="OTLP endpoint, e.g. http://collector:4317 (gRPC) or :4318 (HTTP).")
     ],
-    protocol: Annotated[str, typer.Option("--protocol", help="grpc or http/protobuf.")] = "grpc",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="grpc (collectors, port 4317) or http/protobuf (port 4318; the only one `runlake serve` speaks).",
+        ),
+    ] = "grpc",
     header: Annotated[list[str] | None, typer.Option("--header", help="key=value, repeatable.")] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
     since: Annotated[str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="From this UTC day.")] = None,
@@ -139,8 +145,8 @@ def forward(
 ) -> None:
     """Replay stored spans to an OTLP endpoint with their original ids, times, attributes and events.
 
-    Use it to backfill a new backend (Jaeger, Phoenix, Langfuse, another runlake) from the lake. Exits 1 if any
-    batch was refused.
+    Use it to backfill a new backend (Jaeger, Phoenix, Langfuse, another runlake: `--protocol http/protobuf`) from
+    the lake. Exits 1 if any batch was refused.
 
     **Example:**
 

@@ -72,7 +72,7 @@ async def agent_stats(request: Request, principal: Caller, params: Annotated[Sta
 
 
 @router.get(
-    "/api/v1/agents/{agent_id}/performance",
+    "/api/v1/agents/{agent_id:path}/performance",  # :path: an agent name may hold "/" (sent as %2F)
     response_model=PerformanceResponse,
     responses=ERRORS,
     tags=["CodexOS"],
