@@ -156,7 +156,7 @@ def test_history_json_and_table(demo: tuple[Path, dict]) -> None:
     table = cli("history", "--limit", 5, "--state-url", lake)
     assert table.exit_code == 0 and table.stderr == ""
     assert all(item["run_id"] in table.stdout for item in items)
-    assert "times are local" in table.stdout and "running" in table.stdout
+    assert "this machine's time zone" in table.stdout and "running" in table.stdout
     none = cli("history", "--agent", "nobody", "--state-url", lake)
     assert none.exit_code == 0 and "No runs of agent nobody." in none.stdout
 
@@ -392,3 +392,11 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
         timeout=60,
     )
     assert module.returncode == 0 and [set(i) for i in json.loads(module.stdout)] == [HISTORY_KEYS] * 2
+
+
+def test_empty_sql_is_a_usage_error(demo: tuple[Path, dict]) -> None:
+    lake, _ = demo
+    result = cli("sql", "  ", "--state-url", lake)
+    assert result.exit_code == 2 and "empty query" in result.stderr
+    times = cli("sql", "SELECT run_id, start_time FROM runs LIMIT 2", "--state-url", lake)
+    assert times.exit_code == 0 and "times in UTC" in times.stdout

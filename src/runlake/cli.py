@@ -167,6 +167,15 @@ def _lake_root(state_url: str, remote_ok: bool = False) -> Path:
     return root
 
 
+def no_lake(root: Path) -> NoReturn:
+    """Exit 1 saying the lake folder is missing, and how to give one or make one."""
+    fail(
+        f"no lake at {root.resolve()}: the folder does not exist. "
+        f"Pass --state-url or set ${STATE_URL_ENV}; `runlake demo --state-url {shlex.quote(str(root))}` "
+        "creates an example lake."
+    )
+
+
 def open_db(state_url: str) -> HistoryDB:
     """A ``HistoryDB`` on an existing lake; a missing folder is a clear error (exit 1), not a traceback."""
     from opentelemetry.exporter.runlake.layout import is_remote
@@ -177,11 +186,7 @@ def open_db(state_url: str) -> HistoryDB:
     if is_remote(root):
         return HistoryDB(root)
     if not root.exists():
-        fail(
-            f"no lake at {root.resolve()}: the folder does not exist. "
-            f"Pass --state-url or set ${STATE_URL_ENV}; `runlake demo --state-url {shlex.quote(str(root))}` "
-            "creates an example lake."
-        )
+        no_lake(root)
     if not root.is_dir():
         fail(f"{root.resolve()} is not a folder; a runlake lake is a folder")
     return HistoryDB(root)
@@ -252,8 +257,13 @@ def _zone() -> str:
     return now.tzname() or now.strftime("%z")
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 node``, ``2 nodes``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _zone_caption() -> str:
-    return f"times are local ({_zone()})"
+    return f"times in {_zone()}, this machine's time zone"
 
 
 def _duration(started: float | None, ended: float | None) -> Text:
@@ -533,7 +543,7 @@ def _print_logs(console: Console, logs: dict[str, Any], run: dict[str, Any] | No
     console.print(
         Text.assemble(
             ("Summary: ", "bold"),
-            f"{summary['total_nodes']} nodes (",
+            f"{_count(summary['total_nodes'], 'node')} (",
             (f"{summary['successful_nodes']} ok", "green"),
             ", ",
             (f"{summary['failed_nodes']} failed", "red" if summary["failed_nodes"] else ""),
@@ -574,7 +584,8 @@ def _print_sql(
             cols.append(_Col(name, justify="right", keep=len(columns) - index))
         else:
             cols.append(_Col(name, text=True, max_width=60, keep=len(columns) - index))
-    _print_table(console, cols, [[_sql_cell(v) for v in row] for row in rows], title)
+    times = any(isinstance(v, (dt.datetime, dt.date)) for row in rows[:50] for v in row)
+    _print_table(console, cols, [[_sql_cell(v) for v in row] for row in rows], title, "times in UTC" if times else None)
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -851,8 +862,8 @@ def sql(
     """Run DuckDB SQL over the lake's views `spans` and `runs`.
 
     `spans` has one row per span (runs, nodes, turns), `runs` one row per run (the index); both add
-    `start_time`, `end_time` and `duration_ms` (docs/schema.md lists the columns). The result is a table;
-    `--json` prints a list of row dicts. A SQL error prints DuckDB's message and exits with 1.
+    `start_time`, `end_time`, `duration_ms` and `day` (docs/schema.md lists the columns; times are UTC). The
+    result is a table; `--json` prints a list of row dicts. A SQL error prints DuckDB's message and exits with 1.
 
     **Example:**
 
@@ -860,6 +871,8 @@ def sql(
     """
     import duckdb
 
+    if not query.strip():
+        fail('empty query: give one statement, e.g. runlake sql "SELECT count(*) FROM runs"', code=2)
     db = open_db(state_url)
     try:
         relation = db.sql(query)

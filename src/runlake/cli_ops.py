@@ -10,7 +10,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli import DEFAULT_STATE_URL, AsJson, StateUrl, _human_bytes, _lake_root, _stderr, _stdout, app, fail, print_json
+from .cli import (
+    DEFAULT_STATE_URL,
+    AsJson,
+    StateUrl,
+    _count,
+    _human_bytes,
+    _lake_root,
+    _stderr,
+    _stdout,
+    app,
+    fail,
+    no_lake,
+    print_json,
+)
 
 DEFAULT_MAX_STEP_MB = 64  # runlake.compact.DEFAULT_MAX_STEP_BYTES in MiB (not imported: pyarrow stays out of start-up)
 
@@ -29,7 +42,7 @@ def _progress() -> Progress:
 def _existing_lake(state_url: str) -> Path:
     root = _lake_root(state_url)
     if not root.is_dir():
-        fail(f"no lake at {root.resolve()}: the folder does not exist")
+        no_lake(root)
     return root
 
 
@@ -241,7 +254,8 @@ def import_files(
         return
     _stdout().print(
         f"Imported {summary['spans']} spans from {summary['lines']} lines of {summary['files']} file(s) into "
-        f"{root.resolve()}; {summary['bad_lines']} bad lines and {summary['rejected_spans']} invalid spans skipped."
+        f"{root.resolve()}; {_count(summary['bad_lines'], 'bad line')} and "
+        f"{_count(summary['rejected_spans'], 'invalid span')} skipped."
     )
 
 
