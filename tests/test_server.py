@@ -525,6 +525,8 @@ def test_websocket_slow_client_queue_is_bounded() -> None:
 
 
 def test_websocket_requires_a_key(server: Server) -> None:
+    """Refused with 401 (422 for a bad parameter), said once at INFO by runlake, not as an uvicorn ERROR."""
+
     async def scenario() -> None:
         for headers in ({}, auth("rk_wrong_key_0123456789")):
             with pytest.raises(websockets.InvalidStatus) as info:
@@ -538,6 +540,8 @@ def test_websocket_requires_a_key(server: Server) -> None:
         assert info.value.response.status_code == 401  # the key is checked first
 
     asyncio.run(scenario())
+    log = server.log()
+    assert "refused with 401" in log and "without completing handshake" not in log
 
 
 def test_websocket_key_as_subprotocol(server: Server, keys: dict[str, str]) -> None:

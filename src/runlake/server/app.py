@@ -114,6 +114,8 @@ def create_app(
             runtime.compact_task = asyncio.create_task(
                 runtime.compact_loop(settings.compact_interval_s), name="runlake-compact"
             )
+        denials = live.DeniedHandshakeFilter()  # installed once uvicorn has configured its loggers
+        logging.getLogger("uvicorn.error").addFilter(denials)
         # the runs index and compacted files' footers, loaded while the first requests are already served
         runtime.warm_task = asyncio.create_task(asyncio.to_thread(runtime.warm), name="runlake-warm")
         _logger.info(
@@ -131,6 +133,7 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             runtime.events.loop = None
+            logging.getLogger("uvicorn.error").removeFilter(denials)
             await anyio.to_thread.run_sync(runtime.shutdown)
 
     app = FastAPI(

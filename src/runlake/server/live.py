@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -19,6 +20,17 @@ from .runtime import Runtime
 from .settings import WS_SUBPROTOCOL
 
 router = APIRouter()
+_logger = logging.getLogger(__name__)
+_UVICORN_DENIAL_LINE = "ASGI callable returned without completing handshake."
+
+
+class DeniedHandshakeFilter(logging.Filter):
+    """Drops uvicorn's error line for a handshake this router refused on purpose: it sends the 401/422 answer with
+    the WebSocket Denial Response extension and says why itself (``_deny``); uvicorn's sans-I/O protocol still
+    logs that the app "returned without completing handshake". Any other uvicorn record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != _UVICORN_DENIAL_LINE
 
 
 @router.websocket("/api/v1/agents/ws")
@@ -59,6 +71,7 @@ async def live_events(websocket: WebSocket) -> None:
 
 
 async def _deny(websocket: WebSocket, status: int, detail: Any) -> None:
+    _logger.info("WebSocket %s refused with %d: %s", websocket.url.path, status, str(detail)[:200])
     response = JSONResponse(
         {"detail": detail}, status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None
     )
