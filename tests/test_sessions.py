@@ -711,6 +711,26 @@ def test_list_sessions_newest_first_with_user_filter_and_limit(lake: Path) -> No
         assert store.export_session("middle")["messages"][0]["content"] == "hello from middle"
 
 
+def test_state_only_sessions_of_compacted_days_are_still_listed(lake: Path) -> None:
+    """Compaction merges a closed day's session folders into one shared file: such sessions are found by their rows."""
+    from runlake.compact import compact
+
+    with SessionStore(lake) as store:
+        with shifted_clock(-3 * 86400):
+            store.set_runtime_state("old-state", "native", "t1", {"a": 1})
+            store.set_runtime_state("old-state", "native", "t2", {"a": 2})
+        store.set_runtime_state("new-state", "native", "t1", {"b": 1})
+    before = {s["session_id"]: s for s in SessionStore(lake).list_sessions()}
+    summary = compact(lake, older_than_minutes=0)
+    assert summary.days_merged >= 1
+    assert not list((lake / "spans").rglob("session=old-state")), "the closed day's session folder was merged"
+    with SessionStore(lake) as store:
+        after = {s["session_id"]: s for s in store.list_sessions()}
+        assert set(after) == {"old-state", "new-state"} == set(before)
+        assert after["old-state"]["created_at"] < after["new-state"]["created_at"]
+        assert store.get_runtime_state("old-state", "native") == {"t1": {"a": 1}, "t2": {"a": 2}}
+
+
 def test_tenants_are_isolated(lake: Path) -> None:
     with SessionStore(lake, tenant_id="acme") as acme, SessionStore(lake, tenant_id="globex") as globex:
         acme.set_runtime_state("s", "native", "t1", {"tenant": "acme"})

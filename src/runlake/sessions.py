@@ -34,9 +34,11 @@ from opentelemetry.exporter.runlake.layout import (
     DEFAULT_TENANT,
     RUNS,
     SPANS,
+    LakeRoot,
     data_files,
     day_dirs,
     decode_partition_value,
+    mixed_dir,
     resolve_state_url,
     session_dirs,
     session_files,
@@ -897,9 +899,13 @@ class SessionStore:
         return ordered
 
     def _session_folders(self) -> list[tuple[str, int, int]]:
-        """(session id, first and last write time in ns) of every ``session=`` folder of this tenant."""
+        """(session id, first and last time in ns) of every session with a ``session=`` folder of this tenant (write
+        times), or rows in a shared ``session=~mixed`` folder (compacted days, small ingested sessions: the rows'
+        span times, from their narrow columns)."""
         found: dict[str, list[int]] = {}
+        mixed: list[LakeRoot] = []
         for _, _, _, day_dir in day_dirs(self.root, SPANS, self.tenant_id):
+            mixed += data_files(mixed_dir(day_dir))
             for folder in session_dirs(day_dir):
                 session_id = decode_partition_value(folder.name[len("session=") :])
                 if session_id is None:  # a hashed long id: its rows name it
@@ -913,6 +919,16 @@ class SessionStore:
                 times = found.setdefault(session_id, [stat.st_mtime_ns, stat.st_mtime_ns])
                 times[0] = min(times[0], stat.st_mtime_ns)
                 times[1] = max(times[1], stat.st_mtime_ns)
+        if mixed:
+            sql = (
+                "SELECT session_id, min(start_time_unix_nano) AS first, "
+                "max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS last FROM {files} "
+                "WHERE session_id IS NOT NULL AND session_id <> '' GROUP BY session_id"
+            )
+            for row in self._reader.rows(sql, lambda: mixed):
+                times = found.setdefault(row["session_id"], [row["first"], row["last"]])
+                times[0] = min(times[0], row["first"])
+                times[1] = max(times[1], row["last"])
         return [(k, v[0], v[1]) for k, v in found.items()]
 
     @staticmethod
