@@ -567,3 +567,9 @@ def test_cli_reads_an_s3_lake(lakes: tuple[runlake.HistoryDB, runlake.HistoryDB,
     )
     query = "SELECT span_type, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1"
     assert run("sql", query, "--state-url", str(remote.root)) == run("sql", query, "--state-url", str(local.root))
+    remote_summary = run("compact", "--older-than", "0", "--state-url", str(remote.root))
+    local_summary = run("compact", "--older-than", "0", "--state-url", str(local.root))
+    for field in ("partitions", "days_merged", "files_before", "files_after", "rows"):
+        assert remote_summary[field] == local_summary[field], field
+    assert remote_summary["days_merged"] >= 1
+    assert run("sql", query, "--state-url", str(remote.root)) == run("sql", query, "--state-url", str(local.root))

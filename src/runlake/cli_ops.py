@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +25,9 @@ from .cli import (
     print_json,
 )
 
+if TYPE_CHECKING:
+    from opentelemetry.exporter.runlake.layout import LakeRoot
+
 DEFAULT_MAX_STEP_MB = 64  # runlake.compact.DEFAULT_MAX_STEP_BYTES in MiB (not imported: pyarrow stays out of start-up)
 
 
@@ -39,9 +42,10 @@ def _progress() -> Progress:
     )
 
 
-def _existing_lake(state_url: str) -> Path:
-    root = _lake_root(state_url)
-    if not root.is_dir():
+def _existing_lake(state_url: str, remote_ok: bool = False) -> LakeRoot:
+    """The lake's root folder (or, with ``remote_ok``, an ``s3://`` lake); a missing folder exits with a hint."""
+    root = _lake_root(state_url, remote_ok=remote_ok)
+    if isinstance(root, Path) and not root.is_dir():
         no_lake(root)
     return root
 
@@ -88,7 +92,8 @@ def compact(
     from .compact import BUSY_MESSAGE, LOCK_FILE
     from .compact import compact as run_compaction
 
-    root = _existing_lake(state_url)
+    root = _existing_lake(state_url, remote_ok=True)  # compaction works on an s3:// lake too
+    where = str(root.resolve()) if isinstance(root, Path) else str(root)
     with _progress() as progress:
         task = progress.add_task("compacting", total=None)
 
@@ -102,9 +107,9 @@ def compact(
         print_json(summary.as_dict())
         return
     if summary.busy:
-        _stdout().print(f"Nothing done: {BUSY_MESSAGE} on {root.resolve()} (it holds {root / LOCK_FILE}).")
+        _stdout().print(f"Nothing done: {BUSY_MESSAGE} on {where} (it holds {root / LOCK_FILE}).")
         return
-    table = Table(title=f"Compaction of {root.resolve()}", show_header=True)
+    table = Table(title=f"Compaction of {where}", show_header=True)
     for column in ("partitions", "days merged", "files before", "files after", "bytes before", "bytes after"):
         table.add_column(column, justify="right")
     for column in ("rows", "seconds"):

@@ -79,8 +79,8 @@ class RunlakeSpanExporter(SpanExporter):
     Runtime state (``runlake.runtime.state``) is stored only with ``keep_runtime_state`` (else
     ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in.
     ``min_session_rows`` (else ``RUNLAKE_MIN_SESSION_ROWS``, default 0 = off): sessions with fewer rows in a flush
-    share one file per day (``session=~mixed``) instead of one small file each; compaction later moves them into
-    their own partitions. For ingest servers and other writers that see many sessions at once.
+    share one file per day (``session=~mixed``) instead of one small file each; compaction later merges each closed
+    day into one file there. For ingest servers and other writers that see many sessions at once.
     """
 
     def __init__(

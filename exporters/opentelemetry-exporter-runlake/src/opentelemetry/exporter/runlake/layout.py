@@ -39,7 +39,7 @@ RUNS = "runs"
 TABLES = (SPANS, RUNS)
 DEFAULT_TENANT = "default"
 # The shared partition of a day: small sessions of a flush written together (sorted by session) when the writer's
-# ``min_session_rows`` is set; compaction moves them into their own ``session=`` folders. ``encode_partition_value``
+# ``min_session_rows`` is set, and a closed day's one compacted file. ``encode_partition_value``
 # never yields this name (``~`` appears only alone or before a 32-digit hash), so it cannot shadow a session.
 MIXED = "~mixed"
 MIXED_FOLDER = f"session={MIXED}"
