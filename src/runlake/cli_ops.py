@@ -135,7 +135,7 @@ def compact(
         _stderr().print(f"{summary.skipped_files} unreadable part files were left alone (see the warnings above).")
     if summary.days_not_quiet:
         _stdout().print(
-            f"{summary.days_not_quiet} day folders were left for now: they have parts written less than "
+            f"{_count(summary.days_not_quiet, 'day folder')} left for now: parts written less than "
             f"{older_than:g} minutes ago (--older-than); a later run merges them (--older-than 0: at once)."
         )
     elif not summary.partitions:

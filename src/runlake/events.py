@@ -159,11 +159,9 @@ class EventHub:
 
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
-        self.published = 0
         self.published_by_tenant: dict[str, int] = {}  # one entry per tenant that ingested (tenants are keys')
 
     def publish(self, events: list[dict[str, Any]]) -> None:
-        self.published += len(events)
         for event in events:
             tenant = event["tenant_id"]
             self.published_by_tenant[tenant] = self.published_by_tenant.get(tenant, 0) + 1
@@ -181,6 +179,8 @@ class EventHub:
         subs = [s for s in self.subscribers if tenant is None or s.principal.tenant_id == tenant]
         return {
             "connections": len(subs),
-            "events_published": self.published if tenant is None else self.published_by_tenant.get(tenant, 0),
+            "events_published": sum(self.published_by_tenant.values())
+            if tenant is None
+            else self.published_by_tenant.get(tenant, 0),
             "events_dropped": sum(s.dropped for s in subs),
         }
