@@ -546,8 +546,36 @@ def test_spans_reach_s3_when_a_process_exits_without_shutdown(s3_url: str, provi
     assert [r["status"] for r in runlake.HistoryDB(s3_url).get_runs("exiting")] == ["completed"]
 
 
+def forward_from(root: Any) -> dict[str, int]:
+    """`runlake forward --json` of a lake (local or s3://) into a real OTLP/gRPC receiver on loopback: the counts,
+    and the span ids the receiver got must be as many as were sent."""
+    import json as _json
+
+    from oteltest.sink import GrpcSink
+    from test_forward import Collected, free_port
+    from typer.testing import CliRunner
+
+    import runlake.cli_ops  # noqa: F401 - registers forward and compact on the app
+    from runlake.cli import app
+
+    collected = Collected()
+    port = free_port()
+    sink = GrpcSink(collected, logging.getLogger("oteltest"), port=port)
+    sink.start()
+    try:
+        result = CliRunner().invoke(
+            app, ["forward", "--endpoint", f"http://127.0.0.1:{port}", "--state-url", str(root), "--json"]
+        )
+    finally:
+        sink.stop()
+    assert result.exit_code == 0, result.output
+    counts = _json.loads(result.stdout)
+    assert len({s["span_id"] for s in collected.spans}) == counts["sent"]
+    return counts
+
+
 def test_cli_reads_an_s3_lake(lakes: tuple[runlake.HistoryDB, runlake.HistoryDB, dict[str, Any]]) -> None:
-    """`runlake history` / `sql` on an s3:// lake print what they print for the local twin."""
+    """`runlake history` / `sql` / `forward` / `compact` on an s3:// lake do what they do for the local twin."""
     import json as _json
 
     from typer.testing import CliRunner
@@ -567,6 +595,8 @@ def test_cli_reads_an_s3_lake(lakes: tuple[runlake.HistoryDB, runlake.HistoryDB,
     )
     query = "SELECT span_type, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1"
     assert run("sql", query, "--state-url", str(remote.root)) == run("sql", query, "--state-url", str(local.root))
+    sent = forward_from(remote.root)
+    assert sent == forward_from(local.root) and sent["sent"] > 0 and sent["failed"] == 0
     remote_summary = run("compact", "--older-than", "0", "--state-url", str(remote.root))
     local_summary = run("compact", "--older-than", "0", "--state-url", str(local.root))
     for field in ("partitions", "days_merged", "files_before", "files_after", "rows"):

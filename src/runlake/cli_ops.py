@@ -173,7 +173,7 @@ def forward(
     from .forward import build_otlp_exporter, forwarding_settings, parse_headers
     from .replay import forward as replay
 
-    root = _existing_lake(state_url)
+    root = _existing_lake(state_url, remote_ok=True)  # an s3:// lake replays too
     try:
         settings = forwarding_settings(endpoint, protocol, parse_headers(",".join(header or [])))
     except ValueError as error:
