@@ -9,6 +9,7 @@ the tenant / runtime-state options.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -66,19 +67,19 @@ def _text(value: Any) -> str:
 def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int):
-        return value
     try:
-        return int(float(value))
-    except (TypeError, ValueError):
+        number = value if isinstance(value, int) else round(float(value))
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if -(2**63) <= number < 2**63 else None  # int64 columns
 
 
 def _as_float(value: Any) -> float | None:
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return None if math.isnan(number) or math.isinf(number) else number
 
 
 def _classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str | None]:
@@ -204,6 +205,7 @@ def reference_map_span(
     ttl = values.get("ttl_days")
     if not ttl or ttl < 1:
         ttl = 30
+    ttl = min(ttl, 36_500)
     text = values.get
     input_text, output_text, attrs_json = text("input"), text("output"), leftover
     if redact is not None:
@@ -424,6 +426,8 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
             "runlake.ttl_days": "0",
         },  # fmt: skip
         {"runlake.cost.cents": "x", "runlake.ttl_days": "abc", "gen_ai.usage.output_tokens": "n/a"},
+        {"runlake.cost.cents": float("nan"), "runlake.ttl_days": 2**31, "gen_ai.usage.input_tokens": 2**63},
+        {"runlake.cost.cents": "-inf", "runlake.ttl_days": 10**9, "gen_ai.usage.output_tokens": -(2**64)},
         {"runlake.ttl_days": -3, "runlake.cost.cents": 2, "runlake.tenant.id": "t-9", "runlake.run.id": "r-1"},
         {"runlake.span.type": "node", "runlake.node.type": 7, "runlake.node.id": 42, "user.id": 5},
         {

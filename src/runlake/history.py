@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -56,13 +57,16 @@ def format_duration(start_ns: int | None, end_ns: int | None) -> str | None:
     return text.rstrip("0").rstrip(".") + "s" if "." in text else text + "s"
 
 
-def _json_object(text: str | None, what: str) -> dict[str, Any]:
+def _json_object(text: str | None) -> dict[str, Any]:
+    """Stored metadata as a dict. Any other instrumentation may have put anything in ``runlake.metadata``: text that
+    is not a JSON object comes back as ``{"value": ...}`` rather than costing the run its place in the answer."""
     if not text:
         return {}
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} is not a JSON object")
-    return value
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"value": text}
+    return value if isinstance(value, dict) else {"value": value}
 
 
 def _day(file: LakeRoot) -> str:
@@ -76,8 +80,14 @@ def _codexos_status(row: dict[str, Any]) -> str:
     return "failed" if row["status_code"] == "ERROR" else "completed"
 
 
+def _id_text(value: Any) -> Any:
+    """An id as the text it is stored as (``run(session_id=12345)`` stores ``"12345"``); None stays None."""
+    return value if value is None or isinstance(value, str) else str(value)
+
+
 def _cents(value: float | None) -> int:
-    return int(round(value or 0))
+    """Whole cents, as CodexOS types them; a non-finite stored cost (written by an older version) counts as 0."""
+    return int(round(value)) if value is not None and math.isfinite(value) else 0
 
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -304,7 +314,8 @@ class HistoryDB:
             try:
                 out.append(build(row))
             except (ValueError, TypeError, KeyError) as error:
-                _logger.warning("skipping %s %s: cannot be read (%s)", what, row.get("span_id"), error)
+                name = row.get("run_id") or row.get("trace_id") or row.get("span_id")
+                _logger.warning("skipping %s %s: cannot be read (%s)", what, name, error)
         return out
 
     def _scope_equal(self) -> dict[str, Any]:
@@ -346,6 +357,7 @@ class HistoryDB:
         """
         if self._unconfigured("get_runs") or (limit is not None and limit <= 0):
             return []
+        session_id = _id_text(session_id)
         params: list[Any] = [session_id]
         where = f"session_id = ? AND span_type = 'run' {self._scope_sql(params)}"
         sql = f"SELECT {_RUN_DICT_COLUMNS} FROM {{latest}} ORDER BY start_time_unix_nano DESC"
@@ -374,7 +386,7 @@ class HistoryDB:
     def _run_dict(row: dict[str, Any]) -> dict[str, Any]:
         ended = row["end_time_unix_nano"]
         status = "running" if ended is None else _RUN_STATUS.get(row["status_code"], "completed")
-        metadata = {"agent_name": row["agent_name"], **_json_object(row["metadata"], "metadata")}
+        metadata = {"agent_name": row["agent_name"], **_json_object(row["metadata"])}
         if status == "error":
             metrics: dict[str, Any] = {"error": row["status_message"] or row["error_type"] or "error"}
         elif ended is not None:
@@ -399,6 +411,7 @@ class HistoryDB:
         """Traces (one per trace id, described by its root run) with their spans, newest first."""
         if self._unconfigured("get_traces") or (limit is not None and limit <= 0):
             return []
+        session_id, user_id = _id_text(session_id), _id_text(user_id)
         if session_id is not None:
             runs = self._session_root_runs(session_id, user_id, limit)
         else:
@@ -486,7 +499,7 @@ class HistoryDB:
             "started_at": epoch_seconds(run["start_time_unix_nano"]),
             "ended_at": epoch_seconds(ended),
             "status": "running" if ended is None else _TRACE_STATUS.get(run["status_code"], "ok"),
-            "metadata": _json_object(metadata, "metadata"),
+            "metadata": _json_object(metadata),
             "spans": [self._span_dict(s) for s in spans],
         }
 
@@ -513,6 +526,7 @@ class HistoryDB:
             raise ValueError("skip and limit must not be negative")
         if self._unconfigured("get_history") or limit == 0:
             return []
+        agent_id = _id_text(agent_id)
         params: list[Any] = []
         where = self._scope_sql(params)
         if agent_id is not None:
@@ -567,6 +581,7 @@ class HistoryDB:
         """Node-level logs of one run (CodexOS ``GET /api/v1/agents/logs``). Unknown run: ``LookupError``."""
         if self.root is None:
             raise LookupError(f"run {run_id!r} not found: no state_url configured")
+        run_id = _id_text(run_id)
         indexed, run = self._indexed_run(run_id)
         if not indexed:
             run = self.find_run(run_id)
@@ -641,7 +656,7 @@ class HistoryDB:
             "time": format_duration(row["start_time_unix_nano"], row["end_time_unix_nano"]),
             "status": _codexos_status(row),
             "error_message": row["status_message"] if row["status_code"] == "ERROR" else None,
-            "metadata": _json_object(row["metadata"], "metadata"),
+            "metadata": _json_object(row["metadata"]),
         }
 
     # ---- SQL ----

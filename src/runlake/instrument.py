@@ -12,11 +12,13 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -163,6 +165,8 @@ def configure(
     exporter = RunlakeSpanExporter(  # the guard below decides about runtime state; the exporter keeps what passes
         state_url, redact=redact, keep_runtime_state=True, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options}
     )
+    if isinstance(exporter.root, Path) and exporter.root.exists() and not exporter.root.is_dir():
+        raise ValueError(f"runlake.configure(): the state URL {exporter.root} is a file; a lake is a folder")
     # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
     guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
     shutdown()
@@ -241,12 +245,54 @@ def mirror_runtime_state_enabled() -> bool:
 
 # ---- spans ----------------------------------------------------------------------------------------------------
 def _to_text(value: Any) -> str:
+    """A value as span text: strings as they are, bytes decoded (UTF-8, bad bytes replaced), JSON-like values
+    (dicts, lists, numbers) as JSON — always valid JSON, whatever their keys — and any other object as its ``str``."""
     if isinstance(value, str):
         return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if not isinstance(value, (dict, list, tuple, int, float, bool)):
+        return str(value)
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
+    except (TypeError, ValueError):  # keys that are not strings, a container holding itself
+        return json.dumps(_jsonable(value, set()), ensure_ascii=False, default=str)
+
+
+def _jsonable(value: Any, seen: set[int]) -> Any:
+    """``value`` with every mapping key made a string and any cycle cut, for ``json.dumps``."""
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            return "<cycle>"
+        seen = seen | {id(value)}
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v, seen) for k, v in value.items()}
+        return [_jsonable(v, seen) for v in value]
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    """A token count: a whole number from 0 to 2**63 - 1 (a float is rounded); anything else is a clear error."""
+    try:
+        number = round(float(value)) if not isinstance(value, int) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number of tokens, got {value!r}") from None
+    if not 0 <= number <= m.INT64_MAX:
+        raise ValueError(f"{name} must be between 0 and 2**63 - 1, got {value!r}")
+    return number
+
+
+def _ttl_days(value: Any) -> int:
+    """``ttl_days`` as a whole number of days from 1 to ``MAX_TTL_DAYS``; anything else is a clear error."""
+    try:
+        days = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"ttl_days must be a whole number of days, got {value!r}") from None
+    if days != value and not isinstance(value, str):
+        raise ValueError(f"ttl_days must be a whole number of days, got {value!r}")
+    if not 1 <= days <= m.MAX_TTL_DAYS:
+        raise ValueError(f"ttl_days must be from 1 to {m.MAX_TTL_DAYS:,} (100 years), got {value!r}")
+    return days
 
 
 @dataclass
@@ -272,21 +318,33 @@ class SpanHandle:
             span.set_attribute(m.METADATA, _to_text(self._metadata))
 
     def set_output(self, output: Any) -> None:
+        """Record the output; ``None`` records nothing (as if no output was set)."""
         self.output = output
-        self.span.set_attribute("output.value", _to_text(output))
+        if output is not None:
+            self.span.set_attribute("output.value", _to_text(output))
 
     def set_usage(self, input_tokens: int | None = None, output_tokens: int | None = None) -> None:
+        """Token counts: whole numbers from 0 to 2**63 - 1 (a ``ValueError`` otherwise, before anything is set)."""
         attrs: dict[str, int] = {}
         if input_tokens is not None:
-            attrs["gen_ai.usage.input_tokens"] = attrs["llm.token_count.prompt"] = int(input_tokens)
+            input_tokens = _count(input_tokens, "input_tokens")
+            attrs["gen_ai.usage.input_tokens"] = attrs["llm.token_count.prompt"] = input_tokens
         if output_tokens is not None:
-            attrs["gen_ai.usage.output_tokens"] = attrs["llm.token_count.completion"] = int(output_tokens)
+            output_tokens = _count(output_tokens, "output_tokens")
+            attrs["gen_ai.usage.output_tokens"] = attrs["llm.token_count.completion"] = output_tokens
         if input_tokens is not None and output_tokens is not None:
-            attrs["llm.token_count.total"] = int(input_tokens) + int(output_tokens)
+            attrs["llm.token_count.total"] = min(input_tokens + output_tokens, m.INT64_MAX)
         self.span.set_attributes(attrs)
 
     def set_cost(self, cents: float) -> None:
-        self.span.set_attribute(m.COST_CENTS, float(cents))
+        """The cost in cents: a finite number (a ``ValueError`` otherwise: NaN and infinities break every sum)."""
+        try:
+            value = float(cents)
+        except (TypeError, ValueError):
+            raise ValueError(f"cents must be a number, got {cents!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"cents must be a finite number, got {cents!r}")
+        self.span.set_attribute(m.COST_CENTS, value)
 
     def set_model(self, model: str, provider: str | None = None) -> None:
         self.span.set_attribute("gen_ai.request.model", model)
@@ -353,7 +411,23 @@ def _tracer() -> trace.Tracer:
     entry = _tracer_entry
     if entry is None or entry[0] is not provider:
         entry = _tracer_entry = (provider, provider.get_tracer(_TRACER_NAME))
+        if not isinstance(provider, TracerProvider):  # OTel's no-op / proxy provider: the spans go nowhere
+            _warn_once(
+                "no-provider",
+                "runlake: no OpenTelemetry SDK TracerProvider is set up, so runs and nodes are not recorded; "
+                "call runlake.configure() first (or run under opentelemetry-instrument)",
+            )
     return entry[1]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    """A warning about how the API is used, once per process and kind (not once per span)."""
+    if key not in _warned:
+        _warned.add(key)
+        _logger.warning(message, *args)
 
 
 @contextlib.contextmanager
@@ -411,8 +485,7 @@ def run(
     """One agent execution: the root of its nodes and turns. Exceptions mark it failed and propagate."""
     if not agent or not session_id:
         raise ValueError("runlake.run() needs a non-empty agent name and session_id")
-    if int(ttl_days) < 1:
-        raise ValueError(f"ttl_days must be at least 1, got {ttl_days}")
+    ttl_days = _ttl_days(ttl_days)
     attrs: dict[str, Any] = {
         m.SPAN_TYPE: m.RUN,
         "gen_ai.operation.name": "invoke_agent",
@@ -421,7 +494,7 @@ def run(
         "gen_ai.agent.id": agent,
         "gen_ai.conversation.id": session_id,
         "session.id": session_id,
-        m.TTL_DAYS: int(ttl_days),
+        m.TTL_DAYS: ttl_days,
     }
     if user_id:
         attrs["user.id"] = user_id
@@ -434,7 +507,7 @@ def run(
     with _span(f"invoke_agent {agent}", attrs) as span:
         handle = RunHandle(span, metadata)
         span.set_attribute(m.RUN_ID, handle.run_id)
-        token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, int(ttl_days)))
+        token = _current_run.set(_RunContext(handle.run_id, session_id, user_id, tenant_id, ttl_days))
         try:
             yield handle
         finally:
@@ -449,7 +522,14 @@ def node(
     metadata: Mapping[str, Any] | None = None,
 ) -> Iterator[SpanHandle]:
     """One step inside a run: an llm call, a tool call, a router, a retrieval, ..."""
-    attrs = _inherited(_current_run.get())
+    run_ctx = _current_run.get()
+    if run_ctx is None and not trace.get_current_span().get_span_context().is_valid:
+        _warn_once(
+            "orphan",
+            "runlake: node %r outside any run: it is stored without a session or run (open runlake.run() first)",
+            node_id,
+        )
+    attrs = _inherited(run_ctx)
     attrs[m.SPAN_TYPE] = m.NODE
     attrs[m.NODE_ID] = node_id
     attrs[m.NODE_TYPE] = type
@@ -491,6 +571,12 @@ def _call_input(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 
 def _traced(func: F, open_span: Callable[[tuple, dict], contextlib.AbstractContextManager[SpanHandle]]) -> F:
     """Wrap a sync or async function in the span ``open_span(args, kwargs)`` opens; its result is the output."""
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        _logger.warning(
+            "runlake: %s is a generator function: its span covers only the creation of the generator, not the "
+            "iteration; open `with runlake.node(...)` / `runlake.run(...)` inside it instead",
+            getattr(func, "__qualname__", func),
+        )
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -236,6 +237,7 @@ class ExecutionHistoryService:
         tokens_in, tokens_out = int(row.get("input_tokens") or 0), int(row.get("output_tokens") or 0)
         total = int(row.get("total") or 0)
         cost = float(row.get("cost_cents") or 0.0)
+        cost = cost if math.isfinite(cost) else 0.0  # a non-finite cost stored by an older version
         return {
             "total_executions": total,
             "completed_executions": completed,

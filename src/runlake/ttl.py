@@ -120,7 +120,7 @@ def _expired_folders(
         except ValueError:
             continue
         keep = ttl if max_age_days is None else min(ttl, max_age_days)
-        if day_date + dt.timedelta(days=keep) < today:
+        if (today - day_date).days > keep:  # not day + keep < today: a huge ttl= folder would overflow the date
             folders.append(folder)
     return folders
 

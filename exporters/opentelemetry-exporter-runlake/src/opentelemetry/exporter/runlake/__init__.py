@@ -219,6 +219,14 @@ class RunlakeSpanExporter(SpanExporter):
             self._writer.close()
         except Exception:  # noqa: BLE001
             _logger.exception("runlake: shutdown flush failed")
+        lost = self._writer.buffered_rows
+        if lost:  # the lake refused the last flush: say what goes with the process
+            _logger.error(
+                "runlake: shutting down with %d rows not written to %s (%s); they are lost",
+                lost,
+                self._writer.root,
+                self._writer.failing or "the last flush failed",
+            )
 
     # ---- extras -------------------------------------------------------------------------------------------
     def record_start(self, span: ReadableSpan) -> None:
@@ -234,13 +242,14 @@ class RunlakeSpanExporter(SpanExporter):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: rows and files written, failures, drops, rejected spans."""
+        """Counters for monitoring: rows and files written, failures, drops, values stored as null, rejected spans."""
         w = self._writer.stats
         return {
             "rows_written": w.rows_written,
             "files_written": w.files_written,
             "failed_writes": w.failed_writes,
             "dropped_rows": w.dropped_rows,
+            "repaired_values": w.repaired_values,
             "rejected_spans": self.rejected_spans,
             "buffered_rows": self._writer.buffered_rows,
             "failing": self._writer.failing,

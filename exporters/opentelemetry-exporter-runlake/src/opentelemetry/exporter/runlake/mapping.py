@@ -8,6 +8,7 @@ they hold the column's value; :func:`attributes_of_row` puts them back under the
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -36,6 +37,8 @@ METADATA = "runlake.metadata"
 
 RUN, NODE, TURN, OTHER = "run", "node", "turn", "span"
 DEFAULT_TTL_DAYS = 30
+MAX_TTL_DAYS = 36_500  # 100 years: "keep it"; larger values are stored as this (dates stay computable)
+INT64_MAX = (1 << 63) - 1
 
 # column -> (keys read, first found wins; keys written back when rebuilding the attributes)
 COLUMN_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -221,21 +224,24 @@ def _text(value: Any) -> str:
 
 
 def _as_int(value: Any) -> int | None:
+    """An int64 column's value; None for what is not a number or does not fit (left in no column, never an error)."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int):
-        return value
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
+    if not isinstance(value, int):
+        try:
+            value = round(float(value))
+        except (TypeError, ValueError, OverflowError):  # OverflowError: round() of an infinity
+            return None
+    return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
 
 
 def _as_float(value: Any) -> float | None:
+    """A double column's value; None for what is not a finite number (NaN and infinities break every sum)."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str | None]:
@@ -456,6 +462,8 @@ class SpanMapper:
             service, resource_json = _resource_of(resource, self._resource_cache)
         if not ttl or ttl < 1:
             ttl = DEFAULT_TTL_DAYS
+        elif ttl > MAX_TTL_DAYS:
+            ttl = MAX_TTL_DAYS
         redact = self.redact
         if redact is not None:
             input_text = redact(input_text) if input_text else input_text
@@ -535,9 +543,9 @@ def run_row(span_row: tuple, aggregate: Sequence[float] | None) -> tuple:
     row[named["failed_nodes"]] = int(failed)
     # a run's own usage wins over the sum of its nodes (frameworks often put the total on the agent span)
     if row[named["input_tokens"]] is None:
-        row[named["input_tokens"]] = int(tokens_in)
+        row[named["input_tokens"]] = min(int(tokens_in), INT64_MAX)  # a sum of int64 values can pass it
     if row[named["output_tokens"]] is None:
-        row[named["output_tokens"]] = int(tokens_out)
+        row[named["output_tokens"]] = min(int(tokens_out), INT64_MAX)
     if row[named["cost_cents"]] is None:
         row[named["cost_cents"]] = float(cost)
     return tuple(row)

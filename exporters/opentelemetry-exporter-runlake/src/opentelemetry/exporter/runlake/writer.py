@@ -311,6 +311,7 @@ class WriterStats:
     files_written: int = 0
     failed_writes: int = 0
     dropped_rows: int = 0
+    repaired_values: int = 0  # values Arrow could not encode, stored as null (the rest of their rows kept)
 
 
 class LakeWriter:
@@ -428,10 +429,16 @@ class LakeWriter:
         remote = isinstance(self.root, ObjectPath)
         writes = self._plan(self._take(keys))
         for i, (table, folder, parts) in enumerate(writes):
-            rows = parts[0][1].rows if len(parts) == 1 else [r for _, buf in parts for r in buf.rows]
             order = ("start_time_unix_nano",) if len(parts) == 1 else ("session_id", "start_time_unix_nano")
+            size = 128 * 1024 if len(parts) == 1 else 8192
+            rows = [r for _, buf in parts for r in buf.rows]
             try:
-                write_part(table, folder, rows, row_group_size=128 * 1024 if len(parts) == 1 else 8192, sort_by=order)
+                try:
+                    write_part(table, folder, rows, row_group_size=size, sort_by=order)
+                except (ValueError, TypeError, OverflowError) as error:  # a value no retry can store, not the disk
+                    rows = self._repair_unencodable(table, parts, error)
+                    if rows:
+                        write_part(table, folder, rows, row_group_size=size, sort_by=order)
             except Exception as error:  # noqa: BLE001 - disk full, read-only, bad value: never raise
                 ok = False
                 for key, buf in parts:
@@ -450,6 +457,40 @@ class LakeWriter:
             _logger.warning("runlake: writing to %s works again", self.root)
             self._failing = None
         return ok
+
+    def _repair_unencodable(
+        self, table: str, parts: list[tuple[tuple[str, LakeRoot], _Buffer]], error: Exception
+    ) -> list[tuple]:
+        """Rows with a value Arrow refuses (a number past int64, say) keep their other values: the bad ones become
+        null, counted and said, so that one value does not hold its partition back on every retry. Returns the rows
+        to write now; re-raises ``error`` if no row is at fault (then the usual failure path keeps them)."""
+        schema = SCHEMAS[table]
+        repaired: list[str] = []
+        for _, buf in parts:
+            for i, row in enumerate(buf.rows):
+                try:
+                    to_arrow(table, [row])
+                except (ValueError, TypeError, OverflowError):
+                    fixed = list(row)
+                    for j, field in enumerate(schema):
+                        try:
+                            pa.array([fixed[j]], type=field.type)
+                        except (ValueError, TypeError, OverflowError):
+                            fixed[j] = None
+                            repaired.append(field.name)
+                    buf.rows[i] = tuple(fixed)
+        if not repaired:
+            raise error
+        self.stats.repaired_values += len(repaired)
+        _logger.error(
+            "runlake: stored %d values of %s rows as null: they cannot be stored as they are (%s: %s; columns %s)",
+            len(repaired),
+            table,
+            type(error).__name__,
+            error,
+            ", ".join(sorted(set(repaired))),
+        )
+        return [r for _, buf in parts for r in buf.rows]
 
     def _on_failure(self, key: tuple[str, LakeRoot], buf: _Buffer, error: Exception) -> None:
         self.stats.failed_writes += 1

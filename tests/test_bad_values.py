@@ -1,0 +1,191 @@
+"""Values an application or another instrumentation may hand over that no column can hold as they are: out-of-range
+numbers, NaN, metadata that is not JSON, ids that are not strings. None of them may cost another run its place."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.runlake import RunlakeSpanExporter
+from opentelemetry.exporter.runlake.mapping import COL, RUN_COLUMNS, SpanMapper, run_row
+from opentelemetry.exporter.runlake.writer import LakeWriter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_exporter import make_spans
+
+import runlake
+from runlake.instrument import shifted_clock
+from runlake.service import ExecutionHistoryService
+
+
+def foreign_run(session: str, **attributes: object) -> list:
+    """One run span of another instrumentation (OTel GenAI) carrying ``attributes`` as they are, plus a node."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("other")
+    run_attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "other", "session.id": session}
+    with tracer.start_as_current_span("invoke_agent other", attributes={**run_attrs, **attributes}):
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat", **attributes}):
+            pass
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def test_the_api_refuses_numbers_no_column_can_hold(configured: Path) -> None:
+    with runlake.run("bot", "s-api") as run:
+        with runlake.node("llm") as node:
+            for bad in (2**63, -1, "many", float("nan")):
+                with pytest.raises(ValueError, match="input_tokens"):
+                    node.set_usage(input_tokens=bad)
+            for bad in (float("inf"), float("-inf"), float("nan"), "x", None):
+                with pytest.raises(ValueError, match="cents"):
+                    node.set_cost(cents=bad)
+            node.set_usage(input_tokens=2**62, output_tokens=2**62)  # the total is clamped, not an overflow
+            node.set_usage(input_tokens=1.6)  # a float count is rounded
+        run.set_output("ok")
+    for bad in (0, -3, 2.7, 2**31, 10**9, "abc", None):
+        with pytest.raises(ValueError, match="ttl_days"):
+            with runlake.run("bot", "s-ttl", ttl_days=bad):  # type: ignore[arg-type]
+                pass
+    runlake.shutdown()
+    [item] = runlake.HistoryDB(configured).get_history()
+    assert item["status"] == "completed" and item["tokens_used"] == 2 + 2**62
+
+
+def test_foreign_values_out_of_range_are_left_out_and_every_run_stays(lake: Path) -> None:
+    """int64 overflow, NaN / infinite cost, a ttl of a billion days: the columns get None (or the ttl cap), the
+    runs index is written, other sessions' runs are all there, statistics and TTL work."""
+    exporter = RunlakeSpanExporter(lake)
+    good = make_spans(8, sessions=2, prefix="good")
+    bad = foreign_run("bad-1", **{"gen_ai.usage.input_tokens": 2**63, "runlake.cost.cents": float("inf")})
+    bad += foreign_run("bad-2", **{"runlake.cost.cents": float("nan"), "runlake.ttl_days": 10**9})
+    bad += foreign_run("bad-3", **{"gen_ai.usage.output_tokens": 2**62})  # two spans: the run's sum passes int64
+    assert exporter.export(good[:4] + bad + good[4:]).name == "SUCCESS"
+    exporter.shutdown()
+    assert exporter.stats["dropped_rows"] == 0 and exporter.stats["failed_writes"] == 0
+    db = runlake.HistoryDB(lake)
+    history = db.get_history(limit=100)
+    assert {h["run_id"] for h in history} == {f"{s.context.span_id:016x}" for s in good + bad if not s.parent}
+    assert all(h["cost_cents"] == 0 for h in history)
+    [(ttl, cost, tokens)] = db.sql(
+        "SELECT max(ttl_days), max(cost_cents), max(input_tokens) FROM spans WHERE session_id LIKE 'bad-%'"
+    ).fetchall()
+    assert ttl == 36_500 and cost is None and tokens is None
+    [(summed,)] = db.sql("SELECT output_tokens FROM runs WHERE session_id = 'bad-3'").fetchall()
+    assert summed == 2**62  # the run's own value; the node sum would be 2**63
+    statistics = ExecutionHistoryService(lake).statistics_per_user(days=3650)
+    assert statistics and all(math.isfinite(s["avg_cost_cents"] or 0) for s in statistics.values())
+    assert db.cleanup_expired(now=None) == {"executions_deleted": 0, "nodes_deleted": 0}
+
+
+def test_a_value_arrow_cannot_encode_becomes_null_alone(lake: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Defence in depth: a row that reached the writer with a value Arrow refuses keeps its other values (the bad
+    one stored as null, counted and said); the rows beside it are written, and the writer is not left failing."""
+    mapper = SpanMapper()
+    rows = [mapper.map_span(s) for s in make_spans(6, sessions=1, prefix="w")]
+    runs = [run_row(r, None) for r in rows if r[COL["span_type"]] == "run"]
+    poisoned = list(runs[0])
+    poisoned[RUN_COLUMNS.index("input_tokens")] = 2**70
+    writer = LakeWriter(lake, background=False)
+    with caplog.at_level(logging.ERROR):
+        writer.add(rows, [tuple(poisoned), *runs[1:]])
+        assert writer.flush() is True and writer.failing is None
+    assert writer.stats.repaired_values == 1 and writer.stats.dropped_rows == 0
+    assert "stored 1 values of runs rows as null" in caplog.text and "input_tokens" in caplog.text
+    db = runlake.HistoryDB(lake)
+    assert len(db.get_runs("w0")) == len(runs)
+    assert db.sql("SELECT count(*), count(input_tokens) FROM runs").fetchall() == [(len(runs), len(runs) - 1)]
+
+
+def test_metadata_and_outputs_are_stored_as_a_user_expects(configured: Path) -> None:
+    class Ticket:
+        def __str__(self) -> str:
+            return "TICKET-7"
+
+    looped: dict = {"k": 1}
+    looped["self"] = looped
+    with runlake.run("bot", 12345, metadata={(1, 2): "tuple key", "loop": looped}) as run:  # type: ignore[arg-type]
+        with runlake.node("bytes") as node:
+            node.set_output(b"caf\xc3\xa9 \xff")
+        with runlake.node("none") as node:
+            node.set_output(None)
+        run.set_output(Ticket())
+    runlake.shutdown()
+    db = runlake.HistoryDB(configured)
+    [run_dict] = db.get_runs(12345)  # type: ignore[arg-type]
+    assert run_dict["output_content"] == "TICKET-7"
+    assert run_dict["metadata"]["(1, 2)"] == "tuple key" and run_dict["metadata"]["loop"]["self"] == "<cycle>"
+    nodes = {n["id"]: n for n in db.get_logs(run_dict["run_id"])["nodes"]}
+    assert nodes["bytes"]["output"] == "café \ufffd" and nodes["none"]["output"] is None
+
+
+def test_metadata_of_another_instrumentation_that_is_not_json_keeps_the_run(lake: Path) -> None:
+    exporter = RunlakeSpanExporter(lake)
+    exporter.export(foreign_run("meta", **{"runlake.metadata": "plain words, not JSON"}))
+    exporter.shutdown()
+    [run_dict] = runlake.HistoryDB(lake).get_runs("meta")
+    assert run_dict["metadata"]["value"] == "plain words, not JSON"
+
+
+def test_shutdown_says_what_is_lost_when_the_lake_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    exporter = RunlakeSpanExporter(not_a_folder)
+    with caplog.at_level(logging.ERROR):
+        exporter.export(make_spans(5))  # buffered: the lake is only found refusing at the flush
+        exporter.shutdown()
+    assert "rows not written" in caplog.text and "they are lost" in caplog.text
+
+
+def test_a_huge_ttl_folder_does_not_stop_ttl(lake: Path) -> None:
+    runlake.configure(lake)
+    try:
+        with shifted_clock(-5 * 86400):
+            with runlake.run("bot", "old", ttl_days=1):
+                pass
+            with runlake.run("bot", "kept", ttl_days=36_500):
+                pass
+    finally:
+        runlake.shutdown()
+    (lake / "spans" / "tenant=default" / "ttl=999999999" / "day=2026-01-01").mkdir(parents=True)  # foreign folder
+    assert runlake.HistoryDB(lake).cleanup_expired()["executions_deleted"] == 1
+    assert [r["session_id"] for r in runlake.HistoryDB(lake).get_runs("kept")] == ["kept"]
+
+
+def test_api_misuse_is_said_once_not_silently_lost(lake: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import runlake.instrument as instrument
+
+    instrument._warned.clear()
+    not_a_folder = lake.parent / "file-lake"
+    not_a_folder.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        runlake.configure(not_a_folder)
+    runlake.configure(lake)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                with runlake.node("orphan"):
+                    pass
+
+            @runlake.step(type="tool")
+            def numbers() -> object:
+                yield 1
+
+    finally:
+        runlake.shutdown()
+    assert caplog.text.count("outside any run") == 1
+    assert "is a generator function" in caplog.text
+
+
+def test_runs_before_configure_are_said_to_go_nowhere(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = "import runlake\nfor i in range(3):\n    with runlake.run('bot', 's'):\n        pass\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("call runlake.configure() first") == 1
