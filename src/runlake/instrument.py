@@ -411,7 +411,7 @@ def _tracer() -> trace.Tracer:
     entry = _tracer_entry
     if entry is None or entry[0] is not provider:
         entry = _tracer_entry = (provider, provider.get_tracer(_TRACER_NAME))
-        if not isinstance(provider, TracerProvider):  # OTel's no-op / proxy provider: the spans go nowhere
+        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):  # the spans go nowhere
             _warn_once(
                 "no-provider",
                 "runlake: no OpenTelemetry SDK TracerProvider is set up, so runs and nodes are not recorded; "
