@@ -170,15 +170,64 @@ def test_api_misuse_is_said_once_not_silently_lost(lake: Path, caplog: pytest.Lo
             for _ in range(3):
                 with runlake.node("orphan"):
                     pass
-
-            @runlake.step(type="tool")
-            def numbers() -> object:
-                yield 1
-
     finally:
         runlake.shutdown()
     assert caplog.text.count("outside any run") == 1
-    assert "is a generator function" in caplog.text
+
+
+def test_decorated_generators_span_their_iteration(configured: Path) -> None:
+    """A streaming step (sync or async generator) lasts from its first item to its last, records what it yielded,
+    fails with an error raised while iterating, owns the nodes opened in its body, and is not current for the
+    caller's code between two items."""
+    import asyncio
+
+    @runlake.step(type="llm")
+    def stream(words: int) -> object:
+        for i in range(words):
+            with runlake.node(f"inner-{i}", type="tool"):
+                pass
+            yield f"w{i} "
+
+    @runlake.step(type="llm")
+    def broken() -> object:
+        yield "one"
+        raise RuntimeError("stream cut")
+
+    @runlake.step(type="llm")
+    async def astream(words: int) -> object:
+        for i in range(words):
+            await asyncio.sleep(0)
+            yield f"a{i} "
+
+    with runlake.run("bot", "s-gen") as run:
+        got = []
+        for word in stream(3):
+            with runlake.node(f"caller-{word.strip()}", type="tool"):  # between items: a child of the run
+                got.append(word)
+        with pytest.raises(RuntimeError, match="stream cut"):
+            list(broken())
+        first = stream(5)
+        next(first)
+        first.close()  # the consumer stops early: the span ends, not failed
+
+        async def consume() -> list:
+            return [w async for w in astream(2)]
+
+        assert asyncio.run(consume()) == ["a0 ", "a1 "]
+    runlake.shutdown()
+    assert got == ["w0 ", "w1 ", "w2 "]
+    db = runlake.HistoryDB(configured)
+    logs = db.get_logs(run.run_id)
+    nodes = {n["id"]: n for n in logs["nodes"]}
+    assert sorted(n["output"] for n in logs["nodes"] if n["id"] == "stream") == ["w0 ", "w0 w1 w2 "]  # one closed
+    assert nodes["broken"]["status"] == "failed" and "stream cut" in (nodes["broken"]["error_message"] or "")
+    assert nodes["astream"]["output"] == "a0 a1 " and nodes["astream"]["status"] == "completed"
+    spans = [s for t in db.get_traces(session_id="s-gen") for s in t["spans"]]
+    run_span = next(s["span_id"] for s in spans if s["parent_span_id"] is None)
+    stream_ids = {s["span_id"] for s in spans if s["name"].endswith(" stream")}
+    assert len(stream_ids) == 2
+    assert {s["parent_span_id"] for s in spans if "caller-" in s["name"]} == {run_span}, "not inside the stream"
+    assert {s["parent_span_id"] for s in spans if "inner-" in s["name"]} <= stream_ids, "the stream owns its body"
 
 
 def test_runs_before_configure_are_said_to_go_nowhere(tmp_path: Path) -> None:

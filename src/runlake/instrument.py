@@ -6,6 +6,7 @@ Spans carry the OTel GenAI and OpenInference attributes (so any backend recognis
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -570,13 +572,12 @@ def _call_input(func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 
 
 def _traced(func: F, open_span: Callable[[tuple, dict], contextlib.AbstractContextManager[SpanHandle]]) -> F:
-    """Wrap a sync or async function in the span ``open_span(args, kwargs)`` opens; its result is the output."""
-    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
-        _logger.warning(
-            "runlake: %s is a generator function: its span covers only the creation of the generator, not the "
-            "iteration; open `with runlake.node(...)` / `runlake.run(...)` inside it instead",
-            getattr(func, "__qualname__", func),
-        )
+    """Wrap a sync or async function (or generator function) in the span ``open_span(args, kwargs)`` opens; its
+    result is the output."""
+    if inspect.isgeneratorfunction(func):
+        return _traced_generator(func, open_span)
+    if inspect.isasyncgenfunction(func):
+        return _traced_async_generator(func, open_span)
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
@@ -598,6 +599,131 @@ def _traced(func: F, open_span: Callable[[tuple, dict], contextlib.AbstractConte
     return wrapper  # type: ignore[return-value]
 
 
+_STREAM_TEXT_CAP = 1 << 20  # characters of yielded text kept as a generator's output
+
+
+class _Yielded:
+    """What a decorated generator yields, as its output: the strings joined (capped), else how many items."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.parts: list[str] | None = []
+        self.size = 0
+
+    def add(self, item: Any) -> None:
+        self.items += 1
+        if self.parts is not None and isinstance(item, str) and self.size < _STREAM_TEXT_CAP:
+            self.parts.append(item)
+            self.size += len(item)
+        elif not isinstance(item, str):
+            self.parts = None
+
+    def output(self, returned: Any) -> Any:
+        if returned is not None:
+            return returned
+        if self.parts is not None and self.items:
+            text = "".join(self.parts)
+            return text[:_STREAM_TEXT_CAP] + ("…" if len(text) > _STREAM_TEXT_CAP else "")
+        return {"items": self.items}
+
+
+def _traced_generator(func: F, open_span: Callable[[tuple, dict], contextlib.AbstractContextManager[SpanHandle]]) -> F:
+    """A generator function whose span lasts from the first item to the last (or to an error, or to ``close()``).
+
+    The generator's steps run in a copy of the caller's context, taken when it is called: its span is current for
+    its own body (nodes opened inside are its children) but never for the caller's code between two items."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = contextvars.copy_context()
+        seen = _Yielded()
+
+        def body() -> Any:
+            with open_span(args, kwargs) as handle:
+                inner = func(*args, **kwargs)
+                sent = None
+                while True:
+                    try:
+                        item = inner.send(sent)
+                    except StopIteration as stop:
+                        handle.set_output(seen.output(stop.value))
+                        return stop.value
+                    seen.add(item)
+                    try:
+                        sent = yield item
+                    except GeneratorExit:  # the consumer stopped early: what it took is the output
+                        inner.close()
+                        handle.set_output(seen.output(None))
+                        raise
+                    except BaseException as error:  # noqa: BLE001 - thrown in by the caller: pass it on
+                        try:
+                            item = inner.throw(error)
+                        except StopIteration as stop:
+                            handle.set_output(seen.output(stop.value))
+                            return stop.value
+                        seen.add(item)
+                        sent = yield item
+
+        steps = body()
+        move: Callable[..., Any] = steps.send
+        value: Any = None
+        while True:
+            try:
+                item = ctx.run(move, value)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                value, move = (yield item), steps.send
+            except GeneratorExit:
+                ctx.run(steps.close)
+                raise
+            except BaseException as error:  # noqa: BLE001 - thrown in by the caller: into the body's context
+                value, move = error, steps.throw
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _traced_async_generator(
+    func: F, open_span: Callable[[tuple, dict], contextlib.AbstractContextManager[SpanHandle]]
+) -> F:
+    """The async twin of ``_traced_generator`` (items are pulled one at a time; ``asend``/``athrow`` values are not
+    passed on). From Python 3.11 each step runs in the copied context, as for the sync generator."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = contextvars.copy_context()
+        seen = _Yielded()
+
+        async def body() -> Any:
+            with open_span(args, kwargs) as handle:
+                async for item in func(*args, **kwargs):
+                    seen.add(item)
+                    yield item
+                handle.set_output(seen.output(None))
+
+        steps = body()
+
+        async def in_context(awaitable: Any) -> Any:
+            return await awaitable
+
+        async def step(awaitable: Any) -> Any:
+            if sys.version_info >= (3, 11):
+                return await asyncio.create_task(in_context(awaitable), context=ctx)  # type: ignore[call-arg]
+            return await awaitable  # pragma: no cover - 3.10: the body's span stays current between items
+
+        try:
+            while True:
+                try:
+                    item = await step(steps.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            await step(steps.aclose())
+
+    return wrapper  # type: ignore[return-value]
+
+
 def agent(
     name: str | None = None,
     *,
@@ -607,7 +733,7 @@ def agent(
     ttl_days: int = 30,
     metadata: Mapping[str, Any] | None = None,
 ) -> Callable[[F], F]:
-    """Decorate a sync or async function as an agent run.
+    """Decorate a sync or async function (or generator function) as an agent run.
 
     The session is ``session_id``, else a ``session_id=`` keyword of the call, else a new id per call.
     """
@@ -630,7 +756,7 @@ def agent(
 
 
 def step(type: str = "tool", name: str | None = None) -> Callable[[F], F]:  # noqa: A002
-    """Decorate a sync or async function as a node of the current run."""
+    """Decorate a sync or async function (or generator function) as a node of the current run."""
 
     def decorate(func: F) -> F:
         node_id = name or func.__name__
