@@ -210,6 +210,20 @@ def test_decorated_generators_span_their_iteration(configured: Path) -> None:
         next(first)
         first.close()  # the consumer stops early: the span ends, not failed
 
+        @runlake.step(type="tool")
+        def echo() -> object:
+            got = yield "ready"
+            while True:
+                try:
+                    got = yield f"echo {got}"
+                except KeyError as error:
+                    got = yield f"caught {error}"
+
+        chat = echo()  # send() and throw() reach the generator as they would undecorated
+        replies = [next(chat), chat.send(1), chat.throw(KeyError("k")), chat.send(2), chat.throw(KeyError("j"))]
+        assert replies == ["ready", "echo 1", "caught 'k'", "echo 2", "caught 'j'"]
+        chat.close()
+
         async def consume() -> list:
             return [w async for w in astream(2)]
 

@@ -641,28 +641,23 @@ def _traced_generator(func: F, open_span: Callable[[tuple, dict], contextlib.Abs
         def body() -> Any:
             with open_span(args, kwargs) as handle:
                 inner = func(*args, **kwargs)
-                sent = None
+                move: Callable[..., Any] = inner.send
+                value: Any = None
                 while True:
                     try:
-                        item = inner.send(sent)
+                        item = move(value)
                     except StopIteration as stop:
                         handle.set_output(seen.output(stop.value))
                         return stop.value
                     seen.add(item)
                     try:
-                        sent = yield item
+                        value, move = (yield item), inner.send
                     except GeneratorExit:  # the consumer stopped early: what it took is the output
                         inner.close()
                         handle.set_output(seen.output(None))
                         raise
                     except BaseException as error:  # noqa: BLE001 - thrown in by the caller: pass it on
-                        try:
-                            item = inner.throw(error)
-                        except StopIteration as stop:
-                            handle.set_output(seen.output(stop.value))
-                            return stop.value
-                        seen.add(item)
-                        sent = yield item
+                        value, move = error, inner.throw
 
         steps = body()
         move: Callable[..., Any] = steps.send
