@@ -170,9 +170,12 @@ def test_api_misuse_is_said_once_not_silently_lost(lake: Path, caplog: pytest.Lo
             for _ in range(3):
                 with runlake.node("orphan"):
                     pass
+            with runlake.run("bot", "s-switch"):
+                runlake.configure(lake)
     finally:
         runlake.shutdown()
     assert caplog.text.count("outside any run") == 1
+    assert "configure() inside an open run" in caplog.text
 
 
 def test_decorated_generators_span_their_iteration(configured: Path) -> None:

@@ -169,6 +169,11 @@ def configure(
     )
     if isinstance(exporter.root, Path) and exporter.root.exists() and not exporter.root.is_dir():
         raise ValueError(f"runlake.configure(): the state URL {exporter.root} is a file; a lake is a folder")
+    if _current_run.get() is not None:
+        _logger.warning(
+            "runlake.configure() inside an open run: the run's start and earlier spans went to the previous "
+            "pipeline, the rest go to the new one (configure before starting runs)"
+        )
     # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
     guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
     shutdown()
