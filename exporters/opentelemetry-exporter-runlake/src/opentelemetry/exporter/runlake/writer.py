@@ -431,7 +431,7 @@ class LakeWriter:
         for i, (table, folder, parts) in enumerate(writes):
             order = ("start_time_unix_nano",) if len(parts) == 1 else ("session_id", "start_time_unix_nano")
             size = 128 * 1024 if len(parts) == 1 else 8192
-            rows = [r for _, buf in parts for r in buf.rows]
+            rows = parts[0][1].rows if len(parts) == 1 else [r for _, buf in parts for r in buf.rows]
             try:
                 try:
                     write_part(table, folder, rows, row_group_size=size, sort_by=order)
