@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,41 @@ def test_logs_json_and_table(demo: tuple[Path, dict]) -> None:
     assert "final output" in out
 
 
+def test_stats_summary_per_agent_and_per_user(demo: tuple[Path, dict]) -> None:
+    lake, summary = demo
+    ((total, failed, running),) = lake_sql(
+        lake,
+        "SELECT count(*), count(*) FILTER (WHERE status_code = 'ERROR' AND end_time_unix_nano IS NOT NULL), "
+        "count(*) FILTER (WHERE end_time_unix_nano IS NULL) FROM runs "
+        f"WHERE start_time_unix_nano >= {time.time_ns() - 30 * 86_400 * 10**9}",
+    )
+    figures = cli_json("stats", "--state-url", lake)
+    assert figures["total_executions"] == total > 0
+    assert (figures["failed_executions"], figures["running_executions"]) == (failed, running)
+    assert figures["completed_executions"] == total - failed - running
+    table = cli("stats", "--state-url", lake)
+    assert table.exit_code == 0 and table.stderr == ""
+    assert f"{total:,}: {total - failed - running:,} completed, {failed:,} failed, {running:,} running" in table.stdout
+
+    agent = "support-bot"
+    mine = cli_json("stats", "--agent", agent, "--state-url", lake)
+    assert mine["agent_id"] == agent and mine["total_executions"] == summary["runs_by_agent"][agent]
+    assert mine["node_types"] and sum(t["count"] for t in mine["node_types"].values()) == mine["total_nodes"]
+    shown = cli("stats", "--agent", agent, "--state-url", lake).stdout
+    assert f"Agent {agent}" in shown and "Per node type" in shown
+    assert all(node_type in shown for node_type in mine["node_types"])
+
+    per_user = cli_json("stats", "--per-user", "--state-url", lake)
+    assert sum(f["total_executions"] for f in per_user.values()) == total
+    shown = cli("stats", "--per-user", "--state-url", lake).stdout
+    assert all(user in shown for user in per_user if user != "null")
+    assert cli_json("stats", "--user", "nobody", "--state-url", lake)["total_executions"] == 0
+    assert "No runs of user nobody in the last 30 days." in cli("stats", "--user", "nobody", "--state-url", lake).stdout
+    for clash in (["--per-user", "--user", "x"], ["--user", "x", "--agent", "y"]):
+        refused = cli("stats", *clash, "--state-url", lake)
+        assert refused.exit_code == 2 and "runlake:" in refused.stderr
+
+
 def test_logs_of_an_unknown_run_exits_1_with_a_message(demo: tuple[Path, dict]) -> None:
     lake, _ = demo
     for args in (("logs", "0000000000000000"), ("logs", "nope", "--json")):
@@ -340,7 +376,7 @@ def test_state_url_precedence_flag_then_env_then_default(demo: tuple[Path, dict]
     assert "RUNLAKE_STATE_URL" in help_text and "Precedence" in help_text and "./runlake-data" in help_text
 
 
-@pytest.mark.parametrize("command", ["demo", "runs", "traces", "history", "logs", "sql", "gc"])
+@pytest.mark.parametrize("command", ["demo", "runs", "traces", "history", "logs", "stats", "sql", "gc"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = cli(command, "--help")
     assert result.exit_code == 0

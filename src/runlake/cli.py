@@ -1,4 +1,4 @@
-"""The ``runlake`` command line: generate a demo history, and read runs, traces, history, logs and SQL.
+"""The ``runlake`` command line: generate a demo history, and read runs, traces, history, logs, statistics and SQL.
 
 Every command takes ``--state-url`` (the lake folder or a ``file://`` URL; else ``$RUNLAKE_STATE_URL``; else
 ``./runlake-data``) and ``--json`` (exactly what ``HistoryDB`` returns, as JSON, and nothing else on stdout).
@@ -846,6 +846,154 @@ def logs(
         print_json(result)
         return
     _print_logs(_stdout(), result, run)
+
+
+@app.command()
+def stats(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's runs.")] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", "-a", help="Only this agent (name or id), with figures per node type.")
+    ] = None,
+    per_user: Annotated[bool, typer.Option("--per-user", help="One row per user instead of one summary.")] = False,
+    days: Annotated[int, typer.Option("--days", "-d", min=1, help="The window: runs started in the last N days.")] = 30,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Execution statistics of the last days: counts, success rate, tokens, cost, durations (CodexOS
+    `get_execution_statistics`, `get_agent_performance_metrics`, per user).
+
+    **Examples:**
+
+        runlake stats --days 7
+        runlake stats --agent bug-triager
+        runlake stats --per-user --json
+    """
+    from .service import ExecutionHistoryService
+
+    if per_user and (user or agent):
+        fail("--per-user shows every user; leave out --user and --agent", code=2)
+    if user and agent:
+        fail("give --user or --agent, not both", code=2)
+    service = ExecutionHistoryService(open_db(state_url))
+    with _friendly_errors():
+        if per_user:
+            result: dict[str, Any] = service.statistics_per_user(days)
+        else:
+            result = service.statistics(user_id=user, agent_id=agent, days=days)
+    if as_json:
+        print_json(result)
+        return
+    console = _stdout()
+    window = f"the last {_count(days, 'day')}"
+    if per_user:
+        if not result:
+            _empty(f"No runs in {window}.")
+            return
+        _print_stats_per_user(console, result, window)
+        return
+    if not result["total_executions"]:
+        who = f" of agent {agent}" if agent else f" of user {user}" if user else ""
+        _empty(f"No runs{who} in {window}.")
+        return
+    title = f"Agent {agent}" if agent else f"User {user}" if user else "All runs"
+    _print_stats(console, result, f"{title}, {window}")
+
+
+def _ms(value: float | None) -> Text:
+    """A duration given in milliseconds, in the unit that reads best."""
+    if value is None:
+        return _MISSING.copy()
+    if value < 1000:
+        return Text(f"{value:,.0f} ms")
+    if value < 120_000:
+        return Text(f"{value / 1000:,.1f} s")
+    return Text(f"{value / 60_000:,.1f} min")
+
+
+def _rate(value: float | None) -> Text:
+    return _MISSING.copy() if value is None else Text(f"{value:.1%}")
+
+
+def _print_stats(console: Console, figures: dict[str, Any], title: str) -> None:
+    """One run summary as a two-column table, then (for an agent) a row per node type."""
+    executions = (
+        f"{figures['total_executions']:,}: {figures['completed_executions']:,} completed, "
+        f"{figures['failed_executions']:,} failed, {figures['running_executions']:,} running"
+    )
+    rows = [
+        ("executions", Text(executions)),
+        ("success rate", _rate(figures["success_rate"])),
+        (
+            "tokens",
+            Text(f"{figures['tokens_used']:,} ({figures['input_tokens']:,} in, {figures['output_tokens']:,} out)"),
+        ),
+        ("cost", Text(f"{figures['cost_cents']:,} ¢ (average {_number(figures['avg_cost_cents'])} ¢ per run)")),
+        ("nodes", Text(f"{figures['total_nodes']:,} ({figures['failed_nodes']:,} failed)")),
+        ("duration avg", _ms(figures["avg_duration_ms"])),
+        ("duration p50 / p95", Text.assemble(_ms(figures["p50_duration_ms"]), " / ", _ms(figures["p95_duration_ms"]))),
+        ("duration max", _ms(figures["max_duration_ms"])),
+        ("first run", _local_time(figures["first_execution_at"])),
+        ("last run", _local_time(figures["last_execution_at"])),
+    ]
+    cols = [_Col("figure", keep=9), _Col("value", text=True, keep=9)]
+    _print_table(console, cols, [[Text(name, style="bold"), value] for name, value in rows], title, _zone_caption())
+    node_types = figures.get("node_types") or {}
+    if node_types:
+        cols = [
+            _Col("node type", keep=9),
+            _Col("nodes", justify="right", keep=8),
+            _Col("failed", justify="right", keep=7),
+            _Col("success", justify="right", keep=6),
+            _Col("tokens", justify="right", keep=4),
+            _Col("cost ¢", justify="right", keep=3),
+            _Col("p50", justify="right", keep=5),
+            _Col("p95", justify="right", keep=5),
+        ]
+        rows_by_type = [
+            [
+                Text(name),
+                _number(f["count"]),
+                _red(_number(f["failed"])) if f["failed"] else _number(f["failed"]),
+                _rate(f["success_rate"]),
+                _number(f["tokens_used"]),
+                _number(f["cost_cents"]),
+                _ms(f["p50_duration_ms"]),
+                _ms(f["p95_duration_ms"]),
+            ]
+            for name, f in node_types.items()
+        ]
+        _print_table(console, cols, rows_by_type, "Per node type")
+
+
+def _print_stats_per_user(console: Console, per_user: dict[str, dict[str, Any]], window: str) -> None:
+    cols = [
+        _Col("user", text=True, max_width=32, keep=9),
+        _Col("runs", justify="right", keep=8),
+        _Col("failed", justify="right", keep=7),
+        _Col("running", justify="right", keep=3),
+        _Col("success", justify="right", keep=6),
+        _Col("tokens", justify="right", keep=5),
+        _Col("cost ¢", justify="right", keep=5),
+        _Col("p50", justify="right", keep=4),
+        _Col("p95", justify="right", keep=4),
+        _Col("last run", keep=2),
+    ]
+    rows = [
+        [
+            _clip(user_id) if user_id is not None else Text("(no user)", style="dim"),
+            _number(f["total_executions"]),
+            _red(_number(f["failed_executions"])) if f["failed_executions"] else _number(f["failed_executions"]),
+            _number(f["running_executions"]),
+            _rate(f["success_rate"]),
+            _number(f["tokens_used"]),
+            _number(f["cost_cents"]),
+            _ms(f["p50_duration_ms"]),
+            _ms(f["p95_duration_ms"]),
+            _local_time(f["last_execution_at"]),
+        ]
+        for user_id, f in per_user.items()
+    ]
+    _print_table(console, cols, rows, f"Per user, {window} ({_count(len(rows), 'user')})", _zone_caption())
 
 
 @app.command()
