@@ -216,6 +216,39 @@ def test_stats_summary_per_agent_and_per_user(demo: tuple[Path, dict]) -> None:
         assert refused.exit_code == 2 and "runlake:" in refused.stderr
 
 
+def test_sessions_list_and_one_session_with_runtime_state(demo: tuple[Path, dict], tmp_path: Path) -> None:
+    lake, _ = demo
+    store = runlake.SessionStore(lake)
+    listed = cli_json("sessions", "--limit", 5, "--state-url", lake)
+    assert listed == store.list_sessions(limit=5) and len(listed) == 5
+    table = cli("sessions", "--limit", 5, "--state-url", lake)
+    assert table.exit_code == 0 and all(item["session_id"] in table.stdout for item in listed)
+    user = listed[0]["user_id"]
+    mine = cli_json("sessions", "--user", user, "--limit", 100, "--state-url", lake)
+    assert mine and {item["user_id"] for item in mine} == {user}
+
+    session = max(listed, key=lambda item: item["message_count"])["session_id"]
+    exported = cli_json("sessions", session, "--state-url", lake)
+    assert exported == store.export_session(session) and exported["messages"]
+    shown = cli("sessions", session, "--state-url", lake).stdout
+    assert f"Session {session}: {len(exported['messages'])} messages" in shown
+
+    # runtime state (a lake of its own: the demo's is read by other tests)
+    other = tmp_path / "state lake"
+    with runlake.SessionStore(other) as writer:
+        assert writer.set_runtime_state("chat/1", "native", "turn-1", {"tool_calls": ["call-1"]})
+        assert writer.set_runtime_state("chat/1", "native", "turn-2", {"tool_calls": ["call-2"]})
+    exported = cli_json("sessions", "chat/1", "--state-url", other)
+    assert exported["runtime_state"] == {
+        "native": {"turn-1": {"tool_calls": ["call-1"]}, "turn-2": {"tool_calls": ["call-2"]}}
+    }
+    shown = cli("sessions", "chat/1", "--state-url", other).stdout
+    assert "Runtime state: 2 turns" in shown and "call-2" in shown and "has no messages" in shown
+    assert any(item["session_id"] == "chat/1" for item in cli_json("sessions", "--state-url", other))
+    assert "No messages or runtime state in session nope" in cli("sessions", "nope", "--state-url", other).stdout
+    assert cli("sessions", "--state-url", tmp_path / "missing").exit_code == 1
+
+
 def test_logs_of_an_unknown_run_exits_1_with_a_message(demo: tuple[Path, dict]) -> None:
     lake, _ = demo
     for args in (("logs", "0000000000000000"), ("logs", "nope", "--json")):
@@ -376,7 +409,7 @@ def test_state_url_precedence_flag_then_env_then_default(demo: tuple[Path, dict]
     assert "RUNLAKE_STATE_URL" in help_text and "Precedence" in help_text and "./runlake-data" in help_text
 
 
-@pytest.mark.parametrize("command", ["demo", "runs", "traces", "history", "logs", "stats", "sql", "gc"])
+@pytest.mark.parametrize("command", ["demo", "runs", "traces", "history", "logs", "stats", "sessions", "sql", "gc"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = cli(command, "--help")
     assert result.exit_code == 0

@@ -790,6 +790,122 @@ def traces(
 
 
 @app.command()
+def sessions(
+    session: Annotated[
+        str | None,
+        typer.Argument(metavar="[SESSION_ID]", help="Show this session: its messages and runtime state."),
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's sessions.")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant", envvar="RUNLAKE_TENANT_ID", help="The tenant whose sessions to read (default: default)."
+        ),
+    ] = None,
+    limit: Limit = 20,
+    state_url: StateUrl = DEFAULT_STATE_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Sessions, newest first; with a SESSION_ID, that session as PraisonAI's session file has it: messages
+    (each root run's input and output) and runtime state by runtime and turn (`SessionStore`, docs/sessions.md).
+
+    **Examples:**
+
+        runlake sessions --user user-alice
+        runlake sessions rese-d1a4c01e --json
+    """
+    from .sessions import SessionStore
+
+    root = _lake_root(state_url)
+    if not root.exists():
+        no_lake(root)
+    store = SessionStore(root, tenant_id=tenant)
+    with _friendly_errors():
+        if session is None:
+            listed = store.list_sessions(user_id=user, limit=limit)
+        else:
+            exported = store.export_session(session)
+    if session is None:
+        if as_json:
+            print_json(listed)
+        elif not listed:
+            _empty(f"No sessions of user {user}." if user else "No sessions in this lake yet.")
+        else:
+            _print_sessions(_stdout(), listed, f"Sessions of {user}" if user else "Latest sessions")
+        return
+    if as_json:
+        print_json(exported)
+        return
+    if not exported["messages"] and not exported["runtime_state"]:
+        _empty(f"No messages or runtime state in session {session} (tenant {store.tenant_id}).")
+        return
+    _print_session(_stdout(), exported)
+
+
+def _print_sessions(console: Console, listed: list[dict[str, Any]], title: str) -> None:
+    cols = [
+        _Col("session", text=True, max_width=36, keep=10),
+        _Col("user", text=True, max_width=20, keep=6),
+        _Col("agent", text=True, max_width=20, keep=7),
+        _Col("runs", justify="right", keep=8),
+        _Col("messages", justify="right", keep=5),
+        _Col("created", keep=4),
+        _Col("updated", keep=9),
+    ]
+    rows = [
+        [
+            _clip(item["session_id"], 80),
+            _clip(item["user_id"], 40),
+            _clip(item["agent_name"], 40),
+            _number(item["run_count"]),
+            _number(item["message_count"]),
+            _local_time(item["created_at"]),
+            _local_time(item["updated_at"]),
+        ]
+        for item in listed
+    ]
+    _print_table(console, cols, rows, title, _zone_caption())
+
+
+def _print_session(console: Console, exported: dict[str, Any]) -> None:
+    session = exported["session_id"]
+    if exported["messages"]:
+        cols = [
+            _Col("time", keep=8),
+            _Col("role", keep=9),
+            _Col("agent", text=True, max_width=20, keep=4),
+            _Col("run", keep=3),
+            _Col("content", text=True, keep=7),
+        ]
+        rows = [
+            [
+                _local_time(message["timestamp"]),
+                Text(message["role"], style="cyan" if message["role"] == "user" else "green"),
+                _clip((message.get("metadata") or {}).get("agent_name"), 40),
+                Text((message.get("metadata") or {}).get("run_id") or "—"),
+                _clip(message["content"], 400),
+            ]
+            for message in exported["messages"]
+        ]
+        _print_table(console, cols, rows, f"Session {_safe(session)}: {_count(len(rows), 'message')}", _zone_caption())
+    else:
+        _empty(f"Session {session} has no messages.")
+    state = exported["runtime_state"]
+    if state:
+        cols = [
+            _Col("runtime", text=True, max_width=24, keep=9),
+            _Col("turn", text=True, max_width=24, keep=8),
+            _Col("state", text=True, keep=7),
+        ]
+        rows = [
+            [_clip(runtime, 60), _clip(turn, 60), _clip(value, 400)]
+            for runtime, turns in state.items()
+            for turn, value in turns.items()
+        ]
+        _print_table(console, cols, rows, f"Runtime state: {_count(len(rows), 'turn')}")
+
+
+@app.command()
 def history(
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent (name or id).")] = None,
     skip: Annotated[int, typer.Option("--skip", min=0, help="Skip this many of the newest runs.")] = 0,
