@@ -363,3 +363,35 @@ def test_ttl_is_exact_per_run(lake: Path) -> None:
     assert len(db.get_history()) == 2, "a dry run deletes nothing"
     assert db.cleanup_expired(now=now, max_age_days=5) == {"executions_deleted": 1, "nodes_deleted": 2}
     assert not [p for p in (lake / "spans").rglob("session=s-10-30")]
+
+
+def test_run_totals_agree_across_history_logs_and_statistics(configured: Path) -> None:
+    """An agent span that reports its run's total usage and cost wins over the sum of its nodes, everywhere."""
+    with runlake.run("totals", session_id="t-s", user_id="t-u") as reported:
+        reported.set_usage(input_tokens=400, output_tokens=100)
+        reported.set_cost(cents=9.0)
+        with runlake.node("llm1", type="llm") as node:
+            node.set_usage(input_tokens=100, output_tokens=20)
+            node.set_cost(cents=2.0)
+    with runlake.run("totals", session_id="t-s", user_id="t-u") as summed:  # no own figures: its nodes' sum
+        for name in ("a", "b"):
+            with runlake.node(name, type="llm") as node:
+                node.set_usage(input_tokens=10, output_tokens=5)
+                node.set_cost(cents=1.25)
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    history = {item["run_id"]: item for item in db.get_history()}
+    expected = {reported.run_id: (500, 9), summed.run_id: (30, 3)}  # 2.5 cents rounds half up to 3
+    for run_id, (tokens, cents) in expected.items():
+        summary = db.get_logs(run_id)["summary"]
+        assert (history[run_id]["tokens_used"], history[run_id]["cost_cents"]) == (tokens, cents)
+        assert (summary["tokens_used"], summary["cost_cents"]) == (tokens, cents)
+    statistics = runlake.ExecutionHistoryService(db).statistics(user_id="t-u")
+    assert (statistics["tokens_used"], statistics["cost_cents"]) == (530, 12)  # 9 + 2.5 = 11.5 -> 12
+
+
+@pytest.mark.parametrize(("exact", "whole"), [(0.5, 1), (1.5, 2), (2.5, 3), (2.4999, 2), (0.0, 0), (None, 0)])
+def test_whole_cents_rounds_halves_up(exact: float | None, whole: int) -> None:
+    from runlake.history import whole_cents
+
+    assert whole_cents(exact) == whole

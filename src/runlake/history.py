@@ -85,9 +85,10 @@ def _id_text(value: Any) -> Any:
     return value if value is None or isinstance(value, str) else str(value)
 
 
-def _cents(value: float | None) -> int:
-    """Whole cents, as CodexOS types them; a non-finite stored cost (written by an older version) counts as 0."""
-    return int(round(value)) if value is not None and math.isfinite(value) else 0
+def whole_cents(value: float | None) -> int:
+    """Whole cents, as CodexOS types them, halves rounded up (2.5 -> 3, as a bill would; ``round`` gives 2); a
+    non-finite stored cost (written by an older version) counts as 0."""
+    return int(math.floor(value + 0.5)) if value is not None and math.isfinite(value) else 0
 
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -552,7 +553,7 @@ class HistoryDB:
             "output": row["output"],
             "node_count": row["node_count"] or 0,
             "tokens_used": (row["input_tokens"] or 0) + (row["output_tokens"] or 0),
-            "cost_cents": _cents(row["cost_cents"]),
+            "cost_cents": whole_cents(row["cost_cents"]),
         }
 
     def _indexed_run(self, run_id: str) -> tuple[bool, dict[str, Any] | None]:
@@ -629,8 +630,13 @@ class HistoryDB:
         ]
         if run["status_code"] == "ERROR" and run["status_message"] not in {e["error_message"] for e in errors}:
             errors.append({"node_id": None, "error_type": run["error_type"], "error_message": run["status_message"]})
-        tokens = sum((n["input_tokens"] or 0) + (n["output_tokens"] or 0) for n in nodes)
-        cost = sum(n["cost_cents"] or 0 for n in nodes)
+        # the run's own usage and cost when its span carries them (an agent span that reports its total), else the
+        # sum of its nodes: the same rule as the runs index, so history, statistics and logs agree
+        tokens = sum(
+            run[key] if run[key] is not None else sum(n[key] or 0 for n in nodes)
+            for key in ("input_tokens", "output_tokens")
+        )
+        cost = run["cost_cents"] if run["cost_cents"] is not None else sum(n["cost_cents"] or 0 for n in nodes)
         return {
             "run_id": run_id,
             "nodes": node_dicts,
@@ -641,8 +647,8 @@ class HistoryDB:
                 "successful_nodes": sum(1 for n in nodes if n["status_code"] != "ERROR"),
                 "failed_nodes": len(failed),
                 "total_duration": format_duration(run["start_time_unix_nano"], run["end_time_unix_nano"]),
-                "tokens_used": tokens or (run["input_tokens"] or 0) + (run["output_tokens"] or 0),
-                "cost_cents": _cents(cost or run["cost_cents"]),
+                "tokens_used": tokens,
+                "cost_cents": whole_cents(cost),
             },
         }
 

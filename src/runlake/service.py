@@ -26,7 +26,7 @@ from typing import Any
 
 from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
 
-from .history import HistoryDB, iso_time
+from .history import HistoryDB, iso_time, whole_cents
 from .query import LakeReader
 
 __all__ = ["ExecutionHistoryService"]
@@ -247,7 +247,7 @@ class ExecutionHistoryService:
             "tokens_used": tokens_in + tokens_out,
             "input_tokens": tokens_in,
             "output_tokens": tokens_out,
-            "cost_cents": int(round(cost)),
+            "cost_cents": whole_cents(cost),
             "avg_cost_cents": round(cost / total, 3) if total else None,
             "total_nodes": int(row.get("nodes") or 0),
             "failed_nodes": int(row.get("failed_nodes") or 0),

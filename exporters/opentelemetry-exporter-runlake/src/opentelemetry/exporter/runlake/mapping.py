@@ -43,10 +43,13 @@ INT64_MAX = (1 << 63) - 1
 # column -> (keys read, first found wins; keys written back when rebuilding the attributes)
 COLUMN_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "session_id": (
-        ("gen_ai.conversation.id", "session.id", "langfuse.session.id"),
+        ("gen_ai.conversation.id", "session.id", "langfuse.session.id", "traceloop.association.properties.session_id"),
         ("gen_ai.conversation.id", "session.id"),
     ),
-    "user_id": (("user.id", "langfuse.user.id", "enduser.id"), ("user.id",)),
+    "user_id": (
+        ("user.id", "langfuse.user.id", "enduser.id", "traceloop.association.properties.user_id"),
+        ("user.id",),
+    ),
     "tenant_id": ((TENANT_ID,), (TENANT_ID,)),
     "run_id": ((RUN_ID,), (RUN_ID,)),
     "agent_name": (("gen_ai.agent.name", "agent.name", "traceloop.entity.name"), ("gen_ai.agent.name",)),
@@ -60,11 +63,23 @@ COLUMN_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "model": (("gen_ai.request.model", "gen_ai.response.model", "llm.model_name"), ("gen_ai.request.model",)),
     "provider": (("gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"), ("gen_ai.provider.name",)),
     "input": (
-        ("input.value", "gen_ai.input.messages", "traceloop.entity.input", "gen_ai.prompt"),
+        (
+            "input.value",
+            "gen_ai.input.messages",
+            "traceloop.entity.input",
+            "gen_ai.prompt",
+            "gen_ai.tool.call.arguments",
+        ),
         ("input.value",),
     ),
     "output": (
-        ("output.value", "gen_ai.output.messages", "traceloop.entity.output", "gen_ai.completion"),
+        (
+            "output.value",
+            "gen_ai.output.messages",
+            "traceloop.entity.output",
+            "gen_ai.completion",
+            "gen_ai.tool.call.result",
+        ),
         ("output.value",),
     ),
     "input_tokens": (
@@ -110,6 +125,8 @@ _OPENINFERENCE_NODE_TYPES = {
     "AGENT": "agent",
 }
 _TRACELOOP_KINDS = {"workflow": RUN, "agent": RUN, "task": NODE, "tool": NODE}
+# OpenLLMetry's llm spans before it adopted gen_ai.operation.name carry only llm.request.type
+_LLM_REQUEST_TYPES = {"chat": "llm", "completion": "llm", "embedding": "embedding", "rerank": "reranker"}
 
 # ---- schemas -----------------------------------------------------------------------------------------
 _s, _i64, _i32, _f64 = pa.string(), pa.int64(), pa.int32(), pa.float64()
@@ -265,6 +282,9 @@ def classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str 
     if traceloop in _TRACELOOP_KINDS:
         span_type = _TRACELOOP_KINDS[traceloop]
         return span_type, (traceloop if span_type == NODE else None)
+    request_type = attributes.get("llm.request.type")
+    if isinstance(request_type, str) and request_type:
+        return NODE, _LLM_REQUEST_TYPES.get(request_type, request_type)
     if operation:
         return NODE, str(operation)
     if not has_parent:
