@@ -182,3 +182,95 @@ def test_openllmetry_traceloop_spans(configured: Path) -> None:
     assert logs["nodes"][0]["output"] == "order 7 shipped" and logs["summary"]["tokens_used"] == 39
     assert logs["nodes"][1]["type"] == "llm" and run["metadata"].get("user_id", "tl-user") == "tl-user"
     assert db.get_history()[0]["tokens_used"] == 39 and db.get_traces(user_id="tl-user")
+
+
+def _exporter_only_provider(lake: Path, simple: bool) -> tuple:
+    """A provider with the runlake exporter and nothing else: the `OTEL_TRACES_EXPORTER=runlake` set-up, in which no
+    processor hands a run's session or run id down to its children (as with spans ingested by `runlake serve`)."""
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    provider = TracerProvider()
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter))
+    return provider, provider.get_tracer("other-instrumentation")
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["a span per export", "batched"])
+def test_children_without_session_or_run_id_belong_to_the_nearest_run(lake: Path, simple: bool) -> None:
+    """Nodes that repeat neither session nor run id, under an HTTP root span and an agent span that has both: each
+    query finds them in the agent's run, whichever order and batches the spans arrive in, before and after
+    compaction, with and without the in-memory runs index."""
+    provider, tracer = _exporter_only_provider(lake, simple)
+    with tracer.start_as_current_span("POST /chat", kind=trace.SpanKind.SERVER):  # a root span: a run
+        with tracer.start_as_current_span(
+            "invoke_agent planner",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": "planner",
+                "gen_ai.conversation.id": "ga-s",
+                "user.id": "ga-u",
+            },
+        ):
+            with tracer.start_as_current_span("agent loop"):  # a plain span between the run and its nodes
+                with tracer.start_as_current_span(
+                    "chat gpt-5",
+                    attributes={
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.usage.input_tokens": 100,
+                        "gen_ai.usage.output_tokens": 20,
+                    },
+                ):
+                    pass
+            with tracer.start_as_current_span(
+                "execute_tool search",
+                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"},
+            ):
+                pass
+    provider.shutdown()
+
+    from runlake.compact import compact
+
+    for compacted in (False, True):
+        if compacted:
+            compact(lake, older_than_minutes=0)
+        for index_rows in (None, 0):
+            db = runlake.HistoryDB(lake) if index_rows is None else runlake.HistoryDB(lake, index_max_rows=0)
+            [planner] = db.get_runs("ga-s")
+            logs = db.get_logs(planner["run_id"])
+            assert [n["id"] for n in logs["nodes"]] == ["chat gpt-5", "search"], (compacted, index_rows)
+            assert logs["summary"]["total_nodes"] == 2 and logs["summary"]["tokens_used"] == 120
+            history = {item["run_id"]: item for item in db.get_history()}
+            assert (history[planner["run_id"]]["node_count"], history[planner["run_id"]]["tokens_used"]) == (2, 120)
+            [http] = [item for run_id, item in history.items() if run_id != planner["run_id"]]
+            assert (http["node_count"], http["tokens_used"]) == (0, 0)
+            assert db.get_logs(http["run_id"])["nodes"] == []
+            [whole] = db.get_traces()  # described by the root span's run, with every span of the trace
+            assert whole["run_id"] == http["run_id"] and len(whole["spans"]) == 5
+            [in_session] = db.get_traces(session_id="ga-s")
+            assert in_session["trace_id"] == whole["trace_id"] and len(in_session["spans"]) == 5
+            [of_user] = db.get_traces(user_id="ga-u")
+            assert of_user["run_id"] == planner["run_id"] and len(of_user["spans"]) == 5
+
+
+def test_a_run_under_a_remote_parent_is_its_traces_first_run(configured: Path) -> None:
+    """A run started under an incoming `traceparent` has a parent in another service: it still describes its trace
+    in `get_traces()` and `get_traces(user_id=...)` (with the index in memory and without)."""
+    from opentelemetry import context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    remote = SpanContext(0x1234, 0x99, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(remote)))
+    try:
+        with runlake.run("callee", session_id="rp-s", user_id="rp-u") as run:
+            with runlake.node("answer", type="llm"):
+                pass
+    finally:
+        context.detach(token)
+    runlake.force_flush()
+    for db in (runlake.HistoryDB(configured), runlake.HistoryDB(configured, index_max_rows=0)):
+        for found in (db.get_traces(), db.get_traces(user_id="rp-u"), db.get_traces(session_id="rp-s")):
+            [trace_dict] = found
+            assert trace_dict["run_id"] == run.run_id and trace_dict["trace_id"] == f"{0x1234:032x}"
+            assert [s["name"] for s in trace_dict["spans"]] == ["invoke_agent callee", "chat answer"]

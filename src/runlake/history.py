@@ -113,13 +113,46 @@ _RUN_DICT_COLUMNS = (
     "status_message, error_type, metadata, agent_name"
 )
 _LOG_COLUMNS = (
-    "span_id, span_type, session_id, run_id, trace_id, node_id, node_type, input, output, start_time_unix_nano, "
+    "span_id, parent_span_id, span_type, session_id, run_id, trace_id, node_id, node_type, input, output, "
+    "start_time_unix_nano, "
     "end_time_unix_nano, status_code, status_message, error_type, metadata, input_tokens, output_tokens, cost_cents"
 )
 
 
 # a trace's spans: every column the span dicts are rebuilt from (not kind, status message, service or resource)
 _TRACE_COLUMNS = [c for c in SPAN_COLUMNS if c not in ("record", "kind", "status_message", "service_name", "resource")]
+
+
+def _rows_of_run(trace_rows: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's own span row and its nodes among the rows of its trace.
+
+    A node is the run's when it names the run (``run_id``), or, naming none, when the nearest run above it in the
+    span tree is this run; a node with no run above it in the lake belongs to the trace's root run.
+    """
+    by_id = {r["span_id"]: r for r in trace_rows}
+    run_id, own, root = run["run_id"], run["span_id"], run["parent_span_id"] is None
+
+    def owner(row: dict[str, Any]) -> str | None:
+        for _ in range(len(by_id) + 1):  # a cycle of bad parent ids ends here
+            if row["run_id"]:
+                return row["run_id"]
+            if row["span_type"] == "run":
+                return row["span_id"]
+            parent = by_id.get(row["parent_span_id"]) if row["parent_span_id"] else None
+            if parent is None:
+                return None
+            row = parent
+        return None
+
+    out = []
+    for row in trace_rows:
+        if row["span_id"] == own:
+            out.append(row)
+        elif row["span_type"] == "node":
+            found = owner(row)
+            if found == run_id or (found is None and root):
+                out.append(row)
+    return out
 
 
 def _names(columns: str) -> list[str]:
@@ -409,7 +442,11 @@ class HistoryDB:
     def get_traces(
         self, session_id: str | None = None, user_id: str | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        """Traces (one per trace id, described by its root run) with their spans, newest first."""
+        """Traces (one per trace id) with their spans, newest first.
+
+        A trace is described by its first run in scope: its root run, or, where the root is not in the lake (a
+        parent in another service) or not the user's (an HTTP span above the agent), the first run that is.
+        """
         if self._unconfigured("get_traces") or (limit is not None and limit <= 0):
             return []
         session_id, user_id = _id_text(session_id), _id_text(user_id)
@@ -421,7 +458,6 @@ class HistoryDB:
             if user_id is not None:
                 where += " AND user_id = ?"
                 params.append(user_id)
-            where += " AND parent_span_id IS NULL"
             order = "ORDER BY start_time_unix_nano DESC"
             index = self.run_index()
             if index is not None:
@@ -429,10 +465,16 @@ class HistoryDB:
                 if user_id is not None and equal.setdefault("user_id", user_id) != user_id:
                     return []  # another user than the scope's
                 runs = index.newest(equal, 0, None if limit is None else int(limit), roots_only=True)
-            elif limit is not None:
-                runs = self._newest_index_rows(where, params, order, 0, int(limit))
-            else:
-                runs = self._index_rows(where, params, order)
+            else:  # each trace once, by its first run in scope; newest first
+                if limit is not None:  # a trace's first run may lie past the newest `limit` runs: look further
+                    runs = self._newest_index_rows(where, params, order, 0, 4 * int(limit) + 50)
+                else:
+                    runs = self._index_rows(where, params, order)
+                first: dict[str, dict[str, Any]] = {}
+                for run in runs:  # newest first: the last one seen of a trace started first
+                    first[run["trace_id"]] = run
+                runs = sorted(first.values(), key=lambda r: (r["start_time_unix_nano"], r["run_id"]), reverse=True)
+                runs = runs if limit is None else runs[: int(limit)]
         spans_by_trace = self._spans_of(runs)
         return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
 
@@ -456,16 +498,30 @@ class HistoryDB:
         return self._reader.rows(sql, lister, tail, where=where, where_params=params)
 
     def _spans_of(self, runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """All spans of the runs' traces, read in one query over the files of the runs' sessions (on the days the
-        runs lasted, when known)."""
+        """All spans of the runs' traces, read in one query over the files of the runs' sessions and of spans
+        without a session (on the days the runs lasted, when known).
+
+        A trace's spans need not share its run's session: instrumentations often set the session on the agent span
+        only, and a root HTTP span has none. Where a run has no session, the sessions of the other runs of its trace
+        are read too.
+        """
         if not runs:
             return {}
         wanted: dict[str, set[str] | None] = {}
-        for run in runs:
-            session = run["session_id"] or ""
-            days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"])
+
+        def want(session: str, days: list[str] | None) -> None:
             known = wanted.get(session, set())
             wanted[session] = None if days is None or known is None else known | set(days)
+
+        for run in runs:
+            days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"])
+            want(run["session_id"] or "", days)
+            want("", days)
+        sessionless = sorted({run["trace_id"] for run in runs if not run["session_id"]})
+        if sessionless:
+            for other in self._runs_of_traces(sessionless):
+                if other["session_id"]:
+                    want(other["session_id"], _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"]))
         params: list[Any] = []
         sessions = _in_list("session_id", [s for s in wanted if s], params)
         if "" in wanted:
@@ -476,9 +532,7 @@ class HistoryDB:
         out: dict[str, list[dict[str, Any]]] = {}
         where = f"{sessions} AND list_contains(?, trace_id)"
         traces = sorted({run["trace_id"] for run in runs})
-        found = None
-        if "" not in wanted:
-            found = self._reader.session_rows(lister, list(wanted), _TRACE_COLUMNS, also=("trace_id", traces))
+        found = self._reader.session_rows(lister, list(wanted), _TRACE_COLUMNS, also=("trace_id", traces))
         if found is not None:
             found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
         for row in found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params):
@@ -556,6 +610,44 @@ class HistoryDB:
             "cost_cents": whole_cents(row["cost_cents"]),
         }
 
+    def _rest_of_trace(
+        self, trace_rows: list[dict[str, Any]], run: dict[str, Any], read: set[str]
+    ) -> list[dict[str, Any]]:
+        """The trace's spans in the sessions of its other runs, when the rows read so far lack a parent (a run of
+        another session may sit between a node and this run); usually nothing to read."""
+        ids = {r["span_id"] for r in trace_rows}
+        if all(r["parent_span_id"] is None or r["parent_span_id"] in ids for r in trace_rows):
+            return []
+        others: dict[str, set[str] | None] = {}
+        for other in self._runs_of_traces([run["trace_id"]]):
+            session = other["session_id"] or ""
+            if session not in read:
+                days = _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"])
+                known = others.get(session, set())
+                others[session] = None if days is None or known is None else known | set(days)
+        if not others:
+            return []
+        lister = self._sessions_lister(others, run.get("tenant_id"))
+        columns = _names(_LOG_COLUMNS)
+        found = self._reader.session_rows(lister, list(others), columns, also=("trace_id", [run["trace_id"]]))
+        if found is None:
+            params: list[Any] = [[s for s in others if s], run["trace_id"]]
+            where = "list_contains(?, session_id) AND trace_id = ?"
+            found = self._reader.rows(
+                f"SELECT {_LOG_COLUMNS} FROM {{latest}}", lister, where=where, where_params=params
+            )
+        return [r for r in found if r["span_id"] not in ids]
+
+    def _runs_of_traces(self, traces: list[str]) -> list[dict[str, Any]]:
+        """Session and times of every run (in this scope) of the traces."""
+        params: list[Any] = [traces]
+        where = "list_contains(?, trace_id)" + self._scope_sql(params)
+        columns = "session_id, start_time_unix_nano, end_time_unix_nano"
+        index = self.run_index()
+        if index is not None:
+            return index.rows(f"SELECT {columns} FROM {{index}} WHERE {where}", params)
+        return self._index_rows(f" AND {where}", params)
+
     def _indexed_run(self, run_id: str) -> tuple[bool, dict[str, Any] | None]:
         """``(index in use, the run's in-memory index row in this scope or None)``."""
         index = self.run_index()
@@ -590,34 +682,19 @@ class HistoryDB:
             raise LookupError(f"run {run_id!r} not found")
         session = run["session_id"] or ""
         days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"]) if indexed else None
-        params: list[Any] = [session, run["span_id"], run_id, run["trace_id"], run["parent_span_id"] is None]
-        where = (
-            "coalesce(session_id, '') = ? AND (span_id = ? OR (span_type = 'node' AND "
-            "(run_id = ? OR (run_id IS NULL AND trace_id = ? AND ?))))"
+        # the run's trace in its session's files and in those of spans without a session (instrumentations often
+        # name the session on the agent span only); which nodes are the run's is decided by ancestry below
+        sessions = {session: days and set(days), "": days and set(days)}
+        params: list[Any] = [session, run["trace_id"]]
+        where = "(session_id = ? OR session_id IS NULL OR session_id = '') AND trace_id = ?"
+        sql = f"SELECT {_LOG_COLUMNS} FROM {{latest}}"
+        lister = self._sessions_lister(sessions, run["tenant_id"] if indexed else None)
+        found = self._reader.session_rows(
+            lister, list(sessions), _names(_LOG_COLUMNS), also=("trace_id", [run["trace_id"]])
         )
-        if session:
-            where = where.replace("coalesce(session_id, '') = ?", "session_id = ?")  # against row-group statistics
-        sql = f"SELECT {_LOG_COLUMNS} FROM {{latest}} ORDER BY start_time_unix_nano, span_id"
-        lister = self._sessions_lister({session: days and set(days)}, run["tenant_id"] if indexed else None)
-        found = self._reader.session_rows(lister, [session], _names(_LOG_COLUMNS)) if session else None
-        if found is not None:
-            own, root = run["span_id"], run["parent_span_id"] is None
-            rows = sorted(
-                (
-                    r
-                    for r in found
-                    if r["span_id"] == own
-                    or (
-                        r["span_type"] == "node"
-                        and (
-                            r["run_id"] == run_id or (r["run_id"] is None and r["trace_id"] == run["trace_id"] and root)
-                        )
-                    )
-                ),
-                key=lambda r: (r["start_time_unix_nano"], r["span_id"]),
-            )
-        else:
-            rows = self._reader.rows(sql, lister, where=where, where_params=params)
+        trace_rows = found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params)
+        trace_rows += self._rest_of_trace(trace_rows, run, set(sessions))
+        rows = sorted(_rows_of_run(trace_rows, run), key=lambda r: (r["start_time_unix_nano"], r["span_id"]))
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
             own = next((r for r in rows if r["span_id"] == run["span_id"]), None)

@@ -251,7 +251,7 @@ class LakeReader:
         Only where no de-duplication is needed (every file a compacted day's only file) and every file is local
         and readable in the current schema; otherwise None, and the caller asks DuckDB (which also sets broken
         files aside with a warning). ``also``: ``(column, values)``, a second filter applied before rows become
-        Python dicts.
+        Python dicts. A session ``""`` stands for spans without one (null or empty ``session_id``).
         """
         files = self._usable(lister())
         if not files or isinstance(files[0], ObjectPath) or split_clean(files)[1]:
@@ -273,6 +273,8 @@ class LakeReader:
                 reader = pq.ParquetFile(str(file), metadata=metadata, pre_buffer=False)
                 table = reader.read_row_groups(groups, columns=list(columns))
                 keep = pc.is_in(table.column("session_id"), value_set=pa.array(wanted, pa.string()))
+                if wanted[0] == "":  # sorted: "" comes first
+                    keep = pc.or_kleene(keep, pc.is_null(table.column("session_id")))
                 if also is not None:
                     column, values = also
                     keep = pc.and_(keep, pc.is_in(table.column(column), value_set=pa.array(list(values), pa.string())))

@@ -103,6 +103,7 @@ class RunIndex:
         self._connection: duckdb.DuckDBPyConnection | None = None  # opened on first use
         self._local = threading.local()
         self._lookups: tuple[int, dict[str, int], dict[str, list[int]]] | None = None  # (version, by run, by session)
+        self._first: tuple[pa.Table, pa.Array] | None = None  # (table, first run of its trace per row)
 
     def _db(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
@@ -216,6 +217,39 @@ class RunIndex:
                     self._lookups = lookups
         return table, lookups[1], lookups[2]
 
+    def _first_of_trace(self, table: pa.Table) -> pa.Array:
+        """Per row of ``table``: whether it is the first run of its trace (its root, or where the root is not in the
+        lake — a parent in another service — its earliest run). Computed once per version."""
+        with self._lock:
+            cached = self._first if self._first is not None and self._first[0] is table else None
+        if cached is not None:
+            return cached[1]
+        positions = pa.table(
+            {
+                "trace_id": table.column("trace_id"),
+                "start": table.column("start_time_unix_nano"),
+                "span_id": table.column("span_id"),
+                "pos": pa.array(range(table.num_rows), pa.int64()),
+            }
+        )
+        cursor = self._db().cursor()
+        try:
+            cursor.register("_runs", positions)
+            mask = (
+                cursor.sql(
+                    "SELECT row_number() OVER (PARTITION BY trace_id ORDER BY start, span_id) = 1 AS first "
+                    "FROM _runs ORDER BY pos"
+                )
+                .to_arrow_table()
+                .column("first")
+                .combine_chunks()
+            )
+        finally:
+            cursor.close()
+        with self._lock:
+            self._first = (table, mask)
+        return mask
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row, by run id."""
         table, by_run, _ = self._lookup_tables()
@@ -250,10 +284,16 @@ class RunIndex:
         if agent is not None:
             test = pc.or_kleene(pc.equal(table.column("agent_name"), agent), pc.equal(table.column("agent_id"), agent))
             mask = test if mask is None else pc.and_kleene(mask, test)
-        if roots_only:
-            test = pc.is_null(table.column("parent_span_id"))
+        if roots_only and "user_id" not in equal:  # a trace never spans tenants: its first run overall
+            test = self._first_of_trace(table)
             mask = test if mask is None else pc.and_kleene(mask, test)
         positions = pc.indices_nonzero(mask.fill_null(False)) if mask is not None else None
+        if roots_only and "user_id" in equal and positions is not None:
+            # a user's traces: each described by the user's first run in it (the root may be no one's: an HTTP span)
+            last: dict[str, int] = {}
+            for i, trace_id in enumerate(table.column("trace_id").take(positions).to_pylist()):
+                last[trace_id] = i  # newest first: the last one seen started first
+            positions = positions.take(pa.array(sorted(last.values()), pa.int64()))
         total = table.num_rows if positions is None else len(positions)
         end = total if limit is None else min(total, skip + limit)
         if skip >= end:

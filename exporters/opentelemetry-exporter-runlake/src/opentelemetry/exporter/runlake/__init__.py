@@ -129,6 +129,10 @@ class RunlakeSpanExporter(SpanExporter):
         )
         # per run: [nodes, failed nodes, input tokens, output tokens, cost]; bounded, oldest evicted
         self._run_totals: OrderedDict[str, list[float]] = OrderedDict()
+        # span id -> the run it is in (spans that are not roots), to place a node whose parent came earlier
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        # trace id -> "parent:<span id>" keys of totals of nodes no run has claimed yet (for the root run)
+        self._pending_by_trace: dict[str, set[str]] = {}
         self._totals_lock = threading.Lock()
         self._shutdown = False
         self.rejected_spans = 0
@@ -177,19 +181,58 @@ class RunlakeSpanExporter(SpanExporter):
         return span_rows, run_rows
 
     def _account(self, span_rows: list[tuple], run_rows: list[tuple]) -> None:
-        """Sum nodes, tokens and cost per run so the run's index row carries them."""
-        ty, rid, tid = COL["span_type"], COL["run_id"], COL["trace_id"]
+        """Sum nodes, tokens and cost per run so the run's index row carries them.
+
+        A node that names no run (spans of other instrumentations that repeat no run id) counts for the nearest run
+        above it in the span tree: children usually arrive before their parents, so its figures wait under its
+        parent's span id and move up as each ancestor arrives; what no run claims goes to the trace's root run
+        (``HistoryDB.get_logs`` decides the same way when it reads).
+        """
+        ty, rid, tid, sid, pid = COL["span_type"], COL["run_id"], COL["trace_id"], COL["span_id"], COL["parent_span_id"]
         st, tin, tout, cost = COL["status_code"], COL["input_tokens"], COL["output_tokens"], COL["cost_cents"]
         with self._totals_lock:
-            totals = self._run_totals
+            totals, owners, pending = self._run_totals, self._owners, self._pending_by_trace
+
+            def entry(key: str) -> list[float]:
+                acc = totals.get(key)
+                if acc is None:
+                    acc = totals[key] = [0, 0, 0, 0, 0.0]
+                    if len(totals) > _MAX_TRACKED_RUNS:
+                        totals.popitem(last=False)
+                return acc
+
             for row in span_rows:
+                span_id, parent = row[sid], row[pid]
+                if row[ty] == RUN:
+                    owner = span_id
+                else:
+                    owner = row[rid] or (owners.get(parent) if parent else None)
+                if owner is not None:  # for children that arrive later
+                    owners[span_id] = owner
+                    if len(owners) > _MAX_TRACKED_RUNS:
+                        owners.popitem(last=False)
+                if pending:  # figures of nodes below this span, waiting for it
+                    waiting = totals.pop("parent:" + span_id, None)
+                    if waiting is not None:
+                        if owner is None and parent is not None:
+                            key = "parent:" + parent
+                            pending.setdefault(row[tid], set()).add(key)
+                        else:
+                            key = owner or "trace:" + row[tid]
+                        acc = entry(key)
+                        for i, value in enumerate(waiting):
+                            acc[i] += value
                 if row[ty] == NODE:
-                    key = row[rid] or "trace:" + row[tid]
-                    acc = totals.get(key)
-                    if acc is None:
-                        acc = totals[key] = [0, 0, 0, 0, 0.0]
-                        if len(totals) > _MAX_TRACKED_RUNS:
-                            totals.popitem(last=False)
+                    if owner is not None:
+                        key = owner
+                    elif parent is not None:
+                        key = "parent:" + parent
+                        pending.setdefault(row[tid], set()).add(key)
+                        if len(pending) > _MAX_TRACKED_RUNS:
+                            pending.pop(next(iter(pending)))
+                    else:
+                        key = "trace:" + row[tid]
+                    acc = entry(key)
                     acc[0] += 1
                     acc[1] += row[st] == "ERROR"
                     acc[2] += row[tin] or 0
@@ -198,10 +241,12 @@ class RunlakeSpanExporter(SpanExporter):
             for row in span_rows:
                 if row[ty] == RUN:
                     acc = totals.pop(row[rid], None)
-                    if row[COL["parent_span_id"]] is None:  # a root run also owns nodes it could not name
-                        extra = totals.pop("trace:" + row[tid], None)
-                        if extra is not None:
-                            acc = [a + b for a, b in zip(acc, extra)] if acc else extra
+                    if row[pid] is None:  # a root run also owns the nodes no run above them claimed
+                        keys = ["trace:" + row[tid], *pending.pop(row[tid], ())]
+                        for key in keys:
+                            extra = totals.pop(key, None)
+                            if extra is not None:
+                                acc = [a + b for a, b in zip(acc, extra)] if acc else extra
                     run_rows.append(run_row(row, acc))
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
