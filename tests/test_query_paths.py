@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -244,6 +245,49 @@ def test_sql_views_list_again_when_a_file_vanished(lake: Path, lake_ids: dict, m
     db = HistoryDB(lake)
     assert db.sql("SELECT count(*) FROM runs").fetchall()[0][0] == 45
     assert calls["n"] >= 3
+
+
+def test_sql_rows_runs_again_when_compaction_removes_a_file_after_the_views_were_made(
+    lake: Path, lake_ids: dict, monkeypatch
+) -> None:
+    """A relation from ``sql()`` reads its files when it runs; ``sql_rows`` runs at once and makes the views again
+    when a file went in between. The race is placed deterministically: compaction runs right after the first views
+    are built."""
+    from runlake.compact import compact
+
+    db = HistoryDB(lake)
+    expected = db.sql_rows("SELECT count(*) AS n FROM spans")
+    assert expected is not None and expected[0] == ["n"] and expected[1][0][0] > 0
+    lazy = db.sql("SELECT count(*) FROM spans")
+    compact(lake, older_than_minutes=0)
+    with pytest.raises(duckdb.IOException):
+        lazy.fetchall()  # the documented behaviour of a lazy relation
+
+    runlake.configure(lake)  # new parts for the next compaction to remove
+    try:
+        for _ in range(3):  # three parts in one session folder
+            with runlake.run("late", "session-late"):
+                pass
+            runlake.force_flush()
+    finally:
+        runlake.shutdown()
+    parts = [p for p in lake_files(lake, "spans") if p.name.startswith("part-") and "session-late" in str(p)]
+    assert len(parts) >= 3
+    query = "SELECT count(*) AS n, count(DISTINCT span_id) AS spans, max(length(name)) AS name FROM spans"
+    expected = HistoryDB(lake).sql_rows(query)
+    real_views = db._reader.views
+    calls = {"n": 0}
+
+    def views_then_compaction(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        con = real_views(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            compact(lake, older_than_minutes=0)  # the parts the views name are gone before the query runs
+        return con
+
+    monkeypatch.setattr(db._reader, "views", views_then_compaction)
+    assert db.sql_rows(query) == expected
+    assert calls["n"] == 2 and not any(p.exists() for p in parts)
 
 
 def test_the_index_forgets_removed_files_and_reads_new_ones(lake: Path, lake_ids: dict) -> None:

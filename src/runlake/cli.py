@@ -676,8 +676,8 @@ def demo(
             _print_logs(console, db.get_logs(example), example_row)
 
         console.print()
-        relation = db.sql(DEMO_SQL)
-        _print_sql(console, relation.columns, relation.fetchall(), "Per agent   (runlake sql)")
+        columns, rows = db.sql_rows(DEMO_SQL) or ([], [])
+        _print_sql(console, columns, rows, "Per agent   (runlake sql)")
 
     lake = shlex.quote(str(root))
     console.print()
@@ -1139,16 +1139,10 @@ def sql(
         fail('empty query: give one statement, e.g. runlake sql "SELECT count(*) FROM runs"', code=2)
     db = open_db(state_url)
     try:
-        relation = db.sql(query)
-        if relation is None:
-            columns: list[str] = []
-            rows: list[tuple] = []
-            more = False
-        else:
-            columns = list(relation.columns)
-            rows = relation.fetchall() if as_json else relation.limit(max_rows + 1).fetchall()
-            more = not as_json and len(rows) > max_rows
-            rows = rows[:max_rows] if more else rows
+        result = db.sql_rows(query, None if as_json else max_rows + 1)
+        columns, rows = result if result is not None else ([], [])
+        more = not as_json and len(rows) > max_rows
+        rows = rows[:max_rows] if more else rows
     except duckdb.Error as error:
         fail(f"SQL error: {error}")
     except OSError as error:
@@ -1157,7 +1151,7 @@ def sql(
         print_json([dict(zip(columns, row)) for row in rows])
         return
     console = _stdout()
-    if relation is None:
+    if result is None:
         _empty("Statement executed; it returns no rows.")
         return
     _print_sql(console, columns, rows)

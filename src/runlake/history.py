@@ -744,12 +744,32 @@ class HistoryDB:
 
     # ---- SQL ----
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """A DuckDB relation for ``query`` over views ``spans`` and ``runs`` (docs/schema.md)."""
+        """A DuckDB relation for ``query`` over views ``spans`` and ``runs`` (docs/schema.md).
+
+        The relation reads the files when it runs: if compaction or TTL removes one of them in between, running it
+        raises ``duckdb.IOException`` (make it again). ``sql_rows`` runs the query at once and retries for you.
+        """
+        return self._run_sql(query, lambda relation: relation)
+
+    def sql_rows(self, query: str, limit: int | None = None) -> tuple[list[str], list[tuple]] | None:
+        """Run ``query`` now: ``(column names, rows)``, at most ``limit`` rows; None for a statement without a
+        result. A file that compaction or TTL removes while it runs makes it list the lake and run again."""
+
+        def fetch(relation: duckdb.DuckDBPyRelation | None) -> tuple[list[str], list[tuple]] | None:
+            if relation is None:
+                return None
+            if limit is not None:
+                relation = relation.limit(limit)
+            return list(relation.columns), relation.fetchall()
+
+        return self._run_sql(query, fetch)
+
+    def _run_sql(self, query: str, use: Callable[[Any], Any]) -> Any:
         named = tuple(t for t in (SPANS, RUNS) if re.search(rf"\b{t}\b", query, re.IGNORECASE)) or (SPANS, RUNS)
         for attempt in range(3):
             con = self._reader.views(self.root, self.tenant_id, named)  # only the views the statement names
             try:
-                return con.sql(query)
+                return use(con.sql(query))
             except (duckdb.IOException, duckdb.InvalidInputException) as error:
                 if attempt == 2 or not _vanished(str(error)):
                     raise  # a file removed after the views were made (TTL, compaction): make them again
