@@ -290,6 +290,40 @@ def test_sql_rows_runs_again_when_compaction_removes_a_file_after_the_views_were
     assert calls["n"] == 2 and not any(p.exists() for p in parts)
 
 
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [("start_time_unix_nano", "timestamp"), ("input_tokens", "text"), ("node_type", "numbers")],
+)
+def test_a_part_file_with_foreign_column_types_is_set_aside_by_name(
+    lake: Path, lake_ids: dict, column: str, values: str, caplog
+) -> None:
+    """One part whose column types the table cannot hold (another writer's) would fail every query, or turn a column
+    into text lake-wide; it is skipped with a warning naming it, and every shape answers from the rest."""
+    db = HistoryDB(lake)
+    session = "session-1"
+    runs_before = db.get_runs(session)
+    total = db.sql_rows("SELECT count(*), sum(input_tokens) FROM spans")
+    good = next(p for p in lake_files(lake, "spans") if f"session={session}" in str(p))
+    table = pq.read_table(good)
+    position = table.schema.get_field_index(column)
+    if values == "timestamp":
+        foreign = table.column(column).cast(pa.timestamp("ns"))
+    elif values == "text":
+        foreign = pa.array(["n/a"] * table.num_rows)
+    else:
+        foreign = pa.array(range(table.num_rows), pa.int64())
+    planted = good.parent / new_part_name()
+    pq.write_table(table.set_column(position, column, foreign).slice(0, 1), planted)
+
+    fresh = HistoryDB(lake)
+    with caplog.at_level(logging.WARNING):
+        assert fresh.get_runs(session) == runs_before
+        assert fresh.sql_rows("SELECT count(*), sum(input_tokens) FROM spans") == total
+        assert fresh.get_logs(runs_before[0]["run_id"])["run_id"] == runs_before[0]["run_id"]
+        assert len(fresh.get_traces(session_id=session)) == len(runs_before)
+    assert f"skipping part file {planted}: {column} is" in caplog.text
+
+
 def test_the_index_forgets_removed_files_and_reads_new_ones(lake: Path, lake_ids: dict) -> None:
     db = HistoryDB(lake)
     assert db.run_index().size == 45

@@ -127,6 +127,7 @@ class LakeReader:
         self._local = threading.local()
         self._bad: set[str] = set()
         self._verified: set[tuple[str, int | None, float | None]] = set()
+        self._typed: set[str] = set()  # local files whose column types were checked
         self._footers: dict[str, tuple[pq.FileMetaData, list[tuple[Any, Any]]]] = {}
         self._lock = threading.Lock()
 
@@ -149,8 +150,39 @@ class LakeReader:
         return cursor
 
     def _usable(self, files: Sequence[LakeRoot]) -> list[LakeRoot]:
+        """The files not set aside; local files seen for the first time have their column types checked."""
+        fresh = [f for f in files if not isinstance(f, ObjectPath) and str(f) not in self._typed]
+        if fresh:
+            self._check_types(fresh)
         bad = self._bad
         return [f for f in files if str(f) not in bad] if bad else list(files)
+
+    def _check_types(self, files: Sequence[LakeRoot]) -> None:
+        """Set aside, with a warning naming it, a part file whose columns hold types the table cannot (another
+        writer's, or a damaged one): read with the others, one such file would fail every query or turn a column
+        into text lake-wide. Part files never change, so each is checked once (its footer's schema)."""
+        for file in files:
+            name = str(file)
+            schema = _table_schema_of(name)
+            if schema is None:
+                continue
+            try:
+                found = pq.read_schema(name)
+            except Exception:  # noqa: BLE001 - unreadable or gone: the query's own error handling finds it
+                continue
+            wrong = [
+                f"{field.name} is {field.type}, not {schema.field(field.name).type}"
+                for field in found
+                if field.name in schema.names and not _compatible(field.type, schema.field(field.name).type)
+            ]
+            with self._lock:
+                if len(self._typed) >= _MAX_VERIFIED:
+                    self._typed.clear()
+                self._typed.add(name)
+                if wrong:
+                    self._bad.add(name)
+            if wrong:
+                _logger.warning("runlake: skipping part file %s: %s", name, "; ".join(wrong))
 
     def _set_aside(self, files: Sequence[LakeRoot]) -> bool:
         """Find unreadable files among ``files`` and remember them; True if any was found.
@@ -398,6 +430,29 @@ class LakeReader:
 
 _MAX_FOOTERS = 256  # footers kept for pyarrow point reads (a day file's: ~0.2-0.5 MB in memory); forgotten all at once
 _MAX_VERIFIED = 500_000  # object-store files known readable (path, size, mtime); forgotten all at once past this
+
+
+def _table_schema_of(path: str) -> pa.Schema | None:
+    """The schema of the table a part file belongs to, from its path (``<root>/spans/tenant=…/…``)."""
+    for table, schema in _SCHEMAS.items():
+        if f"/{table}/tenant=" in path or f"\\{table}\\tenant=" in path:
+            return schema
+    return None
+
+
+def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column of type ``found`` reads as ``wanted`` (what ``union_by_name`` widens without harm)."""
+    if found == wanted or pa.types.is_null(found):
+        return True
+    if pa.types.is_dictionary(found):
+        found = found.value_type
+    if pa.types.is_integer(wanted):
+        return pa.types.is_integer(found)
+    if pa.types.is_floating(wanted):
+        return pa.types.is_integer(found) or pa.types.is_floating(found)
+    if pa.types.is_string(wanted) or pa.types.is_large_string(wanted):
+        return pa.types.is_string(found) or pa.types.is_large_string(found)
+    return found == wanted
 
 
 def _identity(file: LakeRoot) -> tuple[str, int | None, float | None]:
