@@ -330,6 +330,21 @@ def test_ingest_bad_input(server: Server, api: httpx.Client) -> None:
     assert deflated.status_code == 200 and deflated.json() == {}
 
 
+def test_ingest_json_nested_too_deeply_or_with_huge_integers_is_400(server: Server, api: httpx.Client) -> None:
+    js = {"Content-Type": "application/json"}
+    span = {"traceId": "01" * 16, "spanId": "02" * 8, "name": "s", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}
+    huge = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).replace('"1"', "9" * 5000)
+    cases = {
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}": "nested too deeply",  # RecursionError in json.loads
+        huge.encode(): "digits",  # ValueError: more than 4300 digits
+        b'{"x": ' + b"9" * 5000 + b"}": "digits",
+    }
+    for body, words in cases.items():
+        response = api.post("/v1/traces", content=body, headers=js)
+        assert response.status_code == 400, (response.status_code, response.text[:200])
+        assert words in response.json()["message"]
+
+
 def test_api_bad_input_is_json(server: Server, api: httpx.Client) -> None:
     cases = [
         ("/api/v1/agents/history", {"skip": -1}, 422),

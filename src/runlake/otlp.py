@@ -130,7 +130,9 @@ def parse_json(body: bytes, decoded: DecodedRequest | None = None) -> ExportTrac
     """Parse an OTLP/JSON ExportTraceServiceRequest; spans with ids that are not hex are rejected into ``decoded``."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:  # nesting deeper than the interpreter's stack: a client error, not a crash
+        raise OTLPDecodeError("body is not valid JSON: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, or an integer over the digit limit
         raise OTLPDecodeError(f"body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: the top level must be an object")
@@ -140,6 +142,8 @@ def parse_json(body: bytes, decoded: DecodedRequest | None = None) -> ExportTrac
         json_format.ParseDict(data, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as error:
         raise OTLPDecodeError(f"body is not an OTLP/JSON ExportTraceServiceRequest: {error}") from None
+    except RecursionError:
+        raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: nested too deeply") from None
     return request
 
 
