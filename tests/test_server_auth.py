@@ -103,7 +103,31 @@ def test_x_api_key_header_and_hashed_keys(world: World) -> None:
     with httpx.Client(base_url=world.server.base, headers={"X-API-Key": world.keys["bob"]}) as client:
         assert {h["run_id"] for h in client.get("/api/v1/agents/history").json()} == {world.runs["bob"]}
     assert key_from_headers({"authorization": "bearer  abc "}) == "abc"
-    assert key_from_headers({"authorization": "Basic abc", "x-api-key": "k"}) is None
+    assert key_from_headers({"authorization": "Basic abc", "x-api-key": "k"}) == "k"  # X-API-Key is the fallback
+    assert key_from_headers({"authorization": "Bearer", "x-api-key": "k"}) == "k"
+    assert key_from_headers({"authorization": "Bearer b", "x-api-key": "k"}) == "b"
+
+
+def test_x_api_key_beside_another_authorization_scheme(world: World) -> None:
+    """A proxy's ``Authorization: Basic`` must not hide the X-API-Key; a key under the wrong scheme is named."""
+    bob = world.keys["bob"]
+    for authorization in ("Basic dXNlcjpwYXNz", "Bearer", "Token abc"):
+        headers = {"Authorization": authorization, "X-API-Key": bob}
+        with httpx.Client(base_url=world.server.base, headers=headers) as client:
+            response = client.get("/api/v1/agents/history")
+            assert response.status_code == 200, (authorization, response.text)
+            assert {h["run_id"] for h in response.json()} == {world.runs["bob"]}
+            ingest = client.post("/v1/traces", content=b"{}", headers={"Content-Type": "application/json"})
+            assert ingest.status_code == 200, (authorization, ingest.text)
+    for scheme in ("Basic", "Token"):
+        headers = {"Authorization": f"{scheme} {bob}"}
+        with httpx.Client(base_url=world.server.base, headers=headers) as client:
+            response = client.get("/api/v1/agents/history")
+            assert response.status_code == 401
+            assert f"Authorization scheme '{scheme}' is not supported" in response.json()["detail"]
+            ingest = client.post("/v1/traces", content=b"{}", headers={"Content-Type": "application/json"})
+            assert ingest.status_code == 401
+            assert f"Authorization scheme '{scheme}' is not supported" in ingest.json()["message"]
 
 
 # ---- user keys see their own runs; admins their tenant ------------------------------------------------------

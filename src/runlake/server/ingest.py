@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from .. import otlp
 from ..auth import key_from_headers
 from ..ingest_log import IngestLog, StorageUnavailable
-from .deps import AUTH_HELP, runtime_of
+from .deps import missing_key_message, runtime_of
 from .runtime import TenantSink
 from .settings import RETRY_AFTER_S
 
@@ -100,7 +100,7 @@ async def ingest(request: Request) -> Response:
     key = key_from_headers(request.headers)
     principal = runtime.authenticate(key)
     if principal is None:
-        message = f"missing API key: {AUTH_HELP}" if key is None else "invalid API key"
+        message = missing_key_message(request.headers) if key is None else "invalid API key"
         return otlp_error(media, 401, message, {"WWW-Authenticate": "Bearer"})
     if otlp.media_type(request.headers.get("content-type")) is None:
         return otlp_error(
