@@ -345,6 +345,25 @@ def test_ingest_json_nested_too_deeply_or_with_huge_integers_is_400(server: Serv
         assert words in response.json()["message"]
 
 
+def test_gzip_members_are_capped_and_inflated_in_linear_time(server: Server, api: httpx.Client) -> None:
+    from runlake.server.ingest import MAX_GZIP_MEMBERS, BodyError, decompress
+
+    body = encode_spans(SpanFactory().run(unique("agent"), unique("s"), "u", NODES)[1]).SerializeToString()
+    pieces = [body[:7], body[7:100], body[100:]]
+    members = b"".join(gzip.compress(p) for p in pieces)
+    assert decompress(members, "gzip", MAX_BODY) == body  # several members are still one body
+    ok = api.post("/v1/traces", content=members, headers={"Content-Type": PROTOBUF, "Content-Encoding": "gzip"})
+    assert ok.status_code == 200, ok.text
+    # ~50k empty members fit in the 1 MiB limit; each one used to copy the rest of the body (quadratic)
+    many = gzip.compress(b"") * (MAX_BODY // len(gzip.compress(b"")))
+    refused = api.post("/v1/traces", content=many, headers={"Content-Type": PROTOBUF, "Content-Encoding": "gzip"})
+    assert refused.status_code == 400
+    assert f"more than {MAX_GZIP_MEMBERS} members" in _status(refused).message
+    assert decompress(gzip.compress(b"") * MAX_GZIP_MEMBERS, "gzip", MAX_BODY) == b""
+    with pytest.raises(BodyError, match="data after gzip member 1"):
+        decompress(gzip.compress(b"{}") + b"trailing junk", "gzip", MAX_BODY)
+
+
 def test_api_bad_input_is_json(server: Server, api: httpx.Client) -> None:
     cases = [
         ("/api/v1/agents/history", {"skip": -1}, 422),
