@@ -12,6 +12,7 @@ import gzip
 import json
 import secrets
 import signal
+import socket
 import time
 import uuid
 import zlib
@@ -654,6 +655,32 @@ def test_storage_failure_answers_503_then_recovers(tmp_path: Path) -> None:
             assert item["run_id"] == run_id and item["node_count"] == 3
             logs = client.get("/api/v1/agents/logs", params={"run_id": run_id}).json()
             assert logs["summary"]["total_nodes"] == 3  # the retried spans are read once
+
+
+def test_stalled_upload_gets_408_and_frees_its_ingest_slot(tmp_path: Path) -> None:
+    key = new_key()
+    keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--durability", "sync", "--max-pending-ingest", "1"]
+    spans = SpanFactory().run(unique("agent"), unique("s"), "u", NODES)[1]
+    body = encode_spans(spans).SerializeToString()
+    with Server(tmp_path / "lake", [*args, "--body-timeout-s", "0.5"]) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as stalled:
+            head = (
+                f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: {PROTOBUF}\r\nContent-Length: 1000\r\n\r\n"
+            )
+            stalled.sendall(head.encode() + b"\x0a")  # 1 of 1000 bytes, then nothing
+            answer = b""
+            while b"\r\n\r\n" not in answer:  # blocks until the server answers (the socket timeout bounds it)
+                data = stalled.recv(65536)
+                if not data:
+                    break
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"no body data for 0.5 s" in answer
+        with httpx.Client(base_url=server.base, headers=auth(key)) as client:  # the one slot is free again
+            response = client.post("/v1/traces", content=body, headers={"Content-Type": PROTOBUF})
+            assert response.status_code == 200, response.text
 
 
 def test_buffered_durability_flushes_on_shutdown(tmp_path: Path) -> None:

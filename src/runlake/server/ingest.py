@@ -3,6 +3,7 @@ bombs), decoded and stored off the event loop; errors are ``google.rpc.Status`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 
@@ -18,7 +19,7 @@ from .runtime import TenantSink
 from .settings import RETRY_AFTER_S
 
 _logger = logging.getLogger("runlake.server")
-_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+_GRPC_CODES = {400: 3, 401: 16, 408: 4, 403: 7, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 
 router = APIRouter()
 
@@ -31,8 +32,9 @@ class BodyError(Exception):
 
 
 # ---- request bodies ----------------------------------------------------------------------------------------------
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first)."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first), and
+    with 408 when no data arrives for ``timeout_s``: a stalled client must not hold an ingest slot for ever."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -42,7 +44,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyError(400, "Content-Length is not a number") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyError(408, f"no body data for {timeout_s:g} s; send the request again") from None
         size += len(chunk)
         if size > limit:
             raise BodyError(413, f"body is over the limit of {limit} bytes")
@@ -102,6 +112,7 @@ def otlp_error(media: str, status: int, message: str, headers: dict[str, str] | 
         200: {"description": "ExportTraceServiceResponse; partial_success counts rejected spans"},
         400: {"description": "Malformed protobuf / JSON / gzip (google.rpc.Status)"},
         401: {"description": "No key or an unknown key"},
+        408: {"description": "The body stalled for longer than --body-timeout-s"},
         413: {"description": "Body (or decompressed body) over the limit"},
         415: {"description": "Content-Type other than application/x-protobuf or application/json"},
         429: {"description": "Too many requests in progress; retry after Retry-After"},
@@ -130,7 +141,7 @@ async def ingest(request: Request) -> Response:
         return otlp_error(media, 429, "too many requests in progress", {"Retry-After": str(RETRY_AFTER_S)})
     runtime.pending_ingest += 1
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         sink = runtime.sink(principal.tenant_id)
         decoded, rejected = await anyio.to_thread.run_sync(
             _decode_and_store,
@@ -143,7 +154,8 @@ async def ingest(request: Request) -> Response:
             limiter=runtime.ingest_limiter,
         )
     except BodyError as error:
-        return otlp_error(media, error.status, error.message)
+        headers = {"Connection": "close"} if error.status == 408 else None  # the rest of the body is not read
+        return otlp_error(media, error.status, error.message, headers)
     except otlp.OTLPDecodeError as error:
         return otlp_error(media, 400, str(error))
     except StorageUnavailable as error:
