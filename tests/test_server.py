@@ -671,10 +671,7 @@ def test_stalled_upload_gets_408_and_frees_its_ingest_slot(tmp_path: Path) -> No
             )
             stalled.sendall(head.encode() + b"\x0a")  # 1 of 1000 bytes, then nothing
             answer = b""
-            while b"\r\n\r\n" not in answer:  # blocks until the server answers (the socket timeout bounds it)
-                data = stalled.recv(65536)
-                if not data:
-                    break
+            while data := stalled.recv(65536):  # until the server closes (the socket timeout bounds the wait)
                 answer += data
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"no body data for 0.5 s" in answer
@@ -790,6 +787,59 @@ def test_ingest_log_survives_a_hard_crash(tmp_path: Path) -> None:
         assert not segment.exists()  # written to part files, then dropped
     assert "replayed 2 request(s), 6 span(s) from 1 ingest log segment(s)" in restarted.log()
     assert "torn record at byte" in restarted.log()
+
+
+def test_ingest_log_keeps_requests_whose_rows_were_dropped_during_an_outage(tmp_path: Path) -> None:
+    """A lake outage fills the writer's buffer: past its cap the writer drops rows. Requests already answered 200
+    keep their log segments (replayed at restart), and further requests get 503 until there is room."""
+    key = new_key()
+    keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
+    lake = tmp_path / "lake"
+    blocker = lake / "spans" / "tenant=t1"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the tenant folder should be")  # every write of tenant t1 now fails
+    cap = 300_000
+    big = [{**n, "output": f"{n['id']}-" + "x" * (cap // 2)} for n in NODES]  # one request's rows pass the cap
+    factory = SpanFactory()
+    run_id, spans = factory.run(unique("agent"), unique("s"), "u", big)
+    small = [{**n, "output": "y" * (cap // 10)} for n in NODES]
+    small_run_id, small_spans = factory.run(unique("agent"), unique("s"), "u", small)
+    more_run_id, more_spans = factory.run(unique("agent"), unique("s"), "u", big)
+    pb = {"Content-Type": PROTOBUF}
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--flush-interval-s", "0.2"]
+    with Server(lake, args, env={"RUNLAKE_MAX_BUFFER_BYTES": str(cap)}) as server:
+        with httpx.Client(base_url=server.base, headers=auth(key), timeout=30) as client:
+            first = client.post("/v1/traces", content=encode_spans(spans).SerializeToString(), headers=pb)
+            assert first.status_code == 200, first.text  # in the log; its rows went past the cap and were dropped
+            [tenant] = client.get("/api/v1/status").json()["ingest"]
+            assert tenant["dropped_rows"] > 0 and tenant["failing"]
+            kept = client.post("/v1/traces", content=encode_spans(small_spans).SerializeToString(), headers=pb)
+            assert kept.status_code == 200, kept.text  # room in the buffer: taken, and kept there
+            # backpressure: while the lake fails, a request that would pass the cap is refused before the log
+            refused = client.post("/v1/traces", content=encode_spans(more_spans).SerializeToString(), headers=pb)
+            assert refused.status_code == 503 and refused.headers["retry-after"].isdigit()
+            assert "buffer is full" in _status(refused).message
+
+            blocker.unlink()  # the lake is back: the client's retry is taken, checkpoints succeed again
+            retried = client.post("/v1/traces", content=encode_spans(more_spans).SerializeToString(), headers=pb)
+            assert retried.status_code == 200, retried.text
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                [tenant] = client.get("/api/v1/status").json()["ingest"]
+                if tenant["failing"] is None and tenant["files_written"]:
+                    break
+                time.sleep(0.1)  # polling interval of a bounded wait for the next checkpoint
+            assert tenant["failing"] is None and tenant["files_written"]
+            assert list((lake / ".ingest-log").glob("segment-*.log"))  # kept although checkpoints succeeded
+    assert "ingest log segment(s) are kept" in server.log() and "Traceback" not in server.log()
+
+    with Server(lake, ["--keys-file", str(keys_file), "--no-ttl"]) as restarted:  # replays the kept segments
+        with httpx.Client(base_url=restarted.base, headers=auth(key), timeout=30) as client:
+            for run in (run_id, small_run_id, more_run_id):
+                logs = client.get("/api/v1/agents/logs", params={"run_id": run})
+                assert logs.status_code == 200, logs.text
+                assert logs.json()["summary"]["total_nodes"] == 3
+    assert "runlake: replayed" in restarted.log()  # how many depends on which segments shared the drop
 
 
 def test_ingest_log_mode_is_readable_after_the_flush_interval(tmp_path: Path) -> None:

@@ -156,6 +156,14 @@ class IngestLog:
             with self._cond:
                 self._closed[:0] = keep
 
+    def keep_for_replay(self, segments: list[_Segment]) -> None:
+        """Leave ``segments`` on disk but out of every later checkpoint: the next start-up replays them."""
+        with self._cond:
+            for segment in segments:
+                if segment.handle is not None:
+                    segment.handle.close()
+                    segment.handle = None
+
     def close(self) -> None:
         with self._cond:
             for segment in [self._current, *self._closed]:
