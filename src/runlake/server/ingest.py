@@ -151,6 +151,7 @@ async def ingest(request: Request) -> Response:
             settings.max_body_bytes,
             sink,
             runtime.log,
+            principal.read_user,  # a user key writes as its own user, whatever the spans claim
             limiter=runtime.ingest_limiter,
         )
     except BodyError as error:
@@ -174,10 +175,16 @@ async def ingest(request: Request) -> Response:
 
 
 def _decode_and_store(
-    body: bytes, encoding: str, media: str, limit: int, sink: TenantSink, log: IngestLog | None
+    body: bytes,
+    encoding: str,
+    media: str,
+    limit: int,
+    sink: TenantSink,
+    log: IngestLog | None,
+    user: str | None,
 ) -> tuple[otlp.DecodedRequest, int]:
     if encoding in ("gzip", "x-gzip", "deflate"):
         body = decompress(body, encoding, limit)
     decoded = otlp.decode_request(body, media)
-    rejected = sink.ingest(decoded.spans, log, (media, body)) if decoded.spans else 0
+    rejected = sink.ingest(decoded.spans, log, (media, body), user=user) if decoded.spans else 0
     return decoded, rejected

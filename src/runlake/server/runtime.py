@@ -76,8 +76,10 @@ class TenantSink:
         log: IngestLog | None = None,
         record: tuple[str, bytes] | None = None,
         timeout_s: float = 30.0,
+        user: str | None = None,
     ) -> int:
-        """Store ``spans`` (logging ``record`` = (media, body) first when ``log`` is given).
+        """Store ``spans`` (logging ``record`` = (media, body) first when ``log`` is given); ``user``: store them
+        under this user whatever they claim (a ``user`` key writes only its own runs, as it reads only those).
 
         Returns the number the mapping refused. Raises ``StorageUnavailable``: nothing was accepted.
         """
@@ -89,11 +91,15 @@ class TenantSink:
             raise StorageUnavailable(
                 f"the lake cannot be written ({writer.failing}) and the write buffer is full; retry later"
             )
-        segment = log.append(self.tenant, *record) if log is not None and record is not None else None
+        segment = log.append(self.tenant, *record, user=user) if log is not None and record is not None else None
         try:
             with self._export_lock:
                 before = self.exporter.rejected_spans
-                result = self.exporter.export(spans)
+                self.exporter.force_user = user  # per request: one writer serves every user of the tenant
+                try:
+                    result = self.exporter.export(spans)
+                finally:
+                    self.exporter.force_user = None
                 rejected = self.exporter.rejected_spans - before
                 failing = writer.failing
                 self._added += 1
@@ -280,14 +286,14 @@ class Runtime:
             return
         segments, self._left_over = self._left_over, []
         for path in segments:
-            for tenant, media, body in IngestLog.read(path):
+            for tenant, media, body, user in IngestLog.read(path):
                 try:
                     decoded = otlp.decode_request(body, media)
                 except otlp.OTLPDecodeError as error:  # cannot happen for a logged body; never block start-up
                     _logger.error("runlake ingest log %s: a record cannot be decoded (%s)", path.name, error)
                     continue
                 if decoded.spans:
-                    self.sink(tenant).ingest(decoded.spans)
+                    self.sink(tenant).ingest(decoded.spans, user=user)
                 self.replayed["requests"] += 1
                 self.replayed["spans"] += len(decoded.spans)
         if segments:
