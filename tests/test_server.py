@@ -12,6 +12,7 @@ import gzip
 import json
 import secrets
 import signal
+import socket
 import time
 import uuid
 import zlib
@@ -330,6 +331,77 @@ def test_ingest_bad_input(server: Server, api: httpx.Client) -> None:
     assert deflated.status_code == 200 and deflated.json() == {}
 
 
+def test_ingest_json_nested_too_deeply_or_with_huge_integers_is_400(server: Server, api: httpx.Client) -> None:
+    js = {"Content-Type": "application/json"}
+    span = {"traceId": "01" * 16, "spanId": "02" * 8, "name": "s", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}
+    huge = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).replace('"1"', "9" * 5000)
+    cases = {
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}": "nested too deeply",  # RecursionError in json.loads
+        huge.encode(): "digits",  # ValueError: more than 4300 digits
+        b'{"x": ' + b"9" * 5000 + b"}": "digits",
+    }
+    for body, words in cases.items():
+        response = api.post("/v1/traces", content=body, headers=js)
+        assert response.status_code == 400, (response.status_code, response.text[:200])
+        assert words in response.json()["message"]
+
+
+def test_gzip_members_are_capped_and_inflated_in_linear_time(server: Server, api: httpx.Client) -> None:
+    from runlake.server.ingest import MAX_GZIP_MEMBERS, BodyError, decompress
+
+    body = encode_spans(SpanFactory().run(unique("agent"), unique("s"), "u", NODES)[1]).SerializeToString()
+    pieces = [body[:7], body[7:100], body[100:]]
+    members = b"".join(gzip.compress(p) for p in pieces)
+    assert decompress(members, "gzip", MAX_BODY) == body  # several members are still one body
+    ok = api.post("/v1/traces", content=members, headers={"Content-Type": PROTOBUF, "Content-Encoding": "gzip"})
+    assert ok.status_code == 200, ok.text
+    # ~50k empty members fit in the 1 MiB limit; each one used to copy the rest of the body (quadratic)
+    many = gzip.compress(b"") * (MAX_BODY // len(gzip.compress(b"")))
+    refused = api.post("/v1/traces", content=many, headers={"Content-Type": PROTOBUF, "Content-Encoding": "gzip"})
+    assert refused.status_code == 400
+    assert f"more than {MAX_GZIP_MEMBERS} members" in _status(refused).message
+    assert decompress(gzip.compress(b"") * MAX_GZIP_MEMBERS, "gzip", MAX_BODY) == b""
+    with pytest.raises(BodyError, match="data after gzip member 1"):
+        decompress(gzip.compress(b"{}") + b"trailing junk", "gzip", MAX_BODY)
+
+
+def test_many_resource_or_scope_entries_are_refused_and_empty_ones_cost_nothing(
+    server: Server, api: httpx.Client
+) -> None:
+    from runlake.otlp import MAX_ENTRIES, decode_request
+
+    pb, js = {"Content-Type": PROTOBUF}, {"Content-Type": "application/json"}
+    # 2-byte empty ResourceSpans: ~8 KiB of gzip used to cost 14 s of CPU and 270 MB; now refused before parsing
+    bomb = gzip.compress(b"\x0a\x00" * 400_000)
+    refused = api.post("/v1/traces", content=bomb, headers={**pb, "Content-Encoding": "gzip"})
+    assert refused.status_code == 400 and f"more than {MAX_ENTRIES}" in _status(refused).message
+    scopes = b"\x12\x00" * (MAX_ENTRIES + 1)  # one ResourceSpans holding empty ScopeSpans
+    one_resource = b"\x0a" + encode_varint(len(scopes)) + scopes
+    assert api.post("/v1/traces", content=one_resource, headers=pb).status_code == 400
+    as_json = json.dumps({"resourceSpans": [{"scopeSpans": [{}] * MAX_ENTRIES}]}).encode()
+    assert api.post("/v1/traces", content=as_json, headers=js).status_code == 400
+
+    # below the cap: empty entries are skipped, equal resources and scopes give one shared object each
+    spans = SpanFactory().run(unique("agent"), unique("s"), "u", NODES)[1]
+    request = encode_spans(spans)
+    request.resource_spans.add()  # empty
+    request.resource_spans.add().CopyFrom(request.resource_spans[0])
+    request.resource_spans[-1].scope_spans.add()  # empty scope beside the full one
+    decoded = decode_request(request.SerializeToString(), PROTOBUF)
+    assert len(decoded.spans) == 2 * len(spans) and decoded.rejected == 0
+    assert len({id(s.resource) for s in decoded.spans}) == 1
+    assert len({id(s.instrumentation_scope) for s in decoded.spans}) == 1
+
+
+def encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 def test_api_bad_input_is_json(server: Server, api: httpx.Client) -> None:
     cases = [
         ("/api/v1/agents/history", {"skip": -1}, 422),
@@ -585,6 +657,29 @@ def test_storage_failure_answers_503_then_recovers(tmp_path: Path) -> None:
             assert logs["summary"]["total_nodes"] == 3  # the retried spans are read once
 
 
+def test_stalled_upload_gets_408_and_frees_its_ingest_slot(tmp_path: Path) -> None:
+    key = new_key()
+    keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--durability", "sync", "--max-pending-ingest", "1"]
+    spans = SpanFactory().run(unique("agent"), unique("s"), "u", NODES)[1]
+    body = encode_spans(spans).SerializeToString()
+    with Server(tmp_path / "lake", [*args, "--body-timeout-s", "0.5"]) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as stalled:
+            head = (
+                f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: {PROTOBUF}\r\nContent-Length: 1000\r\n\r\n"
+            )
+            stalled.sendall(head.encode() + b"\x0a")  # 1 of 1000 bytes, then nothing
+            answer = b""
+            while data := stalled.recv(65536):  # until the server closes (the socket timeout bounds the wait)
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"no body data for 0.5 s" in answer
+        with httpx.Client(base_url=server.base, headers=auth(key)) as client:  # the one slot is free again
+            response = client.post("/v1/traces", content=body, headers={"Content-Type": PROTOBUF})
+            assert response.status_code == 200, response.text
+
+
 def test_buffered_durability_flushes_on_shutdown(tmp_path: Path) -> None:
     key = new_key()
     keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
@@ -692,6 +787,59 @@ def test_ingest_log_survives_a_hard_crash(tmp_path: Path) -> None:
         assert not segment.exists()  # written to part files, then dropped
     assert "replayed 2 request(s), 6 span(s) from 1 ingest log segment(s)" in restarted.log()
     assert "torn record at byte" in restarted.log()
+
+
+def test_ingest_log_keeps_requests_whose_rows_were_dropped_during_an_outage(tmp_path: Path) -> None:
+    """A lake outage fills the writer's buffer: past its cap the writer drops rows. Requests already answered 200
+    keep their log segments (replayed at restart), and further requests get 503 until there is room."""
+    key = new_key()
+    keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
+    lake = tmp_path / "lake"
+    blocker = lake / "spans" / "tenant=t1"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the tenant folder should be")  # every write of tenant t1 now fails
+    cap = 300_000
+    big = [{**n, "output": f"{n['id']}-" + "x" * (cap // 2)} for n in NODES]  # one request's rows pass the cap
+    factory = SpanFactory()
+    run_id, spans = factory.run(unique("agent"), unique("s"), "u", big)
+    small = [{**n, "output": "y" * (cap // 10)} for n in NODES]
+    small_run_id, small_spans = factory.run(unique("agent"), unique("s"), "u", small)
+    more_run_id, more_spans = factory.run(unique("agent"), unique("s"), "u", big)
+    pb = {"Content-Type": PROTOBUF}
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--flush-interval-s", "0.2"]
+    with Server(lake, args, env={"RUNLAKE_MAX_BUFFER_BYTES": str(cap)}) as server:
+        with httpx.Client(base_url=server.base, headers=auth(key), timeout=30) as client:
+            first = client.post("/v1/traces", content=encode_spans(spans).SerializeToString(), headers=pb)
+            assert first.status_code == 200, first.text  # in the log; its rows went past the cap and were dropped
+            [tenant] = client.get("/api/v1/status").json()["ingest"]
+            assert tenant["dropped_rows"] > 0 and tenant["failing"]
+            kept = client.post("/v1/traces", content=encode_spans(small_spans).SerializeToString(), headers=pb)
+            assert kept.status_code == 200, kept.text  # room in the buffer: taken, and kept there
+            # backpressure: while the lake fails, a request that would pass the cap is refused before the log
+            refused = client.post("/v1/traces", content=encode_spans(more_spans).SerializeToString(), headers=pb)
+            assert refused.status_code == 503 and refused.headers["retry-after"].isdigit()
+            assert "buffer is full" in _status(refused).message
+
+            blocker.unlink()  # the lake is back: the client's retry is taken, checkpoints succeed again
+            retried = client.post("/v1/traces", content=encode_spans(more_spans).SerializeToString(), headers=pb)
+            assert retried.status_code == 200, retried.text
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                [tenant] = client.get("/api/v1/status").json()["ingest"]
+                if tenant["failing"] is None and tenant["files_written"]:
+                    break
+                time.sleep(0.1)  # polling interval of a bounded wait for the next checkpoint
+            assert tenant["failing"] is None and tenant["files_written"]
+            assert list((lake / ".ingest-log").glob("segment-*.log"))  # kept although checkpoints succeeded
+    assert "ingest log segment(s) are kept" in server.log() and "Traceback" not in server.log()
+
+    with Server(lake, ["--keys-file", str(keys_file), "--no-ttl"]) as restarted:  # replays the kept segments
+        with httpx.Client(base_url=restarted.base, headers=auth(key), timeout=30) as client:
+            for run in (run_id, small_run_id, more_run_id):
+                logs = client.get("/api/v1/agents/logs", params={"run_id": run})
+                assert logs.status_code == 200, logs.text
+                assert logs.json()["summary"]["total_nodes"] == 3
+    assert "runlake: replayed" in restarted.log()  # how many depends on which segments shared the drop
 
 
 def test_ingest_log_mode_is_readable_after_the_flush_interval(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from opentelemetry.exporter.runlake.layout import encode_partition_value
 from opentelemetry.sdk.trace.export import SpanExportResult
 from server_fixtures import Server, SpanFactory, auth, new_key, send, write_keys
 
+from runlake import HistoryDB
 from runlake.auth import KeysError, key_from_headers, load_keys, parse_keys_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -103,7 +105,31 @@ def test_x_api_key_header_and_hashed_keys(world: World) -> None:
     with httpx.Client(base_url=world.server.base, headers={"X-API-Key": world.keys["bob"]}) as client:
         assert {h["run_id"] for h in client.get("/api/v1/agents/history").json()} == {world.runs["bob"]}
     assert key_from_headers({"authorization": "bearer  abc "}) == "abc"
-    assert key_from_headers({"authorization": "Basic abc", "x-api-key": "k"}) is None
+    assert key_from_headers({"authorization": "Basic abc", "x-api-key": "k"}) == "k"  # X-API-Key is the fallback
+    assert key_from_headers({"authorization": "Bearer", "x-api-key": "k"}) == "k"
+    assert key_from_headers({"authorization": "Bearer b", "x-api-key": "k"}) == "b"
+
+
+def test_x_api_key_beside_another_authorization_scheme(world: World) -> None:
+    """A proxy's ``Authorization: Basic`` must not hide the X-API-Key; a key under the wrong scheme is named."""
+    bob = world.keys["bob"]
+    for authorization in ("Basic dXNlcjpwYXNz", "Bearer", "Token abc"):
+        headers = {"Authorization": authorization, "X-API-Key": bob}
+        with httpx.Client(base_url=world.server.base, headers=headers) as client:
+            response = client.get("/api/v1/agents/history")
+            assert response.status_code == 200, (authorization, response.text)
+            assert {h["run_id"] for h in response.json()} == {world.runs["bob"]}
+            ingest = client.post("/v1/traces", content=b"{}", headers={"Content-Type": "application/json"})
+            assert ingest.status_code == 200, (authorization, ingest.text)
+    for scheme in ("Basic", "Token"):
+        headers = {"Authorization": f"{scheme} {bob}"}
+        with httpx.Client(base_url=world.server.base, headers=headers) as client:
+            response = client.get("/api/v1/agents/history")
+            assert response.status_code == 401
+            assert f"Authorization scheme '{scheme}' is not supported" in response.json()["detail"]
+            ingest = client.post("/v1/traces", content=b"{}", headers={"Content-Type": "application/json"})
+            assert ingest.status_code == 401
+            assert f"Authorization scheme '{scheme}' is not supported" in ingest.json()["message"]
 
 
 # ---- user keys see their own runs; admins their tenant ------------------------------------------------------
@@ -254,6 +280,37 @@ def test_websocket_events_are_scoped(world: World) -> None:
 
 
 # ---- key loading -------------------------------------------------------------------------------------------
+def test_a_user_key_writes_only_as_its_own_user(tmp_path: Path) -> None:
+    """Spans sent with alice's ``user`` key that claim user carol are stored as alice's, also through the
+    ingest log's replay after a crash; an admin key keeps the user the spans name."""
+    keys = {"alice": new_key(), "admin": new_key()}
+    keys_file = write_keys(
+        tmp_path / "keys.json",
+        [
+            {"key": keys["alice"], "tenant_id": "acme", "user_id": "alice", "role": "user"},
+            {"key": keys["admin"], "tenant_id": "acme", "role": "admin"},
+        ],
+    )
+    lake = tmp_path / "lake"
+    factory = SpanFactory()
+    replayed_run, replayed_spans = factory.run("agent-x", "s-1", "carol", NODES)
+    live_run, live_spans = factory.run("agent-x", "s-2", "carol", NODES)
+    admin_run, admin_spans = factory.run("agent-x", "s-3", "carol", NODES)
+    crashed = Server(lake, ["--keys-file", str(keys_file), "--no-ttl", "--flush-interval-s", "600"])
+    with crashed:
+        assert send(crashed, keys["alice"], replayed_spans) is SpanExportResult.SUCCESS  # in the log only
+        crashed.stop(signal.SIGKILL)
+    with Server(lake, ["--keys-file", str(keys_file), "--no-ttl", "--flush-interval-s", "600"]) as server:
+        with httpx.Client(base_url=server.base, headers=auth(keys["alice"])) as client:  # replayed before serving
+            assert {h["run_id"] for h in client.get("/api/v1/agents/history").json()} == {replayed_run}
+        assert send(server, keys["alice"], live_spans) is SpanExportResult.SUCCESS
+        assert send(server, keys["admin"], admin_spans) is SpanExportResult.SUCCESS
+    assert "Traceback" not in server.log()
+    history = HistoryDB(lake)
+    assert {h["run_id"] for h in history.scoped("acme", "alice").get_history()} == {replayed_run, live_run}
+    assert {h["run_id"] for h in history.scoped("acme", "carol").get_history()} == {admin_run}
+
+
 def test_keys_file_formats_and_errors(tmp_path: Path) -> None:
     key = new_key()
     toml = tmp_path / "keys.toml"

@@ -61,6 +61,7 @@ __all__ = [
     "key_from_headers",
     "key_from_subprotocols",
     "load_keys",
+    "unsupported_scheme",
 ]
 
 ENV_VAR = "RUNLAKE_API_KEYS"
@@ -251,15 +252,28 @@ def load_keys(
 
 # ---- extracting the key from a request ------------------------------------------------------------------------
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The key of ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (header names case-insensitive)."""
-    authorization = headers.get("authorization")
-    if authorization:
-        scheme, _, credentials = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-        return None
+    """The key of ``Authorization: Bearer <key>``, else of ``X-API-Key: <key>`` (header names case-insensitive).
+
+    Another Authorization scheme (``Basic`` added by a proxy, say) does not hide an ``X-API-Key`` beside it.
+    """
+    scheme, credentials = _authorization(headers)
+    if scheme.lower() == "bearer" and credentials:
+        return credentials
     key = headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
+
+
+def unsupported_scheme(headers: Mapping[str, str]) -> str | None:
+    """The scheme of an ``Authorization`` header other than Bearer when no key was found: named in the 401."""
+    scheme, _ = _authorization(headers)
+    if not scheme or scheme.lower() == "bearer" or key_from_headers(headers) is not None:
+        return None
+    return scheme[:40]
+
+
+def _authorization(headers: Mapping[str, str]) -> tuple[str, str]:
+    scheme, _, credentials = (headers.get("authorization") or "").strip().partition(" ")
+    return scheme, credentials.strip()
 
 
 def key_from_subprotocols(subprotocols: Iterable[str]) -> str | None:

@@ -16,7 +16,9 @@ from typing import Any
 from . import otlp
 
 _logger = logging.getLogger("runlake.server")
-_RECORD = struct.Struct("<4sBBHII")  # magic, media (0 protobuf, 1 JSON), has tenant, tenant length, body length, crc32
+_RECORD = struct.Struct("<4sBBHII")  # magic, media (0 protobuf, 1 JSON), flags, tenant length, body length, crc32
+_USER_LEN = struct.Struct("<H")  # with flag 2: the forced user's length and bytes, before the tenant
+_HAS_TENANT, _HAS_USER = 1, 2
 _MAGIC = b"RLI1"
 _MEDIA_CODES = {otlp.PROTOBUF: 0, otlp.JSON: 1}
 _MEDIA_NAMES = {v: k for k, v in _MEDIA_CODES.items()}
@@ -84,14 +86,20 @@ class IngestLog:
         with self._cond:
             self._closed.extend(_Segment(p) for p in paths)
 
-    def append(self, tenant: str | None, media: str, body: bytes) -> _Segment:
-        """Write one request; raises ``StorageUnavailable`` if it cannot be written (nothing accepted)."""
+    def append(self, tenant: str | None, media: str, body: bytes, user: str | None = None) -> _Segment:
+        """Write one request (``user``: the user its spans are forced to); raises ``StorageUnavailable`` if it
+        cannot be written (nothing accepted)."""
         tenant_bytes = (tenant or "").encode("utf-8")
+        flags = _HAS_TENANT if tenant is not None else 0
+        if user is not None:
+            user_bytes = user.encode("utf-8")
+            tenant_bytes = _USER_LEN.pack(len(user_bytes)) + user_bytes + tenant_bytes
+            flags |= _HAS_USER
         header = _RECORD.pack(
             _MAGIC,
             _MEDIA_CODES[media],
-            tenant is not None,
-            len(tenant_bytes),
+            flags,
+            len(tenant_bytes),  # tenant and user
             len(body),
             zlib.crc32(tenant_bytes + body),
         )
@@ -156,6 +164,14 @@ class IngestLog:
             with self._cond:
                 self._closed[:0] = keep
 
+    def keep_for_replay(self, segments: list[_Segment]) -> None:
+        """Leave ``segments`` on disk but out of every later checkpoint: the next start-up replays them."""
+        with self._cond:
+            for segment in segments:
+                if segment.handle is not None:
+                    segment.handle.close()
+                    segment.handle = None
+
     def close(self) -> None:
         with self._cond:
             for segment in [self._current, *self._closed]:
@@ -167,8 +183,9 @@ class IngestLog:
             self._lock_file = None
 
     @staticmethod
-    def read(path: Path) -> Iterator[tuple[str | None, str, bytes]]:
-        """The intact records of one segment: (tenant, media type, body); stops at a torn or corrupt record."""
+    def read(path: Path) -> Iterator[tuple[str | None, str, bytes, str | None]]:
+        """The intact records of one segment: (tenant, media type, body, forced user); stops at a torn or corrupt
+        record."""
         with open(path, "rb") as f:
             data = f.read()
         offset = 0
@@ -176,7 +193,7 @@ class IngestLog:
             if len(data) - offset < _RECORD.size:
                 _logger.warning("runlake ingest log %s: torn record at byte %d skipped", path.name, offset)
                 return
-            magic, media, has_tenant, tenant_len, body_len, crc = _RECORD.unpack_from(data, offset)
+            magic, media, flags, tenant_len, body_len, crc = _RECORD.unpack_from(data, offset)
             start = offset + _RECORD.size
             end = start + tenant_len + body_len
             if magic != _MAGIC or media not in _MEDIA_NAMES or end > len(data):
@@ -186,6 +203,11 @@ class IngestLog:
             if zlib.crc32(payload) != crc:
                 _logger.warning("runlake ingest log %s: record at byte %d fails its checksum", path.name, offset)
                 return
-            tenant = payload[:tenant_len].decode("utf-8") if has_tenant else None
-            yield tenant, _MEDIA_NAMES[media], payload[tenant_len:]
+            head, user = payload[:tenant_len], None
+            if flags & _HAS_USER:  # the CRC held, so the lengths inside are the ones written
+                (user_len,) = _USER_LEN.unpack_from(head)
+                user = head[_USER_LEN.size : _USER_LEN.size + user_len].decode("utf-8")
+                head = head[_USER_LEN.size + user_len :]
+            tenant = head.decode("utf-8") if flags & _HAS_TENANT else None
+            yield tenant, _MEDIA_NAMES[media], payload[tenant_len:], user
             offset = end

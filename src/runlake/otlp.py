@@ -60,6 +60,7 @@ _PROTOBUF_ALIASES = {PROTOBUF, "application/protobuf", "application/vnd.google.p
 
 _INT64_MAX = (1 << 63) - 1  # the lake stores times as int64 nanoseconds
 _MAX_REASONS = 3  # reasons quoted in partial_success.error_message
+MAX_ENTRIES = 10_000  # ResourceSpans + ScopeSpans per request; real batches carry a few (HTTP 400 beyond)
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _ID_FIELDS = (("traceId", "trace_id", 32), ("spanId", "span_id", 16), ("parentSpanId", "parent_span_id", 16))
 # OTLP SpanKind (0 = unspecified) → SDK SpanKind
@@ -118,29 +119,110 @@ def media_type(content_type: str | None) -> str | None:
 
 
 # ---- parsing ------------------------------------------------------------------------------------------------
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]  # IndexError past the end: left for the parser to refuse
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes, start: int, end: int) -> Iterable[tuple[int, int, int]]:
+    """(field number, start, end) of the fields of one message; stops at a group (``_count_entries`` then counts)."""
+    pos = start
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, value_end = _varint(data, pos)
+        elif wire in (1, 5):
+            value_end = pos + (8 if wire == 1 else 4)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value_end = pos + length
+        else:
+            return
+        yield tag >> 3, pos, value_end
+        pos = value_end
+
+
+def _too_many_entries(body: bytes) -> bool:
+    """More than ``MAX_ENTRIES`` fields at the ResourceSpans and ScopeSpans levels, found before parsing.
+
+    Parsing 4 million empty 2-byte ResourceSpans costs ~300 MB; this scan stops after ``MAX_ENTRIES`` fields.
+    """
+    budget = MAX_ENTRIES
+    try:
+        for number, start, end in _fields(body, 0, len(body)):
+            budget -= 1
+            if number == 1:  # resource_spans: count its fields (scope_spans and the rest) too
+                for _ in _fields(body, start, min(end, len(body))):
+                    budget -= 1
+                    if budget < 0:
+                        return True
+            if budget < 0:
+                return True
+    except IndexError:
+        return False
+    return False
+
+
+def _count_entries(request: ExportTraceServiceRequest) -> int:
+    """ResourceSpans + ScopeSpans of a parsed request, counted up to just past ``MAX_ENTRIES``."""
+    entries = len(request.resource_spans)
+    for resource_spans in request.resource_spans:
+        if entries > MAX_ENTRIES:
+            break
+        entries += len(resource_spans.scope_spans)
+    return entries
+
+
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """Parse a binary protobuf ExportTraceServiceRequest."""
+    too_many = f"request has more than {MAX_ENTRIES} ResourceSpans and ScopeSpans entries"
+    if _too_many_entries(body):
+        raise OTLPDecodeError(too_many)
     try:
-        return ExportTraceServiceRequest.FromString(body)
+        request = ExportTraceServiceRequest.FromString(body)
     except (DecodeError, RuntimeError, ValueError) as error:
         raise OTLPDecodeError(f"body is not a protobuf ExportTraceServiceRequest: {error}") from None
+    if _count_entries(request) > MAX_ENTRIES:  # what the scan could not see (fields inside groups)
+        raise OTLPDecodeError(too_many)
+    return request
 
 
 def parse_json(body: bytes, decoded: DecodedRequest | None = None) -> ExportTraceServiceRequest:
     """Parse an OTLP/JSON ExportTraceServiceRequest; spans with ids that are not hex are rejected into ``decoded``."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:  # nesting deeper than the interpreter's stack: a client error, not a crash
+        raise OTLPDecodeError("body is not valid JSON: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, or an integer over the digit limit
         raise OTLPDecodeError(f"body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: the top level must be an object")
+    entries = 0
+    for resource_spans in _list(_get(data, "resourceSpans", "resource_spans")):
+        scopes = _get(resource_spans, "scopeSpans", "scope_spans") if isinstance(resource_spans, dict) else None
+        entries += 1 + len(_list(scopes))
+        if entries > MAX_ENTRIES:
+            raise OTLPDecodeError(f"request has more than {MAX_ENTRIES} ResourceSpans and ScopeSpans entries")
     _hex_ids_to_base64(data, decoded if decoded is not None else DecodedRequest())
     request = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(data, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as error:
         raise OTLPDecodeError(f"body is not an OTLP/JSON ExportTraceServiceRequest: {error}") from None
+    except RecursionError:
+        raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: nested too deeply") from None
     return request
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _dicts(value: Any) -> Iterable[dict]:
@@ -285,10 +367,24 @@ def to_readable_spans(request: ExportTraceServiceRequest, decoded: DecodedReques
     """The request's valid spans as ``ReadableSpan`` objects; invalid ones are counted in the result."""
     out = decoded if decoded is not None else DecodedRequest()
     spans = out.spans
+    # one Resource / scope object per distinct value: building and validating one per entry is the cost of a
+    # request of many small entries (and the mapper caches per Resource object)
+    resources: dict[tuple[bytes, str], Resource] = {}
+    scopes: dict[tuple[bytes, str], InstrumentationScope] = {}
     for resource_spans in request.resource_spans:
-        resource = _resource(resource_spans.resource, resource_spans.schema_url)
+        if not any(scope_spans.spans for scope_spans in resource_spans.scope_spans):
+            continue  # nothing to store: skip before building anything
+        key = (resource_spans.resource.SerializeToString(), resource_spans.schema_url)
+        resource = resources.get(key)
+        if resource is None:
+            resource = resources[key] = _resource(resource_spans.resource, resource_spans.schema_url)
         for scope_spans in resource_spans.scope_spans:
-            scope = _scope(scope_spans)
+            if not scope_spans.spans:
+                continue
+            key = (scope_spans.scope.SerializeToString(), scope_spans.schema_url)
+            scope = scopes.get(key)
+            if scope is None:
+                scope = scopes[key] = _scope(scope_spans)
             for span in scope_spans.spans:
                 problem = _problem(span)
                 if problem is not None:

@@ -130,6 +130,7 @@ def status(request: Request, principal: Caller) -> dict[str, Any]:
             "folder": str(runtime.log.folder),
             "requests_logged": runtime.log.appended,
             "checkpoints": runtime.checkpoints,
+            "segments_kept_for_replay": runtime.kept_for_replay,
             "replayed_at_start": runtime.replayed,
         },
         "websocket": runtime.hub.counters(principal.tenant_id),

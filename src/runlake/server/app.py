@@ -21,6 +21,7 @@ from ..ingest_log import StorageUnavailable
 from . import api, ingest, live
 from .runtime import Runtime
 from .settings import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_COMPACT_INTERVAL_S,
     DEFAULT_COMPACT_OLDER_THAN_MIN,
     DEFAULT_FLUSH_INTERVAL_S,
@@ -51,6 +52,7 @@ def create_app(
     fsync: bool = False,
     ws_queue_size: int = DEFAULT_WS_QUEUE,
     max_pending_ingest: int = DEFAULT_MAX_PENDING_INGEST,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     min_session_rows: int = DEFAULT_MIN_SESSION_ROWS,
     compact_interval_s: float | None = DEFAULT_COMPACT_INTERVAL_S,
     compact_older_than_minutes: float = DEFAULT_COMPACT_OLDER_THAN_MIN,
@@ -80,8 +82,8 @@ def create_app(
         raise ValueError("ttl_interval_s must be positive (or None to switch the TTL task off)")
     if compact_interval_s is not None and compact_interval_s <= 0:
         raise ValueError("compact_interval_s must be positive (or None to switch compaction off)")
-    if ws_queue_size < 1 or max_pending_ingest < 1 or flush_interval_s <= 0:
-        raise ValueError("ws_queue_size, max_pending_ingest and flush_interval_s must be positive")
+    if ws_queue_size < 1 or max_pending_ingest < 1 or flush_interval_s <= 0 or body_timeout_s <= 0:
+        raise ValueError("ws_queue_size, max_pending_ingest, flush_interval_s and body_timeout_s must be positive")
     settings = ServerSettings(
         root=root,
         keys=keys,
@@ -94,6 +96,7 @@ def create_app(
         fsync=fsync,
         ws_queue_size=ws_queue_size,
         max_pending_ingest=max_pending_ingest,
+        body_timeout_s=body_timeout_s,
         min_session_rows=max(int(min_session_rows), 0),
         compact_interval_s=compact_interval_s,
         compact_older_than_minutes=compact_older_than_minutes,

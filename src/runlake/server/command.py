@@ -15,6 +15,7 @@ from ..cli import DEFAULT_STATE_URL, STATE_URL_ENV
 from ..ingest_log import IngestLogLocked
 from .app import create_app
 from .settings import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_COMPACT_INTERVAL_S,
     DEFAULT_COMPACT_OLDER_THAN_MIN,
     DEFAULT_FLUSH_INTERVAL_S,
@@ -145,6 +146,12 @@ def serve_command(
         min=1,
         help="OTLP requests in progress at once; more get 429 with Retry-After.",
     ),
+    body_timeout_s: float = typer.Option(
+        DEFAULT_BODY_TIMEOUT_S,
+        "--body-timeout-s",
+        min=0.01,
+        help="An OTLP body that sends nothing for this long gets 408, so stalled clients cannot hold ingest slots.",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
@@ -170,6 +177,7 @@ def serve_command(
             fsync=fsync,
             ws_queue_size=ws_queue_size,
             max_pending_ingest=max_pending_ingest,
+            body_timeout_s=body_timeout_s,
         )
     except (KeysError, ValueError, IngestLogLocked) as error:
         typer.echo(f"runlake serve: {error}", err=True)

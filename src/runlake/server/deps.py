@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
 from ..api_models import ErrorBody
-from ..auth import Principal, key_from_headers
+from ..auth import Principal, key_from_headers, unsupported_scheme
 from ..history import HistoryDB
 from ..service import ExecutionHistoryService
 from .runtime import Runtime
@@ -20,6 +21,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def missing_key_message(headers: Mapping[str, str]) -> str:
+    """The 401 text when no key was found: names an unsupported Authorization scheme, the usual cause."""
+    scheme = unsupported_scheme(headers)
+    if scheme is not None:
+        return f"missing API key: Authorization scheme {scheme!r} is not supported; {AUTH_HELP}"
+    return f"missing API key: {AUTH_HELP}"
+
+
 def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime
 
@@ -30,7 +39,7 @@ def caller(request: Request) -> Principal:
     key = key_from_headers(request.headers)
     principal = runtime.authenticate(key)
     if principal is None:
-        message = f"missing API key: {AUTH_HELP}" if key is None else "invalid API key"
+        message = missing_key_message(request.headers) if key is None else "invalid API key"
         raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
     return principal
 

@@ -3,6 +3,7 @@ bombs), decoded and stored off the event loop; errors are ``google.rpc.Status`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 
@@ -13,12 +14,12 @@ from fastapi.responses import Response
 from .. import otlp
 from ..auth import key_from_headers
 from ..ingest_log import IngestLog, StorageUnavailable
-from .deps import AUTH_HELP, runtime_of
+from .deps import missing_key_message, runtime_of
 from .runtime import TenantSink
 from .settings import RETRY_AFTER_S
 
 _logger = logging.getLogger("runlake.server")
-_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+_GRPC_CODES = {400: 3, 401: 16, 408: 4, 403: 7, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 
 router = APIRouter()
 
@@ -31,8 +32,9 @@ class BodyError(Exception):
 
 
 # ---- request bodies ----------------------------------------------------------------------------------------------
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first)."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first), and
+    with 408 when no data arrives for ``timeout_s``: a stalled client must not hold an ingest slot for ever."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -42,7 +44,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyError(400, "Content-Length is not a number") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise BodyError(408, f"no body data for {timeout_s:g} s; send the request again") from None
         size += len(chunk)
         if size > limit:
             raise BodyError(413, f"body is over the limit of {limit} bytes")
@@ -50,25 +60,40 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_GZIP_MEMBERS = 1000  # concatenated gzip members per body; real clients send one
+_INFLATE_CHUNK = 64 << 10
+
+
 def decompress(data: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` (gzip or deflate), never producing more than ``limit`` bytes (no bombs)."""
+    """Undo ``Content-Encoding`` (gzip or deflate), never producing more than ``limit`` bytes (no bombs).
+
+    The input is fed in slices, so ``unused_data`` never copies the rest of the body: the work is linear in the
+    body, whatever its number of gzip members (at most ``MAX_GZIP_MEMBERS``).
+    """
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}[encoding]
+    view = memoryview(data)
     out = bytearray()
-    pending = data
-    while pending:
+    pos = members = 0
+    while pos < len(view):
+        if members == MAX_GZIP_MEMBERS:
+            raise BodyError(400, f"{encoding} body has more than {MAX_GZIP_MEMBERS} members")
+        if members and encoding == "deflate":
+            raise BodyError(400, "deflate body has trailing data")
+        members += 1
         inflater = zlib.decompressobj(wbits)
         try:
-            out += inflater.decompress(pending, limit + 1 - len(out))
-            if len(out) > limit or inflater.unconsumed_tail:
-                raise BodyError(413, f"decompressed body is over the limit of {limit} bytes")
-            if not inflater.eof:
-                raise BodyError(400, f"{encoding} body is truncated")
+            while not inflater.eof and pos < len(view):
+                chunk = view[pos : pos + _INFLATE_CHUNK]
+                pos += len(chunk)
+                out += inflater.decompress(chunk, limit + 1 - len(out))
+                if len(out) > limit or inflater.unconsumed_tail:
+                    raise BodyError(413, f"decompressed body is over the limit of {limit} bytes")
         except zlib.error as error:
-            raise BodyError(400, f"body is not valid {encoding}: {error}") from None
-        # gzip allows several members one after the other; anything else after the stream is an error
-        pending = inflater.unused_data if encoding != "deflate" else b""
-        if encoding == "deflate" and inflater.unused_data:
-            raise BodyError(400, "deflate body has trailing data")
+            where = f"data after gzip member {members - 1}" if members > 1 else f"body is not valid {encoding}"
+            raise BodyError(400, f"{where}: {error}") from None
+        if not inflater.eof:
+            raise BodyError(400, f"{encoding} body is truncated")
+        pos -= len(inflater.unused_data)  # the start of the next member (gzip allows several)
     return bytes(out)
 
 
@@ -87,6 +112,7 @@ def otlp_error(media: str, status: int, message: str, headers: dict[str, str] | 
         200: {"description": "ExportTraceServiceResponse; partial_success counts rejected spans"},
         400: {"description": "Malformed protobuf / JSON / gzip (google.rpc.Status)"},
         401: {"description": "No key or an unknown key"},
+        408: {"description": "The body stalled for longer than --body-timeout-s"},
         413: {"description": "Body (or decompressed body) over the limit"},
         415: {"description": "Content-Type other than application/x-protobuf or application/json"},
         429: {"description": "Too many requests in progress; retry after Retry-After"},
@@ -100,7 +126,7 @@ async def ingest(request: Request) -> Response:
     key = key_from_headers(request.headers)
     principal = runtime.authenticate(key)
     if principal is None:
-        message = f"missing API key: {AUTH_HELP}" if key is None else "invalid API key"
+        message = missing_key_message(request.headers) if key is None else "invalid API key"
         return otlp_error(media, 401, message, {"WWW-Authenticate": "Bearer"})
     if otlp.media_type(request.headers.get("content-type")) is None:
         return otlp_error(
@@ -115,7 +141,7 @@ async def ingest(request: Request) -> Response:
         return otlp_error(media, 429, "too many requests in progress", {"Retry-After": str(RETRY_AFTER_S)})
     runtime.pending_ingest += 1
     try:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         sink = runtime.sink(principal.tenant_id)
         decoded, rejected = await anyio.to_thread.run_sync(
             _decode_and_store,
@@ -125,10 +151,12 @@ async def ingest(request: Request) -> Response:
             settings.max_body_bytes,
             sink,
             runtime.log,
+            principal.read_user,  # a user key writes as its own user, whatever the spans claim
             limiter=runtime.ingest_limiter,
         )
     except BodyError as error:
-        return otlp_error(media, error.status, error.message)
+        headers = {"Connection": "close"} if error.status == 408 else None  # the rest of the body is not read
+        return otlp_error(media, error.status, error.message, headers)
     except otlp.OTLPDecodeError as error:
         return otlp_error(media, 400, str(error))
     except StorageUnavailable as error:
@@ -147,10 +175,16 @@ async def ingest(request: Request) -> Response:
 
 
 def _decode_and_store(
-    body: bytes, encoding: str, media: str, limit: int, sink: TenantSink, log: IngestLog | None
+    body: bytes,
+    encoding: str,
+    media: str,
+    limit: int,
+    sink: TenantSink,
+    log: IngestLog | None,
+    user: str | None,
 ) -> tuple[otlp.DecodedRequest, int]:
     if encoding in ("gzip", "x-gzip", "deflate"):
         body = decompress(body, encoding, limit)
     decoded = otlp.decode_request(body, media)
-    rejected = sink.ingest(decoded.spans, log, (media, body)) if decoded.spans else 0
+    rejected = sink.ingest(decoded.spans, log, (media, body), user=user) if decoded.spans else 0
     return decoded, rejected

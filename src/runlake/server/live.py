@@ -15,7 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 from ..api_models import WsParams
 from ..auth import WS_SUBPROTOCOL_PREFIX, key_from_headers, key_from_subprotocols
 from ..events import Subscriber
-from .deps import AUTH_HELP
+from .deps import missing_key_message
 from .runtime import Runtime
 from .settings import WS_SUBPROTOCOL
 
@@ -40,7 +40,7 @@ async def live_events(websocket: WebSocket) -> None:
     key = key_from_headers(websocket.headers) or key_from_subprotocols(offered)
     principal = runtime.authenticate(key)
     if principal is None:
-        message = f"missing API key: {AUTH_HELP} (or offer subprotocol {WS_SUBPROTOCOL_PREFIX}<key>)"
+        message = f"{missing_key_message(websocket.headers)} (or offer subprotocol {WS_SUBPROTOCOL_PREFIX}<key>)"
         await _deny(websocket, 401, message if key is None else "invalid API key")
         return
     try:

@@ -76,19 +76,30 @@ class TenantSink:
         log: IngestLog | None = None,
         record: tuple[str, bytes] | None = None,
         timeout_s: float = 30.0,
+        user: str | None = None,
     ) -> int:
-        """Store ``spans`` (logging ``record`` = (media, body) first when ``log`` is given).
+        """Store ``spans`` (logging ``record`` = (media, body) first when ``log`` is given); ``user``: store them
+        under this user whatever they claim (a ``user`` key writes only its own runs, as it reads only those).
 
         Returns the number the mapping refused. Raises ``StorageUnavailable``: nothing was accepted.
         """
         writer = self.exporter.writer
         if log is None and writer.failing is not None and not writer.flush():  # is the lake back? try it
             raise StorageUnavailable(f"the lake cannot be written: {writer.failing}")
-        segment = log.append(self.tenant, *record) if log is not None and record is not None else None
+        if log is not None and record is not None and writer.failing is not None and self._buffer_full(record[1]):
+            # backpressure: past the cap the writer would drop rows of requests already answered 200
+            raise StorageUnavailable(
+                f"the lake cannot be written ({writer.failing}) and the write buffer is full; retry later"
+            )
+        segment = log.append(self.tenant, *record, user=user) if log is not None and record is not None else None
         try:
             with self._export_lock:
                 before = self.exporter.rejected_spans
-                result = self.exporter.export(spans)
+                self.exporter.force_user = user  # per request: one writer serves every user of the tenant
+                try:
+                    result = self.exporter.export(spans)
+                finally:
+                    self.exporter.force_user = None
                 rejected = self.exporter.rejected_spans - before
                 failing = writer.failing
                 self._added += 1
@@ -103,6 +114,17 @@ class TenantSink:
         self.requests += 1
         self.spans += len(spans) - rejected
         return rejected
+
+    def _buffer_full(self, body: bytes) -> bool:
+        """Would the rows of ``body`` pass the writer's buffer cap, even after trying to write the buffer?
+
+        Twice the body's size estimates what its rows add (rows repeat some columns). An empty buffer is never
+        full: the request is taken, and its own write tells whether the lake is back.
+        """
+        writer = self.exporter.writer
+        if not writer.buffered_bytes or writer.buffered_bytes + 2 * len(body) <= writer.max_buffer_bytes:
+            return False
+        return not writer.flush()  # is the lake back? then the buffer is empty now
 
     def _commit(self, ticket: int, timeout_s: float) -> bool:
         """Wait until every row of request ``ticket`` is on disk (True) or its write failed (False)."""
@@ -185,6 +207,8 @@ class Runtime:
         self._checkpoint_lock = threading.Lock()
         self.checkpoints = 0
         self.replayed: dict[str, int] = {"segments": 0, "requests": 0, "spans": 0}
+        self._dropped_mark = 0  # rows the writers had dropped when the ingest log was last known to cover them
+        self.kept_for_replay = 0  # ingest log segments left on disk for the next start-up (rows were dropped)
         self.log: IngestLog | None = None
         self._left_over: list[Path] = []
         if settings.durability == Durability.log:  # locked now, so a second server on this log fails at once
@@ -262,14 +286,14 @@ class Runtime:
             return
         segments, self._left_over = self._left_over, []
         for path in segments:
-            for tenant, media, body in IngestLog.read(path):
+            for tenant, media, body, user in IngestLog.read(path):
                 try:
                     decoded = otlp.decode_request(body, media)
                 except otlp.OTLPDecodeError as error:  # cannot happen for a logged body; never block start-up
                     _logger.error("runlake ingest log %s: a record cannot be decoded (%s)", path.name, error)
                     continue
                 if decoded.spans:
-                    self.sink(tenant).ingest(decoded.spans)
+                    self.sink(tenant).ingest(decoded.spans, user=user)
                 self.replayed["requests"] += 1
                 self.replayed["spans"] += len(decoded.spans)
         if segments:
@@ -300,11 +324,34 @@ class Runtime:
         with self._checkpoint_lock:
             segments = self.log.rotate()
             ok = all([sink.flush() for sink in self.sinks()])  # every sink, even after one fails
-            self.log.retire(segments, flushed=ok)
+            dropped = self.dropped_rows()
+            if dropped > self._dropped_mark:
+                self._keep_for_replay(segments, dropped)
+            else:
+                self.log.retire(segments, flushed=ok)
             self.checkpoints += 1
             if not ok:
                 _logger.error("runlake: checkpoint failed: the lake cannot be written; the ingest log is kept")
             return ok
+
+    def dropped_rows(self) -> int:
+        return sum(sink.exporter.writer.stats.dropped_rows for sink in self.sinks())
+
+    def _keep_for_replay(self, segments: list, dropped: int) -> None:
+        """Rows were dropped at the buffer cap: some requests of ``segments`` (or of the segment begun since) are
+        not in part files. Keep all of those segments for the next start-up's replay instead of deleting them."""
+        mark = self.dropped_rows()  # drops after this are seen by the next checkpoint
+        segments = [*segments, *self.log.rotate()]  # requests logged since the rotate may have lost rows as well
+        self.log.keep_for_replay(segments)
+        self.kept_for_replay += len(segments)
+        _logger.error(
+            "runlake: the writers dropped %d row(s) at their buffer cap while the lake could not be written; "
+            "%d ingest log segment(s) are kept in %s and replayed when the server restarts",
+            dropped - self._dropped_mark,
+            len(segments),
+            self.log.folder,
+        )
+        self._dropped_mark = mark
 
     async def checkpoint_loop(self, interval_s: float) -> None:
         while True:

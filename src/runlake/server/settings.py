@@ -18,6 +18,7 @@ DEFAULT_COMPACT_OLDER_THAN_MIN = 10.0
 DEFAULT_MIN_SESSION_ROWS = 256  # sessions with fewer rows in a flush share one file per day until compaction
 DEFAULT_WS_QUEUE = 1000  # events buffered per WebSocket connection; past it the oldest are dropped
 DEFAULT_MAX_PENDING_INGEST = 64  # OTLP requests in progress; past it: 429 + Retry-After
+DEFAULT_BODY_TIMEOUT_S = 30.0  # an OTLP body that makes no progress this long gets 408 (frees its slot)
 RETRY_AFTER_S = 2
 WS_SUBPROTOCOL = "runlake"
 
@@ -43,6 +44,7 @@ class ServerSettings:
     fsync: bool = False
     ws_queue_size: int = DEFAULT_WS_QUEUE
     max_pending_ingest: int = DEFAULT_MAX_PENDING_INGEST
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     ingest_threads: int = 4
     min_session_rows: int = DEFAULT_MIN_SESSION_ROWS
     compact_interval_s: float | None = DEFAULT_COMPACT_INTERVAL_S

@@ -304,6 +304,16 @@ class RunlakeSpanExporter(SpanExporter):
     def writer(self) -> LakeWriter:
         return self._writer
 
+    @property
+    def force_user(self) -> str | None:
+        """The user every mapped span is stored under (None: the user the span names); the ingest server sets
+        it per request for ``user`` keys, so a key cannot write runs as another user of its tenant."""
+        return self._mapper.force_user
+
+    @force_user.setter
+    def force_user(self, user: str | None) -> None:
+        self._mapper.force_user = user
+
 
 class RunStartProcessor(SpanProcessor):
     """Records run starts, and passes a run's session, user, tenant, TTL and run id on to child spans.

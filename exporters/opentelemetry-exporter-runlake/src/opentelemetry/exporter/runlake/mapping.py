@@ -390,8 +390,8 @@ class SpanMapper:
     """Turns ReadableSpans into row tuples in ``SPAN_COLUMNS`` order.
 
     ``default_tenant`` applies when a span names none; ``force_tenant`` overrides what spans claim (ingest
-    with an API key). ``redact``, when given, cleans text columns and leftover attributes before they are
-    stored.
+    with an API key), and ``force_user`` the user they claim (ingest with a ``user`` key). ``redact``, when
+    given, cleans text columns and leftover attributes before they are stored.
     """
 
     def __init__(
@@ -400,10 +400,12 @@ class SpanMapper:
         force_tenant: str | None = None,
         redact: Any = None,
         keep_runtime_state: bool = True,
+        force_user: str | None = None,
     ) -> None:
         self.default_tenant = default_tenant
         self.keep_runtime_state = keep_runtime_state
         self.force_tenant = force_tenant
+        self.force_user = force_user
         self.redact = redact
         self._resource_cache: dict[int, tuple[Any, str | None, str | None]] = {}
         self._plans: dict[tuple[str, ...], _Plan] = {}
@@ -472,6 +474,8 @@ class SpanMapper:
         if span_type == NODE and not node_id:
             node_id = name
         tenant = self.force_tenant or tenant_id or self.default_tenant
+        if self.force_user is not None:
+            user_id = self.force_user
         status_code = _STATUS_BY_ID.get(id(status.status_code)) or _STATUS_NAMES.get(status.status_code.value, "UNSET")
         events_json, exception_message = _events_json(events) if events else (None, None)
         status_message = status.description or exception_message

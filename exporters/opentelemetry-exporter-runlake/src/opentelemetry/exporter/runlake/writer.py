@@ -548,6 +548,11 @@ class LakeWriter:
             return sum(len(b.rows) for b in self._buffers.values())
 
     @property
+    def buffered_bytes(self) -> int:
+        """Estimated bytes buffered, the measure ``max_buffer_bytes`` caps (callers use it for backpressure)."""
+        return self._buffered_bytes
+
+    @property
     def failing(self) -> str | None:
         """The cause of the last failed write, until a flush writes everything it took without a failure."""
         return self._failing
