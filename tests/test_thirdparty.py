@@ -274,3 +274,22 @@ def test_a_run_under_a_remote_parent_is_its_traces_first_run(configured: Path) -
             [trace_dict] = found
             assert trace_dict["run_id"] == run.run_id and trace_dict["trace_id"] == f"{0x1234:032x}"
             assert [s["name"] for s in trace_dict["spans"]] == ["invoke_agent callee", "chat answer"]
+
+
+def test_a_run_whose_session_is_set_after_it_started_is_one_run(configured: Path) -> None:
+    """Its start row names no session, its end row does: every listing shows the run once, finished."""
+    tracer = trace.get_tracer("framework")
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
+    with tracer.start_as_current_span("invoke_agent helper", attributes=attributes) as agent:
+        agent.set_attribute("gen_ai.conversation.id", "late-session")  # known once the conversation exists
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat"}):
+            pass
+    runlake.force_flush()
+    run_id = f"{agent.get_span_context().span_id:016x}"
+    for db in (runlake.HistoryDB(configured), runlake.HistoryDB(configured, index_max_rows=0)):
+        assert [(r["run_id"], r["status"]) for r in db.get_runs("late-session")] == [(run_id, "completed")]
+        assert [(h["run_id"], h["status"]) for h in db.get_history()] == [(run_id, "completed")]
+        assert [t["run_id"] for t in db.get_traces()] == [run_id]
+        assert db.sql_rows("SELECT run_id, end_time_unix_nano IS NULL FROM runs")[1] == [(run_id, False)]
+        statistics = runlake.ExecutionHistoryService(db).statistics()
+        assert (statistics["total_executions"], statistics["running_executions"]) == (1, 0)

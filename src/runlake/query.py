@@ -58,10 +58,11 @@ def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
 
 # One row per span: the "start" row of a run only while its "end" row has not arrived.
 LATEST_ROW = "QUALIFY row_number() OVER (PARTITION BY span_id ORDER BY record = 'end' DESC) = 1"
-# The same for ``{latest}``. The window is also partitioned by columns a span's rows share (ids, start time, the
-# partition keys), so DuckDB pushes a caller's filter on them below the window into the Parquet scan.
+# The same for ``{latest}``. The window is also partitioned by columns a span's rows always share (ids, start time,
+# tenant), so DuckDB pushes a caller's filter on them below the window into the Parquet scan. Not by session: a
+# run's session can be set after it started, so its start row may name none while its end row names one.
 _LATEST_OF_PART = (
-    "QUALIFY row_number() OVER (PARTITION BY span_id, trace_id, start_time_unix_nano, session_id, tenant_id "
+    "QUALIFY row_number() OVER (PARTITION BY span_id, trace_id, start_time_unix_nano, tenant_id "
     "ORDER BY record = 'end' DESC) = 1"
 )
 
