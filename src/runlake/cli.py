@@ -1026,6 +1026,11 @@ def _ms(value: float | None) -> Text:
     return Text(f"{value / 60_000:,.1f} min")
 
 
+def _failures(count: int) -> Text:
+    """A count of failures, red when there are any."""
+    return _red(_number(count)) if count else _number(count)
+
+
 def _rate(value: float | None) -> Text:
     return _MISSING.copy() if value is None else Text(f"{value:.1%}")
 
@@ -1069,7 +1074,7 @@ def _print_stats(console: Console, figures: dict[str, Any], title: str) -> None:
             [
                 Text(name),
                 _number(f["count"]),
-                _red(_number(f["failed"])) if f["failed"] else _number(f["failed"]),
+                _failures(f["failed"]),
                 _rate(f["success_rate"]),
                 _number(f["tokens_used"]),
                 _number(f["cost_cents"]),
@@ -1098,7 +1103,7 @@ def _print_stats_per_user(console: Console, per_user: dict[str, dict[str, Any]],
         [
             _clip(user_id) if user_id is not None else Text("(no user)", style="dim"),
             _number(f["total_executions"]),
-            _red(_number(f["failed_executions"])) if f["failed_executions"] else _number(f["failed_executions"]),
+            _failures(f["failed_executions"]),
             _number(f["running_executions"]),
             _rate(f["success_rate"]),
             _number(f["tokens_used"]),
