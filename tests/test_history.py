@@ -395,3 +395,19 @@ def test_whole_cents_rounds_halves_up(exact: float | None, whole: int) -> None:
     from runlake.history import whole_cents
 
     assert whole_cents(exact) == whole
+
+
+def test_history_counts_the_nodes_of_a_run_in_progress(configured: Path) -> None:
+    """A run that has not ended has only its start row in the index: history counts its nodes so far."""
+    with runlake.run("slow", session_id="p-s") as running:
+        for name in ("a", "b"):
+            with runlake.node(name, type="llm") as node:
+                node.set_usage(input_tokens=10, output_tokens=5)
+                node.set_cost(cents=1.0)
+        runlake.force_flush()  # the nodes are on disk, the run is not over
+        for db in (runlake.HistoryDB(configured), runlake.HistoryDB(configured, index_max_rows=0)):
+            [item] = db.get_history()
+            assert item["run_id"] == running.run_id and item["status"] == "running"
+            assert (item["node_count"], item["tokens_used"], item["cost_cents"]) == (2, 30, 2)
+            summary = db.get_logs(running.run_id)["summary"]
+            assert (summary["total_nodes"], summary["tokens_used"], summary["cost_cents"]) == (2, 30, 2)

@@ -594,6 +594,7 @@ class HistoryDB:
             rows = self._with_text(page, "input, output")
         else:
             rows = self._newest_index_rows(where, params, order, int(skip), int(limit))
+        rows = self._with_totals_so_far(rows, index is not None)
         return self._each(rows, self._history_item, "run")
 
     @staticmethod
@@ -670,20 +671,12 @@ class HistoryDB:
         rows = self._index_rows(f" AND run_id = ? {self._scope_sql(params)}", params, "LIMIT 1")
         return rows[0] if rows else None
 
-    def get_logs(self, run_id: str) -> dict[str, Any]:
-        """Node-level logs of one run (CodexOS ``GET /api/v1/agents/logs``). Unknown run: ``LookupError``."""
-        if self.root is None:
-            raise LookupError(f"run {run_id!r} not found: no state_url configured")
-        run_id = _id_text(run_id)
-        indexed, run = self._indexed_run(run_id)
-        if not indexed:
-            run = self.find_run(run_id)
-        if run is None:
-            raise LookupError(f"run {run_id!r} not found")
+    def _rows_of_run(self, run: dict[str, Any], indexed: bool) -> list[dict[str, Any]]:
+        """The run's own span row and its node rows (``_LOG_COLUMNS``), oldest first."""
         session = run["session_id"] or ""
         days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"]) if indexed else None
         # the run's trace in its session's files and in those of spans without a session (instrumentations often
-        # name the session on the agent span only); which nodes are the run's is decided by ancestry below
+        # name the session on the agent span only); which nodes are the run's is decided by ancestry
         sessions = {session: days and set(days), "": days and set(days)}
         params: list[Any] = [session, run["trace_id"]]
         where = "(session_id = ? OR session_id IS NULL OR session_id = '') AND trace_id = ?"
@@ -694,7 +687,37 @@ class HistoryDB:
         )
         trace_rows = found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params)
         trace_rows += self._rest_of_trace(trace_rows, run, set(sessions))
-        rows = sorted(_rows_of_run(trace_rows, run), key=lambda r: (r["start_time_unix_nano"], r["span_id"]))
+        return sorted(_rows_of_run(trace_rows, run), key=lambda r: (r["start_time_unix_nano"], r["span_id"]))
+
+    def _with_totals_so_far(self, rows: list[dict[str, Any]], indexed: bool) -> list[dict[str, Any]]:
+        """Runs still in progress have no totals in the index yet (their ``start`` row): count their nodes so far,
+        as ``get_logs`` does. Finished runs are left as they are."""
+        out = []
+        for row in rows:
+            if row["end_time_unix_nano"] is None:
+                nodes = [r for r in self._rows_of_run(row, indexed) if r["span_type"] == "node"]
+                row = {
+                    **row,
+                    "node_count": len(nodes),
+                    "failed_nodes": sum(1 for n in nodes if n["status_code"] == "ERROR"),
+                    # the start row's zeros are "not known yet"; usage set on the run span shows once it ends
+                    **{key: row[key] or sum(n[key] or 0 for n in nodes) for key in ("input_tokens", "output_tokens")},
+                    "cost_cents": row["cost_cents"] or sum(n["cost_cents"] or 0 for n in nodes),
+                }
+            out.append(row)
+        return out
+
+    def get_logs(self, run_id: str) -> dict[str, Any]:
+        """Node-level logs of one run (CodexOS ``GET /api/v1/agents/logs``). Unknown run: ``LookupError``."""
+        if self.root is None:
+            raise LookupError(f"run {run_id!r} not found: no state_url configured")
+        run_id = _id_text(run_id)
+        indexed, run = self._indexed_run(run_id)
+        if not indexed:
+            run = self.find_run(run_id)
+        if run is None:
+            raise LookupError(f"run {run_id!r} not found")
+        rows = self._rows_of_run(run, indexed)
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
             own = next((r for r in rows if r["span_id"] == run["span_id"]), None)
@@ -709,11 +732,13 @@ class HistoryDB:
             errors.append({"node_id": None, "error_type": run["error_type"], "error_message": run["status_message"]})
         # the run's own usage and cost when its span carries them (an agent span that reports its total), else the
         # sum of its nodes: the same rule as the runs index, so history, statistics and logs agree
+        # (a run in progress has only its start row, whose zeros mean "not known yet")
+        own = run["end_time_unix_nano"] is not None
         tokens = sum(
-            run[key] if run[key] is not None else sum(n[key] or 0 for n in nodes)
+            run[key] if own and run[key] is not None else sum(n[key] or 0 for n in nodes)
             for key in ("input_tokens", "output_tokens")
         )
-        cost = run["cost_cents"] if run["cost_cents"] is not None else sum(n["cost_cents"] or 0 for n in nodes)
+        cost = run["cost_cents"] if own and run["cost_cents"] is not None else sum(n["cost_cents"] or 0 for n in nodes)
         return {
             "run_id": run_id,
             "nodes": node_dicts,
