@@ -191,11 +191,55 @@ def test_full_disk_drops_oldest_beyond_the_cap_and_counts(tmpfs: Path) -> None:
     stats = exporter.stats
     assert stats["dropped_rows"] > 0 and stats["failing"] and "No space left" in stats["failing"]
     assert stats["buffered_rows"] * 160 <= 64 * 1024 + 160 * 100, "memory stays bounded"
+    assert not list(lake.rglob("*.tmp")), "no temp file of a failed write is left"
     (tmpfs / "filler").unlink()
     assert exporter.force_flush() is True
     exporter.shutdown()
     written = read_table(lake, "spans").num_rows
     assert written + stats["dropped_rows"] == 600, "every span is either on disk or counted as dropped"
+
+
+CHILD_WITHOUT_SPACE = textwrap.dedent(
+    """
+    import json, logging, resource, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from test_compact import history_lake
+    from test_exporter import make_spans
+    from runlake.compact import compact
+
+    lake = Path(sys.argv[1])
+    history_lake(lake, days_ago=(2,))  # a closed day for compaction to merge
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    exporter.export(make_spans(30, sessions=3))
+    logging.disable(logging.CRITICAL)
+    # the disk refuses every byte from now on: a real write error from the kernel (EFBIG), no root needed
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    flushed = exporter.force_flush()
+    summary = compact(lake, older_than_minutes=0)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    left = sorted(p.name for p in lake.rglob("*.tmp"))
+    print(json.dumps({"flushed": flushed, "merged": summary.days_merged, "left": left, "again": exporter.force_flush()}))
+    exporter.shutdown()
+    """
+)
+
+
+def test_a_write_the_disk_refuses_leaves_no_temp_file(lake: Path) -> None:
+    done = subprocess.run(
+        [PYTHON, "-c", CHILD_WITHOUT_SPACE, str(lake), str(Path(__file__).parent)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["flushed"] is False and result["merged"] == 0, "the writes did fail"
+    assert result["left"] == [], "a failed part file or merge leaves no hidden temp file behind"
+    assert result["again"] is True and read_table(lake, "spans").num_rows >= 30
 
 
 def test_export_never_raises_on_unstorable_spans(lake: Path) -> None:

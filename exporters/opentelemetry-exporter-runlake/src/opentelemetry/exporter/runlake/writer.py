@@ -260,10 +260,14 @@ class PartStream:
             sink = str(self._tmp)
         options = _writer_options(table, rows_hint, compression_level)
         try:
-            self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
-        except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
-            folder.mkdir(parents=True, exist_ok=True)
-            self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+            try:
+                self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+            except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
+                folder.mkdir(parents=True, exist_ok=True)
+                self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+        except BaseException:  # a full disk fails after the temp file was created (writing the header): remove it
+            self._remove_tmp()
+            raise
 
     def write(self, arrow: pa.Table) -> None:
         for key, value in part_counts(self.table, arrow).items():
@@ -291,10 +295,13 @@ class PartStream:
             self._out.close()
         except Exception:  # noqa: BLE001 - already closed or broken: the temp file goes either way
             pass
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
         if self._tmp is not None:
             try:
                 self._tmp.unlink()
-            except OSError:
+            except OSError:  # never made, or gone already
                 pass
 
 
