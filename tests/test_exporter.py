@@ -221,7 +221,8 @@ CHILD_WITHOUT_SPACE = textwrap.dedent(
     summary = compact(lake, older_than_minutes=0)
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     left = sorted(p.name for p in lake.rglob("*.tmp"))
-    print(json.dumps({"flushed": flushed, "merged": summary.days_merged, "left": left, "again": exporter.force_flush()}))
+    again = exporter.force_flush()
+    print(json.dumps({"flushed": flushed, "merged": summary.days_merged, "left": left, "again": again}))
     exporter.shutdown()
     """
 )
