@@ -299,6 +299,7 @@ def _survey(
             filesystem, source = fs_and_path(path)
             reader = pq.ParquetFile(source, filesystem=filesystem)
             names = reader.schema_arrow.names
+            _check_types(reader, SCHEMAS[table])
             narrow = reader.read(columns=[n for n in ("session_id", "span_id", "record", "span_type") if n in names])
             size = size_and_mtime(path)[0]
         except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
@@ -320,6 +321,15 @@ def _survey(
             ends.update(narrow.column("span_id").filter(is_end if run is None else pc.and_(is_end, run)).to_pylist())
         parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
     return parts, weight, starts & ends, rows
+
+
+def _check_types(reader: pq.ParquetFile, schema: pa.Schema) -> None:
+    """Raise if a column the part stores in another type than the table's cannot be cast to it (tokens stored as
+    ``'n/a'``, say). Only such columns are read, so a part in the current schema costs nothing here."""
+    stored = reader.schema_arrow
+    odd = [f for f in schema if f.name in stored.names and stored.field(f.name).type != f.type]
+    if odd:
+        _conform(reader.read(columns=[f.name for f in odd]), pa.schema(odd))
 
 
 def _session_ranges(metadata: pq.FileMetaData, names: list[str]) -> list[tuple[Any, Any, bool]]:
@@ -357,6 +367,14 @@ def _steps(weight: dict[str | None, float], max_bytes: int) -> list[tuple[str | 
     return steps
 
 
+class _BadPart(Exception):
+    """A part the first pass accepted but a step could not read (a damaged data page, say)."""
+
+    def __init__(self, path: LakeRoot, error: Exception) -> None:
+        super().__init__(f"{path}: {error}")
+        self.path, self.error = path, error
+
+
 def _step_rows(
     table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: pa.Array | None
 ) -> pa.Table | None:
@@ -372,9 +390,14 @@ def _step_rows(
         ]
         if not groups:
             continue
-        filesystem, source = fs_and_path(part.path)
-        reader = pq.ParquetFile(source, filesystem=filesystem, metadata=part.metadata)
-        piece = _conform(reader.read_row_groups(groups), SCHEMAS[table])
+        try:
+            filesystem, source = fs_and_path(part.path)
+            reader = pq.ParquetFile(source, filesystem=filesystem, metadata=part.metadata)
+            piece = _conform(reader.read_row_groups(groups), SCHEMAS[table])
+        except Exception as error:
+            if is_missing(error):
+                raise  # removed meanwhile (TTL, a purge): the day is left as it was
+            raise _BadPart(part.path, error) from error
         session = piece.column("session_id")
         keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
         if superseded is not None:
@@ -393,8 +416,34 @@ def _merge_in_steps(
     """Rewrite ``files`` (a closed day) as one ``compact-…`` file in ``target``, sorted by (session, start), reading
     at most ~``max_step_bytes`` of parts at a time: the day is cut into consecutive session ranges, each read from
     the row groups that can hold it, de-duplicated and appended to the one output file. Run ``start`` rows whose
-    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span id is there once."""
-    parts, weight, superseded, rows_hint = _survey(table, files, summary)
+    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span id is there once.
+
+    A part that cannot be read or converted to the table's schema is left where it is, with a warning naming it,
+    and the rest is merged: the first pass finds most such parts; one that fails only in a step (a damaged data
+    page) makes the merge start again without it."""
+    while True:
+        parts, weight, superseded, rows_hint = _survey(table, files, summary)
+        try:
+            return _write_steps(table, parts, weight, superseded, rows_hint, target, summary, max_step_bytes)
+        except _BadPart as bad:  # start again without it: the first pass must not count its rows (its end rows)
+            left = [p.path for p in parts if p.path != bad.path]
+            if len(left) == len(parts):
+                raise
+            summary.skipped_files += 1
+            _logger.warning("compaction: leaving unreadable part file %s alone (%s)", bad.path, bad.error)
+            files = left
+
+
+def _write_steps(
+    table: str,
+    parts: list[_Part],
+    weight: dict[str | None, float],
+    superseded: set[str],
+    rows_hint: int,
+    target: LakeRoot,
+    summary: CompactionSummary,
+    max_step_bytes: int,
+) -> bool:
     used = [p.path for p in parts]
     if not used or (len(used) == 1 and is_compacted(used[0])):
         return False
@@ -415,13 +464,12 @@ def _merge_in_steps(
                 stream.write(rows)
             del rows
             pa.default_memory_pool().release_unused()  # hand the step's buffers back, or RSS keeps the largest
-    except OSError:
-        stream.abort()  # a part vanished meanwhile (TTL, a purge): nothing is replaced; the caller says so
+    except (OSError, _BadPart):
+        stream.abort()  # nothing is replaced; a part that vanished (OSError) is said by the caller
         raise
-    except Exception as error:  # noqa: BLE001 - a part that broke between the passes: the day stays as it was
+    except Exception as error:  # noqa: BLE001 - not a part's fault (none could be named): the day stays as it was
         stream.abort()
-        summary.skipped_files += 1
-        _logger.warning("compaction: %s changed while being merged (%s); left as it was", target, error)
+        _logger.warning("compaction: cannot merge the parts of %s (%s); left as they were", target, error)
         return False
     except BaseException:
         stream.abort()
