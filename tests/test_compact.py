@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from conftest import lake_files, read_table
 from opentelemetry import trace
 from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
@@ -305,6 +306,32 @@ def test_compact_command_says_when_the_lock_is_held(lake: Path) -> None:
     finally:
         os.close(fd)
     assert compact(lake, older_than_minutes=0).days_merged == 1
+
+
+def test_a_read_only_lake_is_a_clear_error_and_changes_nothing(lake: Path, monkeypatch) -> None:
+    import errno
+
+    import runlake.compact as compaction
+
+    history_lake(lake, days_ago=(2,))
+    before = sorted(str(p) for p in lake.rglob("*"))
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):  # what the kernel says on a read-only mount (needs no root)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(compaction.os, "open", read_only_open)
+    with pytest.raises(compaction.CompactError) as raised:
+        compact(lake, older_than_minutes=0)
+    assert isinstance(raised.value, OSError) and raised.value.errno == errno.EROFS
+    assert str(raised.value) == f"cannot compact the lake at {lake}: it is on a read-only file system"
+    result = CliRunner().invoke(app, ["compact", "--older-than", "0", "--state-url", str(lake)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "read-only file system" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(str(p) for p in lake.rglob("*")) == before, "nothing changed"
 
 
 def test_readers_and_writers_go_on_during_compaction(lake: Path) -> None:

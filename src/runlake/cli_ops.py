@@ -89,7 +89,7 @@ def compact(
 
         runlake compact --older-than 30 --state-url ./runlake-data
     """
-    from .compact import BUSY_MESSAGE, LOCK_FILE
+    from .compact import BUSY_MESSAGE, LOCK_FILE, CompactError
     from .compact import compact as run_compaction
 
     root = _existing_lake(state_url, remote_ok=True)  # compaction works on an s3:// lake too
@@ -100,9 +100,13 @@ def compact(
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = run_compaction(
-            root, older_than_minutes=older_than, progress=advance, max_step_bytes=int(max_step_mb * (1 << 20))
-        )
+        try:
+            summary = run_compaction(
+                root, older_than_minutes=older_than, progress=advance, max_step_bytes=int(max_step_mb * (1 << 20))
+            )
+        except CompactError as error:
+            progress.stop()
+            fail(str(error))
     if as_json:
         print_json(summary.as_dict())
         return

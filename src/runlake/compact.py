@@ -32,6 +32,7 @@ all), then the old objects are deleted.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import time
@@ -543,14 +544,34 @@ def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
     _merge_in_steps(RUNS, files, day.folder, summary, day.max_step_bytes)  # one part alone: marks the day compacted
 
 
+class CompactError(OSError):
+    """The lake cannot be compacted at all (read-only, no permission to take its lock); nothing was changed.
+
+    ``str()`` is the whole message (naming the lake); ``errno`` and ``strerror`` are the cause's."""
+
+    def __init__(self, message: str, cause: OSError) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno, self.strerror = cause.errno, cause.strerror
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @contextmanager
 def _lake_lock(root: LakeRoot) -> Iterator[bool]:
     """Hold ``<root>/.compact.lock`` (``flock``, non-blocking) while compacting a local lake; False if another
-    process (or another ``compact`` call) holds it. No lock on an object store, or where ``flock`` is missing."""
+    process (or another ``compact`` call) holds it. No lock on an object store, or where ``flock`` is missing.
+
+    Raises :class:`CompactError` if the lock file can be neither made nor opened (a read-only lake, say)."""
     if isinstance(root, ObjectPath) or fcntl is None or not Path(root).is_dir():
         yield True
         return
-    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = Path(root) / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        fd = _open_existing(lock, error)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -560,6 +581,19 @@ def _lake_lock(root: LakeRoot) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_existing(lock: Path, error: OSError) -> int:
+    """The lock file opened for reading (``flock`` needs no more) when it cannot be opened for writing, unless the
+    lake is read-only: then nothing could be compacted anyway."""
+    if error.errno != errno.EROFS:
+        try:
+            return os.open(lock, os.O_RDONLY)
+        except OSError:
+            pass
+        message = f"cannot compact the lake at {lock.parent}: cannot open its lock file {lock} ({error.strerror})"
+        raise CompactError(message, error) from error
+    raise CompactError(f"cannot compact the lake at {lock.parent}: it is on a read-only file system", error) from error
 
 
 def compact(
@@ -573,6 +607,8 @@ def compact(
 
     ``progress(done, total)`` is called after each day folder. A local lake is locked for the duration: if another
     compaction holds the lock this returns at once with ``busy`` set. On S3 nothing is locked: run one compactor.
+    Raises :class:`CompactError` (an ``OSError`` saying why, nothing changed) if the lake cannot be compacted at all:
+    read-only, or its lock file cannot be made or opened. A day that cannot be rewritten is logged and left as it is.
     """
     started = time.perf_counter()
     summary = CompactionSummary()
