@@ -13,6 +13,7 @@ from rich.table import Table
 from .cli import (
     DEFAULT_STATE_URL,
     AsJson,
+    RemoteStateUrl,
     StateUrl,
     _count,
     _human_bytes,
@@ -75,7 +76,7 @@ def compact(
             "several steps; memory is about 14x this on chat-like text.",
         ),
     ] = DEFAULT_MAX_STEP_MB,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Merge the small part files of quiet days: one file per closed day, one per folder for today.
@@ -162,7 +163,7 @@ def forward(
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
     since: Annotated[str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="From this UTC day.")] = None,
     until: Annotated[str | None, typer.Option("--until", metavar="YYYY-MM-DD", help="Up to this UTC day.")] = None,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Replay stored spans to an OTLP endpoint with their original ids, times, attributes and events.
