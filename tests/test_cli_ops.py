@@ -124,3 +124,19 @@ def test_serve_help_states_the_lake_default_like_every_command() -> None:
     assert code == 0
     assert "./runlake-data" in text and "PRAISONAI_STATE_URL" in text
     assert "the lake's .ingest-log folder" in text
+
+
+S3_COMMANDS = ["runs", "traces", "history", "logs", "stats", "sql", "gc", "compact", "forward"]  # open_db, remote_ok
+FOLDER_COMMANDS = ["demo", "sessions", "import"]
+
+
+def test_state_url_help_says_which_commands_take_an_s3_lake() -> None:
+    for command in S3_COMMANDS + FOLDER_COMMANDS:
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "240"})
+        text = " ".join(result.stdout.replace("│", " ").split())
+        assert result.exit_code == 0 and "--state-url" in text and "RUNLAKE_STATE_URL" in text, command
+        assert ("s3://" in text) == (command in S3_COMMANDS), f"{command}: {text}"
+    for command, *args in (["demo"], ["sessions"], ["import", "spans.jsonl"]):  # and those refuse one plainly
+        result = runner.invoke(app, [command, *args, "--state-url", "s3://bucket/lake"], env={"COLUMNS": "240"})
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), command
+        assert "s3://" in result.stderr and "Traceback" not in result.output, command

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from conftest import lake_files, read_table
 from opentelemetry import trace
 from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
@@ -307,6 +308,32 @@ def test_compact_command_says_when_the_lock_is_held(lake: Path) -> None:
     assert compact(lake, older_than_minutes=0).days_merged == 1
 
 
+def test_a_read_only_lake_is_a_clear_error_and_changes_nothing(lake: Path, monkeypatch) -> None:
+    import errno
+
+    import runlake.compact as compaction
+
+    history_lake(lake, days_ago=(2,))
+    before = sorted(str(p) for p in lake.rglob("*"))
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):  # what the kernel says on a read-only mount (needs no root)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(compaction.os, "open", read_only_open)
+    with pytest.raises(compaction.CompactError) as raised:
+        compact(lake, older_than_minutes=0)
+    assert isinstance(raised.value, OSError) and raised.value.errno == errno.EROFS
+    assert str(raised.value) == f"cannot compact the lake at {lake}: it is on a read-only file system"
+    result = CliRunner().invoke(app, ["compact", "--older-than", "0", "--state-url", str(lake)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "read-only file system" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(str(p) for p in lake.rglob("*")) == before, "nothing changed"
+
+
 def test_readers_and_writers_go_on_during_compaction(lake: Path) -> None:
     distinct = history_lake(lake, sessions=4, rounds=6)
     sessions = ["s0", "s3"]
@@ -444,3 +471,57 @@ def test_a_part_that_goes_during_a_merge_leaves_the_day_as_it_was(lake: Path, mo
     left = sorted(p.name for p in lake_files(day))
     assert left == sorted(n for n in before if n != removed[0].name), "every other part stays; no merged file"
     assert not [p for p in day.rglob("*") if p.name.startswith(".")], "no temp file left behind"
+
+
+def plant_part(folder: Path, source: Path, name: str, change: dict[str, pa.Array] | None = None) -> Path:
+    """A copy of ``source``'s rows as new spans (fresh span ids) in ``folder``, with ``change``'s columns replaced."""
+    table = pq.read_table(source)
+    ids = ["f" * 8 + s[8:] for s in table.column("span_id").to_pylist()]
+    table = table.set_column(table.schema.get_field_index("span_id"), "span_id", pa.array(ids))
+    for column, values in (change or {}).items():
+        table = table.set_column(table.schema.get_field_index(column), column, values)
+    path = folder / name
+    pq.write_table(table, path, compression="none", use_dictionary=False)
+    return path
+
+
+def damage_column(path: Path, column: str) -> None:
+    """Zero the data pages of one column: the footer and the other columns stay readable."""
+    metadata = pq.read_metadata(path)
+    index = metadata.schema.names.index(column)
+    data = bytearray(path.read_bytes())
+    for group in range(metadata.num_row_groups):
+        chunk = metadata.row_group(group).column(index)
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        data[start : start + chunk.total_compressed_size] = bytes(chunk.total_compressed_size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_part_compaction_cannot_convert_is_left_alone_and_the_rest_of_the_day_merged(lake: Path, caplog) -> None:
+    history_lake(lake, days_ago=(2,))
+    [day] = span_days(lake)
+    good = sorted(p for p in lake_files(day) if p.suffix == ".parquet")
+    expected = read_table(lake, "spans")
+    ids = set(expected.column("span_id").to_pylist())
+    folder = good[0].parent
+    rows = pq.read_metadata(good[0]).num_rows
+    # tokens stored as text that is no number (another engine wrote it): only the full read of a step fails on it
+    odd = plant_part(folder, good[0], "part-0000000000000005-odd.parquet", {"input_tokens": pa.array(["n/a"] * rows)})
+    # a damaged data page in a wide column: the first pass (narrow columns) reads it, a step cannot
+    broken = plant_part(folder, good[0], "part-0000000000000006-broken.parquet")
+    damage_column(broken, "input")
+
+    with caplog.at_level("WARNING", logger="runlake.compact"):
+        summary = compact(lake, older_than_minutes=0)
+    assert summary.days_merged == 1 and summary.skipped_files == 2, summary
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(str(odd) in w and "n/a" in w for w in warnings), warnings
+    assert any(str(broken) in w for w in warnings), warnings
+    assert not any("changed" in w for w in warnings), "nothing changed: the warning names the part at fault"
+    left = sorted(p.name for p in lake_files(day))
+    merged = [n for n in left if is_compacted(n)]
+    assert len(merged) == 1 and sorted(set(left) - set(merged)) == sorted([odd.name, broken.name]), left
+    day_file = assert_one_row_per_span(day / MIXED_FOLDER / merged[0])
+    assert set(day_file.column("span_id").to_pylist()) == ids, "every span of the readable parts, once"
+    assert not [p for p in day.rglob("*") if p.name.startswith(".")], "no temp file left behind"
+    assert compact(lake, older_than_minutes=0).days_merged == 0, "the next run finds the day done but for those two"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 import runlake
 
@@ -191,11 +193,90 @@ def test_full_disk_drops_oldest_beyond_the_cap_and_counts(tmpfs: Path) -> None:
     stats = exporter.stats
     assert stats["dropped_rows"] > 0 and stats["failing"] and "No space left" in stats["failing"]
     assert stats["buffered_rows"] * 160 <= 64 * 1024 + 160 * 100, "memory stays bounded"
+    assert not list(lake.rglob("*.tmp")), "no temp file of a failed write is left"
     (tmpfs / "filler").unlink()
     assert exporter.force_flush() is True
     exporter.shutdown()
-    written = read_table(lake, "spans").num_rows
-    assert written + stats["dropped_rows"] == 600, "every span is either on disk or counted as dropped"
+    written = read_table(lake, "spans").num_rows + read_table(lake, "runs").num_rows
+    runs = sum(1 for s in spans if s.parent is None)  # each also has a row in the runs/ index
+    assert written + stats["dropped_rows"] == 600 + runs, "every row is either on disk or counted as dropped"
+
+
+CHILD_WITHOUT_SPACE = textwrap.dedent(
+    """
+    import json, logging, resource, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from test_compact import history_lake
+    from test_exporter import make_spans
+    from runlake.compact import compact
+
+    lake = Path(sys.argv[1])
+    history_lake(lake, days_ago=(2,))  # a closed day for compaction to merge
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    exporter.export(make_spans(30, sessions=3))
+    logging.disable(logging.CRITICAL)
+    # the disk refuses every byte from now on: a real write error from the kernel (EFBIG), no root needed
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+    flushed = exporter.force_flush()
+    summary = compact(lake, older_than_minutes=0)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    left = sorted(p.name for p in lake.rglob("*.tmp"))
+    again = exporter.force_flush()
+    print(json.dumps({"flushed": flushed, "merged": summary.days_merged, "left": left, "again": again}))
+    exporter.shutdown()
+    """
+)
+
+
+def test_a_write_the_disk_refuses_leaves_no_temp_file(lake: Path) -> None:
+    done = subprocess.run(
+        [PYTHON, "-c", CHILD_WITHOUT_SPACE, str(lake), str(Path(__file__).parent)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["flushed"] is False and result["merged"] == 0, "the writes did fail"
+    assert result["left"] == [], "a failed part file or merge leaves no hidden temp file behind"
+    assert result["again"] is True and read_table(lake, "spans").num_rows >= 30
+
+
+def big_spans(case: str, n: int, chars: int) -> list[ReadableSpan]:
+    """``n`` spans each holding ``chars`` characters of its own (a distinct string) in one place."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("test")
+    for i in range(n):
+        text = f"{i}:" + ("🙂" if case == "emoji input" else "x") * chars  # 4 bytes a character in memory, or 1
+        attributes = {"gen_ai.operation.name": "chat", "session.id": f"s{i % 3}"}
+        if case == "emoji input":
+            attributes["input.value"] = text
+        with tracer.start_as_current_span(text if case == "span name" else "chat", attributes=attributes) as span:
+            if case == "status message":  # an exception's description, say
+                span.set_status(Status(StatusCode.ERROR, text))
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+@pytest.mark.parametrize("case", ["emoji input", "status message", "span name"])
+def test_buffer_cap_bounds_the_memory_rows_hold(tmp_path: Path, case: str) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # every write fails: rows pile up in memory until the cap drops the oldest
+    cap = 4 << 20
+    exporter = RunlakeSpanExporter(blocked / "lake", background_flush=False, max_buffer_bytes=cap)
+    spans = big_spans(case, 12, chars=(256 << 10) if case == "emoji input" else (1 << 20))
+    for span in spans:
+        exporter.export([span])
+    held = {id(v): sys.getsizeof(v) for buf in exporter._writer._buffers.values() for r in buf.rows for v in r if v}
+    assert exporter.stats["failing"] and exporter.stats["dropped_rows"] > 0, "the cap was reached and said"
+    assert sum(held.values()) <= cap, f"{sum(held.values()) >> 20} MiB held by buffered rows over a 4 MiB cap"
+    exporter.shutdown()
 
 
 def test_export_never_raises_on_unstorable_spans(lake: Path) -> None:

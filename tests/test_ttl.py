@@ -175,6 +175,33 @@ def test_fallback_counts_runs_split_across_files_and_old_files_exactly(lake: Pat
     assert history_runs(lake) == 1
 
 
+def test_a_day_a_compaction_left_half_done_counts_each_node_once(lake: Path, monkeypatch) -> None:
+    import runlake.compact as compaction
+
+    write_history(lake, [(40, 30, "a"), (40, 30, "a"), (40, 30, "b"), (35, 30, "a"), (2, 30, "a")], nodes=5)
+    compaction.compact(lake, tenant="b", older_than_minutes=0)  # tenant b's days: one compact- file each, names count
+
+    def cannot_remove(path: Path) -> None:  # the compaction dies (or fails) once its merged file is in place
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(compaction, "remove_file", cannot_remove)
+    compaction.compact(lake, tenant="a", older_than_minutes=0)
+    halfway = [d for d in expired_days(lake, SPANS) if len(day_files(d, SPANS)) > 1]
+    assert halfway and all(any(is_compacted(f) for f in day_files(d, SPANS)) for d in halfway), "merged and parts"
+    files = [str(f) for d in expired_days(lake, SPANS) for f in day_files(d, SPANS)]
+    query = "SELECT count(DISTINCT span_id) FILTER (WHERE span_type = 'node' AND record = 'end') FROM read_parquet({})"
+    nodes = duckdb.connect().execute(query.format(files)).fetchall()[0][0]
+    assert nodes == 20 and duckdb_counts(lake)["nodes_deleted"] == 35, "tenant a's 15 finished nodes in two files each"
+    expected = {"executions_deleted": 4, "nodes_deleted": 20}
+    [whole] = [d for d in expired_days(lake, SPANS) if "tenant=b" in str(d)]
+    [day_file] = day_files(whole, SPANS)
+    day_file.write_bytes(b"")  # a day without overlap is still counted from its file name alone
+
+    assert expire(lake, dry_run=True) == expected
+    assert expire(lake) == expected
+    assert history_runs(lake) == 1
+
+
 def test_a_lake_without_footer_counts_is_counted_by_duckdb(lake: Path) -> None:
     write_history(lake, [(age, 30, "a") for age in range(31, 45)] + [(1, 30, "a")])
     for table in (RUNS, SPANS):

@@ -1,6 +1,7 @@
 """The ``runlake`` command line: generate a demo history, and read runs, traces, history, logs, statistics and SQL.
 
-Every command takes ``--state-url`` (the lake folder or a ``file://`` URL; else ``$RUNLAKE_STATE_URL``; else
+Every command takes ``--state-url`` (the lake folder or a ``file://`` URL, and for the commands that read, ``gc``,
+``compact`` and ``forward`` also an ``s3://bucket/prefix``: ``RemoteStateUrl``; else ``$RUNLAKE_STATE_URL``; else
 ``./runlake-data``) and ``--json`` (exactly what ``HistoryDB`` returns, as JSON, and nothing else on stdout).
 
 More commands (``serve``, ``compact``, ``forward``, ``import``) are registered on the module-level ``app`` by
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_STATE_URL",
     "STATE_URL_ENV",
     "AsJson",
+    "RemoteStateUrl",
     "StateUrl",
     "app",
     "fail",
@@ -74,17 +76,27 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-StateUrl = Annotated[
+_PRECEDENCE = (
+    "Precedence: --state-url if given, else $RUNLAKE_STATE_URL, else $PRAISONAI_STATE_URL, else ./runlake-data."
+)
+StateUrl = Annotated[  # commands that need a local folder (demo, sessions, import)
     str,
     typer.Option(
         "--state-url",
         envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
         show_envvar=True,
         metavar="PATH|file://URL",
-        help=(
-            "Lake folder (or file:// URL). Precedence: --state-url if given, else $RUNLAKE_STATE_URL, "
-            "else $PRAISONAI_STATE_URL, else ./runlake-data."
-        ),
+        help=f"Lake folder (or file:// URL). {_PRECEDENCE}",
+    ),
+]
+RemoteStateUrl = Annotated[  # commands that take an s3:// lake too (open_db, _lake_root(..., remote_ok=True))
+    str,
+    typer.Option(
+        "--state-url",
+        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
+        show_envvar=True,
+        metavar="PATH|file://URL|s3://BUCKET/PREFIX",
+        help=f"Lake folder, file:// URL, or s3://bucket/prefix (S3 or S3-compatible). {_PRECEDENCE}",
     ),
 ]
 AsJson = Annotated[
@@ -728,7 +740,7 @@ def runs(
         typer.Argument(metavar="SESSION_ID", help="Session id; leave out to list the latest runs across all sessions."),
     ] = None,
     limit: Limit = 20,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Runs of one session, newest first (PraisonAI `get_runs`); without a session, the latest runs of all.
@@ -763,7 +775,7 @@ def traces(
     session: Annotated[str | None, typer.Option("--session", "-s", help="Only this session.")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user.")] = None,
     limit: Limit = 20,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Traces, newest first, each described by its root run, with its span count (PraisonAI `get_traces`).
@@ -910,7 +922,7 @@ def history(
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="Only this agent (name or id).")] = None,
     skip: Annotated[int, typer.Option("--skip", min=0, help="Skip this many of the newest runs.")] = 0,
     limit: Limit = 20,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Execution history, newest first: status, duration, tokens, cost (CodexOS `/api/v1/agents/history`).
@@ -940,7 +952,7 @@ def history(
 @app.command()
 def logs(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (as shown by `runlake history`).")],
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Node-level logs of one run: nodes, errors, final output and summary (CodexOS `/api/v1/agents/logs`).
@@ -972,7 +984,7 @@ def stats(
     ] = None,
     per_user: Annotated[bool, typer.Option("--per-user", help="One row per user instead of one summary.")] = False,
     days: Annotated[int, typer.Option("--days", "-d", min=1, help="The window: runs started in the last N days.")] = 30,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Execution statistics of the last days: counts, success rate, tokens, cost, durations (CodexOS
@@ -1125,7 +1137,7 @@ def sql(
     max_rows: Annotated[
         int, typer.Option("--max-rows", min=1, help="Show at most this many rows in the table (not with --json).")
     ] = 200,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Run DuckDB SQL over the lake's views `spans` and `runs`.
@@ -1177,7 +1189,7 @@ def gc(
         typer.Option("--max-age-days", min=1, help="Also remove anything older than this, whatever its own TTL."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Delete expired history: every day partition whose TTL has passed goes, folder by folder.

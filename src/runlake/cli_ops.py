@@ -13,6 +13,7 @@ from rich.table import Table
 from .cli import (
     DEFAULT_STATE_URL,
     AsJson,
+    RemoteStateUrl,
     StateUrl,
     _count,
     _human_bytes,
@@ -75,7 +76,7 @@ def compact(
             "several steps; memory is about 14x this on chat-like text.",
         ),
     ] = DEFAULT_MAX_STEP_MB,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Merge the small part files of quiet days: one file per closed day, one per folder for today.
@@ -89,7 +90,7 @@ def compact(
 
         runlake compact --older-than 30 --state-url ./runlake-data
     """
-    from .compact import BUSY_MESSAGE, LOCK_FILE
+    from .compact import BUSY_MESSAGE, LOCK_FILE, CompactError
     from .compact import compact as run_compaction
 
     root = _existing_lake(state_url, remote_ok=True)  # compaction works on an s3:// lake too
@@ -100,9 +101,13 @@ def compact(
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        summary = run_compaction(
-            root, older_than_minutes=older_than, progress=advance, max_step_bytes=int(max_step_mb * (1 << 20))
-        )
+        try:
+            summary = run_compaction(
+                root, older_than_minutes=older_than, progress=advance, max_step_bytes=int(max_step_mb * (1 << 20))
+            )
+        except CompactError as error:
+            progress.stop()
+            fail(str(error))
     if as_json:
         print_json(summary.as_dict())
         return
@@ -158,7 +163,7 @@ def forward(
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
     since: Annotated[str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="From this UTC day.")] = None,
     until: Annotated[str | None, typer.Option("--until", metavar="YYYY-MM-DD", help="Up to this UTC day.")] = None,
-    state_url: StateUrl = DEFAULT_STATE_URL,
+    state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
     """Replay stored spans to an OTLP endpoint with their original ids, times, attributes and events.

@@ -32,6 +32,7 @@ all), then the old objects are deleted.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import time
@@ -299,6 +300,7 @@ def _survey(
             filesystem, source = fs_and_path(path)
             reader = pq.ParquetFile(source, filesystem=filesystem)
             names = reader.schema_arrow.names
+            _check_types(reader, SCHEMAS[table])
             narrow = reader.read(columns=[n for n in ("session_id", "span_id", "record", "span_type") if n in names])
             size = size_and_mtime(path)[0]
         except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
@@ -320,6 +322,15 @@ def _survey(
             ends.update(narrow.column("span_id").filter(is_end if run is None else pc.and_(is_end, run)).to_pylist())
         parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
     return parts, weight, starts & ends, rows
+
+
+def _check_types(reader: pq.ParquetFile, schema: pa.Schema) -> None:
+    """Raise if a column the part stores in another type than the table's cannot be cast to it (tokens stored as
+    ``'n/a'``, say). Only such columns are read, so a part in the current schema costs nothing here."""
+    stored = reader.schema_arrow
+    odd = [f for f in schema if f.name in stored.names and stored.field(f.name).type != f.type]
+    if odd:
+        _conform(reader.read(columns=[f.name for f in odd]), pa.schema(odd))
 
 
 def _session_ranges(metadata: pq.FileMetaData, names: list[str]) -> list[tuple[Any, Any, bool]]:
@@ -357,6 +368,14 @@ def _steps(weight: dict[str | None, float], max_bytes: int) -> list[tuple[str | 
     return steps
 
 
+class _BadPart(Exception):
+    """A part the first pass accepted but a step could not read (a damaged data page, say)."""
+
+    def __init__(self, path: LakeRoot, error: Exception) -> None:
+        super().__init__(f"{path}: {error}")
+        self.path, self.error = path, error
+
+
 def _step_rows(
     table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: pa.Array | None
 ) -> pa.Table | None:
@@ -372,9 +391,14 @@ def _step_rows(
         ]
         if not groups:
             continue
-        filesystem, source = fs_and_path(part.path)
-        reader = pq.ParquetFile(source, filesystem=filesystem, metadata=part.metadata)
-        piece = _conform(reader.read_row_groups(groups), SCHEMAS[table])
+        try:
+            filesystem, source = fs_and_path(part.path)
+            reader = pq.ParquetFile(source, filesystem=filesystem, metadata=part.metadata)
+            piece = _conform(reader.read_row_groups(groups), SCHEMAS[table])
+        except Exception as error:
+            if is_missing(error):
+                raise  # removed meanwhile (TTL, a purge): the day is left as it was
+            raise _BadPart(part.path, error) from error
         session = piece.column("session_id")
         keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
         if superseded is not None:
@@ -393,8 +417,34 @@ def _merge_in_steps(
     """Rewrite ``files`` (a closed day) as one ``compact-…`` file in ``target``, sorted by (session, start), reading
     at most ~``max_step_bytes`` of parts at a time: the day is cut into consecutive session ranges, each read from
     the row groups that can hold it, de-duplicated and appended to the one output file. Run ``start`` rows whose
-    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span id is there once."""
-    parts, weight, superseded, rows_hint = _survey(table, files, summary)
+    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span id is there once.
+
+    A part that cannot be read or converted to the table's schema is left where it is, with a warning naming it,
+    and the rest is merged: the first pass finds most such parts; one that fails only in a step (a damaged data
+    page) makes the merge start again without it."""
+    while True:
+        parts, weight, superseded, rows_hint = _survey(table, files, summary)
+        try:
+            return _write_steps(table, parts, weight, superseded, rows_hint, target, summary, max_step_bytes)
+        except _BadPart as bad:  # start again without it: the first pass must not count its rows (its end rows)
+            left = [p.path for p in parts if p.path != bad.path]
+            if len(left) == len(parts):
+                raise
+            summary.skipped_files += 1
+            _logger.warning("compaction: leaving unreadable part file %s alone (%s)", bad.path, bad.error)
+            files = left
+
+
+def _write_steps(
+    table: str,
+    parts: list[_Part],
+    weight: dict[str | None, float],
+    superseded: set[str],
+    rows_hint: int,
+    target: LakeRoot,
+    summary: CompactionSummary,
+    max_step_bytes: int,
+) -> bool:
     used = [p.path for p in parts]
     if not used or (len(used) == 1 and is_compacted(used[0])):
         return False
@@ -415,13 +465,12 @@ def _merge_in_steps(
                 stream.write(rows)
             del rows
             pa.default_memory_pool().release_unused()  # hand the step's buffers back, or RSS keeps the largest
-    except OSError:
-        stream.abort()  # a part vanished meanwhile (TTL, a purge): nothing is replaced; the caller says so
+    except (OSError, _BadPart):
+        stream.abort()  # nothing is replaced; a part that vanished (OSError) is said by the caller
         raise
-    except Exception as error:  # noqa: BLE001 - a part that broke between the passes: the day stays as it was
+    except Exception as error:  # noqa: BLE001 - not a part's fault (none could be named): the day stays as it was
         stream.abort()
-        summary.skipped_files += 1
-        _logger.warning("compaction: %s changed while being merged (%s); left as it was", target, error)
+        _logger.warning("compaction: cannot merge the parts of %s (%s); left as they were", target, error)
         return False
     except BaseException:
         stream.abort()
@@ -495,14 +544,34 @@ def _compact_runs_day(day: _Day, summary: CompactionSummary) -> None:
     _merge_in_steps(RUNS, files, day.folder, summary, day.max_step_bytes)  # one part alone: marks the day compacted
 
 
+class CompactError(OSError):
+    """The lake cannot be compacted at all (read-only, no permission to take its lock); nothing was changed.
+
+    ``str()`` is the whole message (naming the lake); ``errno`` and ``strerror`` are the cause's."""
+
+    def __init__(self, message: str, cause: OSError) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno, self.strerror = cause.errno, cause.strerror
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @contextmanager
 def _lake_lock(root: LakeRoot) -> Iterator[bool]:
     """Hold ``<root>/.compact.lock`` (``flock``, non-blocking) while compacting a local lake; False if another
-    process (or another ``compact`` call) holds it. No lock on an object store, or where ``flock`` is missing."""
+    process (or another ``compact`` call) holds it. No lock on an object store, or where ``flock`` is missing.
+
+    Raises :class:`CompactError` if the lock file can be neither made nor opened (a read-only lake, say)."""
     if isinstance(root, ObjectPath) or fcntl is None or not Path(root).is_dir():
         yield True
         return
-    fd = os.open(Path(root) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = Path(root) / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        fd = _open_existing(lock, error)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -512,6 +581,19 @@ def _lake_lock(root: LakeRoot) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_existing(lock: Path, error: OSError) -> int:
+    """The lock file opened for reading (``flock`` needs no more) when it cannot be opened for writing, unless the
+    lake is read-only: then nothing could be compacted anyway."""
+    if error.errno != errno.EROFS:
+        try:
+            return os.open(lock, os.O_RDONLY)
+        except OSError:
+            pass
+        message = f"cannot compact the lake at {lock.parent}: cannot open its lock file {lock} ({error.strerror})"
+        raise CompactError(message, error) from error
+    raise CompactError(f"cannot compact the lake at {lock.parent}: it is on a read-only file system", error) from error
 
 
 def compact(
@@ -525,6 +607,8 @@ def compact(
 
     ``progress(done, total)`` is called after each day folder. A local lake is locked for the duration: if another
     compaction holds the lock this returns at once with ``busy`` set. On S3 nothing is locked: run one compactor.
+    Raises :class:`CompactError` (an ``OSError`` saying why, nothing changed) if the lake cannot be compacted at all:
+    read-only, or its lock file cannot be made or opened. A day that cannot be rewritten is logged and left as it is.
     """
     started = time.perf_counter()
     summary = CompactionSummary()

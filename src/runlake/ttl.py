@@ -1,12 +1,14 @@
 """TTL: whole day partitions go once every run in them has passed its ``ttl_days``.
 
-Counts are true (executions = distinct runs, nodes = finished node rows) and come from the counts ``write_part``
-stores with each part file (in its name, so a listing says them; older files: in the footer, ``runlake.counts``)
-wherever that is exact, else from DuckDB over those files only:
+Counts are true (executions = distinct runs, nodes = finished nodes, each span id once) and come from the counts
+``write_part`` stores with each part file (in its name, so a listing says them; older files: in the footer,
+``runlake.counts``) wherever that is exact, else from DuckDB over those files only:
 
 - runs: a day folder with one file counts that file's distinct span ids; a day with several files (a run's start
   and end rows may sit in different files) or a file without stored counts is counted by DuckDB;
-- spans: finished node rows add up across files, so every file with stored counts gives its ``nodes``.
+- spans: finished node rows add up across files, so every file with stored counts gives its ``nodes``, except in a
+  day where a ``compact-…`` file sits next to other files (a compaction not finished, or died, between writing its
+  file and removing the merged parts): that day is counted by DuckDB by distinct span id.
 
 Locally each expired day folder is first renamed to a hidden sibling (``.expired-day=…-<random>`` in its ``ttl=``
 folder): readers stop seeing the whole day at once, and only what was renamed is counted, so a folder that could
@@ -40,6 +42,7 @@ from opentelemetry.exporter.runlake.layout import (
     day_dirs,
     day_files,
     encode_partition_value,
+    is_compacted,
     remove_dir,
 )
 from opentelemetry.exporter.runlake.writer import read_part_counts
@@ -58,6 +61,7 @@ _AGGREGATE = {
     RUNS: "count(DISTINCT span_id)",
     SPANS: "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')",
 }
+_DISTINCT_NODES = "count(DISTINCT span_id) FILTER (WHERE span_type = 'node' AND record = 'end')"
 _COUNT_KEY = {RUNS: "spans", SPANS: "nodes"}
 
 Days = dict[LakeRoot, list[LakeRoot]]  # day folder -> its part files
@@ -195,28 +199,40 @@ def _counts(reader: LakeReader, days: dict[str, Days]) -> dict[str, int]:
 
 
 def _count(reader: LakeReader, table: str, days: Days) -> int:
-    """Stored counts where they are exact, DuckDB over the other files (one query)."""
+    """Stored counts where they are exact, DuckDB over the other files (one query; two if spans need both)."""
     if table == RUNS:  # distinct runs do not add up across files: only one-file days can use stored counts
-        candidates = [files[0] for files in days.values() if len(files) == 1]
-    else:  # finished node rows add up across files
-        candidates = [file for files in days.values() for file in files]
+        exact = [files for files in days.values() if len(files) == 1]
+        shared = [file for files in days.values() if len(files) != 1 for file in files]
+    else:  # finished node rows add up across files that hold each span once (see _may_overlap)
+        exact = [files for files in days.values() if not _may_overlap(files)]
+        shared = [file for files in days.values() if _may_overlap(files) for file in files]
+    candidates = [file for files in exact for file in files]
     stored = dict(zip(map(str, candidates), _stored_counts(candidates, _COUNT_KEY[table])))
     total = 0
     rest: list[LakeRoot] = []
-    for files in days.values():
-        if table == RUNS and len(files) != 1:
-            rest.extend(files)  # a run's start and end rows may be in two of them: DuckDB de-duplicates
-            continue
-        for file in files:
-            n = stored.get(str(file))
-            if n is None:
-                rest.append(file)
-            else:
-                total += n
-    if rest:
-        rows = reader.rows(f"SELECT {_AGGREGATE[table]} AS n FROM {{files}}", _lister(rest))
-        total += int(rows[0]["n"] or 0) if rows else 0
-    return total
+    for file in candidates:
+        n = stored.get(str(file))
+        if n is None:
+            rest.append(file)
+        else:
+            total += n
+    if table == RUNS:
+        rest += shared  # a run's start and end rows may be in two files: DuckDB de-duplicates
+    elif shared:
+        total += _duckdb_count(reader, _DISTINCT_NODES, shared)
+    return total + (_duckdb_count(reader, _AGGREGATE[table], rest) if rest else 0)
+
+
+def _may_overlap(files: list[LakeRoot]) -> bool:
+    """Whether a spans day's files may hold a span twice: a ``compact-…`` file next to other files is what a
+    compaction leaves between writing its file and removing the merged parts (for a moment in every merge; for good
+    if it died there), or two compactors on an object store. Parts alone never repeat a finished node."""
+    return len(files) > 1 and any(is_compacted(f) for f in files)
+
+
+def _duckdb_count(reader: LakeReader, aggregate: str, files: list[LakeRoot]) -> int:
+    rows = reader.rows(f"SELECT {aggregate} AS n FROM {{files}}", _lister(files))
+    return int(rows[0]["n"] or 0) if rows else 0
 
 
 def _stored_counts(files: list[LakeRoot], key: str) -> list[int | None]:

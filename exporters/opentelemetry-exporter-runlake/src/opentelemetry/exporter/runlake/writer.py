@@ -3,8 +3,9 @@
 Rows are buffered per partition and a part file is rolled when a partition reaches ``max_part_rows`` or
 ``max_part_bytes``, when its oldest row is ``flush_interval_s`` old, or on ``flush()``. A busy process that
 touches many sessions therefore writes a few large files instead of one tiny file per session per batch.
-All buffers together are capped by ``max_buffer_bytes``: past it everything is flushed, and if the disk
-refuses, the oldest rows are dropped and counted rather than letting memory grow.
+All buffers together are capped by ``max_buffer_bytes`` (the memory of the rows' strings, see ``_row_bytes``): past
+it everything is flushed, and if the disk refuses, the oldest rows are dropped and counted rather than letting memory
+grow.
 
 Locally a part is written under a temporary name and renamed into place. On an object store (no atomic rename)
 the finished Parquet bytes are uploaded straight to the part's unique final key: an S3 PUT, or a multipart upload
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -89,11 +92,32 @@ _DICTIONARY_COLUMNS = {
 }
 _DICTIONARY_MIN_ROWS = 256
 _RUN_POS = {name: i for i, name in enumerate(RUNS_SCHEMA.names)}
-_TEXT_POSITIONS = {
+_TEXT_POSITIONS = {  # free text: what row groups are cut by
     SPANS: [COL[c] for c in ("input", "output", "attributes", "events", "runtime_state", "metadata")],
     RUNS: [_RUN_POS[c] for c in ("input", "output", "metadata")],
 }
-_ROW_OVERHEAD = 160  # bytes of a row besides its free text, roughly, once in Python tuples
+# What the buffer cap counts of a row: every string column whose size the caller decides (free text, names, status
+# messages, ids taken from attributes), by its memory (str.__sizeof__: O(1), and 1, 2 or 4 bytes per character as
+# the string holds them). Not counted: the fixed-size hex ids, the enums (shared constants) and the resource JSON
+# (one string per resource, shared by every row of a process); _ROW_OVERHEAD stands for the rest.
+_UNCOUNTED = {"record", "span_type", "kind", "status_code", "trace_id", "span_id", "parent_span_id", "resource"}
+_SIZED_POSITIONS = {
+    table: [i for i, f in enumerate(schema) if pa.types.is_string(f.type) and f.name not in _UNCOUNTED]
+    for table, schema in ((SPANS, SPANS_SCHEMA), (RUNS, RUNS_SCHEMA))
+}
+_SIZED_VALUES = {table: operator.itemgetter(*positions) for table, positions in _SIZED_POSITIONS.items()}
+_ROW_OVERHEAD = 160  # bytes of a row besides those strings, roughly (shared strings counted per row make up the rest)
+
+
+_str_sizeof = str.__sizeof__
+
+
+def _row_bytes(table: str, row: tuple) -> int:
+    """Memory a row holds, roughly, for the buffer cap (a few hundred ns a row; ``add`` inlines it)."""
+    try:
+        return _ROW_OVERHEAD + sum(map(_str_sizeof, filter(None, _SIZED_VALUES[table](row))))
+    except TypeError:  # a value that is not a string (a caller's own rows): sys.getsizeof takes anything
+        return _ROW_OVERHEAD + sum(sys.getsizeof(row[i]) for i in _SIZED_POSITIONS[table] if row[i])
 
 
 def to_arrow(table: str, rows: list[tuple]) -> pa.Table:
@@ -260,10 +284,14 @@ class PartStream:
             sink = str(self._tmp)
         options = _writer_options(table, rows_hint, compression_level)
         try:
-            self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
-        except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
-            folder.mkdir(parents=True, exist_ok=True)
-            self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+            try:
+                self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+            except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
+                folder.mkdir(parents=True, exist_ok=True)
+                self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
+        except BaseException:  # a full disk fails after the temp file was created (writing the header): remove it
+            self._remove_tmp()
+            raise
 
     def write(self, arrow: pa.Table) -> None:
         for key, value in part_counts(self.table, arrow).items():
@@ -291,10 +319,13 @@ class PartStream:
             self._out.close()
         except Exception:  # noqa: BLE001 - already closed or broken: the temp file goes either way
             pass
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
         if self._tmp is not None:
             try:
                 self._tmp.unlink()
-            except OSError:
+            except OSError:  # never made, or gone already
                 pass
 
 
@@ -368,17 +399,16 @@ class LakeWriter:
         r_t, r_ttl, r_start = _RUN_POS["tenant_id"], _RUN_POS["ttl_days"], _RUN_POS["start_time_unix_nano"]
         with self._lock:
             for table, rows in ((SPANS, spans), (RUNS, runs)):
-                texts = _TEXT_POSITIONS[table]
+                sized = _SIZED_VALUES[table]
                 for row in rows:
                     if table == SPANS:
                         folder = self._folder(SPANS, row[t], row[ttl_i], row[start_i], row[sess_i])
                     else:
                         folder = self._folder(RUNS, row[r_t], row[r_ttl], row[r_start], None)
-                    size = _ROW_OVERHEAD
-                    for pos in texts:
-                        value = row[pos]
-                        if value:
-                            size += len(value)
+                    try:  # _row_bytes, inlined: this loop is the export hot path
+                        size = _ROW_OVERHEAD + sum(map(_str_sizeof, filter(None, sized(row))))
+                    except TypeError:
+                        size = _row_bytes(table, row)
                     key = (table, folder)
                     buf = self._buffers.get(key)
                     if buf is None:
@@ -504,6 +534,9 @@ class LakeWriter:
                 self.max_buffer_bytes,
             )
         self._failing = cause
+        # measured again: the attempt encoded the rows, and Arrow leaves a UTF-8 copy in every non-ASCII string (up to
+        # twice its size); off the hot path, and cheap beside the encoding that just failed
+        buf.nbytes = sum(_row_bytes(key[0], row) for row in buf.rows)
         self._put_back(key, buf)
         with self._lock:
             dropped = 0
