@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,6 +93,7 @@ def whole_cents(value: float | None) -> int:
 
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_LIVE_RUN_NS = 86_400 * 10**9  # a run in progress for less than this is counted as it goes (history)
 _MAX_DAYS_OF_RUN = 400  # a run's spans are looked for on the days it lasted, up to this many
 
 
@@ -691,10 +693,12 @@ class HistoryDB:
 
     def _with_totals_so_far(self, rows: list[dict[str, Any]], indexed: bool) -> list[dict[str, Any]]:
         """Runs still in progress have no totals in the index yet (their ``start`` row): count their nodes so far,
-        as ``get_logs`` does. Finished runs are left as they are."""
+        as ``get_logs`` does (one read each, so only for runs started in the last day: older ones are runs whose end
+        never came, and a page of those would cost a read per run). Finished runs are left as they are."""
         out = []
+        recent = time.time_ns() - _LIVE_RUN_NS
         for row in rows:
-            if row["end_time_unix_nano"] is None:
+            if row["end_time_unix_nano"] is None and row["start_time_unix_nano"] >= recent:
                 nodes = [r for r in self._rows_of_run(row, indexed) if r["span_type"] == "node"]
                 row = {
                     **row,

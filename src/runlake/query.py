@@ -167,8 +167,8 @@ class LakeReader:
             schema = _table_schema_of(name)
             if schema is None:
                 continue
-            try:
-                found = pq.read_schema(name)
+            try:  # a compacted file's footer is kept for point reads anyway; a part's schema is read once
+                found = self._footer(name)[0].schema.to_arrow_schema() if is_compacted(name) else pq.read_schema(name)
             except Exception:  # noqa: BLE001 - unreadable or gone: the query's own error handling finds it
                 continue
             wrong = [
@@ -325,6 +325,7 @@ class LakeReader:
                 continue
             try:
                 self._footer(str(file))
+                self._check_types([file])  # from the footer just kept: the first query pays nothing for it
                 kept += 1
             except (OSError, ValueError, pa.ArrowException):
                 continue  # a broken file is found and said by the query that reads it
