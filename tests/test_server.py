@@ -629,13 +629,19 @@ def test_websocket_key_as_subprotocol(server: Server, keys: dict[str, str]) -> N
 
 
 # ---- storage failures, shutdown, TTL, start-up checks ----------------------------------------------------------
-def test_storage_failure_answers_503_then_recovers(tmp_path: Path) -> None:
+def _lake_refusing_tenant_t1(tmp_path: Path) -> tuple[str, Path, Path, Path]:
+    """An admin key of tenant t1 and a lake where every write of t1 fails (a file stands where its folder goes)."""
     key = new_key()
     keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
     lake = tmp_path / "lake"
     blocker = lake / "spans" / "tenant=t1"
     blocker.parent.mkdir(parents=True)
-    blocker.write_text("a file where the tenant folder should be")  # every write of tenant t1 now fails
+    blocker.write_text("a file where the tenant folder should be")
+    return key, keys_file, lake, blocker
+
+
+def test_storage_failure_answers_503_then_recovers(tmp_path: Path) -> None:
+    key, keys_file, lake, blocker = _lake_refusing_tenant_t1(tmp_path)
     factory = SpanFactory()
     run_id, spans = factory.run(unique("agent"), unique("s"), "u", NODES)
     body = encode_spans(spans).SerializeToString()
@@ -792,12 +798,7 @@ def test_ingest_log_survives_a_hard_crash(tmp_path: Path) -> None:
 def test_ingest_log_keeps_requests_whose_rows_were_dropped_during_an_outage(tmp_path: Path) -> None:
     """A lake outage fills the writer's buffer: past its cap the writer drops rows. Requests already answered 200
     keep their log segments (replayed at restart), and further requests get 503 until there is room."""
-    key = new_key()
-    keys_file = write_keys(tmp_path / "keys.json", [{"key": key, "tenant_id": "t1", "role": "admin"}])
-    lake = tmp_path / "lake"
-    blocker = lake / "spans" / "tenant=t1"
-    blocker.parent.mkdir(parents=True)
-    blocker.write_text("a file where the tenant folder should be")  # every write of tenant t1 now fails
+    key, keys_file, lake, blocker = _lake_refusing_tenant_t1(tmp_path)
     cap = 300_000
     big = [{**n, "output": f"{n['id']}-" + "x" * (cap // 2)} for n in NODES]  # one request's rows pass the cap
     factory = SpanFactory()
