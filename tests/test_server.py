@@ -393,6 +393,22 @@ def test_many_resource_or_scope_entries_are_refused_and_empty_ones_cost_nothing(
     assert len({id(s.instrumentation_scope) for s in decoded.spans}) == 1
 
 
+def test_a_request_of_more_spans_than_the_cap_is_refused_before_parsing(server: Server, api: httpx.Client) -> None:
+    from runlake.otlp import MAX_SPANS
+
+    pb, js = {"Content-Type": PROTOBUF}, {"Content-Type": "application/json"}
+    spans = b"\x12\x00" * (MAX_SPANS + 1)  # empty 2-byte spans in one ScopeSpans of one ResourceSpans
+    scope = b"\x12" + encode_varint(len(spans)) + spans
+    body = b"\x0a" + encode_varint(len(scope)) + scope
+    started = time.perf_counter()
+    refused = api.post("/v1/traces", content=gzip.compress(body), headers={**pb, "Content-Encoding": "gzip"})
+    assert refused.status_code == 400 and f"more than {MAX_SPANS} spans" in _status(refused).message
+    assert time.perf_counter() - started < 5  # a scan, not a parse of 100k span objects
+    as_json = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{}] * (MAX_SPANS + 1)}]}]}).encode()
+    refused = api.post("/v1/traces", content=as_json, headers=js)
+    assert refused.status_code == 400 and f"more than {MAX_SPANS} spans" in refused.json()["message"]
+
+
 def encode_varint(value: int) -> bytes:
     out = bytearray()
     while True:

@@ -61,6 +61,7 @@ _PROTOBUF_ALIASES = {PROTOBUF, "application/protobuf", "application/vnd.google.p
 _INT64_MAX = (1 << 63) - 1  # the lake stores times as int64 nanoseconds
 _MAX_REASONS = 3  # reasons quoted in partial_success.error_message
 MAX_ENTRIES = 10_000  # ResourceSpans + ScopeSpans per request; real batches carry a few (HTTP 400 beyond)
+MAX_SPANS = 100_000  # spans per request: SDKs send 512, a collector's batch processor up to 8,192 (HTTP 400 beyond)
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _ID_FIELDS = (("traceId", "trace_id", 32), ("spanId", "span_id", 16), ("parentSpanId", "parent_span_id", 16))
 # OTLP SpanKind (0 = unspecified) → SDK SpanKind
@@ -149,47 +150,63 @@ def _fields(data: bytes, start: int, end: int) -> Iterable[tuple[int, int, int]]
         pos = value_end
 
 
-def _too_many_entries(body: bytes) -> bool:
-    """More than ``MAX_ENTRIES`` fields at the ResourceSpans and ScopeSpans levels, found before parsing.
+def _too_many_entries(body: bytes) -> str | None:
+    """What a request holds too many of, found before parsing: more than ``MAX_ENTRIES`` fields at the
+    ResourceSpans and ScopeSpans levels, or more than ``MAX_SPANS`` spans; else None.
 
-    Parsing 4 million empty 2-byte ResourceSpans costs ~300 MB; this scan stops after ``MAX_ENTRIES`` fields.
+    Parsing 4 million empty 2-byte ResourceSpans (or spans) costs ~300 MB; this scan stops at the first limit.
     """
-    budget = MAX_ENTRIES
+    budget, spans = MAX_ENTRIES, MAX_SPANS
+    size = len(body)
     try:
-        for number, start, end in _fields(body, 0, len(body)):
+        for number, start, end in _fields(body, 0, size):
             budget -= 1
             if number == 1:  # resource_spans: count its fields (scope_spans and the rest) too
-                for _ in _fields(body, start, min(end, len(body))):
+                for field, scope_start, scope_end in _fields(body, start, min(end, size)):
                     budget -= 1
                     if budget < 0:
-                        return True
+                        return _TOO_MANY_ENTRIES
+                    if field == 2:  # scope_spans: count its spans (field 2)
+                        for span_field, _, _ in _fields(body, scope_start, min(scope_end, size)):
+                            spans -= span_field == 2
+                            if spans < 0:
+                                return _TOO_MANY_SPANS
             if budget < 0:
-                return True
+                return _TOO_MANY_ENTRIES
     except IndexError:
-        return False
-    return False
+        return None
+    return None
 
 
-def _count_entries(request: ExportTraceServiceRequest) -> int:
-    """ResourceSpans + ScopeSpans of a parsed request, counted up to just past ``MAX_ENTRIES``."""
-    entries = len(request.resource_spans)
+_TOO_MANY_ENTRIES = f"request has more than {MAX_ENTRIES} ResourceSpans and ScopeSpans entries"
+_TOO_MANY_SPANS = f"request has more than {MAX_SPANS} spans; send smaller batches"
+
+
+def _too_many_parsed(request: ExportTraceServiceRequest) -> str | None:
+    """``_too_many_entries`` on a parsed request (counting stops just past a limit)."""
+    entries, spans = len(request.resource_spans), 0
     for resource_spans in request.resource_spans:
         if entries > MAX_ENTRIES:
-            break
+            return _TOO_MANY_ENTRIES
         entries += len(resource_spans.scope_spans)
-    return entries
+        for scope_spans in resource_spans.scope_spans:
+            spans += len(scope_spans.spans)
+            if spans > MAX_SPANS:
+                return _TOO_MANY_SPANS
+    return _TOO_MANY_ENTRIES if entries > MAX_ENTRIES else None
 
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """Parse a binary protobuf ExportTraceServiceRequest."""
-    too_many = f"request has more than {MAX_ENTRIES} ResourceSpans and ScopeSpans entries"
-    if _too_many_entries(body):
+    too_many = _too_many_entries(body)
+    if too_many:
         raise OTLPDecodeError(too_many)
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except (DecodeError, RuntimeError, ValueError) as error:
         raise OTLPDecodeError(f"body is not a protobuf ExportTraceServiceRequest: {error}") from None
-    if _count_entries(request) > MAX_ENTRIES:  # what the scan could not see (fields inside groups)
+    too_many = _too_many_parsed(request)  # what the scan could not see (fields inside groups)
+    if too_many:
         raise OTLPDecodeError(too_many)
     return request
 
@@ -204,12 +221,15 @@ def parse_json(body: bytes, decoded: DecodedRequest | None = None) -> ExportTrac
         raise OTLPDecodeError(f"body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: the top level must be an object")
-    entries = 0
+    entries = spans = 0
     for resource_spans in _list(_get(data, "resourceSpans", "resource_spans")):
-        scopes = _get(resource_spans, "scopeSpans", "scope_spans") if isinstance(resource_spans, dict) else None
-        entries += 1 + len(_list(scopes))
+        scopes = _list(_get(resource_spans, "scopeSpans", "scope_spans") if isinstance(resource_spans, dict) else None)
+        entries += 1 + len(scopes)
         if entries > MAX_ENTRIES:
-            raise OTLPDecodeError(f"request has more than {MAX_ENTRIES} ResourceSpans and ScopeSpans entries")
+            raise OTLPDecodeError(_TOO_MANY_ENTRIES)
+        spans += sum(len(_list(_get(scope, "spans", "spans"))) for scope in scopes if isinstance(scope, dict))
+        if spans > MAX_SPANS:
+            raise OTLPDecodeError(_TOO_MANY_SPANS)
     _hex_ids_to_base64(data, decoded if decoded is not None else DecodedRequest())
     request = ExportTraceServiceRequest()
     try:
