@@ -778,7 +778,8 @@ def traces(
     state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
-    """Traces, newest first, each described by its root run, with its span count (PraisonAI `get_traces`).
+    """Traces, newest first, each described by its first run (its root), with its span count (PraisonAI
+    `get_traces`).
 
     **Example:**
 
@@ -818,8 +819,8 @@ def sessions(
     state_url: StateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
-    """Sessions, newest first; with a SESSION_ID, that session as PraisonAI's session file has it: messages
-    (each root run's input and output) and runtime state by runtime and turn (`SessionStore`, docs/sessions.md).
+    """Sessions, newest first; with a SESSION_ID, that session's messages and runtime state (PraisonAI's session
+    file: each root run's input and output, then state by runtime and turn; `SessionStore`, docs/sessions.md).
 
     **Examples:**
 
