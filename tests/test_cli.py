@@ -247,6 +247,8 @@ def test_sessions_list_and_one_session_with_runtime_state(demo: tuple[Path, dict
     assert any(item["session_id"] == "chat/1" for item in cli_json("sessions", "--state-url", other))
     assert "No messages or runtime state in session nope" in cli("sessions", "nope", "--state-url", other).stdout
     assert cli("sessions", "--state-url", tmp_path / "missing").exit_code == 1
+    empty = cli("sessions", " ", "--state-url", other)
+    assert empty.exit_code == 2 and "SESSION_ID is empty" in empty.stderr
 
 
 def test_logs_of_an_unknown_run_exits_1_with_a_message(demo: tuple[Path, dict]) -> None:

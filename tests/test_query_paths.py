@@ -324,6 +324,22 @@ def test_a_part_file_with_foreign_column_types_is_set_aside_by_name(
     assert f"skipping part file {planted}: {column} is" in caplog.text
 
 
+def test_string_view_columns_are_read_not_set_aside(lake: Path, lake_ids: dict, caplog) -> None:
+    """Arrow's string_view (other writers, e.g. Polars) reads as text: the type check must not set it aside."""
+    db = HistoryDB(lake)
+    expected = db.sql_rows("SELECT count(*), count(DISTINCT session_id) FROM spans")
+    good = next(p for p in lake_files(lake, "spans") if p.suffix == ".parquet")
+    table = pq.read_table(good)
+    columns = {
+        f.name: table[f.name].cast(pa.string_view()) if pa.types.is_string(f.type) else table[f.name]
+        for f in table.schema
+    }
+    pq.write_table(pa.table(columns), good)
+    with caplog.at_level(logging.WARNING):
+        assert HistoryDB(lake).sql_rows("SELECT count(*), count(DISTINCT session_id) FROM spans") == expected
+    assert "skipping part file" not in caplog.text
+
+
 def test_the_index_forgets_removed_files_and_reads_new_ones(lake: Path, lake_ids: dict) -> None:
     db = HistoryDB(lake)
     assert db.run_index().size == 45

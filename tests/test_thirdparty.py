@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Status, StatusCode
 
 import runlake
@@ -293,3 +294,73 @@ def test_a_run_whose_session_is_set_after_it_started_is_one_run(configured: Path
         assert db.sql_rows("SELECT run_id, end_time_unix_nano IS NULL FROM runs")[1] == [(run_id, False)]
         statistics = runlake.ExecutionHistoryService(db).statistics()
         assert (statistics["total_executions"], statistics["running_executions"]) == (1, 0)
+
+
+class _OneTraceIds(RandomIdGenerator):
+    """Random span ids, one fixed trace id: two root spans in one trace (workers continuing a trace id)."""
+
+    def generate_trace_id(self) -> int:
+        return 0xABCDEF
+
+
+def _agent(name: str, session: str, user: str | None = None) -> dict:
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name, "gen_ai.conversation.id": session}
+    return {**attributes, "user.id": user} if user else attributes
+
+
+def _chat(tokens: int) -> dict:
+    return {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": tokens, "gen_ai.usage.output_tokens": 0}
+
+
+@pytest.mark.parametrize("simple", [True, False], ids=["a span per export", "batched"])
+def test_nested_runs_in_other_sessions_and_spans_that_end_before_their_children(lake: Path, simple: bool) -> None:
+    """Run B (session s2) inside a tool node of run A (session s1); under B a plain span ends before its own llm
+    child. Every shape agrees on whose nodes are whose, and a trace holds all its spans whichever session asks."""
+    provider, tracer = _exporter_only_provider(lake, simple)
+    with tracer.start_as_current_span("invoke_agent A", attributes=_agent("A", "s1", "u1")):
+        with tracer.start_as_current_span(
+            "execute_tool delegate", attributes={"gen_ai.operation.name": "execute_tool"}
+        ):
+            with tracer.start_as_current_span("invoke_agent B", attributes=_agent("B", "s2", "u2")):
+                step = tracer.start_span("step")  # a plain span that ends before its child
+                chat = tracer.start_span("b-chat", context=trace.set_span_in_context(step), attributes=_chat(15))
+                step.end()
+                chat.end()
+    provider.shutdown()
+    for db in (runlake.HistoryDB(lake), runlake.HistoryDB(lake, index_max_rows=0)):
+        history = {item["run_id"]: item for item in db.get_history()}
+        [run_a] = db.get_runs("s1")
+        [run_b] = db.get_runs("s2")
+        for run, nodes, tokens in ((run_a, ["execute_tool delegate"], 0), (run_b, ["b-chat"], 15)):
+            logs = db.get_logs(run["run_id"])
+            assert [n["id"] for n in logs["nodes"]] == nodes
+            assert logs["summary"]["tokens_used"] == tokens == history[run["run_id"]]["tokens_used"]
+            assert history[run["run_id"]]["node_count"] == len(nodes)
+        for found in (db.get_traces(), db.get_traces(session_id="s2"), db.get_traces(user_id="u2")):
+            [whole] = found
+            assert len(whole["spans"]) == 5
+        listed = {s["session_id"]: s for s in runlake.SessionStore(lake).list_sessions()}
+        assert (listed["s2"]["run_count"], listed["s2"]["agent_name"]) == (1, "B")
+
+
+def test_two_root_runs_in_one_trace_share_a_node_with_no_run_above_it_once(lake: Path) -> None:
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(id_generator=_OneTraceIds())
+    provider.add_span_processor(BatchSpanProcessor(RunlakeSpanExporter(lake, background_flush=False)))
+    tracer = provider.get_tracer("workers")
+    with tracer.start_as_current_span("invoke_agent R1", attributes=_agent("R1", "s1")):
+        lost = tracer.start_span("never-ends")  # the orphan's parent is never exported
+        with tracer.start_as_current_span("orphan", context=trace.set_span_in_context(lost), attributes=_chat(100)):
+            pass
+    with tracer.start_as_current_span("invoke_agent R2", attributes=_agent("R2", "s1")):
+        with tracer.start_as_current_span("r2-chat", attributes=_chat(2)):
+            pass
+    provider.shutdown()
+    for db in (runlake.HistoryDB(lake), runlake.HistoryDB(lake, index_max_rows=0)):
+        listed = [n["id"] for item in db.get_history() for n in db.get_logs(item["run_id"])["nodes"]]
+        assert sorted(listed) == ["orphan", "r2-chat"]
+        assert sum(item["node_count"] for item in db.get_history()) == 2
+        assert runlake.ExecutionHistoryService(db).statistics()["total_nodes"] == 2

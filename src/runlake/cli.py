@@ -829,6 +829,8 @@ def sessions(
     """
     from .sessions import SessionStore
 
+    if session is not None and not session.strip():
+        fail("SESSION_ID is empty: give a session id, or none to list the sessions", code=2)
     root = _lake_root(state_url)
     if not root.exists():
         no_lake(root)

@@ -129,10 +129,14 @@ def _rows_of_run(trace_rows: list[dict[str, Any]], run: dict[str, Any]) -> list[
     """The run's own span row and its nodes among the rows of its trace.
 
     A node is the run's when it names the run (``run_id``), or, naming none, when the nearest run above it in the
-    span tree is this run; a node with no run above it in the lake belongs to the trace's root run.
+    span tree is this run; a node with no run above it in the lake belongs to the trace's (first) root run.
     """
     by_id = {r["span_id"]: r for r in trace_rows}
-    run_id, own, root = run["run_id"], run["span_id"], run["parent_span_id"] is None
+    run_id, own = run["run_id"], run["span_id"]
+    # nodes with no run above them go to one run: the trace's first root run (a trace rarely has two roots)
+    roots = [r for r in trace_rows if r["span_type"] == "run" and r["parent_span_id"] is None]
+    first_root = min(roots, key=lambda r: (r["start_time_unix_nano"], r["span_id"]))["span_id"] if roots else None
+    root = run["parent_span_id"] is None and first_root in (None, own)
 
     def owner(row: dict[str, Any]) -> str | None:
         for _ in range(len(by_id) + 1):  # a cycle of bad parent ids ends here
@@ -519,11 +523,9 @@ class HistoryDB:
             days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"])
             want(run["session_id"] or "", days)
             want("", days)
-        sessionless = sorted({run["trace_id"] for run in runs if not run["session_id"]})
-        if sessionless:
-            for other in self._runs_of_traces(sessionless):
-                if other["session_id"]:
-                    want(other["session_id"], _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"]))
+        for other in self._runs_of_traces(sorted({run["trace_id"] for run in runs})):  # nested runs elsewhere
+            if other["session_id"]:
+                want(other["session_id"], _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"]))
         params: list[Any] = []
         sessions = _in_list("session_id", [s for s in wanted if s], params)
         if "" in wanted:
@@ -648,7 +650,8 @@ class HistoryDB:
         columns = "session_id, start_time_unix_nano, end_time_unix_nano"
         index = self.run_index()
         if index is not None:
-            return index.rows(f"SELECT {columns} FROM {{index}} WHERE {where}", params)
+            found = index.of_traces(traces, ["tenant_id", "user_id", *_names(columns)])
+            return [r for r in found if self._in_scope(r)]
         return self._index_rows(f" AND {where}", params)
 
     def _indexed_run(self, run_id: str) -> tuple[bool, dict[str, Any] | None]:
@@ -736,13 +739,17 @@ class HistoryDB:
             errors.append({"node_id": None, "error_type": run["error_type"], "error_message": run["status_message"]})
         # the run's own usage and cost when its span carries them (an agent span that reports its total), else the
         # sum of its nodes: the same rule as the runs index, so history, statistics and logs agree
-        # (a run in progress has only its start row, whose zeros mean "not known yet")
+        # (the run's own span row, not its index row, which holds the exporter's sums; a run in progress has only
+        # its start row, whose zeros mean "not known yet")
+        span_row = next((r for r in rows if r["span_id"] == run["span_id"]), None) or run
         own = run["end_time_unix_nano"] is not None
         tokens = sum(
-            run[key] if own and run[key] is not None else sum(n[key] or 0 for n in nodes)
+            span_row[key] if own and span_row[key] is not None else sum(n[key] or 0 for n in nodes)
             for key in ("input_tokens", "output_tokens")
         )
-        cost = run["cost_cents"] if own and run["cost_cents"] is not None else sum(n["cost_cents"] or 0 for n in nodes)
+        cost = span_row["cost_cents"]
+        if not own or cost is None:
+            cost = sum(n["cost_cents"] or 0 for n in nodes)
         return {
             "run_id": run_id,
             "nodes": node_dicts,

@@ -453,7 +453,7 @@ def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:
     if pa.types.is_floating(wanted):
         return pa.types.is_integer(found) or pa.types.is_floating(found)
     if pa.types.is_string(wanted) or pa.types.is_large_string(wanted):
-        return pa.types.is_string(found) or pa.types.is_large_string(found)
+        return pa.types.is_string(found) or pa.types.is_large_string(found) or pa.types.is_string_view(found)
     return found == wanted
 
 

@@ -250,6 +250,15 @@ class RunIndex:
             self._first = (table, mask)
         return mask
 
+    def of_traces(self, trace_ids: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
+        """``columns`` of every run of the traces (a filter over the table, no query)."""
+        with self._lock:
+            table = self._table
+        if table is None or not trace_ids:
+            return []
+        keep = pc.is_in(table.column("trace_id"), value_set=pa.array(list(trace_ids), pa.string()))
+        return table.select(list(columns)).filter(keep).to_pylist()
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row, by run id."""
         table, by_run, _ = self._lookup_tables()

@@ -854,7 +854,7 @@ class SessionStore:
             params.append(user_id)
         sql = f"""
             WITH runs AS (SELECT * FROM {{files}} WHERE session_id IS NOT NULL AND tenant_id = ? {where} {LATEST_ROW}),
-            roots AS (SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY trace_id
+            roots AS (SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY session_id, trace_id
                       ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1)
             SELECT session_id, arg_max(user_id, start_time_unix_nano) AS user_id,
                    arg_max(agent_name, start_time_unix_nano) AS agent_name,

@@ -133,6 +133,8 @@ class RunlakeSpanExporter(SpanExporter):
         self._owners: OrderedDict[str, str] = OrderedDict()
         # trace id -> "parent:<span id>" keys of totals of nodes no run has claimed yet (for the root run)
         self._pending_by_trace: dict[str, set[str]] = {}
+        # span id -> parent span id, for spans whose run was not known when they came (bounded, oldest evicted)
+        self._parents: OrderedDict[str, str] = OrderedDict()
         self._totals_lock = threading.Lock()
         self._shutdown = False
         self.rejected_spans = 0
@@ -191,7 +193,20 @@ class RunlakeSpanExporter(SpanExporter):
         ty, rid, tid, sid, pid = COL["span_type"], COL["run_id"], COL["trace_id"], COL["span_id"], COL["parent_span_id"]
         st, tin, tout, cost = COL["status_code"], COL["input_tokens"], COL["output_tokens"], COL["cost_cents"]
         with self._totals_lock:
-            totals, owners, pending = self._run_totals, self._owners, self._pending_by_trace
+            totals, owners, pending, parents = self._run_totals, self._owners, self._pending_by_trace, self._parents
+
+            def place(parent: str) -> tuple[str | None, str]:
+                """(the run above ``parent``, or None and the span id to wait under): up through spans that came
+                before their run (a plain span under a run may end before its own children)."""
+                for _ in range(64):
+                    owner = owners.get(parent)
+                    if owner is not None:
+                        return owner, parent
+                    above = parents.get(parent)
+                    if above is None:
+                        return None, parent
+                    parent = above
+                return None, parent
 
             def entry(key: str) -> list[float]:
                 acc = totals.get(key)
@@ -203,35 +218,38 @@ class RunlakeSpanExporter(SpanExporter):
 
             for row in span_rows:
                 span_id, parent = row[sid], row[pid]
+                waits_under = None  # the span id this row's figures wait under while its run is unknown
                 if row[ty] == RUN:
                     owner = span_id
+                elif row[rid]:
+                    owner = row[rid]
+                elif parent is not None:
+                    owner, waits_under = place(parent)
                 else:
-                    owner = row[rid] or (owners.get(parent) if parent else None)
+                    owner = None
                 if owner is not None:  # for children that arrive later
                     owners[span_id] = owner
                     if len(owners) > _MAX_TRACKED_RUNS:
                         owners.popitem(last=False)
+                elif parent is not None:  # its run is not known yet: children that come later walk up through it
+                    parents[span_id] = parent
+                    if len(parents) > _MAX_TRACKED_RUNS:
+                        parents.popitem(last=False)
+                if owner is not None or waits_under is not None:
+                    key = owner if owner is not None else "parent:" + waits_under
+                else:
+                    key = "trace:" + row[tid]
+                if key.startswith("parent:"):
+                    pending.setdefault(row[tid], set()).add(key)
+                    if len(pending) > _MAX_TRACKED_RUNS:
+                        pending.pop(next(iter(pending)))
                 if pending:  # figures of nodes below this span, waiting for it
                     waiting = totals.pop("parent:" + span_id, None)
                     if waiting is not None:
-                        if owner is None and parent is not None:
-                            key = "parent:" + parent
-                            pending.setdefault(row[tid], set()).add(key)
-                        else:
-                            key = owner or "trace:" + row[tid]
                         acc = entry(key)
                         for i, value in enumerate(waiting):
                             acc[i] += value
                 if row[ty] == NODE:
-                    if owner is not None:
-                        key = owner
-                    elif parent is not None:
-                        key = "parent:" + parent
-                        pending.setdefault(row[tid], set()).add(key)
-                        if len(pending) > _MAX_TRACKED_RUNS:
-                            pending.pop(next(iter(pending)))
-                    else:
-                        key = "trace:" + row[tid]
                     acc = entry(key)
                     acc[0] += 1
                     acc[1] += row[st] == "ERROR"
