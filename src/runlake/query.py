@@ -306,7 +306,7 @@ class LakeReader:
                 reader = pq.ParquetFile(str(file), metadata=metadata, pre_buffer=False)
                 table = reader.read_row_groups(groups, columns=list(columns))
                 keep = pc.is_in(table.column("session_id"), value_set=pa.array(wanted, pa.string()))
-                if wanted[0] == "":  # sorted: "" comes first
+                if wanted[0] == "" and table.column("session_id").null_count:  # sorted: "" comes first
                     keep = pc.or_kleene(keep, pc.is_null(table.column("session_id")))
                 if also is not None:
                     column, values = also

@@ -104,6 +104,7 @@ class RunIndex:
         self._local = threading.local()
         self._lookups: tuple[int, dict[str, int], dict[str, list[int]]] | None = None  # (version, by run, by session)
         self._first: tuple[pa.Table, pa.Array] | None = None  # (table, first run of its trace per row)
+        self._several: tuple[pa.Table, frozenset[str]] | None = None  # (table, traces holding several runs)
 
     def _db(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
@@ -251,13 +252,29 @@ class RunIndex:
         return mask
 
     def of_traces(self, trace_ids: Sequence[str], columns: Sequence[str]) -> list[dict[str, Any]]:
-        """``columns`` of every run of the traces (a filter over the table, no query)."""
+        """``columns`` of every run of the traces that hold more than one run (a filter over the table, no query;
+        none at all when no wanted trace has several runs, the common case)."""
         with self._lock:
             table = self._table
         if table is None or not trace_ids:
             return []
+        several = self._traces_of_several_runs(table)
+        trace_ids = [t for t in trace_ids if t in several]
+        if not trace_ids:
+            return []
         keep = pc.is_in(table.column("trace_id"), value_set=pa.array(list(trace_ids), pa.string()))
         return table.select(list(columns)).filter(keep).to_pylist()
+
+    def _traces_of_several_runs(self, table: pa.Table) -> frozenset[str]:
+        """Trace ids that hold more than one run (nested runs, two roots), computed once per version."""
+        with self._lock:
+            if self._several is not None and self._several[0] is table:
+                return self._several[1]
+        counts = pc.value_counts(table.column("trace_id").combine_chunks())
+        several = frozenset(counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist())
+        with self._lock:
+            self._several = (table, several)
+        return several
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row, by run id."""
