@@ -331,6 +331,36 @@ def test_ingest_bad_input(server: Server, api: httpx.Client) -> None:
     assert deflated.status_code == 200 and deflated.json() == {}
 
 
+def test_a_link_with_bad_ids_is_dropped_with_a_warning_and_its_span_kept(server: Server, api: httpx.Client) -> None:
+    """Protobuf and JSON alike: the span is stored without that link; partial_success says so, rejecting nothing."""
+    from runlake.otlp import PROTOBUF as PB
+    from runlake.otlp import decode_request
+
+    good_link = {"traceId": "0a" * 16, "spanId": "0b" * 8}
+    span = {
+        "traceId": "01" * 16,
+        "spanId": "02" * 8,
+        "name": "linked",
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+    }
+    span["links"] = [good_link, {"traceId": "zz", "spanId": "0b" * 8}]
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    decoded = decode_request(body, "application/json")
+    assert (len(decoded.spans), decoded.rejected, decoded.dropped_links) == (1, 0, 1)
+    assert [f"{link.context.span_id:016x}" for link in decoded.spans[0].links] == ["0b" * 8]
+    answer = api.post("/v1/traces", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200
+    assert "dropped 1 link(s) with bad ids" in answer.json()["partialSuccess"]["errorMessage"]
+
+    request = encode_spans(SpanFactory().run(unique("agent"), unique("s"), "u", NODES)[1])
+    bad = request.resource_spans[0].scope_spans[0].spans[0].links.add()
+    bad.trace_id, bad.span_id = b"\x01" * 16, b"\x02" * 3
+    decoded = decode_request(request.SerializeToString(), PB)
+    assert decoded.rejected == 0 and decoded.dropped_links == 1
+    assert "link ids of 16 and 3 bytes" in decoded.error_message
+
+
 def test_ingest_json_nested_too_deeply_or_with_huge_integers_is_400(server: Server, api: httpx.Client) -> None:
     js = {"Content-Type": "application/json"}
     span = {"traceId": "01" * 16, "spanId": "02" * 8, "name": "s", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}

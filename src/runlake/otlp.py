@@ -90,21 +90,32 @@ class DecodedRequest:
     spans: list[ReadableSpan] = field(default_factory=list)
     rejected: int = 0
     reasons: list[str] = field(default_factory=list)
+    dropped_links: int = 0  # links with bad ids: the span is kept without them (a warning, as OTLP allows)
+    link_reasons: list[str] = field(default_factory=list)
 
     @property
     def error_message(self) -> str:
-        if not self.rejected:
-            return ""
-        total = self.rejected + len(self.spans)
-        text = f"rejected {self.rejected} of {total} spans: " + "; ".join(self.reasons)
-        if self.rejected > len(self.reasons):
-            text += "; ..."
-        return text
+        parts = []
+        if self.rejected:
+            total = self.rejected + len(self.spans)
+            text = f"rejected {self.rejected} of {total} spans: " + "; ".join(self.reasons)
+            parts.append(text + ("; ..." if self.rejected > len(self.reasons) else ""))
+        if self.dropped_links:
+            text = f"dropped {self.dropped_links} link(s) with bad ids, their spans kept: " + "; ".join(
+                self.link_reasons
+            )
+            parts.append(text + ("; ..." if self.dropped_links > len(self.link_reasons) else ""))
+        return "; ".join(parts)
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
         if len(self.reasons) < _MAX_REASONS:
             self.reasons.append(reason)
+
+    def drop_link(self, reason: str) -> None:
+        self.dropped_links += 1
+        if len(self.link_reasons) < _MAX_REASONS:
+            self.link_reasons.append(reason)
 
 
 def media_type(content_type: str | None) -> str | None:
@@ -286,9 +297,20 @@ def _hex_ids_to_base64(data: dict, decoded: DecodedRequest) -> None:
                 problem = None
                 for camel, snake, hex_len in _ID_FIELDS:
                     problem = problem or _hex_field(span, camel, snake, hex_len)
-                for link in _dicts(span.get("links")):
-                    problem = problem or _hex_field(link, "traceId", "trace_id", 32)
-                    problem = problem or _hex_field(link, "spanId", "span_id", 16)
+                links = span.get("links")
+                if isinstance(links, list):
+                    good_links = []
+                    for link in links:
+                        bad = None
+                        if isinstance(link, dict):
+                            bad = _hex_field(link, "traceId", "trace_id", 32) or _hex_field(
+                                link, "spanId", "span_id", 16
+                            )
+                        if bad:
+                            decoded.drop_link(f"span {str(span.get('name', ''))[:60]!r}: link {bad}")
+                        else:
+                            good_links.append(link)
+                    span["links"] = good_links
                 if problem:
                     decoded.reject(f"span {str(span.get('name', ''))[:60]!r}: {problem}")
                 else:
@@ -424,14 +446,18 @@ def to_readable_spans(request: ExportTraceServiceRequest, decoded: DecodedReques
                     remote = bool(flags & _IS_REMOTE) if flags & _HAS_IS_REMOTE else True
                     parent = SpanContext(trace_id, int.from_bytes(span.parent_span_id, "big"), is_remote=remote)
                 events = [Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events]
-                links = [
-                    Link(
-                        SpanContext(int.from_bytes(k.trace_id, "big"), int.from_bytes(k.span_id, "big"), True),
-                        _attributes(k.attributes),
-                    )
-                    for k in span.links
-                    if len(k.trace_id) == 16 and len(k.span_id) == 8
-                ]
+                links = []
+                for k in span.links:
+                    if len(k.trace_id) == 16 and len(k.span_id) == 8:
+                        context_of_link = SpanContext(
+                            int.from_bytes(k.trace_id, "big"), int.from_bytes(k.span_id, "big"), True
+                        )
+                        links.append(Link(context_of_link, _attributes(k.attributes)))
+                    else:
+                        out.drop_link(
+                            f"span {span.name[:60]!r}: link ids of {len(k.trace_id)} and {len(k.span_id)} bytes, "
+                            "not 16 and 8"
+                        )
                 spans.append(
                     ReadableSpan(
                         name=span.name,
