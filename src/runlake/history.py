@@ -171,6 +171,12 @@ def _one_tenant(rows: list[dict[str, Any]]) -> str | None:
     return tenants.pop() if len(tenants) == 1 and None not in tenants else None
 
 
+def _add_days(wanted: dict[str, set[str] | None], session: str, days: list[str] | None) -> None:
+    """Add ``days`` to what is read of ``session`` (None: every day, which stays so)."""
+    known = wanted.get(session, set())
+    wanted[session] = None if days is None or known is None else known | set(days)
+
+
 def _in_list(column: str, values: list[Any], params: list[Any]) -> str:
     """``column IN (?, ...)``: with literal parameters DuckDB checks it against Parquet row-group statistics."""
     params.extend(values)
@@ -514,34 +520,39 @@ class HistoryDB:
         if not runs:
             return {}
         wanted: dict[str, set[str] | None] = {}
-
-        def want(session: str, days: list[str] | None) -> None:
-            known = wanted.get(session, set())
-            wanted[session] = None if days is None or known is None else known | set(days)
-
         for run in runs:
             days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"])
-            want(run["session_id"] or "", days)
-            want("", days)
-        for other in self._runs_of_traces(sorted({run["trace_id"] for run in runs})):  # nested runs elsewhere
-            if other["session_id"]:
-                want(other["session_id"], _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"]))
-        params: list[Any] = []
-        sessions = _in_list("session_id", [s for s in wanted if s], params)
-        if "" in wanted:
-            sessions = f"({sessions} OR session_id IS NULL OR session_id = '')"
-        params.append(sorted({run["trace_id"] for run in runs}))
-        sql = "SELECT * FROM {latest} ORDER BY start_time_unix_nano, parent_span_id IS NOT NULL, span_id"
-        lister = self._sessions_lister(wanted, _one_tenant(runs))
-        out: dict[str, list[dict[str, Any]]] = {}
-        where = f"{sessions} AND list_contains(?, trace_id)"
+            _add_days(wanted, run["session_id"] or "", days)
+            _add_days(wanted, "", days)
         traces = sorted({run["trace_id"] for run in runs})
-        found = self._reader.session_rows(lister, list(wanted), _TRACE_COLUMNS, also=("trace_id", traces))
-        if found is not None:
-            found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
-        for row in found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params):
+        for other in self._runs_of_traces(traces):  # nested runs elsewhere
+            if other["session_id"]:
+                _add_days(
+                    wanted, other["session_id"], _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"])
+                )
+        found = self._trace_rows(wanted, traces, _TRACE_COLUMNS, _one_tenant(runs))
+        found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in found:
             out.setdefault(row["trace_id"], []).append(row)
         return out
+
+    def _trace_rows(
+        self, sessions: dict[str, set[str] | None], traces: list[str], columns: Sequence[str], tenant: str | None
+    ) -> list[dict[str, Any]]:
+        """``columns`` of the traces' spans in the files of ``sessions`` (each with its days; ``""``: spans without
+        a session): pyarrow on compacted days, else DuckDB through the de-duplication."""
+        lister = self._sessions_lister(sessions, tenant)
+        found = self._reader.session_rows(lister, list(sessions), list(columns), also=("trace_id", traces))
+        if found is not None:
+            return found
+        params: list[Any] = []
+        where = _in_list("session_id", [s for s in sessions if s], params)
+        if "" in sessions:
+            where = f"({where} OR session_id IS NULL OR session_id = '')"
+        params.append(traces)
+        sql = f"SELECT {', '.join(columns)} FROM {{latest}}"
+        return self._reader.rows(sql, lister, where=f"{where} AND list_contains(?, trace_id)", where_params=params)
 
     def _trace_dict(self, run: dict[str, Any], spans: list[dict[str, Any]]) -> dict[str, Any]:
         ended = run["end_time_unix_nano"]
@@ -627,20 +638,10 @@ class HistoryDB:
         for other in self._runs_of_traces([run["trace_id"]]):
             session = other["session_id"] or ""
             if session not in read:
-                days = _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"])
-                known = others.get(session, set())
-                others[session] = None if days is None or known is None else known | set(days)
+                _add_days(others, session, _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"]))
         if not others:
             return []
-        lister = self._sessions_lister(others, run.get("tenant_id"))
-        columns = _names(_LOG_COLUMNS)
-        found = self._reader.session_rows(lister, list(others), columns, also=("trace_id", [run["trace_id"]]))
-        if found is None:
-            params: list[Any] = [[s for s in others if s], run["trace_id"]]
-            where = "list_contains(?, session_id) AND trace_id = ?"
-            found = self._reader.rows(
-                f"SELECT {_LOG_COLUMNS} FROM {{latest}}", lister, where=where, where_params=params
-            )
+        found = self._trace_rows(others, [run["trace_id"]], _names(_LOG_COLUMNS), run.get("tenant_id"))
         return [r for r in found if r["span_id"] not in ids]
 
     def _runs_of_traces(self, traces: list[str]) -> list[dict[str, Any]]:
@@ -683,14 +684,8 @@ class HistoryDB:
         # the run's trace in its session's files and in those of spans without a session (instrumentations often
         # name the session on the agent span only); which nodes are the run's is decided by ancestry
         sessions = {session: days and set(days), "": days and set(days)}
-        params: list[Any] = [session, run["trace_id"]]
-        where = "(session_id = ? OR session_id IS NULL OR session_id = '') AND trace_id = ?"
-        sql = f"SELECT {_LOG_COLUMNS} FROM {{latest}}"
-        lister = self._sessions_lister(sessions, run["tenant_id"] if indexed else None)
-        found = self._reader.session_rows(
-            lister, list(sessions), _names(_LOG_COLUMNS), also=("trace_id", [run["trace_id"]])
-        )
-        trace_rows = found if found is not None else self._reader.rows(sql, lister, where=where, where_params=params)
+        tenant = run["tenant_id"] if indexed else None
+        trace_rows = self._trace_rows(sessions, [run["trace_id"]], _names(_LOG_COLUMNS), tenant)
         trace_rows += self._rest_of_trace(trace_rows, run, set(sessions))
         return sorted(_rows_of_run(trace_rows, run), key=lambda r: (r["start_time_unix_nano"], r["span_id"]))
 
