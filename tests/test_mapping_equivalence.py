@@ -102,6 +102,11 @@ def _classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str
     if traceloop in _TRACELOOP_KINDS:
         span_type = _TRACELOOP_KINDS[traceloop]
         return span_type, (traceloop if span_type == "node" else None)
+    request_type = attributes.get("llm.request.type")
+    if isinstance(request_type, str) and request_type:
+        return "node", {"chat": "llm", "completion": "llm", "embedding": "embedding", "rerank": "reranker"}.get(
+            request_type, request_type
+        )
     if operation:
         return "node", str(operation)
     if not has_parent:
@@ -176,6 +181,28 @@ def reference_map_span(
             if leftover is None:
                 leftover = {}
             leftover[key] = value
+    for column, prefix, infix in mapping.MESSAGE_FAMILIES:
+        if column in values:
+            continue
+        messages: dict[int, dict[str, Any]] = {}
+        keys = []
+        for key, value in attributes.items():
+            rest = key[len(prefix) :] if key.startswith(prefix) and key not in _KEY_INDEX else ""
+            index, _, tail = rest.partition(".")
+            if index.isascii() and index.isdigit() and str(int(index)) == index and tail.startswith(infix):
+                if tail[len(infix) :]:
+                    messages.setdefault(int(index), {})[tail[len(infix) :]] = value
+                    keys.append(key)
+        if not messages:
+            continue
+        values[column] = _JSON([messages[i] for i in sorted(messages)])
+        if sorted(messages) == list(range(len(messages))) and len(keys) == sum(len(m) for m in messages.values()):
+            leftover = {k: v for k, v in (leftover or {}).items() if k not in keys}
+            leftover[mapping.MESSAGES_FROM[column]] = prefix
+    if "cost_cents" not in values and "llm.cost.total" in attributes:
+        dollars = attributes["llm.cost.total"]
+        dollars = None if isinstance(dollars, bool) else _as_float(dollars)
+        values["cost_cents"] = None if dollars is None else dollars * 100
     for column in _INT_COLUMNS.intersection(values):
         values[column] = _as_int(values[column])
     if "cost_cents" in values:
@@ -400,6 +427,30 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
         {"traceloop.span.kind": "task", "traceloop.entity.name": "step", "gen_ai.prompt": "p0"},
         {"traceloop.span.kind": "tool", "traceloop.entity.name": "t"},
         {"traceloop.span.kind": "unknown"},
+        {
+            "llm.request.type": "chat",
+            "gen_ai.prompt.0.role": "system",
+            "gen_ai.prompt.0.content": "be brief",
+            "gen_ai.prompt.1.role": "user",
+            "gen_ai.prompt.1.content": "hi 555-0100",
+            "gen_ai.completion.0.role": "assistant",
+            "gen_ai.completion.0.tool_calls.0.name": "search",
+            "gen_ai.completion.0.content": "ok",
+            "llm.input_messages.0.message.content": "another family: stays a leftover",
+        },  # OpenLLMetry's flattened messages
+        {"gen_ai.prompt.1.content": "gap", "gen_ai.prompt.3.content": "x", "gen_ai.prompt.01.content": "not an index"},
+        {"gen_ai.prompt": "own attribute wins", "gen_ai.prompt.0.content": "leftover", "gen_ai.completion.0.": "x"},
+        {
+            "openinference.span.kind": "LLM",
+            "llm.input_messages.0.message.role": "user",
+            "llm.input_messages.0.message.content": "q",
+            "llm.output_messages.0.message.role": "assistant",
+            "llm.output_messages.0.message.contents.0.message_content.text": "a",
+            "llm.output_messages.0.role": "no message infix",
+            "llm.cost.total": 0.0125,
+        },  # OpenInference without input.value / output.value
+        {"llm.cost.total": "0.5", "runlake.cost.cents": 7},
+        {"llm.cost.total": True, "llm.input_messages.x.message.content": "bad index"},
         # aliases with differing values, odd values
         {
             "gen_ai.conversation.id": "A",

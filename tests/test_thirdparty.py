@@ -6,6 +6,7 @@ a tiny OpenAI-compatible server that this test runs on 127.0.0.1 (a test fixture
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -169,6 +170,13 @@ def test_openllmetry_traceloop_spans(configured: Path) -> None:
                 "gen_ai.usage.prompt_tokens": 30,
                 "gen_ai.usage.completion_tokens": 9,
                 "traceloop.association.properties.session_id": "tl-1",
+                "gen_ai.prompt.0.role": "system",
+                "gen_ai.prompt.0.content": "You track orders.",
+                "gen_ai.prompt.1.role": "user",
+                "gen_ai.prompt.1.content": "my order is late",
+                "gen_ai.completion.0.finish_reason": "stop",
+                "gen_ai.completion.0.role": "assistant",
+                "gen_ai.completion.0.content": "it shipped",
             },  # as opentelemetry-instrumentation-openai 0.40 sets them: no span kind, no gen_ai.operation.name
         ):
             pass
@@ -183,6 +191,44 @@ def test_openllmetry_traceloop_spans(configured: Path) -> None:
     assert logs["nodes"][0]["output"] == "order 7 shipped" and logs["summary"]["tokens_used"] == 39
     assert logs["nodes"][1]["type"] == "llm" and run["metadata"].get("user_id", "tl-user") == "tl-user"
     assert db.get_history()[0]["tokens_used"] == 39 and db.get_traces(user_id="tl-user")
+    # the flattened message lists become the llm node's input and output, and come back flattened as they were sent
+    assert json.loads(logs["nodes"][1]["input"]) == [
+        {"role": "system", "content": "You track orders."},
+        {"role": "user", "content": "my order is late"},
+    ]
+    assert json.loads(logs["nodes"][1]["output"]) == [
+        {"finish_reason": "stop", "role": "assistant", "content": "it shipped"}
+    ]
+    [chat] = [s for s in db.get_traces(session_id="tl-1")[0]["spans"] if s["name"] == "openai.chat"]
+    assert chat["attributes"]["gen_ai.prompt.1.content"] == "my order is late"
+    assert chat["attributes"]["gen_ai.completion.0.finish_reason"] == "stop"
+    rebuilt = ("input.", "output.", "runlake.input", "runlake.output")
+    assert not any(key.startswith(rebuilt) for key in chat["attributes"])
+
+
+def test_openinference_messages_and_cost_in_dollars(configured: Path) -> None:
+    tracer = trace.get_tracer("openinference.instrumentation.test")
+    with runlake.run("oi-agent", session_id="oi-cost") as r:
+        with tracer.start_as_current_span(
+            "ChatCompletion",
+            attributes={
+                "openinference.span.kind": "LLM",
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "hi",
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.content": "hello",
+                "llm.cost.total": 0.0125,
+            },  # no input.value / output.value: the messages are the node's text
+        ):
+            pass
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    [node] = db.get_logs(r.run_id)["nodes"]
+    assert json.loads(node["input"]) == [{"role": "user", "content": "hi"}]
+    assert json.loads(node["output"]) == [{"role": "assistant", "content": "hello"}]
+    _, [(cents,)] = db.sql_rows("SELECT cost_cents FROM spans WHERE node_type = 'llm'")
+    assert cents == pytest.approx(1.25)
+    assert db.get_history()[0]["cost_cents"] == 1  # CodexOS's whole cents
 
 
 def _exporter_only_provider(lake: Path, simple: bool) -> tuple:

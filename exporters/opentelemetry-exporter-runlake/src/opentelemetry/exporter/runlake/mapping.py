@@ -95,6 +95,18 @@ COLUMN_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ttl_days": ((TTL_DAYS,), (TTL_DAYS,)),
     "metadata": ((METADATA,), (METADATA,)),
 }
+# message lists flattened into one attribute per field, read when a span has no input / output attribute of its own:
+# (column, key prefix, infix) for OpenLLMetry's gen_ai.prompt.{i}.{field} and OpenInference's
+# llm.input_messages.{i}.message.{field}. The column holds them as a JSON list of {field: value} per message.
+MESSAGE_FAMILIES = (
+    ("input", "gen_ai.prompt.", ""),
+    ("input", "llm.input_messages.", "message."),
+    ("output", "gen_ai.completion.", ""),
+    ("output", "llm.output_messages.", "message."),
+)
+# leftover attribute naming the family a column was assembled from, so attributes_of_row can flatten it back
+MESSAGES_FROM = {"input": "runlake.input.messages_from", "output": "runlake.output.messages_from"}
+USD_COST = "llm.cost.total"  # OpenInference: a span's cost in US dollars, read when runlake.cost.cents is absent
 _INT_COLUMNS = {"input_tokens", "output_tokens", "ttl_days"}
 _FLOAT_COLUMNS = {"cost_cents"}
 _TEXT_COLUMNS = {"input", "output", "metadata", "runtime_state"}
@@ -342,8 +354,44 @@ if _PLAN_COLUMNS != (
     raise RuntimeError("COLUMN_KEYS changed: update the unpacking in SpanMapper.map_span")
 
 
+def _message_field(key: str, prefix: str, infix: str) -> tuple[int, str] | None:
+    """``(index, field)`` of a flattened message key of one family, else None (indices in canonical form only)."""
+    index, dot, tail = key[len(prefix) :].partition(".")
+    if not (dot and index.isascii() and index.isdigit() and str(int(index)) == index and tail.startswith(infix)):
+        return None
+    field = tail[len(infix) :]
+    return (int(index), field) if field else None
+
+
+def _message_plan(keys: tuple[str, ...], chosen: dict[str, tuple[int, int]]) -> tuple[tuple, set[int]]:
+    """Per column with no attribute of its own: the flattened message keys of the first family found.
+
+    Returns ``((column, family, ((index, field, position), ...), flatten_back), ...)`` and the positions to leave
+    out of the leftovers (a family whose indices run 0..n-1 rebuilds exactly; any other is also kept as it came).
+    """
+    found: dict[str, tuple[str, list[tuple[int, str, int]]]] = {}
+    for position, key in enumerate(keys):
+        if not key.startswith(("gen_ai.", "llm.")) or key in _KEY_INDEX:
+            continue
+        for column, prefix, infix in MESSAGE_FAMILIES:
+            if column in chosen or not key.startswith(prefix) or found.get(column, (prefix,))[0] != prefix:
+                continue
+            hit = _message_field(key, prefix, infix)
+            if hit is not None:
+                found.setdefault(column, (prefix, []))[1].append((hit[0], hit[1], position))
+    plan, dropped = [], set()
+    for column, (prefix, fields) in found.items():
+        fields.sort(key=itemgetter(0, 2))
+        indices = {index for index, _, _ in fields}
+        exact = indices == set(range(len(indices))) and len({(i, f) for i, f, _ in fields}) == len(fields)
+        if exact:
+            dropped.update(position for _, _, position in fields)
+        plan.append((column, prefix, tuple(fields), exact))
+    return tuple(plan), dropped
+
+
 class _Plan:
-    __slots__ = ("columns", "leftover_keys", "leftovers", "aliases")
+    __slots__ = ("columns", "leftover_keys", "leftovers", "aliases", "messages", "usd_cost_at")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         none_at, absent_at = len(keys), len(keys) + 1  # values are extended with (None, _ABSENT)
@@ -354,9 +402,12 @@ class _Plan:
                 chosen[hit[0]] = (hit[1], i)
         picks = [chosen[c][1] if c in chosen else (absent_at if c in _PLAN_TEXT else none_at) for c in _PLAN_COLUMNS]
         self.columns = itemgetter(*picks)
-        self.leftover_keys = tuple(k for k in keys if k not in _KEY_INDEX)
+        self.messages, dropped = _message_plan(keys, chosen)
+        self.usd_cost_at = keys.index(USD_COST) if USD_COST in keys and "cost_cents" not in chosen else None
+        leftover_at = [i for i, k in enumerate(keys) if k not in _KEY_INDEX and i not in dropped]
+        self.leftover_keys = tuple(keys[i] for i in leftover_at)
         # one extra position so itemgetter always returns a tuple; zip() stops at the last key
-        self.leftovers = itemgetter(*[i for i, k in enumerate(keys) if k not in _KEY_INDEX], none_at)
+        self.leftovers = itemgetter(*leftover_at, none_at)
         self.aliases = tuple(
             (key, i, chosen[_KEY_INDEX[key][0]][1])
             for i, key in enumerate(keys)
@@ -448,6 +499,21 @@ class SpanMapper:
                 if leftover is None:
                     leftover = {}
                 leftover[key] = values[i]
+        if plan.messages:
+            for column, prefix, fields, exact in plan.messages:
+                text = _messages_json(values, fields)
+                if column == "input":
+                    input_text = text
+                else:
+                    output_text = text
+                if exact:
+                    if leftover is None:
+                        leftover = {}
+                    leftover[MESSAGES_FROM[column]] = prefix
+        if plan.usd_cost_at is not None:
+            dollars = values[plan.usd_cost_at]
+            dollars = None if isinstance(dollars, bool) else _as_float(dollars)
+            cost_cents = dollars * 100 if dollars is not None else None
         if input_tokens is not None:
             input_tokens = _as_int(input_tokens)
         if output_tokens is not None:
@@ -540,6 +606,35 @@ class SpanMapper:
         )
 
 
+def _messages_json(values: list[Any], fields: tuple[tuple[int, str, int], ...]) -> str:
+    """A flattened message list as JSON: ``[{field: value, ...}, ...]`` in index order."""
+    messages: list[dict[str, Any]] = []
+    last = None
+    for index, field, position in fields:
+        if index != last:
+            messages.append({})
+            last = index
+        messages[-1][field] = values[position]
+    return _fast_json(messages)
+
+
+def _flatten_messages(attributes: dict[str, Any], prefix: str, text: Any) -> bool:
+    """Put a column assembled by ``_messages_json`` back as the family's flattened keys; False if it cannot be."""
+    infix = next((i for _, p, i in MESSAGE_FAMILIES if p == prefix), None)
+    if infix is None or not isinstance(text, str):
+        return False
+    try:
+        messages = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return False
+    for index, message in enumerate(messages):
+        for field, value in message.items():
+            attributes.setdefault(f"{prefix}{index}.{infix}{field}", value)
+    return True
+
+
 def _redact_strings(value: Any, redact: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
@@ -583,9 +678,14 @@ def attributes_of_row(row: Mapping[str, Any]) -> dict[str, Any]:
     extra = row.get("attributes")
     attributes: dict[str, Any] = json.loads(extra) if extra else {}
     get = row.get
+    flattened = set()
+    for column, marker in MESSAGES_FROM.items():
+        prefix = attributes.pop(marker, None)
+        if prefix is not None and _flatten_messages(attributes, prefix, get(column)):
+            flattened.add(column)
     for column, writes in _WRITE_BACK:
         value = get(column)
-        if value is None:
+        if value is None or column in flattened:
             continue
         if column == "tenant_id" and value == DEFAULT_TENANT and TENANT_ID not in attributes:
             continue
