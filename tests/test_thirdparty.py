@@ -299,6 +299,8 @@ def test_children_without_session_or_run_id_belong_to_the_nearest_run(lake: Path
             assert in_session["trace_id"] == whole["trace_id"] and len(in_session["spans"]) == 5
             [of_user] = db.get_traces(user_id="ga-u")
             assert of_user["run_id"] == planner["run_id"] and len(of_user["spans"]) == 5
+            by_type = runlake.ExecutionHistoryService(db).statistics(agent_id="planner")["node_types"]
+            assert {k: (v["count"], v["tokens_used"]) for k, v in by_type.items()} == {"llm": (1, 120), "tool": (1, 0)}
 
 
 def test_a_run_under_a_remote_parent_is_its_traces_first_run(configured: Path) -> None:
@@ -387,6 +389,10 @@ def test_nested_runs_in_other_sessions_and_spans_that_end_before_their_children(
             assert len(whole["spans"]) == 5
         listed = {s["session_id"]: s for s in runlake.SessionStore(lake).list_sessions()}
         assert (listed["s2"]["run_count"], listed["s2"]["agent_name"]) == (1, "B")
+        service = runlake.ExecutionHistoryService(db)  # per node type, each agent counts its own nodes only
+        for agent, expected in (("A", {"tool": (1, 0)}), ("B", {"llm": (1, 15)})):
+            by_type = service.statistics(agent_id=agent)["node_types"]
+            assert {k: (v["count"], v["tokens_used"]) for k, v in by_type.items()} == expected, agent
 
 
 def test_two_root_runs_in_one_trace_share_a_node_with_no_run_above_it_once(lake: Path) -> None:

@@ -133,31 +133,51 @@ def _rows_of_run(trace_rows: list[dict[str, Any]], run: dict[str, Any]) -> list[
     """
     by_id = {r["span_id"]: r for r in trace_rows}
     run_id, own = run["run_id"], run["span_id"]
-    # nodes with no run above them go to one run: the trace's first root run (a trace rarely has two roots)
-    roots = [r for r in trace_rows if r["span_type"] == "run" and r["parent_span_id"] is None]
-    first_root = min(roots, key=lambda r: (r["start_time_unix_nano"], r["span_id"]))["span_id"] if roots else None
+    first_root = _first_root_run(trace_rows)
     root = run["parent_span_id"] is None and first_root in (None, own)
-
-    def owner(row: dict[str, Any]) -> str | None:
-        for _ in range(len(by_id) + 1):  # a cycle of bad parent ids ends here
-            if row["run_id"]:
-                return row["run_id"]
-            if row["span_type"] == "run":
-                return row["span_id"]
-            parent = by_id.get(row["parent_span_id"]) if row["parent_span_id"] else None
-            if parent is None:
-                return None
-            row = parent
-        return None
-
     out = []
     for row in trace_rows:
         if row["span_id"] == own:
             out.append(row)
         elif row["span_type"] == "node":
-            found = owner(row)
+            found = _nearest_run(row, by_id)
             if found == run_id or (found is None and root):
                 out.append(row)
+    return out
+
+
+def _first_root_run(trace_rows: list[dict[str, Any]]) -> str | None:
+    """The span id of the trace's first run with no parent: nodes with no run above them go to it (a trace rarely
+    has two roots)."""
+    roots = [r for r in trace_rows if r["span_type"] == "run" and r["parent_span_id"] is None]
+    return min(roots, key=lambda r: (r["start_time_unix_nano"], r["span_id"]))["span_id"] if roots else None
+
+
+def _nearest_run(row: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str | None:
+    """The run a span names, else the nearest run above it in the span tree (``by_id``: the trace's rows)."""
+    for _ in range(len(by_id) + 1):  # a cycle of bad parent ids ends here
+        if row["run_id"]:
+            return row["run_id"]
+        if row["span_type"] == "run":
+            return row["span_id"]
+        parent = by_id.get(row["parent_span_id"]) if row["parent_span_id"] else None
+        if parent is None:
+            return None
+        row = parent
+    return None
+
+
+def owners_of_unnamed_nodes(trace_rows: list[dict[str, Any]]) -> dict[str, str]:
+    """For each node of one trace that names no run: the run it belongs to (as ``_rows_of_run`` decides), by span
+    id. Rows need ``span_id, parent_span_id, span_type, run_id, start_time_unix_nano``."""
+    by_id = {r["span_id"]: r for r in trace_rows}
+    first_root = _first_root_run(trace_rows)
+    out = {}
+    for row in trace_rows:
+        if row["span_type"] == "node" and not row["run_id"]:
+            owner = _nearest_run(row, by_id) or first_root
+            if owner is not None:
+                out[row["span_id"]] = owner
     return out
 
 

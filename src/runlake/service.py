@@ -26,12 +26,13 @@ from typing import Any
 
 from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
 
-from .history import HistoryDB, iso_time, whole_cents
+from .history import HistoryDB, iso_time, owners_of_unnamed_nodes, whole_cents
 from .query import LakeReader
 
 __all__ = ["ExecutionHistoryService"]
 
 _NS_PER_DAY = 86_400 * 10**9
+_TREE_CHUNK = 2_000  # traces whose span trees are read at once (bounds the rows held in Python)
 _DURATION_MS = "(end_time_unix_nano - start_time_unix_nano) / 1e6"
 _SUMMARY = """count(*) AS total,
        count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR') AS completed,
@@ -230,6 +231,39 @@ class ExecutionHistoryService:
             }
         return out
 
+    def _traces_of_several_runs(self, traces: list[str], since_day: str) -> set[str]:
+        """Which of ``traces`` hold more than one run (nested runs, a run under another's root)."""
+        index = self.db.run_index()
+        if index is not None:
+            return {r["trace_id"] for r in index.of_traces(traces, ["trace_id"])}
+        if not traces:
+            return set()
+        sql = "SELECT trace_id FROM {latest} GROUP BY trace_id HAVING count(*) > 1"
+        rows = self._reader.rows(
+            sql, self._lister(RUNS, since_day), where="list_contains(?, trace_id)", where_params=[traces]
+        )
+        return {r["trace_id"] for r in rows}
+
+    def _unnamed_nodes_of(self, run_ids: set[str], traces: list[str], since_day: str) -> set[str]:
+        """``trace_id:span_id`` of the nodes naming no run whose run (nearest above them) is in ``run_ids``; the
+        traces' span trees are read a bounded number of traces at a time."""
+        columns = "trace_id, span_id, parent_span_id, span_type, run_id, start_time_unix_nano"
+        out: set[str] = set()
+        for at in range(0, len(traces), _TREE_CHUNK):
+            chunk = traces[at : at + _TREE_CHUNK]
+            by_trace: dict[str, list[dict[str, Any]]] = {}
+            for row in self._reader.rows(
+                f"SELECT {columns} FROM {{latest}}",
+                self._lister(SPANS, since_day),
+                where="list_contains(?, trace_id)",
+                where_params=[chunk],
+            ):
+                by_trace.setdefault(row["trace_id"], []).append(row)
+            for trace_id, rows in by_trace.items():
+                owners = owners_of_unnamed_nodes(rows)
+                out.update(f"{trace_id}:{span}" for span, run in owners.items() if run in run_ids)
+        return out
+
     @staticmethod
     def _figures(row: dict[str, Any]) -> dict[str, Any]:
         completed, failed = int(row.get("completed") or 0), int(row.get("failed") or 0)
@@ -258,7 +292,8 @@ class ExecutionHistoryService:
         }
 
     def _node_types(self, where: str, params: list[Any], since_day: str) -> dict[str, dict[str, Any]]:
-        """Per node type over the nodes of the runs counted (a root run also owns its trace's unnamed nodes).
+        """Per node type over the nodes of the runs counted: the nodes naming one of them, and nodes naming no run
+        whose nearest run above them is one of them (as ``get_logs`` decides).
 
         Nodes are found through the runs already scoped, not by their own ``user_id`` (spans made by other
         instrumentations inside a run often carry none).
@@ -270,12 +305,18 @@ class ExecutionHistoryService:
         else:
             lister = self._lister(RUNS, since_day)
             runs = self._reader.rows(f"SELECT {columns} FROM {{latest}}", lister, where=where, where_params=params)
-        run_ids = sorted({r["run_id"] for r in runs if r["run_id"]})
-        root_traces = sorted({r["trace_id"] for r in runs if r["root"]})
-        node_params: list[Any] = [params[0], run_ids, root_traces]
+        run_ids = {r["run_id"] for r in runs if r["run_id"]}
+        traces = {r["trace_id"] for r in runs if r["trace_id"]}
+        shared = self._traces_of_several_runs(sorted(traces), since_day)
+        # a trace whose one run is its root: every node naming no run is that run's (no span tree to walk)
+        whole = sorted({r["trace_id"] for r in runs if r["root"] and r["trace_id"] not in shared})
+        walked = sorted(traces.difference(whole))
+        owned = sorted(self._unnamed_nodes_of(run_ids, walked, since_day)) if walked else []
+        node_params: list[Any] = [params[0], sorted(run_ids), whole, owned]
         node_where = (
-            "span_type = 'node' AND start_time_unix_nano >= ? AND (list_contains(?, run_id) OR "
-            f"(run_id IS NULL AND list_contains(?, trace_id))) {self._scope_sql(node_params, users=False)}"
+            "span_type = 'node' AND start_time_unix_nano >= ? AND (list_contains(?, run_id) OR (run_id IS NULL AND "
+            "(list_contains(?, trace_id) OR list_contains(?, trace_id || ':' || span_id))))"
+            f"{self._scope_sql(node_params, users=False)}"
         )
         sql = f"""
             WITH n AS (SELECT * FROM {{latest}})
