@@ -132,6 +132,7 @@ def status(request: Request, principal: Caller) -> dict[str, Any]:
             "checkpoints": runtime.checkpoints,
             "segments_kept_for_replay": runtime.kept_for_replay,
             "replayed_at_start": runtime.replayed,
+            "replayed_after_outage": runtime.replayed_after_outage,
         },
         "websocket": runtime.hub.counters(principal.tenant_id),
         "ttl": {

@@ -208,7 +208,9 @@ class Runtime:
         self.checkpoints = 0
         self.replayed: dict[str, int] = {"segments": 0, "requests": 0, "spans": 0}
         self._dropped_mark = 0  # rows the writers had dropped when the ingest log was last known to cover them
-        self.kept_for_replay = 0  # ingest log segments left on disk for the next start-up (rows were dropped)
+        self.kept_for_replay = 0  # ingest log segments kept on disk because rows were dropped (counted once each)
+        self._kept: list[Path] = []  # their paths, stored again once the lake takes writes
+        self.replayed_after_outage: dict[str, int] = {"segments": 0, "requests": 0, "spans": 0}
         self.log: IngestLog | None = None
         self._left_over: list[Path] = []
         if settings.durability == Durability.log:  # locked now, so a second server on this log fails at once
@@ -285,7 +287,26 @@ class Runtime:
         if self.log is None:
             return
         segments, self._left_over = self._left_over, []
-        for path in segments:
+        requests, spans = self._replay_segments(segments)
+        self.replayed["requests"] += requests
+        self.replayed["spans"] += spans
+        if segments:
+            self.replayed["segments"] = len(segments)
+            self.log.adopt(segments)
+            ok = self.checkpoint()
+            _logger.warning(
+                "runlake: replayed %d request(s), %d span(s) from %d ingest log segment(s) left by the last run%s",
+                requests,
+                spans,
+                len(segments),
+                "" if ok else "; the lake cannot be written yet, the segments are kept",
+            )
+
+    def _replay_segments(self, paths: list[Path]) -> tuple[int, int]:
+        """Decode and store every intact request of ``paths``: (requests, spans). Raises ``StorageUnavailable``
+        if the lake fails meanwhile (what was stored stays; readers keep one row per span id)."""
+        requests = spans = 0
+        for path in paths:
             for tenant, media, body, user in IngestLog.read(path):
                 try:
                     decoded = otlp.decode_request(body, media)
@@ -294,19 +315,9 @@ class Runtime:
                     continue
                 if decoded.spans:
                     self.sink(tenant).ingest(decoded.spans, user=user)
-                self.replayed["requests"] += 1
-                self.replayed["spans"] += len(decoded.spans)
-        if segments:
-            self.replayed["segments"] = len(segments)
-            self.log.adopt(segments)
-            ok = self.checkpoint()
-            _logger.warning(
-                "runlake: replayed %d request(s), %d span(s) from %d ingest log segment(s) left by the last run%s",
-                self.replayed["requests"],
-                self.replayed["spans"],
-                len(segments),
-                "" if ok else "; the lake cannot be written yet, the segments are kept",
-            )
+                requests += 1
+                spans += len(decoded.spans)
+        return requests, spans
 
     def warm(self) -> None:
         """``HistoryDB.warm``: first point reads then parse no footer. A failure only costs speed."""
@@ -318,21 +329,50 @@ class Runtime:
             _logger.warning("runlake serve: warming the read caches failed", exc_info=True)
 
     def checkpoint(self) -> bool:
-        """Flush every writer, then drop the log segments whose requests are now in part files."""
+        """Flush every writer, then drop the log segments whose requests are now in part files; once the lake takes
+        writes again, store the segments kept during an outage (and drop them at the next checkpoint)."""
         if self.log is None:
             return all([sink.flush() for sink in self.sinks()])
         with self._checkpoint_lock:
-            segments = self.log.rotate()
-            ok = all([sink.flush() for sink in self.sinks()])  # every sink, even after one fails
-            dropped = self.dropped_rows()
-            if dropped > self._dropped_mark:
-                self._keep_for_replay(segments, dropped)
-            else:
-                self.log.retire(segments, flushed=ok)
-            self.checkpoints += 1
-            if not ok:
-                _logger.error("runlake: checkpoint failed: the lake cannot be written; the ingest log is kept")
+            ok = self._checkpoint()
+            if ok and self._kept and self.dropped_rows() == self._dropped_mark:
+                self._replay_kept()
             return ok
+
+    def _checkpoint(self) -> bool:
+        segments = self.log.rotate()
+        ok = all([sink.flush() for sink in self.sinks()])  # every sink, even after one fails
+        dropped = self.dropped_rows()
+        if dropped > self._dropped_mark:
+            self._keep_for_replay(segments, dropped)
+        else:
+            self.log.retire(segments, flushed=ok)
+        self.checkpoints += 1
+        if not ok:
+            _logger.error("runlake: checkpoint failed: the lake cannot be written; the ingest log is kept")
+        return ok
+
+    def _replay_kept(self) -> None:
+        """Store the requests of the segments kept while rows were dropped, then let the next checkpoint delete
+        them as it deletes any other segment (kept again if rows are dropped once more)."""
+        paths, self._kept = self._kept, []
+        try:
+            requests, spans = self._replay_segments(paths)
+        except StorageUnavailable as error:  # the lake failed again: keep them all for the next try
+            self._kept = paths + self._kept
+            _logger.error("runlake: replaying kept ingest log segments stopped: %s", error)
+            return
+        self.log.adopt(paths)
+        self.replayed_after_outage["segments"] += len(paths)
+        self.replayed_after_outage["requests"] += requests
+        self.replayed_after_outage["spans"] += spans
+        _logger.warning(
+            "runlake: the lake takes writes again: stored %d request(s), %d span(s) from %d ingest log segment(s) "
+            "kept while rows were dropped",
+            requests,
+            spans,
+            len(paths),
+        )
 
     def dropped_rows(self) -> int:
         return sum(sink.exporter.writer.stats.dropped_rows for sink in self.sinks())
@@ -343,10 +383,11 @@ class Runtime:
         mark = self.dropped_rows()  # drops after this are seen by the next checkpoint
         segments = [*segments, *self.log.rotate()]  # requests logged since the rotate may have lost rows as well
         self.log.keep_for_replay(segments)
+        self._kept.extend(s.path for s in segments)
         self.kept_for_replay += len(segments)
         _logger.error(
             "runlake: the writers dropped %d row(s) at their buffer cap while the lake could not be written; "
-            "%d ingest log segment(s) are kept in %s and replayed when the server restarts",
+            "%d ingest log segment(s) are kept in %s and stored once the lake takes writes again (or at restart)",
             dropped - self._dropped_mark,
             len(segments),
             self.log.folder,
