@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 from conftest import lake_files
 from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from test_compact import small_parts_lake
 from test_exporter import make_spans
 from test_forward import Collected, free_port
@@ -69,7 +71,7 @@ def test_import_otlp_json_lines_with_bad_lines(lake: Path, tmp_path: Path) -> No
     bad_id["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "not-hex"
     jsonl.write_text("\n".join([lines[0], "{not json", json.dumps(bad_id), lines[1], "", lines[2]]) + "\n")
     code, out, err = invoke("import", jsonl, "--state-url", lake, "--json")
-    assert code == 0, err
+    assert code == 1, err  # what could be read is imported; the bad lines make it exit 1
     summary = json.loads(out)
     assert summary == {"files": 1, "lines": 5, "spans": 30 + 9, "rejected_spans": 1, "bad_lines": 1}
     assert f"{jsonl}:2:" in err and "not valid JSON" in err and f"{jsonl}:3:" in err
@@ -99,7 +101,8 @@ def test_forward_command_to_a_real_receiver(lake: Path) -> None:
         sink.stop()
     assert code == 0, err
     [(expected,)] = runlake.HistoryDB(lake).sql("SELECT count(*) FROM spans WHERE session_id = 's1'").fetchall()
-    assert json.loads(out) == {"sent": expected, "failed": 0} and expected > 0
+    result = json.loads(out)
+    assert (result["sent"], result["failed"], result["stopped"]) == (expected, 0, False) and expected > 0
     assert len({s["span_id"] for s in collected.spans}) == expected
 
 
@@ -140,3 +143,109 @@ def test_state_url_help_says_which_commands_take_an_s3_lake() -> None:
         result = runner.invoke(app, [command, *args, "--state-url", "s3://bucket/lake"], env={"COLUMNS": "240"})
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), command
         assert "s3://" in result.stderr and "Traceback" not in result.output, command
+
+
+def test_import_reads_gzip_and_forces_the_tenant(lake: Path, tmp_path: Path) -> None:
+    """`--tenant` stores every span under it, whatever tenant a span names; a .jsonl.gz file is read as it is."""
+    import gzip
+
+    from opentelemetry.exporter.runlake.layout import tenants
+
+    jsonl = tmp_path / "spans.jsonl"
+    exporter = FileSpanExporter(jsonl)
+    spans = make_spans(20, sessions=2)
+    exporter.export(spans)
+    exporter.shutdown()
+    text = jsonl.read_text().replace(
+        '"session.id"', '"runlake.tenant.id","value":{"stringValue":"acme"}},{"key":"session.id"'
+    )
+    assert '"acme"' in text
+    packed = tmp_path / "spans.jsonl.gz"
+    packed.write_bytes(gzip.compress(text.encode()))
+    code, out, err = invoke("import", packed, "--tenant", "globex", "--state-url", lake, "--json")
+    assert code == 0, err
+    assert json.loads(out)["spans"] == 20 and json.loads(out)["bad_lines"] == 0
+    assert tenants(lake, "spans") == ["globex"] and tenants(lake, "runs") == ["globex"]
+    assert len(runlake.HistoryDB(lake).scoped("globex").get_runs("s0")) > 0
+
+
+def test_import_of_nothing_readable_exits_1(lake: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.jsonl"
+    junk.write_bytes(b"\x00\x01 not json\n{}{\n")
+    code, out, err = invoke("import", junk, "--state-url", lake)
+    assert code == 1 and "Imported 0 spans" in " ".join(out.split()) and f"{junk}:1:" in err
+
+
+class _Receiver:
+    """A real OTLP/HTTP receiver on 127.0.0.1 that keeps request headers and answers every request with a
+    ``partial_success`` refusing one span (as `runlake serve` does for a span it cannot store)."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTracePartialSuccess,
+            ExportTraceServiceResponse,
+        )
+
+        receiver = self
+        self.headers: list[dict[str, str]] = []
+        self.spans = 0
+        reply = ExportTraceServiceResponse(
+            partial_success=ExportTracePartialSuccess(rejected_spans=1, error_message="span 1: end before start")
+        ).SerializeToString()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                receiver.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_forward_counts_spans_refused_in_a_partial_success_and_sends_headers_as_written(lake: Path) -> None:
+    small_parts_lake(lake, spans=10, sessions=1, batches=1)
+    with _Receiver() as receiver:
+        code, out, _ = invoke(
+            "forward",
+            "--endpoint",
+            receiver.url,
+            "--protocol",
+            "http/protobuf",
+            "--header",
+            "X-Tags=a,b",
+            "--header",
+            "Authorization=Bearer abc%2Bdef",
+            "--state-url",
+            lake,
+            "--json",
+        )
+    result = json.loads(out)
+    assert code == 1 and receiver.spans == 10
+    assert (result["sent"], result["failed"], result["rejected"]) == (9, 1, 1)
+    assert result["errors"] == ["span 1: end before start"]
+    assert receiver.headers[0]["x-tags"] == "a,b" and receiver.headers[0]["authorization"] == "Bearer abc%2Bdef"
+    with _Receiver() as receiver:  # the table output says why
+        code, out, _ = invoke("forward", "--endpoint", receiver.url, "--protocol", "http/protobuf", "--state-url", lake)
+    assert code == 1 and "refused by the receiver: span 1: end before start" in " ".join(out.split())

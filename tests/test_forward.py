@@ -174,3 +174,43 @@ def test_forwarded_spans_honour_mirroring_off_and_redaction(sink, lake: Path) ->
     assert "jane.doe@example.com" not in run_attrs["output.value"] and "mail me at" in run_attrs["output.value"]
     on_disk = runlake.HistoryDB(lake).sql("SELECT count(*) FROM spans WHERE runtime_state IS NOT NULL").fetchall()
     assert on_disk == [(0,)]
+
+
+def test_the_base_endpoint_variable_always_gets_the_signal_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the OTel spec says for OTEL_EXPORTER_OTLP_ENDPOINT over HTTP: a path prefix (a gateway's /otlp) is kept
+    and /v1/traces appended; the traces-specific variable and an explicit endpoint with a path are used as given."""
+    from runlake.forward import forwarding_settings
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://gateway.example/otlp/")
+    assert forwarding_settings(None, "http/protobuf", None)[0] == "https://gateway.example/otlp/v1/traces"
+    assert forwarding_settings(None, "grpc", None)[0] == "https://gateway.example/otlp/"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://gateway.example/custom")
+    assert forwarding_settings(None, "http/protobuf", None)[0] == "https://gateway.example/custom"
+    assert forwarding_settings("http://c:4318", "http/protobuf", {})[0] == "http://c:4318/v1/traces"
+    assert forwarding_settings("http://c:4318/in", "http/protobuf", {})[0] == "http://c:4318/in"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_force_flush_with_the_collector_down_returns_within_its_timeout(protocol: str) -> None:
+    """The SDK's batch processor exports its whole queue on the caller's thread whatever the timeout; forwarding
+    must not hold an application that flushes at the end of each request."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from runlake.forward import ForwardingProcessor
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    processor = ForwardingProcessor(dead, protocol, timeout_s=5, shutdown_timeout_s=1, schedule_delay_millis=60_000)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("app")
+    for i in range(600):  # more than one batch of 512 queued
+        with tracer.start_as_current_span(f"work {i}"):
+            pass
+    for _ in range(2):  # a second call while the first flush is still under way waits for that one, no longer
+        started = time.monotonic()
+        assert processor.force_flush(200) is False
+        assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    provider.shutdown()
+    assert time.monotonic() - started < 1 + 2
+    assert processor.stats["sent"] == 0

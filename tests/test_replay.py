@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +28,7 @@ def test_replay_into_another_lake_gives_identical_rows(lake: Path, tmp_path: Pat
     result = forward(lake, target)
     target.shutdown()
     original = _sorted(read_table(lake, "spans").filter(pa.compute.equal(read_table(lake, "spans")["record"], "end")))
-    assert result == {"sent": len(original), "failed": 0}
+    assert (result["sent"], result["failed"], result["in_progress"]) == (len(original), 0, 0)
     assert _sorted(read_table(copy, "spans")) == original
 
 
@@ -84,5 +86,50 @@ def test_round_trip_through_runlake_serve(lake: Path, tmp_path: Path) -> None:
         result = forward(lake, OTLPSpanExporter(endpoint=f"{server.base}/v1/traces"))
     spans = read_table(lake, "spans")
     original = _sorted(spans.filter(pa.compute.equal(spans["record"], "end")))
-    assert result == {"sent": len(original), "failed": 0}
+    assert (result["sent"], result["failed"], result["in_progress"]) == (len(original), 0, 0)
     assert _sorted(read_table(served, "spans")) == original
+
+
+def test_replay_leaves_out_cleared_state_and_counts_spans_in_progress(lake: Path, tmp_path: Path) -> None:
+    """State cleared without purging is hidden from readers by a tombstone; a backend without runlake's tombstones
+    would show it, so replay leaves it out. A run with no end yet cannot be sent: it is counted."""
+    import runlake
+    from runlake import SessionStore
+
+    with SessionStore(lake) as store:
+        assert store.set_runtime_state("s-state", "native", "turn-1", {"card": "secret plan"})
+        assert store.set_runtime_state("s-state", "native", "turn-2", {"step": 2})
+        assert store.clear_runtime_state("s-state", "native", purge=False)
+        assert store.set_runtime_state("s-state", "native", "turn-3", {"after": "clear"})
+        assert store.get_runtime_state("s-state", "native") == {"turn-3": {"after": "clear"}}
+    runlake.configure(lake)
+    try:
+        open_run = runlake.run("slow-agent", "s-live")
+        open_run.__enter__()  # started, never ended before the replay
+        runlake.force_flush()
+        copy = tmp_path / "copy"
+        target = RunlakeSpanExporter(copy, keep_runtime_state=True)
+        result = forward(lake, target)
+        target.shutdown()
+        open_run.__exit__(None, None, None)
+    finally:
+        runlake.shutdown()
+    assert (result["in_progress"], result["cleared_states"], result["failed"]) == (1, 2, 0)
+    assert "secret plan" not in json.dumps(read_table(copy, "spans").to_pylist())
+    with SessionStore(copy) as store:  # the copy reads as the lake does
+        assert store.get_runtime_state("s-state", "native") == {"turn-3": {"after": "clear"}}
+
+
+def test_replay_stops_when_the_endpoint_is_down_and_says_where_to_resume(lake: Path) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from test_compact import history_lake
+
+    history_lake(lake, days_ago=(4, 3, 2), sessions=2, rounds=1)
+    exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{free_port()}/v1/traces", timeout=1)
+    started = time.monotonic()
+    result = forward(lake, exporter, batch_size=2)
+    exporter.shutdown()
+    first_day = (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=4)).isoformat()
+    assert result["stopped"] and result["stopped_at_day"] == first_day
+    assert (result["sent"], result["failed"]) == (0, 6)  # three batches of two, then it gave up
+    assert time.monotonic() - started < 60

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -159,7 +159,9 @@ def forward(
             help="grpc (collectors, port 4317) or http/protobuf (port 4318; the only one `runlake serve` speaks).",
         ),
     ] = "grpc",
-    header: Annotated[list[str] | None, typer.Option("--header", help="key=value, repeatable.")] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("--header", help="key=value (taken as written), repeatable.")
+    ] = None,
     session: Annotated[str | None, typer.Option("--session", help="Only this session.")] = None,
     since: Annotated[str | None, typer.Option("--since", metavar="YYYY-MM-DD", help="From this UTC day.")] = None,
     until: Annotated[str | None, typer.Option("--until", metavar="YYYY-MM-DD", help="Up to this UTC day.")] = None,
@@ -169,22 +171,31 @@ def forward(
     """Replay stored spans to an OTLP endpoint with their original ids, times, attributes and events.
 
     Use it to backfill a new backend (Jaeger, Phoenix, Langfuse, another runlake: `--protocol http/protobuf`) from
-    the lake. Exits 1 if any batch was refused.
+    the lake. Spans still in progress are not sent (counted); runtime state cleared since is left out. After three
+    refused batches in a row the replay stops and says which day to resume from (`--since`). Exits 1 if any span was
+    refused (also inside an accepted request: OTLP/HTTP partial success).
 
     **Example:**
 
         runlake forward --endpoint http://localhost:4318 --protocol http/protobuf --since 2026-11-01
     """
-    from .forward import build_otlp_exporter, forwarding_settings, parse_headers
+    from .forward import PartialSuccess, build_otlp_exporter, forwarding_settings
     from .replay import forward as replay
 
     root = _existing_lake(state_url, remote_ok=True)  # an s3:// lake replays too
+    headers: dict[str, str] = {}
+    for item in header or []:  # as given: no list splitting, no URL decoding (that is the env variable's form)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--header must be key=value, got {item!r}", code=2)
+        headers[key.strip()] = value.strip()
     try:
-        settings = forwarding_settings(endpoint, protocol, parse_headers(",".join(header or [])))
+        settings = forwarding_settings(endpoint, protocol, headers)
     except ValueError as error:
         fail(str(error), code=2)
     assert settings is not None
-    exporter = build_otlp_exporter(*settings, timeout_s=10)
+    partial = PartialSuccess()
+    exporter = build_otlp_exporter(*settings, timeout_s=10, partial=partial)
     with _progress() as progress:
         task = progress.add_task("forwarding spans", total=None)
         result = replay(
@@ -194,16 +205,30 @@ def forward(
             since=_day(since, "--since"),
             until=_day(until, "--until"),
             progress=lambda n: progress.advance(task, n),
+            rejected=partial.take,
         )
     exporter.shutdown()
     if as_json:
         print_json(result)
     else:
-        _stdout().print(
-            f"Forwarded {result['sent']} spans to {settings[0]} ({settings[1]}); {result['failed']} failed."
-        )
-    if result["failed"]:
+        _report_forward(result, settings[0], settings[1])
+    if result["failed"] or result["stopped"]:
         raise typer.Exit(1)
+
+
+def _report_forward(result: dict, endpoint: str, protocol: str) -> None:
+    out = _stdout()
+    out.print(f"Forwarded {result['sent']} spans to {endpoint} ({protocol}); {result['failed']} failed.")
+    if result["rejected"]:
+        reasons = "; ".join(dict.fromkeys(result["errors"])) or "no reason given"
+        out.print(f"{_count(result['rejected'], 'span')} of accepted requests refused by the receiver: {reasons}")
+    if result["stopped"]:
+        where = f" Resume with --since {result['stopped_at_day']}." if result["stopped_at_day"] else ""
+        out.print(f"Stopped: the endpoint refused several batches in a row (down or unreachable?).{where}")
+    if result["in_progress"]:
+        out.print(f"{_count(result['in_progress'], 'span')} still in progress (no end yet) not sent.")
+    if result["cleared_states"]:
+        out.print(f"{_count(result['cleared_states'], 'runtime state')} cleared since were left out.")
 
 
 @app.command("import")
@@ -215,8 +240,8 @@ def import_files(
 ) -> None:
     """Import OTLP JSON lines (the collector's file exporter, opentelemetry-exporter-otlp-json-file) into the lake.
 
-    Each line is one ExportTraceServiceRequest in OTLP/JSON. A bad line is reported with its file and line number
-    and skipped; the rest is imported.
+    Each line is one ExportTraceServiceRequest in OTLP/JSON; gzipped files are read as they are. A bad line is
+    reported with its file and line number and skipped; the rest is imported, and the command exits 1.
 
     **Example:**
 
@@ -230,14 +255,15 @@ def import_files(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         fail(f"no such file: {', '.join(missing)}")
-    exporter = RunlakeSpanExporter(root, tenant_id=tenant, keep_runtime_state=True)  # import what was exported
+    # --tenant: every span goes there, whatever tenant it names (as `runlake serve` does for a tenant's key)
+    exporter = RunlakeSpanExporter(root, force_tenant=tenant, keep_runtime_state=True)  # import what was exported
     summary = {"files": len(files), "lines": 0, "spans": 0, "rejected_spans": 0, "bad_lines": 0}
     problems: list[str] = []
-    total = sum(f.stat().st_size for f in files)
+    total = sum(_content_size(f) for f in files)
     with _progress() as progress:
         task = progress.add_task("importing", total=total)
         for path in files:
-            with path.open("rb") as stream:
+            with _open_lines(path) as stream:
                 for number, line in enumerate(stream, start=1):
                     progress.advance(task, len(line))
                     if not line.strip():
@@ -261,12 +287,36 @@ def import_files(
         _stderr().print(problem, markup=False, highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)
-        return
-    _stdout().print(
-        f"Imported {summary['spans']} spans from {summary['lines']} lines of {summary['files']} file(s) into "
-        f"{root.resolve()}; {_count(summary['bad_lines'], 'bad line')} and "
-        f"{_count(summary['rejected_spans'], 'invalid span')} skipped."
-    )
+    else:
+        _stdout().print(
+            f"Imported {summary['spans']} spans from {summary['lines']} lines of {summary['files']} file(s) into "
+            f"{root.resolve()}; {_count(summary['bad_lines'], 'bad line')} and "
+            f"{_count(summary['rejected_spans'], 'invalid span')} skipped."
+        )
+    if summary["bad_lines"] or summary["rejected_spans"]:
+        raise typer.Exit(1)
+
+
+def _content_size(path: Path) -> int:
+    """Bytes of lines the file holds: its size, or for gzip the size its trailer records (mod 4 GiB)."""
+    size = path.stat().st_size
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\x1f\x8b" or size < 18:
+            return size
+        stream.seek(-4, 2)
+        return int.from_bytes(stream.read(4), "little")
+
+
+def _open_lines(path: Path) -> BinaryIO:
+    """The file's bytes, gunzipped when it is gzip (``.jsonl.gz`` as collectors rotate them)."""
+    import gzip
+
+    stream = path.open("rb")
+    if stream.read(2) == b"\x1f\x8b":
+        stream.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    stream.seek(0)
+    return stream
 
 
 def _register_serve() -> None:

@@ -60,13 +60,71 @@ def forwarding_settings(
         raise ValueError(f"OTLP endpoint must be an http(s) URL like http://collector:4317, got {endpoint!r}")
     if protocol == "http/protobuf":
         signal_specific = from_env and env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        if not signal_specific and parsed.path in ("", "/"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"  # as the spec does for the base endpoint
+        if from_env and not signal_specific:  # the spec: the base endpoint, path or not, gets the signal's path
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
+        elif not from_env and parsed.path in ("", "/"):  # an endpoint given with no path: the collector's root
+            endpoint = endpoint.rstrip("/") + "/v1/traces"
     return endpoint, protocol, parse_headers(headers)
 
 
-def build_otlp_exporter(endpoint: str, protocol: str, headers: Mapping[str, str], timeout_s: float) -> SpanExporter:
-    """The stock OTLP span exporter for the protocol."""
+def exports_otlp(provider: Any) -> bool:
+    """Whether an SDK ``TracerProvider`` already sends its spans to an OTLP exporter (the application's own, or
+    ``opentelemetry-instrument``'s): forwarding again from the same ``OTEL_EXPORTER_OTLP_*`` settings would send
+    every span twice."""
+    multi = getattr(provider, "_active_span_processor", None)
+    for processor in getattr(multi, "_span_processors", ()) or ():
+        batch = getattr(processor, "_batch_processor", None)
+        exporter = getattr(processor, "span_exporter", None) or getattr(batch, "_exporter", None)
+        if type(exporter).__name__ == "OTLPSpanExporter" and type(exporter).__module__.startswith(
+            "opentelemetry.exporter.otlp"
+        ):
+            return True
+    return False
+
+
+class PartialSuccess:
+    """What OTLP/HTTP receivers refused inside accepted requests (``partial_success``), which the stock exporter does
+    not look at: read from each response by a hook on the ``requests`` session the exporter is given."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rejected = 0
+        self._message: str | None = None
+
+    def session(self) -> Any:
+        import requests
+
+        session = requests.Session()
+        session.hooks["response"].append(self._on_response)
+        return session
+
+    def _on_response(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        if response.status_code != 200 or not response.content:
+            return
+        try:
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+            partial = ExportTraceServiceResponse.FromString(response.content).partial_success
+        except Exception:  # noqa: BLE001 - a receiver that answers something else: nothing to learn
+            return
+        if partial.rejected_spans or partial.error_message:
+            with self._lock:
+                self._rejected += partial.rejected_spans
+                self._message = partial.error_message or self._message
+
+    def take(self) -> tuple[int, str | None]:
+        """Spans rejected and the last message since the previous call."""
+        with self._lock:
+            out = (self._rejected, self._message)
+            self._rejected, self._message = 0, None
+        return out
+
+
+def build_otlp_exporter(
+    endpoint: str, protocol: str, headers: Mapping[str, str], timeout_s: float, partial: PartialSuccess | None = None
+) -> SpanExporter:
+    """The stock OTLP span exporter for the protocol; ``partial`` learns of partially refused requests (HTTP only:
+    the gRPC exporter keeps its replies to itself)."""
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
@@ -79,20 +137,24 @@ def build_otlp_exporter(endpoint: str, protocol: str, headers: Mapping[str, str]
         )
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    return HttpExporter(endpoint=endpoint, headers=dict(headers) or None, timeout=timeout_s)
+    session = partial.session() if partial is not None else None
+    return HttpExporter(endpoint=endpoint, headers=dict(headers) or None, timeout=timeout_s, session=session)
 
 
 class CountingSpanExporter(SpanExporter):
     """Wraps an exporter to count what it was given, what it delivered, and what failed (logged once)."""
 
-    def __init__(self, exporter: SpanExporter, label: str) -> None:
+    def __init__(self, exporter: SpanExporter, label: str, partial: PartialSuccess | None = None) -> None:
         self._exporter = exporter
         self._label = label
+        self._partial = partial
         self._lock = threading.Lock()
         self.handed = 0
         self.sent = 0
         self.failed = 0
+        self.rejected = 0  # of ``failed``: refused by the receiver inside an accepted request (partial_success)
         self._failing = False
+        self._rejecting = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
@@ -102,9 +164,24 @@ class CountingSpanExporter(SpanExporter):
         except Exception:  # noqa: BLE001 - never raise into the processor's thread
             _logger.exception("runlake: forwarding to %s raised", self._label)
             result = SpanExportResult.FAILURE
+        refused, message = self._partial.take() if self._partial is not None else (0, None)
+        refused = min(refused, len(spans)) if result is SpanExportResult.SUCCESS else 0
         with self._lock:
+            if refused:
+                self.failed += refused
+                self.rejected += refused
+                if not self._rejecting:
+                    self._rejecting = True
+                    _logger.error(
+                        "runlake: %s refused %d of %d forwarded spans (%s); the local lake keeps them. Further "
+                        "refusals are counted (see runlake.forwarding_stats())",
+                        self._label,
+                        refused,
+                        len(spans),
+                        message or "no reason given",
+                    )
             if result is SpanExportResult.SUCCESS:
-                self.sent += len(spans)
+                self.sent += len(spans) - refused
                 if self._failing:
                     self._failing = False
                     _logger.warning("runlake: forwarding to %s works again", self._label)
@@ -143,11 +220,13 @@ class ForwardingProcessor(SpanProcessor):
         """``wrap`` puts a filter (runtime-state guard, redaction) between the batch processor and the exporter."""
         self.endpoint = endpoint
         self.protocol = protocol
-        self.exporter = CountingSpanExporter(
-            build_otlp_exporter(endpoint, protocol, headers or {}, timeout_s), f"{endpoint} ({protocol})"
-        )
+        partial = PartialSuccess()
+        otlp = build_otlp_exporter(endpoint, protocol, headers or {}, timeout_s, partial)
+        self.exporter = CountingSpanExporter(otlp, f"{endpoint} ({protocol})", partial)
         self._batch = BatchSpanProcessor(wrap(self.exporter) if wrap else self.exporter, **batch_options)
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._flush_lock = threading.Lock()
+        self._flush_worker: threading.Thread | None = None
         self.ended = 0
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
@@ -159,7 +238,18 @@ class ForwardingProcessor(SpanProcessor):
         self._batch.on_end(span)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._batch.force_flush(timeout_millis)
+        """Export what is queued, waiting at most ``timeout_millis`` (the SDK's batch processor exports its whole
+        queue on the caller's thread whatever the timeout; a collector that is down would hold the application).
+        One flush runs at a time; a call while one is under way waits for that one."""
+        with self._flush_lock:
+            worker = self._flush_worker
+            if worker is None or not worker.is_alive():
+                worker = self._flush_worker = threading.Thread(
+                    target=self._batch.force_flush, args=(timeout_millis,), name="runlake-forward-flush", daemon=True
+                )
+                worker.start()
+        worker.join(max(timeout_millis, 0) / 1000)
+        return not worker.is_alive()
 
     def shutdown(self) -> None:
         """Flush what the collector will take within ``shutdown_timeout_s``; never hold the application longer."""
@@ -184,6 +274,7 @@ class ForwardingProcessor(SpanProcessor):
             "ended": self.ended,
             "sent": e.sent,
             "failed": e.failed,
+            "rejected": e.rejected,
             "queued_or_dropped": max(self.ended - e.handed, 0),
             "not_forwarded": max(self.ended - e.sent, 0),
         }

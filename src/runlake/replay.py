@@ -1,7 +1,9 @@
 """Replay: stored rows back into SDK spans, to backfill another OTLP backend from the lake.
 
 Spans keep their original trace and span ids, parents, times, status, attributes (rebuilt by
-``mapping.attributes_of_row``), events and resource.
+``mapping.attributes_of_row``), events and resource. Runtime state cleared with ``clear_runtime_state(...,
+purge=False)`` is left out (readers of the lake no longer see it; a backend without runlake's tombstones would).
+Spans still in progress have no end to send: they are counted, not sent.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from opentelemetry.exporter.runlake.layout import SPANS, LakeRoot, day_dirs, day_files, session_files
+from opentelemetry.exporter.runlake.layout import SPANS, LakeRoot, day_dirs, day_files, session_files, table_files
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -86,19 +88,34 @@ def stored_spans(
     reader: LakeReader | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Finished spans, one list per day folder (or the one session), oldest first."""
+    for _, rows in _stored_rows(root, session_id, since, until, tenant, reader):
+        rows = [r for r in rows if r["end_time_unix_nano"] is not None]
+        if rows:
+            yield rows
+
+
+def _stored_rows(
+    root: LakeRoot,
+    session_id: str | None,
+    since: dt.date | None,
+    until: dt.date | None,
+    tenant: str | None,
+    reader: LakeReader | None,
+) -> Iterator[tuple[str | None, list[dict[str, Any]]]]:
+    """``(day, rows)`` per day folder (``(None, rows)`` for one session): one row per span, in progress or not."""
     reader = reader or LakeReader()
-    sql = f"SELECT * FROM {{files}} WHERE end_time_unix_nano IS NOT NULL {LATEST_ROW} ORDER BY start_time_unix_nano"
+    sql = f"SELECT * FROM {{files}} {LATEST_ROW} ORDER BY start_time_unix_nano"
     if session_id is not None:  # its own folders and the shared ones: keep its rows only
-        session_sql = sql.replace("WHERE ", "WHERE session_id = ? AND ", 1)
+        session_sql = f"SELECT * FROM {{files}} WHERE session_id = ? {LATEST_ROW} ORDER BY start_time_unix_nano"
         files = lambda: _in_range(session_files(root, session_id, tenant), since, until)  # noqa: E731
         rows = reader.rows(session_sql, files, [session_id])
         if rows:
-            yield rows
+            yield None, rows
         return
-    for _, _, _, folder in sorted(day_dirs(root, SPANS, tenant, _iso(since), _iso(until)), key=lambda d: d[2]):
+    for _, _, day, folder in sorted(day_dirs(root, SPANS, tenant, _iso(since), _iso(until)), key=lambda d: d[2]):
         rows = reader.rows(sql, lambda folder=folder: day_files(folder, SPANS))
         if rows:
-            yield rows
+            yield day, rows
 
 
 def _iso(day: dt.date | None) -> str | None:
@@ -115,6 +132,33 @@ def _in_range(files: list[LakeRoot], since: dt.date | None, until: dt.date | Non
     return out
 
 
+def _tombstones(root: LakeRoot, reader: LakeReader, tenant: str | None) -> dict[tuple, int]:
+    """When runtime state was last cleared: ``{(tenant, session, runtime or None): time}`` (None: all runtimes)."""
+    from .sessions import CLEARED, CLEARED_ALL, CLEARED_RUNTIME
+
+    sql = f"""
+        SELECT tenant_id, session_id, runtime_id, cleared, max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS ts
+        FROM (SELECT *, json_extract_string(attributes, '$."{CLEARED}"') AS cleared FROM {{files}}
+              WHERE span_type = 'turn' AND record = 'end' AND contains(attributes, '{CLEARED}'))
+        WHERE cleared IN ('{CLEARED_ALL}', '{CLEARED_RUNTIME}') GROUP BY ALL"""
+    rows = reader.rows(sql, lambda: table_files(root, SPANS, tenant))
+    return {
+        (r["tenant_id"], r["session_id"], r["runtime_id"] if r["cleared"] == CLEARED_RUNTIME else None): r["ts"]
+        for r in rows
+    }
+
+
+def _without_cleared_state(row: dict[str, Any], cleared: dict[tuple, int]) -> dict[str, Any]:
+    """The row, its runtime state left out if a later ``clear_runtime_state`` hides it from readers."""
+    if not cleared or row["runtime_state"] is None or row["span_type"] != "turn":
+        return row
+    at = row["end_time_unix_nano"] or row["start_time_unix_nano"]
+    key = (row["tenant_id"], row["session_id"])
+    if at <= cleared.get((*key, None), -1) or at <= cleared.get((*key, row["runtime_id"]), -1):
+        return {**row, "runtime_state": None}
+    return row
+
+
 def forward(
     root: LakeRoot,
     exporter: SpanExporter,
@@ -123,17 +167,53 @@ def forward(
     until: dt.date | None = None,
     batch_size: int = 512,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, int]:
-    """Send stored spans through ``exporter`` in batches; counts of spans sent and failed."""
-    sent = failed = 0
+    rejected: Callable[[], tuple[int, str | None]] | None = None,
+    give_up_after: int = 3,
+) -> dict[str, Any]:
+    """Send stored spans through ``exporter`` in batches, oldest day first.
+
+    Returns counts: ``sent``, ``failed`` (batches refused, and spans the receiver rejected), ``rejected`` (of
+    those, spans refused by an OTLP ``partial_success``, read through ``rejected()`` after each export),
+    ``in_progress`` (no end yet: not sent), ``cleared_states`` (runtime states left out). After ``give_up_after``
+    failed batches in a row with nothing sent since, the replay stops (the endpoint is down): ``stopped``, and
+    ``stopped_at_day`` names the first day not fully sent, to resume with ``since``; ``errors`` holds the
+    receiver's first partial-success messages.
+    """
+    reader = LakeReader()
+    out: dict[str, Any] = {"sent": 0, "failed": 0, "rejected": 0, "in_progress": 0, "cleared_states": 0}
+    out["stopped"], out["stopped_at_day"] = False, None
+    errors: list[str] = []
     resources: dict[tuple, Resource] = {}
-    for rows in stored_spans(root, session_id, since, until):
-        for start in range(0, len(rows), batch_size):
-            batch = [row_to_span(r, resources) for r in rows[start : start + batch_size]]
+    cleared = _tombstones(root, reader, None)
+    failing = 0
+    for day, rows in _stored_rows(root, session_id, since, until, None, reader):
+        finished = []
+        for row in rows:
+            if row["end_time_unix_nano"] is None:
+                out["in_progress"] += 1
+                continue
+            kept = _without_cleared_state(row, cleared)
+            out["cleared_states"] += kept is not row
+            finished.append(kept)
+        for start in range(0, len(finished), batch_size):
+            batch = [row_to_span(r, resources) for r in finished[start : start + batch_size]]
             if exporter.export(batch) is SpanExportResult.SUCCESS:
-                sent += len(batch)
+                refused, message = rejected() if rejected is not None else (0, None)
+                refused = min(refused, len(batch))
+                out["sent"] += len(batch) - refused
+                out["failed"] += refused
+                out["rejected"] += refused
+                if message and len(errors) < 10:
+                    errors.append(message)
+                failing = 0
             else:
-                failed += len(batch)
+                out["failed"] += len(batch)
+                failing += 1
             if progress is not None:
                 progress(len(batch))
-    return {"sent": sent, "failed": failed}
+            if failing >= give_up_after:
+                out["stopped"], out["stopped_at_day"] = True, day
+                out["errors"] = errors
+                return out
+    out["errors"] = errors
+    return out
