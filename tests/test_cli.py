@@ -159,7 +159,7 @@ def test_history_json_and_table(demo: tuple[Path, dict]) -> None:
     assert all(item["run_id"] in table.stdout for item in items)
     assert "this machine's time zone" in table.stdout and "running" in table.stdout
     none = cli("history", "--agent", "nobody", "--state-url", lake)
-    assert none.exit_code == 0 and "No runs of agent nobody." in none.stdout
+    assert none.exit_code == 0 and "No runs of agent 'nobody'." in none.stdout
 
 
 def test_logs_json_and_table(demo: tuple[Path, dict]) -> None:
@@ -210,7 +210,9 @@ def test_stats_summary_per_agent_and_per_user(demo: tuple[Path, dict]) -> None:
     shown = cli("stats", "--per-user", "--state-url", lake).stdout
     assert all(user in shown for user in per_user if user != "null")
     assert cli_json("stats", "--user", "nobody", "--state-url", lake)["total_executions"] == 0
-    assert "No runs of user nobody in the last 30 days." in cli("stats", "--user", "nobody", "--state-url", lake).stdout
+    assert (
+        "No runs of user 'nobody' in the last 30 days." in cli("stats", "--user", "nobody", "--state-url", lake).stdout
+    )
     for clash in (["--per-user", "--user", "x"], ["--user", "x", "--agent", "y"]):
         refused = cli("stats", *clash, "--state-url", lake)
         assert refused.exit_code == 2 and "runlake:" in refused.stderr
@@ -471,3 +473,117 @@ def test_empty_sql_is_a_usage_error(demo: tuple[Path, dict]) -> None:
     assert result.exit_code == 2 and "empty query" in result.stderr
     times = cli("sql", "SELECT run_id, start_time FROM runs LIMIT 2", "--state-url", lake)
     assert times.exit_code == 0 and "times in UTC" in times.stdout
+
+
+def test_sql_shows_exact_values_time_zones_and_strict_json(lake: Path) -> None:
+    generate_workload(lake, sessions=2, seed=3)
+    query = "SELECT now() AS at, 999.99 AS price, 2024 AS year, 123.456::DOUBLE AS x, 'nan'::DOUBLE AS nan_value"
+    table = cli("sql", query, "--state-url", lake)
+    assert table.exit_code == 0, table.output
+    row = table.stdout.splitlines()
+    assert any("999.99" in line and "2024" in line and "123.456" in line for line in row), table.stdout
+    assert "2,024" not in table.stdout and "1,000" not in table.stdout
+    [item] = cli_json("sql", query, "--state-url", lake)  # strict JSON: json.loads would accept NaN, so check text
+    assert item["price"] == 999.99 and item["nan_value"] is None and item["at"].startswith(str(dt.date.today().year))
+    raw = cli("sql", query, "--json", "--state-url", lake).stdout
+    assert "NaN" not in raw
+    assert cli("sql", "SELECT 1", "--max-rows", 2**63 - 1, "--state-url", lake).exit_code == 2
+
+
+def test_stats_window_past_the_calendar_is_a_usage_error(lake: Path) -> None:
+    generate_workload(lake, sessions=2, seed=3)
+    result = cli("stats", "--days", 1_000_000, "--state-url", lake)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    with pytest.raises(ValueError, match="36,500"):
+        runlake.ExecutionHistoryService(HistoryDB(lake)).statistics(days=1_000_000)
+    assert cli("stats", "--days", 36_500, "--state-url", lake).exit_code == 0
+
+
+def test_empty_filters_and_a_file_as_lake_get_honest_messages(lake: Path, tmp_path: Path) -> None:
+    import runlake.cli_ops  # noqa: F401 - registers compact on the app
+
+    generate_workload(lake, sessions=2, seed=3)
+    assert "No runs of agent ''." in cli("history", "--agent", "", "--state-url", lake).stdout
+    assert "No runs of user '' in the last 30 days." in cli("stats", "--user", "", "--state-url", lake).stdout
+    not_a_lake = tmp_path / "file.txt"
+    not_a_lake.write_text("x")
+    for command in (["sessions"], ["sessions", "s-1"], ["compact"]):
+        result = cli(*command, "--state-url", not_a_lake)
+        assert result.exit_code == 1 and "is not a folder" in result.stderr, (command, result.output)
+
+
+def test_sessions_name_the_lakes_other_tenants(lake: Path) -> None:
+    runlake.configure(lake, tenant_id="acme")
+    with runlake.run("agent", session_id="s-acme"):
+        pass
+    runlake.shutdown()
+    text = " ".join(cli("sessions", "--state-url", lake).stdout.split())
+    assert "No sessions in tenant 'default'. This lake also has tenant(s) 'acme': pass --tenant." in text
+    listed = cli_json("sessions", "--tenant", "acme", "--state-url", lake)
+    assert [s["session_id"] for s in listed] == ["s-acme"]
+
+
+def test_output_to_a_pipe_keeps_every_column(lake: Path) -> None:
+    """No terminal to fit: a table written to a pipe or a file keeps its columns (not 80 wide)."""
+    import os
+
+    generate_workload(lake, sessions=3, seed=3)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "runlake.cli", "history", "--state-url", str(lake)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    header = next(line for line in done.stdout.splitlines() if "status" in line and "run" in line)
+    for column in ("input", "output", "nodes", "tokens", "cost"):
+        assert column in header, done.stdout
+    assert "not shown" not in done.stdout
+
+
+def test_demo_twice_keeps_sessions_apart_and_says_so(lake: Path) -> None:
+    first = cli_json("demo", "--state-url", lake)
+    second = cli_json("demo", "--state-url", lake)
+    assert not first["added_to_existing"] and second["added_to_existing"]
+    sessions = [r[0] for r in lake_sql(lake, "SELECT DISTINCT session_id FROM runs")]
+    assert len(sessions) == first["sessions"] + second["sessions"]
+    third = cli("demo", "--state-url", lake)
+    assert "The lake already held runs" in " ".join(third.stdout.split())
+
+
+def test_demo_into_a_read_only_lake_fails_clearly(tmp_path: Path) -> None:
+    from test_exporter import _remount
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        (mount / "lake").mkdir()
+        _remount(mount, "ro")
+        for extra in ([], ["--json"]):
+            result = cli("demo", "--state-url", mount / "lake", *extra)
+            assert result.exit_code == 1, (extra, result.output)
+            assert "could not write the lake" in result.stderr and "Traceback" not in result.output
+            assert "Wrote" not in result.stdout and "runs" not in result.stdout
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_serve_on_a_lake_that_is_a_file_is_one_line_of_error(tmp_path: Path) -> None:
+    from test_forward import free_port
+
+    not_a_lake = tmp_path / "lake.txt"
+    not_a_lake.write_text("x")
+    done = subprocess.run(
+        [sys.executable, "-m", "runlake.cli", "serve", "--no-auth", "--port", str(free_port())]
+        + ["--durability", "log", "--state-url", str(not_a_lake)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("runlake serve:")

@@ -22,6 +22,8 @@ import datetime as dt
 import decimal
 import importlib
 import json
+import math
+import os
 import re
 import shlex
 import sys
@@ -122,8 +124,14 @@ _MISSING = Text("—", style="dim")
 
 
 # ---- shared helpers (also for commands registered by other modules) -----------------------------------------
+_PIPE_WIDTH = 240  # output to a file or a pipe: no terminal to fit, so tables keep their columns
+
+
 def _stdout() -> Console:
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = _PIPE_WIDTH
+    return console
 
 
 def _stderr() -> Console:
@@ -156,8 +164,20 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: strict JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def print_json(value: Any) -> None:
-    """Write ``value`` as indented JSON to stdout (plain, no colour, no wrapping)."""
+    """Write ``value`` as indented JSON to stdout (plain, no colour, no wrapping; NaN and infinities as null)."""
+    value = _finite(value)
     text = json.dumps(value, indent=2, ensure_ascii=False, default=_json_default)
     try:
         sys.stdout.write(text + "\n")
@@ -385,7 +405,7 @@ def _print_table(
     if hidden:
         names = ", ".join(hidden) if len(hidden) <= 6 else f"{len(hidden)} columns: {', '.join(hidden[:4])}, …"
         console.print(
-            Text(f"(not shown, the terminal is too narrow: {names}; widen it or use --json)", style="dim"),
+            Text(f"(not shown for lack of width: {names}; widen the terminal or use --json)", style="dim"),
             soft_wrap=True,
         )
 
@@ -574,7 +594,7 @@ def _sql_cell(value: Any) -> Text:
     if value is None:
         return Text("NULL", style="dim")
     if isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool):
-        return _number(value)
+        return Text(str(value))  # exact, as it could be pasted back into a query (no rounding, no separators)
     if isinstance(value, dt.datetime):
         return Text(value.isoformat(sep=" ", timespec="seconds"))
     return _clip(
@@ -640,7 +660,7 @@ def demo(
 
         runlake demo --state-url ./runlake-data --sessions 20 --seed 1
     """
-    from .demo import generate_workload, lake_usage
+    from .demo import DemoWriteError, generate_workload, lake_usage
 
     root = _lake_root(state_url)  # a bad URL fails before anything is written
     if root.exists() and not root.is_dir():
@@ -648,7 +668,7 @@ def demo(
     with _friendly_errors():
         try:
             summary = generate_workload(state_url, sessions=sessions, seed=seed, days=days)
-        except ValueError as error:
+        except (ValueError, DemoWriteError) as error:
             fail(str(error))
     if as_json:
         print_json(summary)
@@ -657,7 +677,7 @@ def demo(
     console = _stdout()
     root, files, size = lake_usage(state_url)
     db = open_db(str(root))
-    console.print(Rule("runlake demo", align="left"))
+    console.print(Rule("runlake demo", align="left"), width=min(console.width, 100))
     console.print(
         Text.assemble(
             "Wrote ",
@@ -669,6 +689,7 @@ def demo(
             f") with {summary['nodes']} nodes ({summary['failed_nodes']} failed) and {summary['turns']} turns, "
             f"in {summary['sessions']} sessions of {summary['users']} users over the last {days} days, "
             "through runlake.run / node / turn.",
+            " The lake already held runs: the tables below show them too." if summary["added_to_existing"] else "",
         ),
         soft_wrap=True,
     )
@@ -693,7 +714,7 @@ def demo(
 
     lake = shlex.quote(str(root))
     console.print()
-    console.print(Rule("The lake", align="left"))
+    console.print(Rule("The lake", align="left"), width=min(console.width, 100))
     console.print(Text(str(root), style="bold"), soft_wrap=True)
     console.print(
         f"{files} Parquet files, {_human_bytes(size)}: "
@@ -834,6 +855,8 @@ def sessions(
     root = _lake_root(state_url)
     if not root.exists():
         no_lake(root)
+    if not root.is_dir():
+        fail(f"{root.resolve()} is not a folder; a runlake lake is a folder")
     store = SessionStore(root, tenant_id=tenant)
     with _friendly_errors():
         if session is None:
@@ -844,17 +867,32 @@ def sessions(
         if as_json:
             print_json(listed)
         elif not listed:
-            _empty(f"No sessions of user {user}." if user else "No sessions in this lake yet.")
+            who = f" of user {user!r}" if user is not None else ""
+            _empty(f"No sessions{who} in tenant {store.tenant_id!r}.{_other_tenants(root, store.tenant_id)}")
         else:
-            _print_sessions(_stdout(), listed, f"Sessions of {user}" if user else "Latest sessions")
+            _print_sessions(_stdout(), listed, f"Sessions of {user}" if user is not None else "Latest sessions")
         return
     if as_json:
         print_json(exported)
         return
     if not exported["messages"] and not exported["runtime_state"]:
-        _empty(f"No messages or runtime state in session {session} (tenant {store.tenant_id}).")
+        _empty(
+            f"No messages or runtime state in session {session} (tenant {store.tenant_id!r})."
+            + _other_tenants(root, store.tenant_id)
+        )
         return
     _print_session(_stdout(), exported)
+
+
+def _other_tenants(root: Path, tenant: str) -> str:
+    """A hint naming the lake's other tenants (sessions are read one tenant at a time), or nothing."""
+    from opentelemetry.exporter.runlake.layout import tenants
+
+    others = [t for t in tenants(root, "spans") if t != tenant]
+    if not others:
+        return ""
+    shown = ", ".join(repr(t) for t in others[:5]) + (", …" if len(others) > 5 else "")
+    return f" This lake also has tenant(s) {shown}: pass --tenant."
 
 
 def _print_sessions(console: Console, listed: list[dict[str, Any]], title: str) -> None:
@@ -942,11 +980,11 @@ def history(
         return
     if not items:
         if skip:
-            _empty(f"No runs{f' of agent {agent}' if agent else ''} after skipping {skip}.")
+            _empty(f"No runs{f' of agent {agent!r}' if agent is not None else ''} after skipping {skip}.")
         else:
-            _empty(f"No runs of agent {agent}." if agent else "No runs in this lake yet.")
+            _empty(f"No runs of agent {agent!r}." if agent is not None else "No runs in this lake yet.")
         return
-    title = f"Runs of {agent}" if agent else "Latest runs"
+    title = f"Runs of {agent}" if agent is not None else "Latest runs"
     if skip:
         title += f" (after skipping {skip})"
     _print_history(_stdout(), items, title)
@@ -986,7 +1024,9 @@ def stats(
         str | None, typer.Option("--agent", "-a", help="Only this agent (name or id), with figures per node type.")
     ] = None,
     per_user: Annotated[bool, typer.Option("--per-user", help="One row per user instead of one summary.")] = False,
-    days: Annotated[int, typer.Option("--days", "-d", min=1, help="The window: runs started in the last N days.")] = 30,
+    days: Annotated[
+        int, typer.Option("--days", "-d", min=1, max=36_500, help="The window: runs started in the last N days.")
+    ] = 30,
     state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -1001,9 +1041,9 @@ def stats(
     """
     from .service import ExecutionHistoryService
 
-    if per_user and (user or agent):
+    if per_user and (user is not None or agent is not None):
         fail("--per-user shows every user; leave out --user and --agent", code=2)
-    if user and agent:
+    if user is not None and agent is not None:
         fail("give --user or --agent, not both", code=2)
     service = ExecutionHistoryService(open_db(state_url))
     with _friendly_errors():
@@ -1023,10 +1063,10 @@ def stats(
         _print_stats_per_user(console, result, window)
         return
     if not result["total_executions"]:
-        who = f" of agent {agent}" if agent else f" of user {user}" if user else ""
+        who = f" of agent {agent!r}" if agent is not None else f" of user {user!r}" if user is not None else ""
         _empty(f"No runs{who} in {window}.")
         return
-    title = f"Agent {agent}" if agent else f"User {user}" if user else "All runs"
+    title = f"Agent {agent}" if agent is not None else f"User {user}" if user is not None else "All runs"
     _print_stats(console, result, f"{title}, {window}")
 
 
@@ -1138,7 +1178,10 @@ def sql(
         str, typer.Argument(metavar="QUERY", help="A DuckDB SQL query over the views `spans` and `runs`.")
     ],
     max_rows: Annotated[
-        int, typer.Option("--max-rows", min=1, help="Show at most this many rows in the table (not with --json).")
+        int,
+        typer.Option(
+            "--max-rows", min=1, max=10_000_000, help="Show at most this many rows in the table (not with --json)."
+        ),
     ] = 200,
     state_url: RemoteStateUrl = DEFAULT_STATE_URL,
     as_json: AsJson = False,
@@ -1147,7 +1190,9 @@ def sql(
 
     `spans` has one row per span (runs, nodes, turns), `runs` one row per run (the index); both add
     `start_time`, `end_time`, `duration_ms` and `day` (docs/schema.md lists the columns; times are UTC). The
-    result is a table; `--json` prints a list of row dicts. A SQL error prints DuckDB's message and exits with 1.
+    result is a table (values exact, times in UTC); `--json` prints a list of row dicts. A SQL error prints DuckDB's
+    message and exits with 1. The query runs with your own file access, as in the duckdb shell (`COPY ... TO`,
+    `read_csv(...)` and `ATTACH` work).
 
     **Example:**
 
@@ -1167,6 +1212,8 @@ def sql(
         fail(f"SQL error: {error}")
     except OSError as error:
         fail(f"cannot read the lake: {error}")
+    except Exception as error:  # noqa: BLE001 - e.g. a value Python cannot represent: one line, not a traceback
+        fail(f"SQL error: {type(error).__name__}: {error}")
     if as_json:
         print_json([dict(zip(columns, row)) for row in rows])
         return

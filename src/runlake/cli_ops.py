@@ -46,8 +46,10 @@ def _progress() -> Progress:
 def _existing_lake(state_url: str, remote_ok: bool = False) -> LakeRoot:
     """The lake's root folder (or, with ``remote_ok``, an ``s3://`` lake); a missing folder exits with a hint."""
     root = _lake_root(state_url, remote_ok=remote_ok)
-    if isinstance(root, Path) and not root.is_dir():
+    if isinstance(root, Path) and not root.exists():
         no_lake(root)
+    if isinstance(root, Path) and not root.is_dir():
+        fail(f"{root.resolve()} is not a folder; a runlake lake is a folder")
     return root
 
 
@@ -252,9 +254,12 @@ def import_files(
     from .otlp import JSON, OTLPDecodeError, decode_request
 
     root = _lake_root(state_url)
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) for f in files if not f.exists()]
     if missing:
         fail(f"no such file: {', '.join(missing)}")
+    folders = [str(f) for f in files if not f.is_file()]
+    if folders:
+        fail(f"not a file: {', '.join(folders)} (give the .jsonl files themselves)")
     # --tenant: every span goes there, whatever tenant it names (as `runlake serve` does for a tenant's key)
     exporter = RunlakeSpanExporter(root, force_tenant=tenant, keep_runtime_state=True)  # import what was exported
     summary = {"files": len(files), "lines": 0, "spans": 0, "rejected_spans": 0, "bad_lines": 0}

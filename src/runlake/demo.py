@@ -357,6 +357,10 @@ class _Workload:
         return lambda: context.run(stack.close)
 
 
+class DemoWriteError(RuntimeError):
+    """The workload ran but the lake could not be written (read-only folder, full disk)."""
+
+
 def generate_workload(
     state_url: str | os.PathLike[str],
     sessions: int = 12,
@@ -383,6 +387,11 @@ def generate_workload(
         raise ValueError("generate_workload() needs a state_url")
     root = root.resolve()
     rng = random.Random(seed)
+    # a lake that already holds runs (an earlier demo with the same seed, say) gets sessions of its own
+    from opentelemetry.exporter.runlake.layout import RUNS, table_files
+
+    added = root.is_dir() and bool(table_files(root, RUNS))
+    suffix = f"-{os.urandom(3).hex()}" if added else ""
     horizon = days * 86_400.0
     # session start times, oldest first; the newest session starts a few minutes ago
     starts = sorted((rng.uniform(900.0, horizon) for _ in range(sessions - 1)), reverse=True)
@@ -390,6 +399,7 @@ def generate_workload(
 
     # generous queue: the demo ends spans much faster than real agents and must not drop any
     rl.configure(root, service_name="runlake-demo", max_queue_size=max(2048, sessions * 200))
+    exporter = rl.current_exporter()
     close_open_run: Callable[[], None] | None = None
     work = _Workload(rng)
     try:
@@ -397,7 +407,7 @@ def generate_workload(
             newest = number == len(starts) - 1
             agent = "researcher" if newest else rng.choices(AGENTS, weights=_AGENT_WEIGHTS)[0]
             user = rng.choice(USERS)
-            session_id = f"{agent.split('-')[0][:4]}-{rng.getrandbits(32):08x}"
+            session_id = f"{agent.split('-')[0][:4]}-{rng.getrandbits(32):08x}{suffix}"
             runs_planned = {"bug-triager": rng.randint(1, 2), "researcher": rng.randint(1, 2)}.get(
                 agent, rng.randint(2, 5)
             )
@@ -423,6 +433,9 @@ def generate_workload(
         rl.shutdown()
         if close_open_run is not None:
             close_open_run()
+    written = exporter.stats if exporter is not None else {}
+    if written.get("failed_writes") or written.get("dropped_rows"):
+        raise DemoWriteError(f"could not write the lake at {root}: {written.get('failing') or 'write failed'}")
     stats = work.stats
     return {
         "state_url": str(root),
@@ -442,6 +455,7 @@ def generate_workload(
         "running_run_ids": stats.running_run_ids,
         "seed": seed,
         "days": days,
+        "added_to_existing": added,
     }
 
 

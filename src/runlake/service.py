@@ -32,6 +32,7 @@ from .query import LakeReader
 __all__ = ["ExecutionHistoryService"]
 
 _NS_PER_DAY = 86_400 * 10**9
+MAX_DAYS = 36_500  # a window of 100 years, as the longest TTL; more would reach back before year 1
 _TREE_CHUNK = 2_000  # traces whose span trees are read at once (bounds the rows held in Python)
 _DURATION_MS = "(end_time_unix_nano - start_time_unix_nano) / 1e6"
 _SUMMARY = """count(*) AS total,
@@ -58,8 +59,8 @@ def _round(value: Any, digits: int = 3) -> float | None:
 def _check_days(days: Any, allow_none: bool = False) -> int | None:
     if days is None and allow_none:
         return None
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ValueError(f"days must be a positive whole number, got {days!r}")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1 or days > MAX_DAYS:
+        raise ValueError(f"days must be a whole number from 1 to {MAX_DAYS:,}, got {days!r}")
     return days
 
 

@@ -182,3 +182,6 @@ def serve_command(
     except (KeysError, ValueError, IngestLogLocked) as error:
         typer.echo(f"runlake serve: {error}", err=True)
         raise typer.Exit(2) from None
+    except OSError as error:  # a lake or ingest log folder that cannot be made or written, a port in use
+        typer.echo(f"runlake serve: {error}", err=True)
+        raise typer.Exit(1) from None
