@@ -227,6 +227,28 @@ def test_redact_value_walks_json_and_replaces_secret_keys_whole(redactor: Redact
     assert json.loads(json.dumps(state, default=list)) == original, "the input is not modified"
 
 
+def test_a_long_secret_value_goes_whole(redactor: Redactor) -> None:
+    """No pattern stops after a fixed number of characters (the tail would stay in clear), and a 100 kB value
+    costs linear time."""
+    for size in (600, 100_000):
+        value = ("A1b2" * size)[:size] + "TAILSECRET"
+        texts = [
+            "password=" + value,
+            '{"password": "' + value + '"}',
+            "api_key: " + value,
+            "aws_secret_access_key = '" + value + "'",
+            "https://user:" + value + "@db.example.com/x",
+            "ghp_" + value.replace("TAILSECRET", "TAILSECRET0"),
+        ]
+        for text in texts:
+            started = time.perf_counter()
+            out = redactor.redact(text)
+            elapsed = time.perf_counter() - started
+            assert "TAILSECRET" not in out and "A1b2A1b2" not in out, (size, text[:30], out[:80])
+            assert elapsed < 1.0, (size, text[:30], elapsed)
+    assert redactor.redact('{"password": "' + "x" * 5000 + '", "n": 1}') == '{"password": "[REDACTED:secret]", "n": 1}'
+
+
 def test_patterns_are_configurable() -> None:
     text = "mail bob@example.com, call +1 415 555 0132, badge EMP-123456"
     no_phone = Redactor(disable={"phone"})

@@ -14,7 +14,8 @@ Every pattern is anchored so it never matches inside a longer word or number, an
 positives carry a check: an ``sk-`` key must mix upper case, lower case and digits; a phone number must have 8-15
 digits (7-15 after a ``phone:`` label); a card number must pass the Luhn check. Ordinary prose, UUIDs, hex trace
 ids, version numbers, dates, times, IP addresses and prices are left alone (``tests/test_redact.py`` holds both
-corpora). Matching is linear in the text: no pattern can backtrack catastrophically.
+corpora). Matching is linear in the text: no pattern can backtrack catastrophically, and no pattern caps the
+length of a secret value (a capped match would leave the tail in clear).
 
 ``redact(text)`` cleans a string; ``redact_value(value)`` returns a cleaned deep copy of a JSON-like value, where
 in addition the value of any key that names a secret (``password``, ``api_key``, ``authorization``, ...) is
@@ -134,7 +135,9 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     ),
     Pattern.of(
         "url_password",
-        r"(?i)\b([a-z][a-z0-9+.-]{1,20}://[^\s/:@\"'<>\[\]]{0,256}:)([^\s/@\"'<>\[\]]{1,256})(@)",
+        # no cap on the user or password (a longer one would not match at all); both stop at the next "/", which
+        # every further "scheme://" contains, so a scan never runs past the next scheme
+        r"(?i)\b([a-z][a-z0-9+.-]{1,20}://[^\s/:@\"'<>\[\]]*:)([^\s/@\"'<>\[\]]+)(@)",
         group=2,
         kind="password",
     ),
@@ -151,7 +154,7 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
         "aws_access_key",
         r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}(?![A-Z0-9])",
     ),
-    Pattern.of("github_token", _B + r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})" + _E),
+    Pattern.of("github_token", _B + r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})" + _E),
     Pattern.of("slack_token", _B + r"xox[abposr]-[A-Za-z0-9-]{10,}" + _E),
     Pattern.of("google_api_key", _B + r"AIza[0-9A-Za-z_-]{35}" + _E, kind="api_key"),
     Pattern.of("huggingface_token", _B + r"hf_[A-Za-z0-9]{30,}" + _E, kind="api_key"),
@@ -160,7 +163,9 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
         "password_pair",
         r"(?i)(?<![A-Za-z0-9_-])(" + _SECRET_KEY_NAMES + r")"
         r"([\"']?[ \t]*(?::|=(?!=))[ \t]*[\"']?)"  # "x == y" is a comparison, not an assignment
-        r"((?<=\")[^\"\n]{1,512}|(?<=')[^'\n]{1,512}|[^\s\"'&,;<>{}\[\]=][^\s\"'&,;<>{}\[\]]{0,511})",
+        # the value runs to its end however long it is (no cap: a capped match would leave the tail in clear); each
+        # branch is one character class with nothing after it, so a match never backtracks
+        r"((?<=\")[^\"\n]+|(?<=')[^'\n]+|[^\s\"'&,;<>{}\[\]=][^\s\"'&,;<>{}\[\]]*)",
         group=3,
         check=_credential_value,
         kind="secret",
