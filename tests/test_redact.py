@@ -227,6 +227,37 @@ def test_redact_value_walks_json_and_replaces_secret_keys_whole(redactor: Redact
     assert json.loads(json.dumps(state, default=list)) == original, "the input is not modified"
 
 
+def test_value_under_a_secret_key_goes_whole_whatever_its_type_and_key_spelling(redactor: Redactor) -> None:
+    state = {
+        "password": ["hunter2"],
+        "token": {"value": "abc123secretvalue"},
+        "credentials": {"user": "bob", "pass": "x"},
+        "secret": True,  # a boolean hides nothing
+        "api_key": [],
+        "accessToken": "abc123secretvalue",
+        "clientSecret": "abc123secretvalue",
+        "refreshToken": "abc123secretvalue",
+        "sessionToken": "abc123secretvalue",
+        "APIKey": "abc123secretvalue",
+        "db.password": "abc123secretvalue",
+        "http.request.header.authorization": ("Bearer abc",),
+        "Client-Secret": 1234,
+        "tokenCount": 12,
+        "maxTokens": 1024,
+        "sessionId": "s-1",
+    }
+    out = redactor.redact_value(state)
+    for key in (
+        "password", "token", "credentials", "accessToken", "clientSecret", "refreshToken", "sessionToken", "APIKey",
+        "db.password", "http.request.header.authorization", "Client-Secret",
+    ):  # fmt: skip
+        assert out[key] == "[REDACTED:secret]", key
+    assert out["secret"] is True and out["api_key"] == []
+    assert out["tokenCount"] == 12 and out["maxTokens"] == 1024 and out["sessionId"] == "s-1"
+    assert redactor.redact_item("userPassword", 42) == "[REDACTED:secret]"
+    assert redactor.redact_item("contacts", ("bob@example.com", 3)) == ["[REDACTED:email]", 3]
+
+
 def test_a_long_secret_value_goes_whole(redactor: Redactor) -> None:
     """No pattern stops after a fixed number of characters (the tail would stay in clear), and a 100 kB value
     costs linear time."""

@@ -512,6 +512,22 @@ def test_state_is_redacted_before_it_reaches_disk(lake: Path, store: SessionStor
         assert secret not in on_disk
 
 
+def test_state_under_a_secret_key_goes_whole_whatever_its_type_or_key_spelling(lake: Path, store: SessionStore) -> None:
+    state = {
+        "password": ["hunter2"],
+        "token": {"value": "abc123secretvalue"},
+        "accessToken": "abc123secretvalue",
+        "clientSecret": "abc123secretvalue",
+        "refreshToken": "abc123secretvalue",
+        "sessionToken": "abc123secretvalue",
+        "tool_calls": ["call-1"],
+    }
+    assert store.set_runtime_state("s", "native", "t1", state)
+    stored = store.get_runtime_state("s", "native", "t1")
+    assert stored == {key: ("[REDACTED:secret]" if key != "tool_calls" else ["call-1"]) for key in state}
+    assert "hunter2" not in raw_text(lake) and "abc123secretvalue" not in raw_text(lake)
+
+
 def test_state_redaction_can_be_turned_off_or_replaced(lake: Path) -> None:
     with SessionStore(lake, redact=False) as plain:
         assert plain.set_runtime_state("s", "native", "t1", {"mail": "jane@example.com"})
