@@ -346,6 +346,52 @@ def test_configure_redact_cleans_every_attribute_on_disk(lake: Path) -> None:
     assert json.loads(node["input"]) == {"password": "[REDACTED:secret]", "host": "smtp.example.com"}
 
 
+def test_configure_redact_replaces_secret_keyed_values_in_metadata_events_and_attributes(lake: Path) -> None:
+    """Structured values are redacted by key, not string by string: the value under ``password`` goes."""
+    from opentelemetry import trace
+
+    runlake.configure(lake, redact=True)
+    try:
+        with runlake.run("a", "r3", metadata={"password": "hunter2", "api_key": "abc123def456ghi", "team": "x"}):
+            span = trace.get_current_span()
+            span.add_event("login", {"password": "hunter2", "user": "bob"})
+            span.set_attribute("password", "hunter2")
+            span.set_attribute("api_key", "abc123def456ghi")
+            span.set_attribute("db.password", 31337)
+            span.set_attribute("userAccessToken", "abc123def456ghi")
+    finally:
+        runlake.shutdown()
+    text = json.dumps(read_table(lake, "spans").to_pylist(), default=str)
+    assert "hunter2" not in text and "abc123def456ghi" not in text and "31337" not in text
+    run = next(r for r in read_table(lake, "spans").to_pylist() if r["record"] == "end")
+    attributes = json.loads(run["attributes"])
+    assert attributes["password"] == attributes["api_key"] == attributes["db.password"] == "[REDACTED:secret]"
+    assert attributes["userAccessToken"] == "[REDACTED:secret]"
+    assert json.loads(run["events"])[0]["attributes"] == {"password": "[REDACTED:secret]", "user": "bob"}
+    metadata = runlake.HistoryDB(lake).get_runs("r3")[0]["metadata"]  # what the API serves
+    assert metadata["password"] == metadata["api_key"] == "[REDACTED:secret]" and metadata["team"] == "x"
+
+
+def test_configure_redact_cleans_string_array_attributes(lake: Path) -> None:
+    from opentelemetry import trace
+
+    runlake.configure(lake, redact=True)
+    try:
+        with runlake.run("a", "r4"):
+            span = trace.get_current_span()
+            span.set_attribute("http.request.header.authorization", ["Bearer abcdefghijklmnop1234567890"])
+            span.set_attribute("http.request.header.x-forwarded-for-mail", ["bob@example.com", "ok"])
+            span.set_attribute("notes", ("call +1 415 555 0132", "fine"))
+    finally:
+        runlake.shutdown()
+    run = next(r for r in read_table(lake, "spans").to_pylist() if r["record"] == "end")
+    assert "abcdefghijklmnop1234567890" not in run["attributes"] and "bob@example.com" not in run["attributes"]
+    attributes = json.loads(run["attributes"])
+    assert attributes["http.request.header.authorization"] == "[REDACTED:secret]"
+    assert attributes["http.request.header.x-forwarded-for-mail"] == ["[REDACTED:email]", "ok"]
+    assert attributes["notes"] == ["call [REDACTED:phone]", "fine"]
+
+
 def test_redaction_is_off_for_ordinary_attributes_by_default(lake: Path) -> None:
     runlake.configure(lake)
     try:
