@@ -528,6 +528,22 @@ def test_state_under_a_secret_key_goes_whole_whatever_its_type_or_key_spelling(l
     assert "hunter2" not in raw_text(lake) and "abc123secretvalue" not in raw_text(lake)
 
 
+def test_forwarded_store_spans_keep_their_ids_with_redact_on(lake: Path, collector) -> None:
+    """Ids are join keys: a collector (maybe another runlake) must see the session the lake sees."""
+    endpoint, received = collector
+    runlake.configure(
+        lake, otlp_endpoint=endpoint, otlp_protocol="http/protobuf", mirror_runtime_state=True, redact=True
+    )
+    with SessionStore(lake) as store:
+        assert store.set_runtime_state("bob@example.com", "native", "t1", {"to": "carol@example.com"})
+        assert store.set_runtime_state("dave@example.com", "native", "t1", {"to": "carol@example.com"})
+    runlake.shutdown()
+    sessions = sorted(s["attributes"]["session.id"] for s in received)
+    assert sessions == ["bob@example.com", "dave@example.com"]
+    assert all(s["attributes"]["gen_ai.conversation.id"] == s["attributes"]["session.id"] for s in received)
+    assert "carol@example.com" not in json.dumps(received)
+
+
 def test_state_redaction_can_be_turned_off_or_replaced(lake: Path) -> None:
     with SessionStore(lake, redact=False) as plain:
         assert plain.set_runtime_state("s", "native", "t1", {"mail": "jane@example.com"})
