@@ -6,6 +6,7 @@ these tests only ever send to 127.0.0.1. They are stopped by the tests.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.exporter.runlake import mapping
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from oteltest.sink import GrpcSink, HttpSink
 from oteltest.sink.handler import RequestHandler
@@ -27,8 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _plain_value(value):
+    """An OTLP AnyValue as Python (arrays as lists)."""
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_plain_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
 class Collected(RequestHandler):
-    """Keeps every span the sink receives, with its attributes, and the request headers."""
+    """Keeps every span the sink receives, with its attributes, events and status message, and the request
+    headers."""
 
     def __init__(self) -> None:
         self.spans: list[dict] = []
@@ -49,11 +60,21 @@ class Collected(RequestHandler):
             for rs in request.resource_spans:
                 for ss in rs.scope_spans:
                     for span in ss.spans:
-                        attrs = {}
-                        for kv in span.attributes:
-                            value = kv.value
-                            attrs[kv.key] = getattr(value, value.WhichOneof("value"))
-                        self.spans.append({"name": span.name, "span_id": span.span_id.hex(), "attributes": attrs})
+                        self.spans.append(
+                            {
+                                "name": span.name,
+                                "span_id": span.span_id.hex(),
+                                "attributes": {kv.key: _plain_value(kv.value) for kv in span.attributes},
+                                "events": [
+                                    {
+                                        "name": e.name,
+                                        "attributes": {kv.key: _plain_value(kv.value) for kv in e.attributes},
+                                    }
+                                    for e in span.events
+                                ],
+                                "status_message": span.status.message or None,
+                            }
+                        )
 
 
 @pytest.fixture(params=["grpc", "http/protobuf"])
@@ -214,3 +235,93 @@ def test_force_flush_with_the_collector_down_returns_within_its_timeout(protocol
     provider.shutdown()
     assert time.monotonic() - started < 1 + 2
     assert processor.stats["sent"] == 0
+
+
+# ---- redaction: the collector gets what the lake gets, no more -------------------------------------------------
+SECRETS = (
+    "hunter2hunter2",
+    "sk-proj-4f9XkQ2mL8vN3bT7wZ1cR6yH0jD5sA",
+    "abcdefghijklmnop1234567890",
+    "abc123def456ghi789",
+    "jane.doe@example.com",
+    "+1 415 555 0100",
+    "4111 1111 1111 1111",
+    "wJalrXUtnFEMI",
+)
+
+
+def _secret_work() -> None:
+    """Secrets in every place a span has: ids, input, output, metadata, attributes, arrays, events, status, state."""
+    from opentelemetry import trace
+
+    with runlake.run(
+        "agent",
+        session_id="bob@example.com",
+        user_id="alice@example.com",
+        input="my key is sk-proj-4f9XkQ2mL8vN3bT7wZ1cR6yH0jD5sA, call +1 415 555 0100",
+        metadata={"password": "hunter2hunter2", "api_key": "abc123def456ghi789", "note": "jane.doe@example.com"},
+    ) as r:
+        with runlake.turn("t1") as t:
+            assert t.set_state({"accessToken": "abc123def456ghi789", "mail": "jane.doe@example.com"})
+        with runlake.node("search", type="tool", input={"password": "hunter2hunter2", "card": "4111 1111 1111 1111"}):
+            span = trace.get_current_span()
+            span.set_attribute("password", "hunter2hunter2")
+            span.set_attribute("api_key", "abc123def456ghi789")
+            span.set_attribute("db.password", 42424242)
+            span.set_attribute("http.request.header.authorization", ["Bearer abcdefghijklmnop1234567890"])
+            span.set_attribute("contacts", ["jane.doe@example.com", "no secret here"])
+            span.set_attribute("aws.config", "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+            span.add_event("login jane.doe@example.com", {"password": "hunter2hunter2", "to": ["jane.doe@example.com"]})
+        try:
+            with runlake.node("llm", type="llm") as n:
+                n.set_model("gpt-4o-mini", provider="openai")
+                n.set_usage(input_tokens=3, output_tokens=2)
+                raise RuntimeError("auth failed for password=hunter2hunter2")
+        except RuntimeError:
+            pass
+        r.set_output('{"client_secret": "abc123def456ghi789", "reply": "mail jane.doe@example.com"}')
+
+
+def _stored_once(forwarded: dict, local: dict) -> dict:
+    """``forwarded`` without the aliases the lake keeps once: a key read by a column (``gen_ai.tool.name`` for
+    ``node_id``) whose value equals what the lake gives back under the column's own key."""
+    out = {}
+    for key, value in forwarded.items():
+        column = next((c for c, (reads, _) in mapping.COLUMN_KEYS.items() if key in reads), None)
+        writes = mapping.COLUMN_KEYS[column][1] if column else ()
+        if key not in local and any(local.get(w) == value for w in writes):
+            continue
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("sink", ["http/protobuf"], indirect=True)
+def test_forwarded_copy_equals_the_lake_with_redaction(sink, lake: Path) -> None:
+    """With redact=True, every attribute, event and status message a real OTLP/HTTP receiver gets equals what the
+    lake returns for the span (HistoryDB.get_traces), ids stay as they are, and no secret reaches either."""
+    protocol, endpoint, collected = sink
+    runlake.configure(lake, otlp_endpoint=endpoint, otlp_protocol=protocol, redact=True, mirror_runtime_state=True)
+    _secret_work()
+    runlake.shutdown()
+    db = runlake.HistoryDB(lake)
+    [trace_] = db.get_traces("bob@example.com")
+    local = {s["span_id"]: s for s in trace_["spans"]}
+    statuses = dict(db.sql("SELECT span_id, status_message FROM spans").fetchall())
+    assert len(collected.spans) == len(local) == 4
+    for span in collected.spans:
+        mine = local[span["span_id"]]
+        assert _stored_once(span["attributes"], mine["attributes"]) == mine["attributes"], span["name"]
+        assert span["events"] == [{"name": e["name"], "attributes": e["attributes"]} for e in mine["events"]]
+        assert span["status_message"] == statuses[span["span_id"]], span["name"]
+    forwarded = json.dumps(collected.spans)
+    for secret in SECRETS:
+        assert secret not in forwarded, secret
+    # ids are join keys: kept, so the collector's sessions are the lake's
+    run = next(s["attributes"] for s in collected.spans if s["name"].startswith("invoke_agent"))
+    assert run["session.id"] == run["gen_ai.conversation.id"] == "bob@example.com"
+    assert run["user.id"] == "alice@example.com"
+    node = next(s["attributes"] for s in collected.spans if s["name"] == "execute_tool search")
+    assert node["password"] == node["api_key"] == node["db.password"] == "[REDACTED:secret]"
+    assert node["http.request.header.authorization"] == "[REDACTED:secret]"
+    assert node["contacts"] == ["[REDACTED:email]", "no secret here"]
+    assert json.loads(run["runlake.metadata"])["password"] == "[REDACTED:secret]"

@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 import runlake
 from runlake import instrument
-from runlake.redact import default_redactor
+from runlake.redact import Redactor, default_redactor
 
 # ---- the reference: map_span as it was before the fast path (do not optimise) ----------------------------------
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
@@ -127,21 +127,52 @@ def _events_json(events: Sequence[Any]) -> tuple[str | None, str | None]:
     return _JSON(out), message
 
 
+# the redaction rule (docs/sessions.md, "Redaction"): ids and names kept, free text redacted, the value under a key
+# naming a secret replaced whole (with a Redactor); the OTLP forwarder applies the same rule to the span's attributes
+_KEPT_COLUMNS = (
+    "session_id", "user_id", "tenant_id", "run_id", "agent_name", "agent_id", "node_id", "node_type", "turn_id",
+    "runtime_id", "operation", "model", "provider", "input_tokens", "output_tokens", "cost_cents", "error_type",
+    "ttl_days",
+)  # fmt: skip
+_KEPT_KEYS = {key for column in _KEPT_COLUMNS for keys in mapping.COLUMN_KEYS[column] for key in keys} | {
+    mapping.SPAN_TYPE,
+    "openinference.span.kind",
+    "traceloop.span.kind",
+    "llm.request.type",
+    "runlake.runtime.cleared",
+    mapping.RUNTIME_STATE,  # the runtime-state policy's
+    *mapping.MESSAGES_FROM.values(),
+}
+
+
 def _redact_strings(value: Any, redact: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
         return {k: _redact_strings(v, redact) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_strings(v, redact) for v in value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_strings(v, redact) for v in value)
     return value
 
 
 def _redact_json_text(text: str, redact: Any) -> str:
     try:
-        return _JSON(_redact_strings(json.loads(text), redact))
+        parsed = json.loads(text)
     except ValueError:
         return redact(text)
+    return _JSON(redact.redact_value(parsed) if isinstance(redact, Redactor) else _redact_strings(parsed, redact))
+
+
+def _redact_attribute(key: str, value: Any, redact: Any) -> Any:
+    if key in _KEPT_KEYS:
+        return value
+    if key == mapping.METADATA and isinstance(value, str):
+        return _redact_json_text(value, redact) if value else value
+    if not isinstance(redact, Redactor):
+        return _redact_strings(value, redact)
+    if redact.is_sensitive_key(key) and value not in (None, "", (), []) and not isinstance(value, bool):
+        return value if isinstance(value, str) and value.startswith("[REDACTED") else "[REDACTED:secret]"
+    return _redact_strings(value, redact)
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -181,6 +212,7 @@ def reference_map_span(
             if leftover is None:
                 leftover = {}
             leftover[key] = value
+    assembled: set[str] = set()  # columns assembled from flattened messages
     for column, prefix, infix in mapping.MESSAGE_FAMILIES:
         if column in values:
             continue
@@ -191,11 +223,14 @@ def reference_map_span(
             index, _, tail = rest.partition(".")
             if index.isascii() and index.isdigit() and str(int(index)) == index and tail.startswith(infix):
                 if tail[len(infix) :]:
+                    if redact is not None:  # each field as its flattened attribute is redacted
+                        value = _redact_attribute(key, value, redact)
                     messages.setdefault(int(index), {})[tail[len(infix) :]] = value
                     keys.append(key)
         if not messages:
             continue
         values[column] = _JSON([messages[i] for i in sorted(messages)])
+        assembled.add(column)
         if sorted(messages) == list(range(len(messages))) and len(keys) == sum(len(m) for m in messages.values()):
             leftover = {k: v for k, v in (leftover or {}).items() if k not in keys}
             leftover[mapping.MESSAGES_FROM[column]] = prefix
@@ -236,15 +271,26 @@ def reference_map_span(
     text = values.get
     input_text, output_text, attrs_json = text("input"), text("output"), leftover
     if redact is not None:
-        input_text = redact(input_text) if input_text else input_text
-        output_text = redact(output_text) if output_text else output_text
+        if input_text and "input" not in assembled:
+            input_text = redact(input_text)
+        if output_text and "output" not in assembled:
+            output_text = redact(output_text)
         status_message = redact(status_message) if status_message else status_message
         if values.get("metadata"):
             values["metadata"] = _redact_json_text(values["metadata"], redact)
         if events_json:
-            events_json = _redact_json_text(events_json, redact)
+            events_json = _JSON(
+                [
+                    {
+                        "name": redact(e.name) if e.name else e.name,
+                        "time_unix_nano": e.timestamp,
+                        "attributes": {k: _redact_attribute(k, v, redact) for k, v in (e.attributes or {}).items()},
+                    }
+                    for e in span.events
+                ]
+            )
         if attrs_json:
-            attrs_json = {k: redact(v) if isinstance(v, str) else v for k, v in attrs_json.items()}
+            attrs_json = {k: _redact_attribute(k, v, redact) for k, v in attrs_json.items()}
     return (
         record,
         span_type,
@@ -491,6 +537,31 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
         {"runlake.metadata": '{"email": "a@b.example", "n": [1, "2"]}', "input.value": "mail a@b.example"},
         {"input.value": (1.5, 2.5), "output.value": (True, False), "gen_ai.input.messages": "other"},
         {"plain.list": ("x", "y"), "plain.float": 1e300, "plain.neg": -1, "ünïcode.kéy": "välue 🙂"},
+        # redaction: secrets under secret-named keys, in arrays, in metadata; ids that look like personal data
+        {
+            "session.id": "bob@example.com",
+            "user.id": "alice@example.com",
+            "langfuse.session.id": "carol@example.com",
+            "runlake.run.id": "4111 1111 1111 1111",
+            "gen_ai.agent.name": "agent of +1 415 555 0100",
+            "gen_ai.request.model": "model@example.com",
+            "password": "hunter2",
+            "db.password": 12345,
+            "api_key": ("k1", "k2"),
+            "http.request.header.authorization": ("Bearer abcdefghijklmnop1234567890",),
+            "clientSecret": "",
+            "secret": True,
+            "contacts": ("dave@example.com", "plain", 3),
+            "runlake.metadata": '{"password": "hunter2", "accessToken": ["a"], "nested": {"api_key": {"v": 1}}}',
+            "input.value": '{"password": "hunter2"} and erin@example.com',
+        },  # fmt: skip
+        {
+            "llm.request.type": "chat",
+            "gen_ai.prompt.0.role": "user",
+            "gen_ai.prompt.0.content": "mail frank@example.com",
+            "gen_ai.prompt.0.api_key": "abc123secretvalue",
+            "gen_ai.completion.0.content": ("password=hunter2", "ok"),
+        },  # flattened messages: each field redacted as its attribute
         {},
     ]
     kinds = [SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.PRODUCER, SpanKind.CONSUMER]
@@ -500,6 +571,8 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
                 span = tracer.start_span(f"shape-{i}", kind=kinds[(i + 1) % 5], attributes=attrs)
                 if i % 4 == 0:
                     span.add_event("note", {"k": "v 555-0100", "n": i, "seq": (1, 2)})
+                if i % 7 == 0:
+                    span.add_event("login by gina@example.com", {"password": "hunter2", "user.id": "gina@example.com"})
                 if i % 5 == 1:
                     span.record_exception(ValueError(f"bad value {i}"))
                     span.set_status(Status(StatusCode.ERROR))

@@ -227,6 +227,59 @@ def test_redact_value_walks_json_and_replaces_secret_keys_whole(redactor: Redact
     assert json.loads(json.dumps(state, default=list)) == original, "the input is not modified"
 
 
+def test_value_under_a_secret_key_goes_whole_whatever_its_type_and_key_spelling(redactor: Redactor) -> None:
+    state = {
+        "password": ["hunter2"],
+        "token": {"value": "abc123secretvalue"},
+        "credentials": {"user": "bob", "pass": "x"},
+        "secret": True,  # a boolean hides nothing
+        "api_key": [],
+        "accessToken": "abc123secretvalue",
+        "clientSecret": "abc123secretvalue",
+        "refreshToken": "abc123secretvalue",
+        "sessionToken": "abc123secretvalue",
+        "APIKey": "abc123secretvalue",
+        "db.password": "abc123secretvalue",
+        "http.request.header.authorization": ("Bearer abc",),
+        "Client-Secret": 1234,
+        "tokenCount": 12,
+        "maxTokens": 1024,
+        "sessionId": "s-1",
+    }
+    out = redactor.redact_value(state)
+    for key in (
+        "password", "token", "credentials", "accessToken", "clientSecret", "refreshToken", "sessionToken", "APIKey",
+        "db.password", "http.request.header.authorization", "Client-Secret",
+    ):  # fmt: skip
+        assert out[key] == "[REDACTED:secret]", key
+    assert out["secret"] is True and out["api_key"] == []
+    assert out["tokenCount"] == 12 and out["maxTokens"] == 1024 and out["sessionId"] == "s-1"
+    assert redactor.redact_item("userPassword", 42) == "[REDACTED:secret]"
+    assert redactor.redact_item("contacts", ("bob@example.com", 3)) == ["[REDACTED:email]", 3]
+
+
+def test_a_long_secret_value_goes_whole(redactor: Redactor) -> None:
+    """No pattern stops after a fixed number of characters (the tail would stay in clear), and a 100 kB value
+    costs linear time."""
+    for size in (600, 100_000):
+        value = ("A1b2" * size)[:size] + "TAILSECRET"
+        texts = [
+            "password=" + value,
+            '{"password": "' + value + '"}',
+            "api_key: " + value,
+            "aws_secret_access_key = '" + value + "'",
+            "https://user:" + value + "@db.example.com/x",
+            "ghp_" + value.replace("TAILSECRET", "TAILSECRET0"),
+        ]
+        for text in texts:
+            started = time.perf_counter()
+            out = redactor.redact(text)
+            elapsed = time.perf_counter() - started
+            assert "TAILSECRET" not in out and "A1b2A1b2" not in out, (size, text[:30], out[:80])
+            assert elapsed < 1.0, (size, text[:30], elapsed)
+    assert redactor.redact('{"password": "' + "x" * 5000 + '", "n": 1}') == '{"password": "[REDACTED:secret]", "n": 1}'
+
+
 def test_patterns_are_configurable() -> None:
     text = "mail bob@example.com, call +1 415 555 0132, badge EMP-123456"
     no_phone = Redactor(disable={"phone"})
@@ -291,6 +344,52 @@ def test_configure_redact_cleans_every_attribute_on_disk(lake: Path) -> None:
     assert run["output"] == "sent; call [REDACTED:phone] if it bounces"
     node = next(r for r in rows if r["span_type"] == "node")
     assert json.loads(node["input"]) == {"password": "[REDACTED:secret]", "host": "smtp.example.com"}
+
+
+def test_configure_redact_replaces_secret_keyed_values_in_metadata_events_and_attributes(lake: Path) -> None:
+    """Structured values are redacted by key, not string by string: the value under ``password`` goes."""
+    from opentelemetry import trace
+
+    runlake.configure(lake, redact=True)
+    try:
+        with runlake.run("a", "r3", metadata={"password": "hunter2", "api_key": "abc123def456ghi", "team": "x"}):
+            span = trace.get_current_span()
+            span.add_event("login", {"password": "hunter2", "user": "bob"})
+            span.set_attribute("password", "hunter2")
+            span.set_attribute("api_key", "abc123def456ghi")
+            span.set_attribute("db.password", 31337)
+            span.set_attribute("userAccessToken", "abc123def456ghi")
+    finally:
+        runlake.shutdown()
+    text = json.dumps(read_table(lake, "spans").to_pylist(), default=str)
+    assert "hunter2" not in text and "abc123def456ghi" not in text and "31337" not in text
+    run = next(r for r in read_table(lake, "spans").to_pylist() if r["record"] == "end")
+    attributes = json.loads(run["attributes"])
+    assert attributes["password"] == attributes["api_key"] == attributes["db.password"] == "[REDACTED:secret]"
+    assert attributes["userAccessToken"] == "[REDACTED:secret]"
+    assert json.loads(run["events"])[0]["attributes"] == {"password": "[REDACTED:secret]", "user": "bob"}
+    metadata = runlake.HistoryDB(lake).get_runs("r3")[0]["metadata"]  # what the API serves
+    assert metadata["password"] == metadata["api_key"] == "[REDACTED:secret]" and metadata["team"] == "x"
+
+
+def test_configure_redact_cleans_string_array_attributes(lake: Path) -> None:
+    from opentelemetry import trace
+
+    runlake.configure(lake, redact=True)
+    try:
+        with runlake.run("a", "r4"):
+            span = trace.get_current_span()
+            span.set_attribute("http.request.header.authorization", ["Bearer abcdefghijklmnop1234567890"])
+            span.set_attribute("http.request.header.x-forwarded-for-mail", ["bob@example.com", "ok"])
+            span.set_attribute("notes", ("call +1 415 555 0132", "fine"))
+    finally:
+        runlake.shutdown()
+    run = next(r for r in read_table(lake, "spans").to_pylist() if r["record"] == "end")
+    assert "abcdefghijklmnop1234567890" not in run["attributes"] and "bob@example.com" not in run["attributes"]
+    attributes = json.loads(run["attributes"])
+    assert attributes["http.request.header.authorization"] == "[REDACTED:secret]"
+    assert attributes["http.request.header.x-forwarded-for-mail"] == ["[REDACTED:email]", "ok"]
+    assert attributes["notes"] == ["call [REDACTED:phone]", "fine"]
 
 
 def test_redaction_is_off_for_ordinary_attributes_by_default(lake: Path) -> None:

@@ -512,6 +512,38 @@ def test_state_is_redacted_before_it_reaches_disk(lake: Path, store: SessionStor
         assert secret not in on_disk
 
 
+def test_state_under_a_secret_key_goes_whole_whatever_its_type_or_key_spelling(lake: Path, store: SessionStore) -> None:
+    state = {
+        "password": ["hunter2"],
+        "token": {"value": "abc123secretvalue"},
+        "accessToken": "abc123secretvalue",
+        "clientSecret": "abc123secretvalue",
+        "refreshToken": "abc123secretvalue",
+        "sessionToken": "abc123secretvalue",
+        "tool_calls": ["call-1"],
+    }
+    assert store.set_runtime_state("s", "native", "t1", state)
+    stored = store.get_runtime_state("s", "native", "t1")
+    assert stored == {key: ("[REDACTED:secret]" if key != "tool_calls" else ["call-1"]) for key in state}
+    assert "hunter2" not in raw_text(lake) and "abc123secretvalue" not in raw_text(lake)
+
+
+def test_forwarded_store_spans_keep_their_ids_with_redact_on(lake: Path, collector) -> None:
+    """Ids are join keys: a collector (maybe another runlake) must see the session the lake sees."""
+    endpoint, received = collector
+    runlake.configure(
+        lake, otlp_endpoint=endpoint, otlp_protocol="http/protobuf", mirror_runtime_state=True, redact=True
+    )
+    with SessionStore(lake) as store:
+        assert store.set_runtime_state("bob@example.com", "native", "t1", {"to": "carol@example.com"})
+        assert store.set_runtime_state("dave@example.com", "native", "t1", {"to": "carol@example.com"})
+    runlake.shutdown()
+    sessions = sorted(s["attributes"]["session.id"] for s in received)
+    assert sessions == ["bob@example.com", "dave@example.com"]
+    assert all(s["attributes"]["gen_ai.conversation.id"] == s["attributes"]["session.id"] for s in received)
+    assert "carol@example.com" not in json.dumps(received)
+
+
 def test_state_redaction_can_be_turned_off_or_replaced(lake: Path) -> None:
     with SessionStore(lake, redact=False) as plain:
         assert plain.set_runtime_state("s", "native", "t1", {"mail": "jane@example.com"})

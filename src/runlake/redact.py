@@ -14,12 +14,15 @@ Every pattern is anchored so it never matches inside a longer word or number, an
 positives carry a check: an ``sk-`` key must mix upper case, lower case and digits; a phone number must have 8-15
 digits (7-15 after a ``phone:`` label); a card number must pass the Luhn check. Ordinary prose, UUIDs, hex trace
 ids, version numbers, dates, times, IP addresses and prices are left alone (``tests/test_redact.py`` holds both
-corpora). Matching is linear in the text: no pattern can backtrack catastrophically.
+corpora). Matching is linear in the text: no pattern can backtrack catastrophically, and no pattern caps the
+length of a secret value (a capped match would leave the tail in clear).
 
 ``redact(text)`` cleans a string; ``redact_value(value)`` returns a cleaned deep copy of a JSON-like value, where
 in addition the value of any key that names a secret (``password``, ``api_key``, ``authorization``, ...) is
-replaced whole. Patterns are configurable: ``Redactor(patterns=...)`` replaces the set, ``extra=...`` adds to it,
-``disable=...`` drops defaults by name or kind, ``replacement=`` changes the marker.
+replaced whole, whatever its type; keys are compared normalised (``accessToken`` is ``access_token``).
+``redact_item(key, value)`` applies that rule to one value, e.g. a span attribute. Patterns are configurable:
+``Redactor(patterns=...)`` replaces the set, ``extra=...`` adds to it, ``disable=...`` drops defaults by name or
+kind, ``replacement=`` changes the marker.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_PATTERNS", "DEFAULT_SENSITIVE_KEYS", "Pattern", "Redactor", "resolve"]
+__all__ = ["DEFAULT_PATTERNS", "DEFAULT_SENSITIVE_KEYS", "Pattern", "Redactor", "normalise_key", "resolve"]
 
 _MARK = "[REDACTED"
 
@@ -134,7 +137,9 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     ),
     Pattern.of(
         "url_password",
-        r"(?i)\b([a-z][a-z0-9+.-]{1,20}://[^\s/:@\"'<>\[\]]{0,256}:)([^\s/@\"'<>\[\]]{1,256})(@)",
+        # no cap on the user or password (a longer one would not match at all); both stop at the next "/", which
+        # every further "scheme://" contains, so a scan never runs past the next scheme
+        r"(?i)\b([a-z][a-z0-9+.-]{1,20}://[^\s/:@\"'<>\[\]]*:)([^\s/@\"'<>\[\]]+)(@)",
         group=2,
         kind="password",
     ),
@@ -151,7 +156,7 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
         "aws_access_key",
         r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}(?![A-Z0-9])",
     ),
-    Pattern.of("github_token", _B + r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})" + _E),
+    Pattern.of("github_token", _B + r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})" + _E),
     Pattern.of("slack_token", _B + r"xox[abposr]-[A-Za-z0-9-]{10,}" + _E),
     Pattern.of("google_api_key", _B + r"AIza[0-9A-Za-z_-]{35}" + _E, kind="api_key"),
     Pattern.of("huggingface_token", _B + r"hf_[A-Za-z0-9]{30,}" + _E, kind="api_key"),
@@ -160,7 +165,9 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
         "password_pair",
         r"(?i)(?<![A-Za-z0-9_-])(" + _SECRET_KEY_NAMES + r")"
         r"([\"']?[ \t]*(?::|=(?!=))[ \t]*[\"']?)"  # "x == y" is a comparison, not an assignment
-        r"((?<=\")[^\"\n]{1,512}|(?<=')[^'\n]{1,512}|[^\s\"'&,;<>{}\[\]=][^\s\"'&,;<>{}\[\]]{0,511})",
+        # the value runs to its end however long it is (no cap: a capped match would leave the tail in clear); each
+        # branch is one character class with nothing after it, so a match never backtracks
+        r"((?<=\")[^\"\n]+|(?<=')[^'\n]+|[^\s\"'&,;<>{}\[\]=][^\s\"'&,;<>{}\[\]]*)",
         group=3,
         check=_credential_value,
         kind="secret",
@@ -204,12 +211,26 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     ),
 )
 
-# Keys whose value is a secret whatever it looks like (compared in lower case, with "-" read as "_").
+# Keys whose value is a secret whatever it looks like. Keys are compared normalised (``normalise_key``: camelCase
+# split into snake_case, lower case, "-", "." and spaces read as "_"), so ``accessToken``, ``X-Api-Key`` and the
+# attribute ``http.request.header.authorization`` all match.
 DEFAULT_SENSITIVE_KEYS = re.compile(
     r"^(?:[a-z0-9]+_)*(?:pass(?:word|wd|phrase)?|secret|secret_?key|secret_access_key|client_secret"
     r"|api_?key|access_?key|private_?key|token|access_token|refresh_token|auth_token|id_token|session_token"
     r"|bearer_token|authorization|proxy_authorization|cookie|set_cookie|credentials?)$"
 )
+
+
+_CAMEL_ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")  # "APIKey" -> "API_Key"
+_CAMEL_WORD = re.compile(r"([a-z0-9])([A-Z])")  # "accessToken" -> "access_Token"
+_KEY_SEPARATORS = re.compile(r"[-.\s]+")
+
+
+def normalise_key(key: str) -> str:
+    """A key as the sensitive-key rule compares it: ``clientSecret`` / ``Client-Secret`` / ``client.secret`` →
+    ``client_secret``."""
+    key = _CAMEL_WORD.sub(r"\1_\2", _CAMEL_ACRONYM.sub(r"\1_\2", key.strip()))
+    return _KEY_SEPARATORS.sub("_", key).lower()
 
 
 def _as_pattern(item: PatternLike) -> Pattern:
@@ -250,6 +271,7 @@ class Redactor:
         if isinstance(sensitive_keys, str):
             sensitive_keys = re.compile(sensitive_keys)
         self.sensitive_keys = sensitive_keys
+        self._key_cache: dict[str, bool] = {}
 
     @property
     def names(self) -> list[str]:
@@ -296,15 +318,30 @@ class Redactor:
         return found
 
     def is_sensitive_key(self, key: Any) -> bool:
+        """Whether ``key`` names a secret: ``sensitive_keys`` matched against ``normalise_key(key)``."""
         if self.sensitive_keys is None or not isinstance(key, str):
             return False
-        return self.sensitive_keys.match(key.strip().lower().replace("-", "_")) is not None
+        known = self._key_cache.get(key)
+        if known is None:
+            known = self.sensitive_keys.match(normalise_key(key)) is not None
+            if len(self._key_cache) >= 4096:
+                self._key_cache.clear()
+            self._key_cache[key] = known
+        return known
+
+    def redact_item(self, key: Any, value: Any) -> Any:
+        """The value found under ``key`` (a mapping key or a span attribute name): replaced whole by
+        ``[REDACTED:secret]`` when the key names a secret, whatever its type (string, number, list, dict); else
+        ``redact_value(value)``. Nothing to hide is kept as it is: None, booleans, empty values, markers."""
+        if self.is_sensitive_key(key) and _holds_secret(value):
+            return self._key_marker()
+        return self.redact_value(value)
 
     def redact_value(self, value: Any) -> Any:
         """A cleaned deep copy of a JSON-like value (dicts, lists, tuples, strings, numbers).
 
-        Strings are redacted; a string or number under a key that names a secret is replaced whole; keys are
-        redacted too (an e-mail address used as a key), keeping them distinct.
+        Strings are redacted; the value under a key that names a secret is replaced whole, whatever its type
+        (``redact_item``); keys are redacted too (an e-mail address used as a key), keeping them distinct.
         """
         if isinstance(value, str):
             return self.redact(value)
@@ -317,11 +354,7 @@ class Redactor:
                     while f"{new_key} ({n})" in out:
                         n += 1
                     new_key = f"{new_key} ({n})"
-                if self.is_sensitive_key(key) and isinstance(item, (str, int, float)) and not isinstance(item, bool):
-                    text = str(item)
-                    out[new_key] = item if (not text or text.startswith(_MARK)) else self._key_marker()
-                else:
-                    out[new_key] = self.redact_value(item)
+                out[new_key] = self.redact_item(key, item)
             return out
         if isinstance(value, (list, tuple)):
             return [self.redact_value(item) for item in value]
@@ -332,6 +365,17 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor(patterns={self.names!r}, replacement={self.replacement!r})"
+
+
+def _holds_secret(value: Any) -> bool:
+    """False for what cannot hide a secret (None, a boolean, an empty value) or is already a marker."""
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return bool(value) and not value.startswith(_MARK)
+    if isinstance(value, (list, tuple, dict, Mapping)):
+        return len(value) > 0
+    return True
 
 
 _default: Redactor | None = None

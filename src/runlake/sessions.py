@@ -302,21 +302,15 @@ def _with_attributes(
     )
 
 
-def _redact_attribute(value: Any, redact: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(redact(v) if isinstance(v, str) else v for v in value)
-    return value
-
-
 class StateGuard(SpanExporter):
     """Wraps an exporter: drops ``runlake.runtime.state`` from every span unless mirroring is on, and redacts it
     when on — whatever code set the attribute. ``configure`` puts it in front of runlake's exporter.
 
-    ``redact_attributes`` (optional, a ``str -> str`` such as a ``Redactor``): also clean every string attribute,
-    event attribute and the status description — for exporters with no redaction of their own (OTLP forwarding).
-    Spans with nothing to change pass through untouched. Also stands in for the exporter of ``RunStartProcessor``.
+    ``redact_attributes`` (optional, a ``Redactor`` or a ``str -> str``): also clean the span the way runlake's
+    exporter cleans what it stores (``mapping.redact_attributes`` / ``redact_event``: free text, metadata, events,
+    leftover attributes and the status description; ids, model, provider and operation names kept) — for exporters
+    with no redaction of their own (OTLP forwarding), so they get what the lake gets. Spans with nothing to change
+    pass through untouched. Also stands in for the exporter of ``RunStartProcessor``.
     """
 
     def __init__(
@@ -346,11 +340,8 @@ class StateGuard(SpanExporter):
             kept[m.RUNTIME_STATE] = self._redacted(kept[m.RUNTIME_STATE])
         if redact is None:
             return _with_attributes(span, kept)
-        kept = {k: (v if k == m.RUNTIME_STATE else _redact_attribute(v, redact)) for k, v in kept.items()}
-        events = [
-            Event(e.name, {k: _redact_attribute(v, redact) for k, v in (e.attributes or {}).items()}, e.timestamp)
-            for e in span.events
-        ]
+        kept = m.redact_attributes(kept, redact)  # the runtime state passes: the policy above decided about it
+        events = [Event(*m.redact_event(e.name, e.attributes, redact), e.timestamp) for e in span.events]
         status = span.status
         if status.description:
             status = Status(status.status_code, redact(status.description))

@@ -77,7 +77,8 @@ class RunlakeSpanExporter(SpanExporter):
     ``RUNLAKE_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL``, credentials from the standard AWS variables).
     ``export()`` never raises: failures return ``FAILURE``, are logged once and counted in ``stats``.
     Runtime state (``runlake.runtime.state``) is stored only with ``keep_runtime_state`` (else
-    ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in.
+    ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in. ``redact`` (a ``runlake.redact.Redactor``, or any
+    ``str -> str`` for strings only) cleans each row before it is stored (``mapping.redact_attribute``).
     ``min_session_rows`` (else ``RUNLAKE_MIN_SESSION_ROWS``, default 0 = off): sessions with fewer rows in a flush
     share one file per day (``session=~mixed``) instead of one small file each; compaction later merges each closed
     day into one file there. For ingest servers and other writers that see many sessions at once.

@@ -311,6 +311,15 @@ def _plain(attributes: Any) -> Any:
     return attributes
 
 
+def _redacted_events_json(events: Sequence[Any], redact: Any) -> str:
+    """Events as JSON, each cleaned by ``redact_event`` (the forwarder cleans them the same way)."""
+    out = []
+    for event in events:
+        name, attrs = redact_event(event.name, event.attributes, redact)
+        out.append({"name": name, "time_unix_nano": event.timestamp, "attributes": attrs})
+    return _fast_json(out)
+
+
 def _events_json(events: Sequence[Any]) -> tuple[str | None, str | None]:
     """Events as JSON, and the message of the first exception event (the error message)."""
     if not events:
@@ -442,7 +451,8 @@ class SpanMapper:
 
     ``default_tenant`` applies when a span names none; ``force_tenant`` overrides what spans claim (ingest
     with an API key), and ``force_user`` the user they claim (ingest with a ``user`` key). ``redact``, when
-    given, cleans text columns and leftover attributes before they are stored.
+    given (a ``runlake.redact.Redactor`` or a ``str -> str``), cleans the row by the rule of ``redact_attribute``
+    (free text, metadata, events, leftover attributes; ids and names kept), the rule the OTLP forwarder applies too.
     """
 
     def __init__(
@@ -499,9 +509,13 @@ class SpanMapper:
                 if leftover is None:
                     leftover = {}
                 leftover[key] = values[i]
+        redact = self.redact
+        assembled = None  # with redact: the columns assembled from messages (already redacted field by field)
         if plan.messages:
             for column, prefix, fields, exact in plan.messages:
-                text = _messages_json(values, fields)
+                text = _messages_json(values, fields, keys, redact)
+                if redact is not None:
+                    assembled = (assembled or ()) + (column,)
                 if column == "input":
                     input_text = text
                 else:
@@ -554,17 +568,18 @@ class SpanMapper:
             ttl = DEFAULT_TTL_DAYS
         elif ttl > MAX_TTL_DAYS:
             ttl = MAX_TTL_DAYS
-        redact = self.redact
-        if redact is not None:
-            input_text = redact(input_text) if input_text else input_text
-            output_text = redact(output_text) if output_text else output_text
+        if redact is not None:  # the rule of redact_attribute, column by column (see there)
+            if input_text and not (assembled and "input" in assembled):
+                input_text = redact(input_text)
+            if output_text and not (assembled and "output" in assembled):
+                output_text = redact(output_text)
             status_message = redact(status_message) if status_message else status_message
             if metadata:
-                metadata = _redact_json_text(metadata, redact)
+                metadata = redact_json_text(metadata, redact)
             if events_json:
-                events_json = _redact_json_text(events_json, redact)
+                events_json = _redacted_events_json(events, redact)
             if leftover:
-                leftover = {k: redact(v) if isinstance(v, str) else v for k, v in leftover.items()}
+                leftover = redact_attributes(leftover, redact)
         return (
             record,
             span_type,
@@ -606,15 +621,19 @@ class SpanMapper:
         )
 
 
-def _messages_json(values: list[Any], fields: tuple[tuple[int, str, int], ...]) -> str:
-    """A flattened message list as JSON: ``[{field: value, ...}, ...]`` in index order."""
+def _messages_json(
+    values: list[Any], fields: tuple[tuple[int, str, int], ...], keys: tuple[str, ...] = (), redact: Any = None
+) -> str:
+    """A flattened message list as JSON: ``[{field: value, ...}, ...]`` in index order. With ``redact``, each value
+    is cleaned as its flattened attribute (``keys[position]``) would be."""
     messages: list[dict[str, Any]] = []
     last = None
     for index, field, position in fields:
         if index != last:
             messages.append({})
             last = index
-        messages[-1][field] = values[position]
+        value = values[position]
+        messages[-1][field] = value if redact is None else redact_attribute(keys[position], value, redact)
     return _fast_json(messages)
 
 
@@ -635,22 +654,78 @@ def _flatten_messages(attributes: dict[str, Any], prefix: str, text: Any) -> boo
     return True
 
 
+# ---- redaction: one rule for the lake and for forwarding ---------------------------------------------------------
+# ``redact`` is a ``runlake.redact.Redactor`` (key-aware: ``redact_item`` / ``redact_value``) or any ``str -> str``
+# (strings only). The lake (``SpanMapper.map_span``) and the OTLP forwarder (``runlake.sessions.StateGuard``) both
+# clean a span with the functions below, so a collector gets exactly what the lake gets:
+# - kept as they are: ids and names that are join keys or classify the span (``REDACTION_KEEPS``: the attributes of
+#   the session, user, tenant, run, agent, node, turn and runtime id columns, node type, operation, model, provider,
+#   error type, token counts, cost, TTL, the span-kind keys), span names, trace and span ids, resource attributes;
+# - ``runlake.runtime.state``: left to the runtime-state policy (``runlake.sessions``), redacted on by default;
+# - ``runlake.metadata`` (JSON): parsed and redacted as a structure, so the value under a key naming a secret goes;
+# - every other attribute value (input, output and leftovers alike), of the span or of its events: ``redact_item``
+#   (replaced whole under a key naming a secret, e.g. ``db.password``; strings and string arrays redacted);
+# - event names and the status message: redacted as text.
+_REDACTED_COLUMNS = frozenset({"input", "output", "metadata", "runtime_state"})
+REDACTION_KEEPS = frozenset(
+    {
+        *(key for column, (reads, writes) in COLUMN_KEYS.items() if column not in _REDACTED_COLUMNS for key in reads),
+        *(key for column, (reads, writes) in COLUMN_KEYS.items() if column not in _REDACTED_COLUMNS for key in writes),
+        SPAN_TYPE,
+        "openinference.span.kind",
+        "traceloop.span.kind",
+        "llm.request.type",
+        "runlake.runtime.cleared",
+        *MESSAGES_FROM.values(),
+    }
+)
+
+
 def _redact_strings(value: Any, redact: Any) -> Any:
+    """Strings of a value redacted with a plain ``str -> str`` (tuples stay tuples)."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
         return {k: _redact_strings(v, redact) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_strings(v, redact) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_redact_strings(v, redact) for v in value)
     return value
 
 
-def _redact_json_text(text: str, redact: Any) -> str:
-    """Redact the strings inside a JSON document, keeping it valid JSON (plain text if it is not JSON)."""
+def redact_json_text(text: str, redact: Any) -> str:
+    """A JSON document redacted as a structure (with a ``Redactor``: the value under a key naming a secret replaced
+    whole), re-encoded compactly; text that is not JSON is redacted as text."""
     try:
-        return _JSON(_redact_strings(json.loads(text), redact))
+        parsed = json.loads(text)
     except ValueError:
         return redact(text)
+    structured = getattr(redact, "redact_value", None)
+    return _JSON(structured(parsed) if structured is not None else _redact_strings(parsed, redact))
+
+
+def redact_attribute(key: str, value: Any, redact: Any) -> Any:
+    """One attribute's value (of a span or of an event) cleaned by the rule above."""
+    if key in REDACTION_KEEPS or key == RUNTIME_STATE:
+        return value
+    if key == METADATA and isinstance(value, str):
+        return redact_json_text(value, redact) if value else value
+    item = getattr(redact, "redact_item", None)
+    if item is None:
+        return _redact_strings(value, redact)
+    cleaned = item(key, value)
+    return tuple(cleaned) if isinstance(value, tuple) and isinstance(cleaned, list) else cleaned
+
+
+def redact_attributes(attributes: Mapping[str, Any], redact: Any) -> dict[str, Any]:
+    """Attributes cleaned by the rule above (a new dict)."""
+    return {key: redact_attribute(key, value, redact) for key, value in attributes.items()}
+
+
+def redact_event(name: str, attributes: Mapping[str, Any] | None, redact: Any) -> tuple[str, dict[str, Any]]:
+    """An event's name and attributes cleaned by the rule above."""
+    return (redact(name) if isinstance(name, str) and name else name), redact_attributes(attributes or {}, redact)
 
 
 def run_row(span_row: tuple, aggregate: Sequence[float] | None) -> tuple:
