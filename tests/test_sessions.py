@@ -770,3 +770,16 @@ def test_tenants_are_isolated(lake: Path) -> None:
         assert globex.list_sessions() == []
         globex.clear_runtime_state("s")
         assert acme.get_runtime_state("s", "native") == {"t1": {"tenant": "acme"}}
+
+
+def test_turns_and_runtimes_keep_the_order_they_were_first_set(store: SessionStore) -> None:
+    """As PraisonAI's dict assignment: setting a turn again keeps its place; a cleared runtime set again comes last."""
+    store.set_runtime_state("s-order", "native", "turn-1", {"v": 1})
+    store.set_runtime_state("s-order", "plugin_harness", "turn-1", {"v": 1})
+    store.set_runtime_state("s-order", "native", "turn-2", {"v": 2})
+    store.set_runtime_state("s-order", "native", "turn-1", {"v": 3})
+    assert list(store.get_runtime_state("s-order", "native").items()) == [("turn-1", {"v": 3}), ("turn-2", {"v": 2})]
+    assert list(store.export_session("s-order")["runtime_state"]) == ["native", "plugin_harness"]
+    store.clear_runtime_state("s-order", "native")
+    store.set_runtime_state("s-order", "native", "turn-9", {"v": 9})
+    assert list(store.export_session("s-order")["runtime_state"]) == ["plugin_harness", "native"]

@@ -442,13 +442,14 @@ WITH t AS (
 ),
 all_cleared AS (SELECT max(ts) AS ts FROM t WHERE cleared = '{CLEARED_ALL}'),
 runtime_cleared AS (SELECT runtime_id, max(ts) AS ts FROM t WHERE cleared = '{CLEARED_RUNTIME}' GROUP BY runtime_id)
-SELECT t.runtime_id, t.turn_id, t.runtime_state, t.span_id, t.ts
+SELECT t.runtime_id, t.turn_id, t.runtime_state, t.span_id, t.ts,
+       min(t.ts) OVER (PARTITION BY t.runtime_id, t.turn_id) AS first_ts
 FROM t CROSS JOIN all_cleared LEFT JOIN runtime_cleared ON runtime_cleared.runtime_id = t.runtime_id
 WHERE t.cleared IS NULL AND t.runtime_state IS NOT NULL AND t.runtime_id IS NOT NULL AND t.turn_id IS NOT NULL
   AND t.ts > coalesce(all_cleared.ts, -1) AND t.ts > coalesce(runtime_cleared.ts, -1) {{where}}
 QUALIFY row_number() OVER (PARTITION BY t.runtime_id, t.turn_id ORDER BY t.ts DESC, t.span_id DESC) = 1
-ORDER BY t.ts, t.span_id
-"""
+ORDER BY first_ts, t.turn_id
+"""  # the latest state of each turn, in the order turns were first set (since the last clear), as a dict keeps keys
 
 _TOMBSTONES_SQL = f"""
 SELECT json_extract_string(attributes, '$."{CLEARED}"') AS cleared, runtime_id,
