@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HISTORY_KEYS, LOGS_KEYS, NODE_KEYS, RUN_KEYS, SPAN_KEYS, SUMMARY_KEYS, TRACE_KEYS
+from test_exporter import tmpfs  # noqa: F401 - a fixture: a real tmpfs made read-only by the test
 from typer.testing import CliRunner
 
 import runlake
@@ -553,24 +554,16 @@ def test_demo_twice_keeps_sessions_apart_and_says_so(lake: Path) -> None:
     assert "The lake already held runs" in " ".join(third.stdout.split())
 
 
-def test_demo_into_a_read_only_lake_fails_clearly(tmp_path: Path) -> None:
+def test_demo_into_a_read_only_lake_fails_clearly(tmpfs: Path) -> None:  # noqa: F811 - the fixture
     from test_exporter import _remount
 
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        (mount / "lake").mkdir()
-        _remount(mount, "ro")
-        for extra in ([], ["--json"]):
-            result = cli("demo", "--state-url", mount / "lake", *extra)
-            assert result.exit_code == 1, (extra, result.output)
-            assert "could not write the lake" in result.stderr and "Traceback" not in result.output
-            assert "Wrote" not in result.stdout and "runs" not in result.stdout
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    (tmpfs / "lake").mkdir()
+    _remount(tmpfs, "ro")
+    for extra in ([], ["--json"]):
+        result = cli("demo", "--state-url", tmpfs / "lake", *extra)
+        assert result.exit_code == 1, (extra, result.output)
+        assert "could not write the lake" in result.stderr and "Traceback" not in result.output
+        assert "Wrote" not in result.stdout and "runs" not in result.stdout
 
 
 def test_serve_on_a_lake_that_is_a_file_is_one_line_of_error(tmp_path: Path) -> None:
