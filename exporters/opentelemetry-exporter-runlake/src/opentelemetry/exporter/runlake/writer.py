@@ -348,6 +348,9 @@ class WriterStats:
 class LakeWriter:
     """Thread-safe buffered writer for the ``spans/`` and ``runs/`` tables of one lake root."""
 
+    # during an outage rows dropped past the buffer cap are logged at first, then summed up at most this often
+    drop_log_interval_s = 60.0
+
     def __init__(
         self,
         root: LakeRoot,
@@ -377,6 +380,8 @@ class LakeWriter:
         self._background = background
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._drops_unsaid = 0  # dropped rows not logged yet (stats.dropped_rows has them all)
+        self._drops_said_at: float | None = None  # when drops were last logged during this outage
 
     # ---- adding rows ---------------------------------------------------------------------------------
     def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> LakeRoot:
@@ -484,6 +489,7 @@ class LakeWriter:
                 self.stats.rows_written += len(rows)
                 self.stats.files_written += 1
         if ok and writes and self._failing is not None:  # only a flush with no failure clears the state
+            self._say_unsaid_drops()
             _logger.warning("runlake: writing to %s works again", self.root)
             self._failing = None
         return ok
@@ -546,13 +552,41 @@ class LakeWriter:
                 self._buffered_bytes -= gone.nbytes
                 dropped += len(gone.rows)
             self.stats.dropped_rows += dropped
-        if dropped:
+            self._drops_unsaid += dropped
+            now = time.monotonic()
+            last = self._drops_said_at
+            say = bool(dropped) and (last is None or now - last >= self.drop_log_interval_s)
+            count = self._drops_unsaid
+            if say:
+                self._drops_unsaid, self._drops_said_at = 0, now
+        if say and last is None:
             _logger.error(
-                "runlake: dropped %d rows: buffer cap of %d bytes reached while %s",
-                dropped,
+                "runlake: dropped %d rows: buffer cap of %d bytes reached while %s; further drops are summed up at "
+                "most every %.0f s (all of them are counted in stats: dropped_rows)",
+                count,
                 self.max_buffer_bytes,
                 cause,
+                self.drop_log_interval_s,
             )
+        elif say:
+            self._say_drops(count, now - last, cause)
+
+    def _say_drops(self, count: int, seconds: float, cause: str | None) -> None:
+        _logger.error(
+            "runlake: dropped %d more rows in the last %.0f s (buffer cap of %d bytes; %d dropped in all)%s",
+            count,
+            seconds,
+            self.max_buffer_bytes,
+            self.stats.dropped_rows,
+            f" while {cause}" if cause else "",
+        )
+
+    def _say_unsaid_drops(self) -> None:
+        """The drops not logged yet, at the end of an outage or at close; the next outage logs its first drop again."""
+        with self._lock:
+            count, since, self._drops_unsaid, self._drops_said_at = self._drops_unsaid, self._drops_said_at, 0, None
+        if count:
+            self._say_drops(count, time.monotonic() - (since or time.monotonic()), self._failing)
 
     def _put_back(self, key: tuple[str, LakeRoot], buf: _Buffer) -> None:
         """Return rows taken for writing to their buffer, before anything added meanwhile."""
@@ -613,4 +647,5 @@ class LakeWriter:
             self._thread.join(timeout=5)
         ok = self.flush()
         self._closed = True
+        self._say_unsaid_drops()
         return ok
