@@ -42,12 +42,30 @@ def _env_number(name: str, default: float, kind: Callable[[str], float] = int) -
         return default
 
 
+# bounds of the exit hook below: the provider's queues (forwarding to a collector that is down included), then the lake
+_EXIT_PROVIDER_FLUSH_S = 10.0
+_EXIT_LAKE_FLUSH_S = 30.0
+
+
+def _within(seconds: float, work: Callable[[], Any], what: str) -> bool:
+    """Run ``work`` on a daemon thread and wait at most ``seconds``: at exit a flush that hangs (a collector or object
+    store that does not answer, a processor that ignores its timeout) must not hold the process."""
+    worker = threading.Thread(target=work, name="runlake-exit-flush", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        _logger.warning("runlake: %s at exit did not finish within %.0f s; not waiting longer", what, seconds)
+        return False
+    return True
+
+
 def _flush_before_s3_finalizes(exporter: RunlakeSpanExporter) -> None:
     """Make what is queued at exit reach S3 before pyarrow shuts its S3 client down.
 
     pyarrow finalizes S3 in an ``atexit`` hook registered when ``pyarrow.fs`` is imported; a TracerProvider made
     before that import shuts down (and flushes) after it, too late to upload. This hook is registered later, so it
-    runs earlier: it flushes the global provider's queues and this exporter's buffers while S3 still works.
+    runs earlier: it flushes the global provider's queues and this exporter's buffers while S3 still works, each
+    within a bound (``_EXIT_PROVIDER_FLUSH_S``, ``_EXIT_LAKE_FLUSH_S``) so that exit is never held longer.
     """
     ref = weakref.ref(exporter)
 
@@ -60,8 +78,9 @@ def _flush_before_s3_finalizes(exporter: RunlakeSpanExporter) -> None:
 
             force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
             if callable(force_flush):
-                force_flush(10_000)
-            live.force_flush()
+                bound = _EXIT_PROVIDER_FLUSH_S
+                _within(bound, lambda: force_flush(int(bound * 1000)), "flushing the span processors")
+            _within(_EXIT_LAKE_FLUSH_S, live.force_flush, f"writing the last rows to {live.root}")
         except Exception:  # noqa: BLE001 - never raise at exit
             _logger.debug("runlake: flush at exit failed", exc_info=True)
 
