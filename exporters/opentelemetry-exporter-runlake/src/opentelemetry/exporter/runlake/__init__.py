@@ -121,9 +121,11 @@ class RunlakeSpanExporter(SpanExporter):
         if root is None:
             root = Path("runlake-data")
             _logger.warning(
-                "runlake: no state URL given (argument, RUNLAKE_STATE_URL or PRAISONAI_STATE_URL); "
-                "writing to ./runlake-data"
+                "runlake: no state URL given (argument, RUNLAKE_STATE_URL or PRAISONAI_STATE_URL); writing to %s",
+                os.path.abspath(root),
             )
+        if isinstance(root, Path):  # the folder the path names now: a later chdir (daemons do) must not split the lake
+            root = Path(os.path.abspath(root))
         self.root = root
         self._mapper = SpanMapper(
             default_tenant=tenant_id or os.environ.get("RUNLAKE_TENANT_ID") or DEFAULT_TENANT,
