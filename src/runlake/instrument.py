@@ -253,7 +253,8 @@ def mirror_runtime_state_enabled() -> bool:
 # ---- spans ----------------------------------------------------------------------------------------------------
 def _to_text(value: Any) -> str:
     """A value as span text: strings as they are, bytes decoded (UTF-8, bad bytes replaced), JSON-like values
-    (dicts, lists, numbers) as JSON — always valid JSON, whatever their keys — and any other object as its ``str``."""
+    (dicts, lists, numbers) as JSON — always valid JSON, whatever their keys; NaN and infinities become ``null`` —
+    and any other object as its ``str``."""
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -261,13 +262,16 @@ def _to_text(value: Any) -> str:
     if not isinstance(value, (dict, list, tuple, int, float, bool)):
         return str(value)
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):  # keys that are not strings, a container holding itself
-        return json.dumps(_jsonable(value, set()), ensure_ascii=False, default=str)
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+    except (TypeError, ValueError):  # keys that are not strings, a container holding itself, NaN or an infinity
+        return json.dumps(_jsonable(value, set()), ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _jsonable(value: Any, seen: set[int]) -> Any:
-    """``value`` with every mapping key made a string and any cycle cut, for ``json.dumps``."""
+    """``value`` with every mapping key made a string, any cycle cut and NaN / infinities as null (JSON has no
+    such numbers), for ``json.dumps``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, (dict, list, tuple)):
         if id(value) in seen:
             return "<cycle>"
