@@ -461,6 +461,10 @@ def _span(name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
 
 
 def _failed(span: trace.Span, error: BaseException) -> None:
+    """Mark the span failed, except for a generator closed early and a clean ``sys.exit()`` (code 0 or None);
+    KeyboardInterrupt and cancellation stay errors, as OTel's ``use_span`` records them."""
+    if isinstance(error, SystemExit) and error.code in (0, None):
+        return
     if not isinstance(error, GeneratorExit):
         span.set_attribute("error.type", type(error).__qualname__)
         span.record_exception(error, timestamp=_now_ns())
