@@ -537,6 +537,8 @@ def node(
     metadata: Mapping[str, Any] | None = None,
 ) -> Iterator[SpanHandle]:
     """One step inside a run: an llm call, a tool call, a router, a retrieval, ..."""
+    if node_id is None or node_id == "":
+        raise ValueError("runlake.node() needs a non-empty node_id")
     run_ctx = _current_run.get()
     if run_ctx is None and not trace.get_current_span().get_span_context().is_valid:
         _warn_once(
@@ -563,6 +565,8 @@ def node(
 @contextlib.contextmanager
 def turn(turn_id: str, runtime_id: str = "native") -> Iterator[TurnHandle]:
     """One conversation turn; its handle can mirror runtime state (``set_state``)."""
+    if turn_id is None or turn_id == "":
+        raise ValueError("runlake.turn() needs a non-empty turn_id")
     run_ctx = _current_run.get()
     attrs = _inherited(run_ctx)
     attrs[m.SPAN_TYPE] = m.TURN
