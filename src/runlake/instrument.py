@@ -708,9 +708,15 @@ def _traced_async_generator(
 
         async def body() -> Any:
             with open_span(args, kwargs) as handle:
-                async for item in func(*args, **kwargs):
+                inner = func(*args, **kwargs)
+                async for item in inner:
                     seen.add(item)
-                    yield item
+                    try:
+                        yield item
+                    except GeneratorExit:  # the consumer stopped early: what it took is the output
+                        await inner.aclose()
+                        handle.set_output(seen.output(None))
+                        raise
                 handle.set_output(seen.output(None))
 
         steps = body()
