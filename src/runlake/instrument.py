@@ -753,15 +753,30 @@ def agent(
 ) -> Callable[[F], F]:
     """Decorate a sync or async function (or generator function) as an agent run.
 
-    The session is ``session_id``, else a ``session_id=`` keyword of the call, else a new id per call.
+    The session is ``session_id``, else the call's ``session_id`` argument (by keyword or by position), else a new
+    id per call; the user likewise ``user_id``, else the call's ``user_id`` argument.
     """
 
     def decorate(func: F) -> F:
+        try:
+            signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):
+            signature = None
+
+        def argument(key: str, args: tuple, kwargs: dict) -> Any:
+            """The call's ``key`` argument, passed by keyword or by position."""
+            if key in kwargs or signature is None or key not in signature.parameters:
+                return kwargs.get(key)
+            try:
+                return signature.bind_partial(*args, **kwargs).arguments.get(key)
+            except TypeError:  # the call itself is wrong: calling the function says so
+                return None
+
         def open_run(args: tuple, kwargs: dict) -> contextlib.AbstractContextManager[RunHandle]:
             return run(
                 name or func.__name__,
-                session_id or kwargs.get("session_id") or f"session-{uuid.uuid4().hex[:12]}",
-                user_id=user_id or kwargs.get("user_id"),
+                session_id or argument("session_id", args, kwargs) or f"session-{uuid.uuid4().hex[:12]}",
+                user_id=user_id or argument("user_id", args, kwargs),
                 tenant_id=tenant_id,
                 input=_call_input(func, args, kwargs),
                 ttl_days=ttl_days,
