@@ -96,7 +96,7 @@ def test_the_exit_hook_for_s3_is_bounded(lake: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.xfail(reason="needs ForwardingProcessor.force_flush to honour its timeout (forward.py)", strict=False)
 def test_force_flush_returns_in_time_when_the_collector_is_down(lake: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
-    runlake.configure(lake, otlp_endpoint=endpoint, otlp_protocol="http/protobuf", otlp_timeout_s=1.0)
+    runlake.configure(lake, otlp_endpoint=endpoint, otlp_protocol="http/protobuf", otlp_timeout_s=3.0)
     try:
         for i in range(600):
             with runlake.run("bot", f"s-down-{i % 3}"):
