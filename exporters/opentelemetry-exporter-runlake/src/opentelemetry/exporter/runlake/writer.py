@@ -40,6 +40,7 @@ from .layout import (
     mixed_dir,
     new_part_name,
     partition_dir,
+    storable_text,
     temp_name_for,
 )
 from .mapping import COL, RUNS_SCHEMA, SPANS_SCHEMA
@@ -329,6 +330,18 @@ class PartStream:
                 pass
 
 
+def _storable_or_none(value: Any, kind: pa.DataType) -> Any:
+    """Text with lone surrogates with them replaced (the folder was named from that text), else None."""
+    text = storable_text(value)
+    if text is not value:
+        try:
+            pa.array([text], type=kind)
+            return text
+        except (ValueError, TypeError, OverflowError):
+            pass
+    return None
+
+
 @dataclass
 class _Buffer:
     rows: list[tuple] = field(default_factory=list)
@@ -498,8 +511,9 @@ class LakeWriter:
         self, table: str, parts: list[tuple[tuple[str, LakeRoot], _Buffer]], error: Exception
     ) -> list[tuple]:
         """Rows with a value Arrow refuses (a number past int64, say) keep their other values: the bad ones become
-        null, counted and said, so that one value does not hold its partition back on every retry. Returns the rows
-        to write now; re-raises ``error`` if no row is at fault (then the usual failure path keeps them)."""
+        null (text with lone surrogates keeps its other characters, as ``storable_text`` does), counted and said, so
+        that one value does not hold its partition back on every retry. Returns the rows to write now; re-raises
+        ``error`` if no row is at fault (then the usual failure path keeps them)."""
         schema = SCHEMAS[table]
         repaired: list[str] = []
         for _, buf in parts:
@@ -512,14 +526,15 @@ class LakeWriter:
                         try:
                             pa.array([fixed[j]], type=field.type)
                         except (ValueError, TypeError, OverflowError):
-                            fixed[j] = None
+                            fixed[j] = _storable_or_none(fixed[j], field.type)
                             repaired.append(field.name)
                     buf.rows[i] = tuple(fixed)
         if not repaired:
             raise error
         self.stats.repaired_values += len(repaired)
         _logger.error(
-            "runlake: stored %d values of %s rows as null: they cannot be stored as they are (%s: %s; columns %s)",
+            "runlake: stored %d values of %s rows as null (text: with U+FFFD for lone surrogates): they cannot be "
+            "stored as they are (%s: %s; columns %s)",
             len(repaired),
             table,
             type(error).__name__,
