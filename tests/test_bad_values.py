@@ -255,3 +255,21 @@ def test_runs_before_configure_are_said_to_go_nowhere(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("call runlake.configure() first") == 1
+
+
+def test_a_lone_surrogate_costs_one_character_not_the_value_or_the_reads(configured: Path) -> None:
+    """A lone surrogate (no UTF-8 for it) becomes U+FFFD in the column and in the folder name alike, and reads by the
+    id as given find the run instead of raising."""
+    odd = "\ud800surr"
+    with runlake.run("bot", odd, user_id=odd) as run:
+        with runlake.node(odd, type="tool") as node:
+            node.set_output("ok \udc00")
+    runlake.shutdown()
+    db = runlake.HistoryDB(configured)
+    [stored] = db.get_runs(odd)
+    assert stored["session_id"] == "\ufffdsurr" and stored["run_id"] == run.run_id
+    [node_row] = db.get_logs(run.run_id)["nodes"]
+    assert node_row["id"] == "\ufffdsurr" and node_row["output"] == "ok \ufffd"
+    assert len(db.get_traces(user_id=odd)) == 1 and len(db.get_traces(session_id=odd)) == 1
+    folders = {p.name for p in configured.rglob("session=*")}
+    assert folders == {"session=%EF%BF%BDsurr"}, folders

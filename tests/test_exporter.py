@@ -202,6 +202,28 @@ def test_full_disk_drops_oldest_beyond_the_cap_and_counts(tmpfs: Path) -> None:
     assert written + stats["dropped_rows"] == 600 + runs, "every row is either on disk or counted as dropped"
 
 
+def test_a_long_outage_logs_drops_once_then_sums_them_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "a-file").write_text("x")
+    exporter = RunlakeSpanExporter(tmp_path / "a-file" / "lake", background_flush=False, max_buffer_bytes=8 * 1024)
+    spans = make_spans(600, sessions=6)
+    with caplog.at_level(logging.ERROR):
+        for i in range(0, 600, 20):
+            exporter.export(spans[i : i + 20])
+        said = [r.getMessage() for r in caplog.records if "runlake: dropped " in r.getMessage()]
+        assert len(said) == 1, f"one line for the first drop, not one per drop: {said[:3]}"
+        exporter.writer.drop_log_interval_s = 0.0  # a minute later: the drops since are summed up
+        exporter.export(spans[:20])
+        exporter.writer.drop_log_interval_s = 3600.0
+        exporter.export(spans[20:40])  # within the minute: not said now, but at shutdown
+        exporter.shutdown()
+    said = [r.getMessage() for r in caplog.records if "runlake: dropped " in r.getMessage()]
+    assert len(said) >= 3 and all("more rows" in line for line in said[1:])
+    stats = exporter.stats
+    assert sum(int(line.split("dropped ")[1].split()[0]) for line in said) == stats["dropped_rows"], "sums are exact"
+    runs = sum(1 for s in spans if s.parent is None) + sum(1 for s in spans[:40] if s.parent is None)
+    assert stats["dropped_rows"] + stats["buffered_rows"] == 640 + runs, "every row is counted"
+
+
 CHILD_WITHOUT_SPACE = textwrap.dedent(
     """
     import json, logging, resource, signal, sys

@@ -18,18 +18,18 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake import RunlakeBatchSpanProcessor, RunlakeSpanExporter, RunStartProcessor
 from opentelemetry.exporter.runlake import mapping as m
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from .forward import ForwardingProcessor, forwarding_settings
@@ -112,7 +112,23 @@ class _PipelineSlot(SpanProcessor):
             processor.shutdown()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return all(p.force_flush(timeout_millis) for p in self.processors)
+        return _flush_within(self.processors, _deadline(timeout_millis))
+
+
+def _deadline(timeout_millis: float) -> float:
+    return time.monotonic() + max(float(timeout_millis), 0.0) / 1000
+
+
+def _flush_within(processors: Iterable[Any], deadline: float) -> bool:
+    """Flush each processor in turn with what is left of one shared deadline (not the full timeout each, which would
+    add up); once it has passed the rest are not asked (their queues stay for their own threads) and it is False."""
+    ok = True
+    for processor in processors:
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            return False
+        ok = bool(processor.force_flush(left)) and ok
+    return ok
 
 
 _pipeline: _Pipeline | None = None
@@ -141,10 +157,13 @@ def configure(
     """Set up tracing into the runlake lake and return the TracerProvider.
 
     If the application already has an SDK TracerProvider, runlake adds to it; otherwise a new provider is
-    created and installed globally. Calling again replaces runlake's previous pipeline (flushing it).
+    created and installed globally (a global provider that is not the SDK's is a ``RuntimeError``). Calling again
+    builds and checks the new pipeline, swaps it in, then flushes and closes the previous one: a call that fails
+    leaves the previous one working. A relative lake path is made absolute now.
     Options: ``tenant_id``, ``mirror_runtime_state`` (default False), ``max_part_rows``, ``max_part_bytes``,
-    ``max_buffer_bytes``, ``flush_interval_s`` (exporter); ``max_queue_size``, ``schedule_delay_millis``,
-    ``max_export_batch_size``, ``export_timeout_millis`` (BatchSpanProcessor).
+    ``max_buffer_bytes``, ``flush_interval_s`` (exporter); ``max_queue_size`` (16,384), ``schedule_delay_millis``,
+    ``max_export_batch_size`` (2,048), ``export_timeout_millis`` (the lake's ``RunlakeBatchSpanProcessor``, which
+    counts what a full queue drops in the exporter's ``stats["queue_dropped_spans"]``).
 
     Forwarding: ``otlp_endpoint`` (else ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``),
     ``otlp_protocol`` ``"grpc"`` (default) or ``"http/protobuf"``, ``otlp_headers`` (dict or ``k=v,k2=v2``) add
@@ -153,7 +172,7 @@ def configure(
     Runtime state and redaction (docs/sessions.md): ``redact`` (all attributes; default False),
     ``redact_runtime_state`` (default True), ``max_turn_state_bytes`` (1024), ``max_runtime_state_bytes`` (10240).
     """
-    global _pipeline
+    global _pipeline, _final_forwarding_stats
     from . import redact as _redact
     from . import sessions as _sessions
 
@@ -174,71 +193,111 @@ def configure(
             "runlake.configure() inside an open run: the run's start and earlier spans went to the previous "
             "pipeline, the rest go to the new one (configure before starting runs)"
         )
+    provider = _sdk_provider(service_name)  # before anything is built: a provider runlake cannot use is an error
     # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
     guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
-    shutdown()
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        provider = current
-        if service_name:
-            _logger.info("runlake: keeping the existing TracerProvider's resource; service_name ignored")
-    else:
-        resource = Resource.create({"service.name": service_name} if service_name else {})
-        provider = TracerProvider(resource=resource)
-        trace.set_tracer_provider(provider)
-        provider = trace.get_tracer_provider()  # type: ignore[assignment]  # set only once per process
     batch_options = {k: options[k] for k in _BATCH_OPTIONS if k in options}
-    processors: list[SpanProcessor] = [
-        RunStartProcessor(guard),  # type: ignore[arg-type]  # the guard passes record_start on
-        BatchSpanProcessor(guard, **batch_options),
-    ]
-    if forwarding is not None:
-        endpoint, protocol, headers = forwarding
-        timeout_s = float(options.get("otlp_timeout_s", 5.0))
-        mirror = bool(options.get("mirror_runtime_state", False))
+    # the new pipeline is built (and its options checked) before the old one is touched: a configure that fails leaves
+    # the old one working, and spans keep flowing into one pipeline or the other while they are swapped
+    processors: list[SpanProcessor] = [RunStartProcessor(guard)]  # type: ignore[arg-type]  # passes record_start on
+    try:
+        processors.append(RunlakeBatchSpanProcessor(guard, counts_to=exporter, **batch_options))
+        if forwarding is not None:
+            endpoint, protocol, headers = forwarding
+            timeout_s = float(options.get("otlp_timeout_s", 5.0))
+            mirror = bool(options.get("mirror_runtime_state", False))
 
-        def guarded(otlp: SpanExporter) -> SpanExporter:  # the collector gets what the lake gets, no more
-            return _sessions.StateGuard(otlp, mirror, policy, redact_attributes=redact)
+            def guarded(otlp: SpanExporter) -> SpanExporter:  # the collector gets what the lake gets, no more
+                return _sessions.StateGuard(otlp, mirror, policy, redact_attributes=redact)
 
-        processors.append(
-            ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, wrap=guarded, **batch_options)
-        )
+            processors.append(
+                ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, wrap=guarded, **batch_options)
+            )
+    except BaseException:
+        _close(_Pipeline(provider, exporter, processors))
+        raise
+    previous, _pipeline = _pipeline, _Pipeline(provider, exporter, processors, dict(options))
+    _final_forwarding_stats = None
     _slot_of(provider).processors = tuple(processors)
-    _pipeline = _Pipeline(provider, exporter, processors, dict(options))
     _sessions.set_policy(policy)
+    if previous is not None:
+        _close(previous)
     return provider
 
 
-def shutdown() -> None:
-    """Flush and close runlake's pipeline; the application's provider keeps working."""
-    global _pipeline
-    pipeline, _pipeline = _pipeline, None
-    if pipeline is None:
-        return
-    slot = _slot_of(pipeline.provider)
-    if slot.processors == tuple(pipeline.processors):
+def _sdk_provider(service_name: str | None) -> TracerProvider:
+    """The global SDK TracerProvider, made and installed if there is none yet; a clear error if the application set
+    one that is not the SDK's (OpenTelemetry lets the global provider be set only once, so it cannot be replaced)."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        if service_name:
+            _logger.info("runlake: keeping the existing TracerProvider's resource; service_name ignored")
+        return current
+    if isinstance(current, trace.ProxyTracerProvider):  # none set yet
+        resource = Resource.create({"service.name": service_name} if service_name else {})
+        trace.set_tracer_provider(TracerProvider(resource=resource))
+        current = trace.get_tracer_provider()  # set only once per process: another thread may have won
+        if isinstance(current, TracerProvider):
+            return current
+    raise RuntimeError(
+        f"runlake.configure(): the global TracerProvider ({type(current).__module__}.{type(current).__qualname__}) "
+        "is not an OpenTelemetry SDK TracerProvider, and OpenTelemetry does not let it be replaced once set; "
+        "install an SDK TracerProvider instead (or add runlake's RunStartProcessor and a BatchSpanProcessor of a "
+        "RunlakeSpanExporter to the SDK provider you use)"
+    )
+
+
+def _close(pipeline: _Pipeline) -> dict[str, Any] | None:
+    """Detach ``pipeline`` from its provider if still attached, flush and close it; its final forwarding counts."""
+    slot = getattr(pipeline.provider, "_runlake_slot", None)
+    if slot is not None and slot.processors == tuple(pipeline.processors):
         slot.processors = ()
     for processor in reversed(pipeline.processors):
         processor.shutdown()
     pipeline.exporter.shutdown()
+    return _forwarding_stats_of(pipeline)
 
 
-def force_flush(timeout_millis: int = 30_000) -> bool:
-    """Export and write everything buffered so far; True when all of it reached disk."""
-    if _pipeline is None:
-        return True
-    ok = all(p.force_flush(timeout_millis) for p in _pipeline.processors)
-    return _pipeline.exporter.force_flush(timeout_millis) and ok
-
-
-def forwarding_stats() -> dict[str, Any] | None:
-    """Counts of spans forwarded to the OTLP collector (and of those that did not get there), if forwarding."""
-    if _pipeline is None:
-        return None
-    for processor in _pipeline.processors:
+def _forwarding_stats_of(pipeline: _Pipeline) -> dict[str, Any] | None:
+    for processor in pipeline.processors:
         if isinstance(processor, ForwardingProcessor):
             return processor.stats
     return None
+
+
+_final_forwarding_stats: dict[str, Any] | None = None
+
+
+def shutdown() -> None:
+    """Flush and close runlake's pipeline; the application's provider keeps working."""
+    global _pipeline, _final_forwarding_stats
+    pipeline, _pipeline = _pipeline, None
+    if pipeline is None:
+        return
+    _final_forwarding_stats = _close(pipeline)
+
+
+def force_flush(timeout_millis: int = 30_000) -> bool:
+    """Export and write everything buffered so far; True when all of it reached disk (and the collector, if
+    forwarding) within ``timeout_millis``, one deadline for all of it: the lake first, forwarding with what is left."""
+    pipeline = _pipeline
+    if pipeline is None:
+        return True
+    deadline = _deadline(timeout_millis)
+    lake = [p for p in pipeline.processors if not isinstance(p, ForwardingProcessor)]
+    ok = _flush_within(lake, deadline)
+    ok = pipeline.exporter.force_flush(max(int((deadline - time.monotonic()) * 1000), 0)) and ok
+    forwarders = [p for p in pipeline.processors if isinstance(p, ForwardingProcessor)]
+    return _flush_within(forwarders, deadline) and ok
+
+
+def forwarding_stats() -> dict[str, Any] | None:
+    """Counts of spans forwarded to the OTLP collector (and of those that did not get there), if forwarding; after
+    ``shutdown()`` the final counts of the pipeline it closed."""
+    pipeline = _pipeline
+    if pipeline is None:
+        return dict(_final_forwarding_stats) if _final_forwarding_stats is not None else None
+    return _forwarding_stats_of(pipeline)
 
 
 def current_exporter() -> RunlakeSpanExporter | None:
@@ -253,7 +312,8 @@ def mirror_runtime_state_enabled() -> bool:
 # ---- spans ----------------------------------------------------------------------------------------------------
 def _to_text(value: Any) -> str:
     """A value as span text: strings as they are, bytes decoded (UTF-8, bad bytes replaced), JSON-like values
-    (dicts, lists, numbers) as JSON — always valid JSON, whatever their keys — and any other object as its ``str``."""
+    (dicts, lists, numbers) as JSON — always valid JSON, whatever their keys; NaN and infinities become ``null`` —
+    and any other object as its ``str``."""
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -261,13 +321,16 @@ def _to_text(value: Any) -> str:
     if not isinstance(value, (dict, list, tuple, int, float, bool)):
         return str(value)
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):  # keys that are not strings, a container holding itself
-        return json.dumps(_jsonable(value, set()), ensure_ascii=False, default=str)
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+    except (TypeError, ValueError):  # keys that are not strings, a container holding itself, NaN or an infinity
+        return json.dumps(_jsonable(value, set()), ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _jsonable(value: Any, seen: set[int]) -> Any:
-    """``value`` with every mapping key made a string and any cycle cut, for ``json.dumps``."""
+    """``value`` with every mapping key made a string, any cycle cut and NaN / infinities as null (JSON has no
+    such numbers), for ``json.dumps``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, (dict, list, tuple)):
         if id(value) in seen:
             return "<cycle>"
@@ -457,6 +520,10 @@ def _span(name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
 
 
 def _failed(span: trace.Span, error: BaseException) -> None:
+    """Mark the span failed, except for a generator closed early and a clean ``sys.exit()`` (code 0 or None);
+    KeyboardInterrupt and cancellation stay errors, as OTel's ``use_span`` records them."""
+    if isinstance(error, SystemExit) and error.code in (0, None):
+        return
     if not isinstance(error, GeneratorExit):
         span.set_attribute("error.type", type(error).__qualname__)
         span.record_exception(error, timestamp=_now_ns())
@@ -529,6 +596,8 @@ def node(
     metadata: Mapping[str, Any] | None = None,
 ) -> Iterator[SpanHandle]:
     """One step inside a run: an llm call, a tool call, a router, a retrieval, ..."""
+    if node_id is None or node_id == "":
+        raise ValueError("runlake.node() needs a non-empty node_id")
     run_ctx = _current_run.get()
     if run_ctx is None and not trace.get_current_span().get_span_context().is_valid:
         _warn_once(
@@ -555,6 +624,8 @@ def node(
 @contextlib.contextmanager
 def turn(turn_id: str, runtime_id: str = "native") -> Iterator[TurnHandle]:
     """One conversation turn; its handle can mirror runtime state (``set_state``)."""
+    if turn_id is None or turn_id == "":
+        raise ValueError("runlake.turn() needs a non-empty turn_id")
     run_ctx = _current_run.get()
     attrs = _inherited(run_ctx)
     attrs[m.SPAN_TYPE] = m.TURN
@@ -696,9 +767,15 @@ def _traced_async_generator(
 
         async def body() -> Any:
             with open_span(args, kwargs) as handle:
-                async for item in func(*args, **kwargs):
+                inner = func(*args, **kwargs)
+                async for item in inner:
                     seen.add(item)
-                    yield item
+                    try:
+                        yield item
+                    except GeneratorExit:  # the consumer stopped early: what it took is the output
+                        await inner.aclose()
+                        handle.set_output(seen.output(None))
+                        raise
                 handle.set_output(seen.output(None))
 
         steps = body()
@@ -735,15 +812,30 @@ def agent(
 ) -> Callable[[F], F]:
     """Decorate a sync or async function (or generator function) as an agent run.
 
-    The session is ``session_id``, else a ``session_id=`` keyword of the call, else a new id per call.
+    The session is ``session_id``, else the call's ``session_id`` argument (by keyword or by position), else a new
+    id per call; the user likewise ``user_id``, else the call's ``user_id`` argument.
     """
 
     def decorate(func: F) -> F:
+        try:
+            signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):
+            signature = None
+
+        def argument(key: str, args: tuple, kwargs: dict) -> Any:
+            """The call's ``key`` argument, passed by keyword or by position."""
+            if key in kwargs or signature is None or key not in signature.parameters:
+                return kwargs.get(key)
+            try:
+                return signature.bind_partial(*args, **kwargs).arguments.get(key)
+            except TypeError:  # the call itself is wrong: calling the function says so
+                return None
+
         def open_run(args: tuple, kwargs: dict) -> contextlib.AbstractContextManager[RunHandle]:
             return run(
                 name or func.__name__,
-                session_id or kwargs.get("session_id") or f"session-{uuid.uuid4().hex[:12]}",
-                user_id=user_id or kwargs.get("user_id"),
+                session_id or argument("session_id", args, kwargs) or f"session-{uuid.uuid4().hex[:12]}",
+                user_id=user_id or argument("user_id", args, kwargs),
                 tenant_id=tenant_id,
                 input=_call_input(func, args, kwargs),
                 ttl_days=ttl_days,

@@ -31,6 +31,7 @@ from opentelemetry.exporter.runlake.layout import (
     ObjectPath,
     is_compacted,
     is_missing,
+    storable_text,
     table_files,
 )
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA, SPANS_SCHEMA
@@ -239,6 +240,8 @@ class LakeReader:
         self, sql: str, lister: Lister, params: Sequence[Any], where: str = "", where_params: Sequence[Any] = ()
     ) -> tuple[list[str], list[tuple]] | None:
         files = self._usable(lister())
+        # ids with lone surrogates are stored (and their folders named) with U+FFFD; DuckDB refuses them as they are
+        params, where_params = [storable_text(p) for p in params], [storable_text(p) for p in where_params]
         for attempt in range(4):
             if not files:
                 return None

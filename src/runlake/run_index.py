@@ -21,7 +21,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from opentelemetry.exporter.runlake.layout import RUNS, CachedListing, LakeRoot, ObjectPath, fs_and_path, is_missing
+from opentelemetry.exporter.runlake.layout import (
+    RUNS,
+    CachedListing,
+    LakeRoot,
+    ObjectPath,
+    fs_and_path,
+    is_missing,
+    storable_text,
+)
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 
 _logger = logging.getLogger(__name__)
@@ -192,7 +200,7 @@ class RunIndex:
         if self._local.version != version:
             cursor.register(NAME, table)
             self._local.version = version
-        result = cursor.execute(sql.replace("{index}", NAME), list(params))
+        result = cursor.execute(sql.replace("{index}", NAME), [storable_text(p) for p in params])  # as stored
         names = [d[0] for d in result.description]
         return [dict(zip(names, row)) for row in result.fetchall()]
 
@@ -285,7 +293,7 @@ class RunIndex:
     def session(self, session_id: str) -> list[dict[str, Any]]:
         """The rows of a session's runs ("" for runs without a session)."""
         table, _, by_session = self._lookup_tables()
-        rows = by_session.get(session_id or "")
+        rows = by_session.get(storable_text(session_id or ""))
         return [] if table is None or not rows else table.take(rows).to_pylist()
 
     def newest(
@@ -305,9 +313,10 @@ class RunIndex:
             return []
         mask = None
         for column, value in equal.items():
-            test = pc.equal(table.column(column), value)
+            test = pc.equal(table.column(column), storable_text(value))
             mask = test if mask is None else pc.and_kleene(mask, test)
         if agent is not None:
+            agent = storable_text(agent)
             test = pc.or_kleene(pc.equal(table.column("agent_name"), agent), pc.equal(table.column("agent_id"), agent))
             mask = test if mask is None else pc.and_kleene(mask, test)
         if roots_only and "user_id" not in equal:  # a trace never spans tenants: its first run overall

@@ -18,13 +18,13 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from .layout import DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
 from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
 from .writer import LakeWriter
 
-__all__ = ["RunlakeSpanExporter", "RunStartProcessor", "resolve_lake", "resolve_state_url"]
+__all__ = ["RunlakeBatchSpanProcessor", "RunlakeSpanExporter", "RunStartProcessor", "resolve_lake", "resolve_state_url"]
 __version__ = "0.1.0"
 
 _logger = logging.getLogger(__name__)
@@ -42,12 +42,30 @@ def _env_number(name: str, default: float, kind: Callable[[str], float] = int) -
         return default
 
 
+# bounds of the exit hook below: the provider's queues (forwarding to a collector that is down included), then the lake
+_EXIT_PROVIDER_FLUSH_S = 10.0
+_EXIT_LAKE_FLUSH_S = 30.0
+
+
+def _within(seconds: float, work: Callable[[], Any], what: str) -> bool:
+    """Run ``work`` on a daemon thread and wait at most ``seconds``: at exit a flush that hangs (a collector or object
+    store that does not answer, a processor that ignores its timeout) must not hold the process."""
+    worker = threading.Thread(target=work, name="runlake-exit-flush", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        _logger.warning("runlake: %s at exit did not finish within %.0f s; not waiting longer", what, seconds)
+        return False
+    return True
+
+
 def _flush_before_s3_finalizes(exporter: RunlakeSpanExporter) -> None:
     """Make what is queued at exit reach S3 before pyarrow shuts its S3 client down.
 
     pyarrow finalizes S3 in an ``atexit`` hook registered when ``pyarrow.fs`` is imported; a TracerProvider made
     before that import shuts down (and flushes) after it, too late to upload. This hook is registered later, so it
-    runs earlier: it flushes the global provider's queues and this exporter's buffers while S3 still works.
+    runs earlier: it flushes the global provider's queues and this exporter's buffers while S3 still works, each
+    within a bound (``_EXIT_PROVIDER_FLUSH_S``, ``_EXIT_LAKE_FLUSH_S``) so that exit is never held longer.
     """
     ref = weakref.ref(exporter)
 
@@ -60,8 +78,9 @@ def _flush_before_s3_finalizes(exporter: RunlakeSpanExporter) -> None:
 
             force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
             if callable(force_flush):
-                force_flush(10_000)
-            live.force_flush()
+                bound = _EXIT_PROVIDER_FLUSH_S
+                _within(bound, lambda: force_flush(int(bound * 1000)), "flushing the span processors")
+            _within(_EXIT_LAKE_FLUSH_S, live.force_flush, f"writing the last rows to {live.root}")
         except Exception:  # noqa: BLE001 - never raise at exit
             _logger.debug("runlake: flush at exit failed", exc_info=True)
 
@@ -103,9 +122,11 @@ class RunlakeSpanExporter(SpanExporter):
         if root is None:
             root = Path("runlake-data")
             _logger.warning(
-                "runlake: no state URL given (argument, RUNLAKE_STATE_URL or PRAISONAI_STATE_URL); "
-                "writing to ./runlake-data"
+                "runlake: no state URL given (argument, RUNLAKE_STATE_URL or PRAISONAI_STATE_URL); writing to %s",
+                os.path.abspath(root),
             )
+        if isinstance(root, Path):  # the folder the path names now: a later chdir (daemons do) must not split the lake
+            root = Path(os.path.abspath(root))
         self.root = root
         self._mapper = SpanMapper(
             default_tenant=tenant_id or os.environ.get("RUNLAKE_TENANT_ID") or DEFAULT_TENANT,
@@ -139,6 +160,7 @@ class RunlakeSpanExporter(SpanExporter):
         self._totals_lock = threading.Lock()
         self._shutdown = False
         self.rejected_spans = 0
+        self.queue_dropped_spans = 0  # counted by a RunlakeBatchSpanProcessor in front of this exporter
         self._logged_bad_span = False
         self.listeners: list[Callable[[list[tuple]], None]] = []
         if isinstance(root, ObjectPath):
@@ -306,7 +328,8 @@ class RunlakeSpanExporter(SpanExporter):
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: rows and files written, failures, drops, values stored as null, rejected spans."""
+        """Counters for monitoring: rows and files written, failures, drops, values stored as null, rejected spans,
+        spans a ``RunlakeBatchSpanProcessor`` queue had no room for (``queue_dropped_spans``)."""
         w = self._writer.stats
         return {
             "rows_written": w.rows_written,
@@ -315,6 +338,7 @@ class RunlakeSpanExporter(SpanExporter):
             "dropped_rows": w.dropped_rows,
             "repaired_values": w.repaired_values,
             "rejected_spans": self.rejected_spans,
+            "queue_dropped_spans": self.queue_dropped_spans,
             "buffered_rows": self._writer.buffered_rows,
             "failing": self._writer.failing,
         }
@@ -380,3 +404,88 @@ class RunStartProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
+
+
+def _sdk_queue(processor: BatchSpanProcessor) -> Any:
+    """The SDK processor's bounded deque of ended spans (``_batch_processor._queue`` from SDK 1.33, ``queue``
+    before), or None if this SDK keeps it elsewhere (then drops are not counted)."""
+    for queue in (
+        getattr(getattr(processor, "_batch_processor", None), "_queue", None),
+        getattr(processor, "queue", None),
+    ):
+        if queue is not None and getattr(queue, "maxlen", None):
+            return queue
+    return None
+
+
+class RunlakeBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` with a queue sized for bursts and a count of what a full queue drops.
+
+    The SDK drops a span when its queue is full (a burst the export thread cannot keep up with), saying so once and
+    counting it nowhere. Here each drop is counted in ``dropped_spans`` (and ``counts_to``'s ``stats``, normally the
+    lake's exporter, as ``queue_dropped_spans``), the first is logged with the remedy, the total again at shutdown.
+    Defaults: ``max_queue_size`` 16,384 and ``max_export_batch_size`` 2,048 (the SDK's 2,048 and 512 overflow at a few
+    thousand spans a second from several threads), unless given or set by ``OTEL_BSP_MAX_QUEUE_SIZE`` /
+    ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``. The queue stays bounded: memory is at most that many ended spans.
+    """
+
+    DEFAULT_MAX_QUEUE_SIZE = 16_384
+    DEFAULT_MAX_EXPORT_BATCH_SIZE = 2_048
+
+    def __init__(
+        self,
+        span_exporter: SpanExporter,
+        max_queue_size: int | None = None,
+        schedule_delay_millis: float | None = None,
+        max_export_batch_size: int | None = None,
+        export_timeout_millis: float | None = None,
+        *,
+        counts_to: RunlakeSpanExporter | None = None,
+    ) -> None:
+        if max_queue_size is None and not os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"):
+            max_queue_size = self.DEFAULT_MAX_QUEUE_SIZE
+        batch_from_env = bool(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"))
+        if (
+            max_export_batch_size is None
+            and not batch_from_env
+            and isinstance(max_queue_size, int)
+            and max_queue_size > 0
+        ):
+            max_export_batch_size = min(self.DEFAULT_MAX_EXPORT_BATCH_SIZE, max_queue_size)
+        super().__init__(
+            span_exporter, max_queue_size, schedule_delay_millis, max_export_batch_size, export_timeout_millis
+        )
+        self._counts_to = counts_to
+        self._queue = _sdk_queue(self)
+        self._drop_lock = threading.Lock()
+        self._stopped = False
+        self.dropped_spans = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        queue = self._queue
+        if queue is None or self._stopped or not (span.context and span.context.trace_flags.sampled):
+            super().on_end(span)
+            return
+        with self._drop_lock:  # only ends add to the queue: full now means this span pushes one out
+            full = len(queue) >= queue.maxlen
+            super().on_end(span)
+            if full:
+                self.dropped_spans += 1
+                if self._counts_to is not None:
+                    self._counts_to.queue_dropped_spans += 1
+        if full and self.dropped_spans == 1:
+            _logger.error(
+                "runlake: the span queue is full (max_queue_size=%d): spans are dropped before they reach the lake, "
+                "and counted (stats['queue_dropped_spans']); raise max_queue_size for bursts this size",
+                queue.maxlen,
+            )
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        super().shutdown()
+        if self.dropped_spans:
+            _logger.error(
+                "runlake: %d spans were dropped because the span queue was full (max_queue_size=%d)",
+                self.dropped_spans,
+                self._queue.maxlen if self._queue is not None else 0,
+            )

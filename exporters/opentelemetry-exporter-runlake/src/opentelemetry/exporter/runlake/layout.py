@@ -50,15 +50,31 @@ _MAX_NAME = 150  # well under the 255-byte limit of common file systems, with ro
 _EMPTY = "~"  # never produced by escaping ("~" itself is escaped), so it cannot collide
 
 
+def storable_text(value: Any) -> Any:
+    """``value`` with each lone surrogate (a character UTF-8, so Parquet, cannot hold) replaced by U+FFFD; anything
+    else as it is. The writer stores such text this way and names its folder from the same text, and readers look
+    ids up the same way, so a stray surrogate costs one character, not the value or the session's reads."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 def encode_partition_value(value: str | None) -> str:
-    """Return a folder-safe, collision-free name for ``value``.
+    """Return a folder-safe, collision-free name for ``value`` (as :func:`storable_text` makes it).
 
     ``~`` marks the empty value and the hash suffix of long values; ``~`` in a value is escaped, so
     no two distinct values share a name.
     """
     if not value:
         return _EMPTY
-    raw = value.encode("utf-8", "surrogatepass")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = storable_text(value)
+        raw = value.encode("utf-8")
     if all(b in _SAFE for b in raw) and raw[0] != 0x2E:  # fast path; a leading "." would be hidden
         encoded = value
     else:

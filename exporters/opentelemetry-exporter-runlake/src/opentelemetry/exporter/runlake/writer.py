@@ -40,6 +40,7 @@ from .layout import (
     mixed_dir,
     new_part_name,
     partition_dir,
+    storable_text,
     temp_name_for,
 )
 from .mapping import COL, RUNS_SCHEMA, SPANS_SCHEMA
@@ -329,6 +330,18 @@ class PartStream:
                 pass
 
 
+def _storable_or_none(value: Any, kind: pa.DataType) -> Any:
+    """Text with lone surrogates with them replaced (the folder was named from that text), else None."""
+    text = storable_text(value)
+    if text is not value:
+        try:
+            pa.array([text], type=kind)
+            return text
+        except (ValueError, TypeError, OverflowError):
+            pass
+    return None
+
+
 @dataclass
 class _Buffer:
     rows: list[tuple] = field(default_factory=list)
@@ -347,6 +360,9 @@ class WriterStats:
 
 class LakeWriter:
     """Thread-safe buffered writer for the ``spans/`` and ``runs/`` tables of one lake root."""
+
+    # during an outage rows dropped past the buffer cap are logged at first, then summed up at most this often
+    drop_log_interval_s = 60.0
 
     def __init__(
         self,
@@ -377,6 +393,8 @@ class LakeWriter:
         self._background = background
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._drops_unsaid = 0  # dropped rows not logged yet (stats.dropped_rows has them all)
+        self._drops_said_at: float | None = None  # when drops were last logged during this outage
 
     # ---- adding rows ---------------------------------------------------------------------------------
     def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> LakeRoot:
@@ -484,6 +502,7 @@ class LakeWriter:
                 self.stats.rows_written += len(rows)
                 self.stats.files_written += 1
         if ok and writes and self._failing is not None:  # only a flush with no failure clears the state
+            self._say_unsaid_drops()
             _logger.warning("runlake: writing to %s works again", self.root)
             self._failing = None
         return ok
@@ -492,8 +511,9 @@ class LakeWriter:
         self, table: str, parts: list[tuple[tuple[str, LakeRoot], _Buffer]], error: Exception
     ) -> list[tuple]:
         """Rows with a value Arrow refuses (a number past int64, say) keep their other values: the bad ones become
-        null, counted and said, so that one value does not hold its partition back on every retry. Returns the rows
-        to write now; re-raises ``error`` if no row is at fault (then the usual failure path keeps them)."""
+        null (text with lone surrogates keeps its other characters, as ``storable_text`` does), counted and said, so
+        that one value does not hold its partition back on every retry. Returns the rows to write now; re-raises
+        ``error`` if no row is at fault (then the usual failure path keeps them)."""
         schema = SCHEMAS[table]
         repaired: list[str] = []
         for _, buf in parts:
@@ -506,14 +526,15 @@ class LakeWriter:
                         try:
                             pa.array([fixed[j]], type=field.type)
                         except (ValueError, TypeError, OverflowError):
-                            fixed[j] = None
+                            fixed[j] = _storable_or_none(fixed[j], field.type)
                             repaired.append(field.name)
                     buf.rows[i] = tuple(fixed)
         if not repaired:
             raise error
         self.stats.repaired_values += len(repaired)
         _logger.error(
-            "runlake: stored %d values of %s rows as null: they cannot be stored as they are (%s: %s; columns %s)",
+            "runlake: stored %d values of %s rows as null (text: with U+FFFD for lone surrogates): they cannot be "
+            "stored as they are (%s: %s; columns %s)",
             len(repaired),
             table,
             type(error).__name__,
@@ -546,13 +567,41 @@ class LakeWriter:
                 self._buffered_bytes -= gone.nbytes
                 dropped += len(gone.rows)
             self.stats.dropped_rows += dropped
-        if dropped:
+            self._drops_unsaid += dropped
+            now = time.monotonic()
+            last = self._drops_said_at
+            say = bool(dropped) and (last is None or now - last >= self.drop_log_interval_s)
+            count = self._drops_unsaid
+            if say:
+                self._drops_unsaid, self._drops_said_at = 0, now
+        if say and last is None:
             _logger.error(
-                "runlake: dropped %d rows: buffer cap of %d bytes reached while %s",
-                dropped,
+                "runlake: dropped %d rows: buffer cap of %d bytes reached while %s; further drops are summed up at "
+                "most every %.0f s (all of them are counted in stats: dropped_rows)",
+                count,
                 self.max_buffer_bytes,
                 cause,
+                self.drop_log_interval_s,
             )
+        elif say:
+            self._say_drops(count, now - last, cause)
+
+    def _say_drops(self, count: int, seconds: float, cause: str | None) -> None:
+        _logger.error(
+            "runlake: dropped %d more rows in the last %.0f s (buffer cap of %d bytes; %d dropped in all)%s",
+            count,
+            seconds,
+            self.max_buffer_bytes,
+            self.stats.dropped_rows,
+            f" while {cause}" if cause else "",
+        )
+
+    def _say_unsaid_drops(self) -> None:
+        """The drops not logged yet, at the end of an outage or at close; the next outage logs its first drop again."""
+        with self._lock:
+            count, since, self._drops_unsaid, self._drops_said_at = self._drops_unsaid, self._drops_said_at, 0, None
+        if count:
+            self._say_drops(count, time.monotonic() - (since or time.monotonic()), self._failing)
 
     def _put_back(self, key: tuple[str, LakeRoot], buf: _Buffer) -> None:
         """Return rows taken for writing to their buffer, before anything added meanwhile."""
@@ -613,4 +662,5 @@ class LakeWriter:
             self._thread.join(timeout=5)
         ok = self.flush()
         self._closed = True
+        self._say_unsaid_drops()
         return ok
