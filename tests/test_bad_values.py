@@ -41,13 +41,13 @@ def test_the_api_refuses_numbers_no_column_can_hold(configured: Path) -> None:
             for bad in (2**63, -1, "many", float("nan")):
                 with pytest.raises(ValueError, match="input_tokens"):
                     node.set_usage(input_tokens=bad)
-            for bad in (float("inf"), float("-inf"), float("nan"), "x", None):
+            for bad in (float("inf"), float("-inf"), float("nan"), "x", "2", True, None):
                 with pytest.raises(ValueError, match="cents"):
                     node.set_cost(cents=bad)
             node.set_usage(input_tokens=2**62, output_tokens=2**62)  # the total is clamped, not an overflow
             node.set_usage(input_tokens=1.6)  # a float count is rounded
         run.set_output("ok")
-    for bad in (0, -3, 2.7, 2**31, 10**9, "abc", None):
+    for bad in (0, -3, 2.7, 2**31, 10**9, "abc", "30", True, None):
         with pytest.raises(ValueError, match="ttl_days"):
             with runlake.run("bot", "s-ttl", ttl_days=bad):  # type: ignore[arg-type]
                 pass

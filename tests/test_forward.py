@@ -325,3 +325,31 @@ def test_forwarded_copy_equals_the_lake_with_redaction(sink, lake: Path) -> None
     assert node["http.request.header.authorization"] == "[REDACTED:secret]"
     assert node["contacts"] == ["[REDACTED:email]", "no secret here"]
     assert json.loads(run["runlake.metadata"])["password"] == "[REDACTED:secret]"
+
+
+def test_an_app_that_exports_otlp_itself_gets_no_second_copy(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The application's provider already has the stock OTLP exporter, configured by the standard variables: runlake
+    adds the lake but does not forward the same spans again from those variables (an explicit endpoint still does)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from runlake.forward import exports_otlp
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    app_provider = TracerProvider()
+    assert not exports_otlp(app_provider)
+    app_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(timeout=1)))
+    assert exports_otlp(app_provider)
+    from opentelemetry import trace
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: app_provider)  # the app's global provider
+    runlake.configure(lake)
+    try:
+        assert runlake.forwarding_stats() is None, "no second copy from the environment"
+        runlake.configure(lake, otlp_endpoint=f"http://127.0.0.1:{free_port()}", otlp_protocol="http/protobuf")
+        assert runlake.forwarding_stats() is not None, "an explicit endpoint is still honoured"
+    finally:
+        runlake.shutdown()
+        app_provider.shutdown()

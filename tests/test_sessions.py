@@ -783,3 +783,32 @@ def test_turns_and_runtimes_keep_the_order_they_were_first_set(store: SessionSto
     store.clear_runtime_state("s-order", "native")
     store.set_runtime_state("s-order", "native", "turn-9", {"v": 9})
     assert list(store.export_session("s-order")["runtime_state"]) == ["plugin_harness", "native"]
+
+
+def test_turn_set_state_refuses_what_the_sdk_length_limit_would_cut(lake: Path) -> None:
+    """With OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT the SDK cuts long attribute values: a state that would be cut is refused
+    (False, with a warning), never stored as broken JSON. A real process with the real variable."""
+    import os
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import runlake
+        from runlake import SessionStore
+        runlake.configure({str(lake)!r}, mirror_runtime_state=True)
+        with runlake.run("bot", "s-limit") as r:
+            with runlake.turn("turn-1") as t:
+                print("long", t.set_state({{"calls": ["call-%03d" % i for i in range(20)]}}))
+            with runlake.turn("turn-2") as t:
+                print("short", t.set_state({{"ok": 1}}))
+        runlake.shutdown()
+        with SessionStore({str(lake)!r}) as store:
+            print("read", store.get_runtime_state("s-limit", "native"))
+        """
+    )
+    env = {**os.environ, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "100"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["long False", "short True", "read {'turn-2': {'ok': 1}}"], done.stdout
+    assert "attribute length limit (100" in done.stderr

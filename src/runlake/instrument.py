@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from .forward import ForwardingProcessor, forwarding_settings
+from .forward import ForwardingProcessor, exports_otlp, forwarding_settings
 
 _logger = logging.getLogger(__name__)
 _TRACER_NAME = "runlake"
@@ -194,6 +194,13 @@ def configure(
             "pipeline, the rest go to the new one (configure before starting runs)"
         )
     provider = _sdk_provider(service_name)  # before anything is built: a provider runlake cannot use is an error
+    if forwarding is not None and otlp_endpoint is None and exports_otlp(provider):
+        _logger.info(
+            "runlake: the TracerProvider already sends spans to an OTLP exporter; not forwarding a second copy to %s "
+            "from the OTEL_EXPORTER_OTLP_* settings (pass otlp_endpoint= to forward anyway)",
+            forwarding[0],
+        )
+        forwarding = None
     # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
     guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
     batch_options = {k: options[k] for k in _BATCH_OPTIONS if k in options}
@@ -353,12 +360,15 @@ def _count(value: Any, name: str) -> int:
 
 
 def _ttl_days(value: Any) -> int:
-    """``ttl_days`` as a whole number of days from 1 to ``MAX_TTL_DAYS``; anything else is a clear error."""
+    """``ttl_days`` as a whole number of days from 1 to ``MAX_TTL_DAYS``; anything else (text, booleans, fractions)
+    is a clear error."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"ttl_days must be a whole number of days, got {value!r}")
     try:
         days = int(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"ttl_days must be a whole number of days, got {value!r}") from None
-    if days != value and not isinstance(value, str):
+    if days != value:
         raise ValueError(f"ttl_days must be a whole number of days, got {value!r}")
     if not 1 <= days <= m.MAX_TTL_DAYS:
         raise ValueError(f"ttl_days must be from 1 to {m.MAX_TTL_DAYS:,} (100 years), got {value!r}")
@@ -407,7 +417,9 @@ class SpanHandle:
         self.span.set_attributes(attrs)
 
     def set_cost(self, cents: float) -> None:
-        """The cost in cents: a finite number (a ``ValueError`` otherwise: NaN and infinities break every sum)."""
+        """The cost in cents: a finite number (a ``ValueError`` otherwise: text, booleans, NaN and infinities)."""
+        if isinstance(cents, (str, bytes, bool)):
+            raise ValueError(f"cents must be a number, got {cents!r}")
         try:
             value = float(cents)
         except (TypeError, ValueError):
@@ -462,7 +474,9 @@ class TurnHandle(SpanHandle):
         if not self.span.is_recording():
             _logger.warning("runlake: turn %r: set_state after the turn ended (or unsampled); not stored", self.turn_id)
             return False
-        prepared = prepare_state(state, self.session_id, self.runtime_id, self.turn_id)
+        limits = getattr(self.span, "_limits", None)  # the SDK span's SpanLimits: a longer text would be cut
+        max_length = getattr(limits, "max_span_attribute_length", None)
+        prepared = prepare_state(state, self.session_id, self.runtime_id, self.turn_id, max_length=max_length)
         if prepared is None:
             return False
         self.span.set_attribute(m.RUNTIME_STATE, prepared)

@@ -240,11 +240,12 @@ def prepare_state(
     runtime_id: str,
     turn_id: str,
     policy: StatePolicy | None = None,
+    max_length: int | None = None,
 ) -> str | None:
     """``turn().set_state``: the state as redacted JSON within the limits, or None (with a warning). Never raises.
 
     The per-runtime limit counts what this process mirrored for the session's runtime (``SessionStore`` counts
-    what is in the lake instead).
+    what is in the lake instead). ``max_length``: the span's attribute length limit (the SDK would cut the text).
     """
     try:
         policy = policy or _policy
@@ -258,6 +259,17 @@ def prepare_state(
             return None
         text = _encode_state(state, session_id, runtime_id, turn_id, policy, caller)
         if text is None:
+            return None
+        if max_length is not None and len(text) > max_length:
+            _logger.warning(
+                "runlake: %s: runtime state not stored for %s: its %d characters pass the TracerProvider's attribute "
+                "length limit (%d, OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT / SpanLimits), which would cut it; raise the "
+                "limit or use SessionStore.set_runtime_state",
+                caller,
+                _describe(session_id, runtime_id, turn_id),
+                len(text),
+                max_length,
+            )
             return None
         size = len(text.encode("utf-8"))
         key = (session_id, runtime_id)
