@@ -93,6 +93,26 @@ def test_the_exit_hook_for_s3_is_bounded(lake: Path, monkeypatch: pytest.MonkeyP
     exporter.shutdown()
 
 
+def test_the_exit_hook_flushes_where_no_thread_may_start(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.12.0-3.12.1 refuse to start threads in atexit hooks (RuntimeError); simulated here, as this machine
+    runs another Python. The hook then flushes on its own thread rather than not at all."""
+    hooks: list[Any] = []
+    monkeypatch.setattr(exporter_package.atexit, "register", hooks.append)
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    exporter_package._flush_before_s3_finalizes(exporter)
+    [hook] = hooks
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    exporter.export(make_spans(4))
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    hook()
+    monkeypatch.undo()
+    assert exporter.stats["rows_written"] > 0, "the lake's rows are written"
+    exporter.shutdown()
+
+
 def test_force_flush_returns_in_time_when_the_collector_is_down(lake: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
     runlake.configure(lake, otlp_endpoint=endpoint, otlp_protocol="http/protobuf", otlp_timeout_s=3.0)
@@ -348,3 +368,41 @@ def test_a_clean_sys_exit_inside_a_run_is_not_a_failure(configured: Path) -> Non
         "s-exit-text": "error",
         "s-interrupted": "error",
     }
+
+
+def test_a_child_forked_while_spans_end_can_end_its_own(tmp_path: Path) -> None:
+    """A fork copies locks as they are at that instant; one held by another thread of the parent must not hang the
+    child's first span (gunicorn --preload, multiprocessing with fork)."""
+    processor = RunlakeBatchSpanProcessor(RunlakeSpanExporter(tmp_path / "lake", background_flush=False))
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            with tracer.start_as_current_span("parent work"):
+                pass
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    hung = 0
+    try:
+        for _ in range(40):
+            pid = os.fork()
+            if pid == 0:  # the child: one span, then out
+                with tracer.start_as_current_span("child work"):
+                    pass
+                os._exit(0)
+            waiter = threading.Thread(target=os.waitpid, args=(pid, 0))
+            waiter.start()
+            waiter.join(10)
+            if waiter.is_alive():
+                hung += 1
+                os.kill(pid, 9)
+                waiter.join()
+    finally:
+        stop.set()
+        worker.join()
+        provider.shutdown()
+    assert hung == 0, f"{hung} of 40 forked children hung on their first span"

@@ -140,8 +140,6 @@ _KEPT_KEYS = {key for column in _KEPT_COLUMNS for keys in mapping.COLUMN_KEYS[co
     "traceloop.span.kind",
     "llm.request.type",
     "runlake.runtime.cleared",
-    mapping.RUNTIME_STATE,  # the runtime-state policy's
-    *mapping.MESSAGES_FROM.values(),
 }
 
 
@@ -163,8 +161,8 @@ def _redact_json_text(text: str, redact: Any) -> str:
     return _JSON(redact.redact_value(parsed) if isinstance(redact, Redactor) else _redact_strings(parsed, redact))
 
 
-def _redact_attribute(key: str, value: Any, redact: Any) -> Any:
-    if key in _KEPT_KEYS:
+def _redact_attribute(key: str, value: Any, redact: Any, span: bool = True) -> Any:
+    if key in _KEPT_KEYS or (span and key == mapping.RUNTIME_STATE):  # a span's runtime state: the policy's
         return value
     if key == mapping.METADATA and isinstance(value, str):
         return _redact_json_text(value, redact) if value else value
@@ -197,6 +195,8 @@ def reference_map_span(
     leftover: dict[str, Any] | None = None
     for key, value in attributes.items():
         hit = _KEY_INDEX.get(key)
+        if key in mapping.MESSAGES_FROM.values():  # runlake's own markers: one a span brings is not kept
+            continue
         if hit is None:
             if leftover is None:
                 leftover = {}
@@ -284,7 +284,9 @@ def reference_map_span(
                     {
                         "name": redact(e.name) if e.name else e.name,
                         "time_unix_nano": e.timestamp,
-                        "attributes": {k: _redact_attribute(k, v, redact) for k, v in (e.attributes or {}).items()},
+                        "attributes": {
+                            k: _redact_attribute(k, v, redact, False) for k, v in (e.attributes or {}).items()
+                        },
                     }
                     for e in span.events
                 ]
@@ -496,6 +498,7 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
             "llm.cost.total": 0.0125,
         },  # OpenInference without input.value / output.value
         {"llm.cost.total": "0.5", "runlake.cost.cents": 7},
+        {"output.value": "own", "runlake.output.messages_from": "gen_ai.prompt.", "runlake.input.messages_from": 3},
         {"llm.cost.total": True, "llm.input_messages.x.message.content": "bad index"},
         # aliases with differing values, odd values
         {
@@ -570,7 +573,10 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
             with tracer.start_as_current_span("root", kind=kinds[i % 5], attributes={"r": round_}):
                 span = tracer.start_span(f"shape-{i}", kind=kinds[(i + 1) % 5], attributes=attrs)
                 if i % 4 == 0:
-                    span.add_event("note", {"k": "v 555-0100", "n": i, "seq": (1, 2)})
+                    span.add_event(
+                        "note",
+                        {"k": "v 555-0100", "n": i, "seq": (1, 2), "runlake.runtime.state": "pin 4111 1111 1111 1111"},
+                    )
                 if i % 7 == 0:
                     span.add_event("login by gina@example.com", {"password": "hunter2", "user.id": "gina@example.com"})
                 if i % 5 == 1:

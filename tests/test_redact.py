@@ -16,7 +16,7 @@ import pytest
 from conftest import read_table
 
 import runlake
-from runlake.redact import DEFAULT_PATTERNS, Pattern, Redactor
+from runlake.redact import DEFAULT_PATTERNS, Pattern, Redactor, default_redactor
 
 RSA_KEY = """-----BEGIN RSA PRIVATE KEY-----
 MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun
@@ -405,3 +405,13 @@ def test_redaction_is_off_for_ordinary_attributes_by_default(lake: Path) -> None
 def test_bad_redact_settings_are_clear_errors(lake: Path) -> None:
     with pytest.raises(TypeError, match="redact must be"):
         runlake.configure(lake, redact="yes")
+
+
+def test_keys_spelled_in_any_case_still_name_secrets() -> None:
+    """Word splitting (accessToken -> access_token) must not lose keys a plain lower-casing found (passWord)."""
+    redactor = default_redactor()
+    cleaned = redactor.redact_value(
+        {"passWord": "a", "APIkey": "b", "SECRETkey": "c", "PASSword": "d", "accessToken": "e", "x" * 10_000: "f"}
+    )
+    assert [k for k, v in cleaned.items() if v != "[REDACTED:secret]"] == ["x" * 10_000]
+    assert all(len(k) <= 256 for k in redactor._key_cache), "long keys are not kept in the cache"

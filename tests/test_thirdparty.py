@@ -416,3 +416,47 @@ def test_two_root_runs_in_one_trace_share_a_node_with_no_run_above_it_once(lake:
         assert sorted(listed) == ["orphan", "r2-chat"]
         assert sum(item["node_count"] for item in db.get_history()) == 2
         assert runlake.ExecutionHistoryService(db).statistics()["total_nodes"] == 2
+
+
+def test_message_families_and_markers_map_the_same_whatever_the_key_order_or_the_sender(tmp_path: Path) -> None:
+    """Both OpenLLMetry's and OpenInference's flattened messages: the family is chosen by a fixed order, not by
+    which key came first, so a span rebuilt (keys in another order) maps to the same input. A marker key a span
+    brings itself is not trusted: its own output.value stays its output."""
+    from opentelemetry.exporter.runlake import mapping
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    oi = {"llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "from OpenInference"}
+    ol = {"gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": "from OpenLLMetry"}
+    for attributes in ({**oi, **ol}, {**ol, **oi}):
+        with tracer.start_as_current_span("chat", attributes={"llm.request.type": "chat", **attributes}):
+            pass
+    with tracer.start_as_current_span(
+        "forged", attributes={"output.value": "real output", "runlake.output.messages_from": "gen_ai.prompt."}
+    ):
+        pass
+    provider.shutdown()
+    mapper = mapping.SpanMapper()
+    rows = [dict(zip(mapping.SPAN_COLUMNS, mapper.map_span(s))) for s in memory.get_finished_spans()]
+    assert [json.loads(r["input"])[0]["content"] for r in rows[:2]] == ["from OpenLLMetry"] * 2
+    for row in rows[:2]:  # rebuilt and mapped again: the same input, both families kept
+        rebuilt = mapping.attributes_of_row(row)
+        assert rebuilt["llm.input_messages.0.message.content"] == "from OpenInference"
+        assert rebuilt["gen_ai.prompt.0.content"] == "from OpenLLMetry"
+    forged = rows[2]
+    assert forged["output"] == "real output" and "messages_from" not in (forged["attributes"] or "")
+    assert mapping.attributes_of_row(forged)["output.value"] == "real output"
+
+
+def test_an_event_attribute_named_like_runtime_state_is_redacted() -> None:
+    from opentelemetry.exporter.runlake import mapping
+
+    from runlake.redact import default_redactor
+
+    _, attributes = mapping.redact_event("note", {"runlake.runtime.state": "password=hunter2"}, default_redactor())
+    assert "hunter2" not in json.dumps(attributes)

@@ -226,6 +226,9 @@ _CAMEL_WORD = re.compile(r"([a-z0-9])([A-Z])")  # "accessToken" -> "access_Token
 _KEY_SEPARATORS = re.compile(r"[-.\s]+")
 
 
+_MAX_CACHED_KEY = 256  # longer keys are checked each time, not kept
+
+
 def normalise_key(key: str) -> str:
     """A key as the sensitive-key rule compares it: ``clientSecret`` / ``Client-Secret`` / ``client.secret`` →
     ``client_secret``."""
@@ -323,10 +326,15 @@ class Redactor:
             return False
         known = self._key_cache.get(key)
         if known is None:
-            known = self.sensitive_keys.match(normalise_key(key)) is not None
-            if len(self._key_cache) >= 4096:
-                self._key_cache.clear()
-            self._key_cache[key] = known
+            # the word-split form (accessToken -> access_token) and the plain lower-cased one (passWord -> password)
+            known = (
+                self.sensitive_keys.match(normalise_key(key)) is not None
+                or self.sensitive_keys.match(_KEY_SEPARATORS.sub("_", key.strip()).lower()) is not None
+            )
+            if len(key) <= _MAX_CACHED_KEY:  # the cache is bounded in keys and in bytes
+                if len(self._key_cache) >= 4096:
+                    self._key_cache.clear()
+                self._key_cache[key] = known
         return known
 
     def redact_item(self, key: Any, value: Any) -> Any:

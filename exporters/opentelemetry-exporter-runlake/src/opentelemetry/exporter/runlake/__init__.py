@@ -51,7 +51,11 @@ def _within(seconds: float, work: Callable[[], Any], what: str) -> bool:
     """Run ``work`` on a daemon thread and wait at most ``seconds``: at exit a flush that hangs (a collector or object
     store that does not answer, a processor that ignores its timeout) must not hold the process."""
     worker = threading.Thread(target=work, name="runlake-exit-flush", daemon=True)
-    worker.start()
+    try:
+        worker.start()
+    except RuntimeError:  # Python 3.12.0-3.12.1 refuse new threads in atexit hooks: flush here, unbounded
+        work()
+        return True
     worker.join(seconds)
     if worker.is_alive():
         _logger.warning("runlake: %s at exit did not finish within %.0f s; not waiting longer", what, seconds)
@@ -160,7 +164,7 @@ class RunlakeSpanExporter(SpanExporter):
         self._totals_lock = threading.Lock()
         self._shutdown = False
         self.rejected_spans = 0
-        self.queue_dropped_spans = 0  # counted by a RunlakeBatchSpanProcessor in front of this exporter
+        self.queue_dropped: Callable[[], int] | None = None  # set by a RunlakeBatchSpanProcessor in front of this
         self._logged_bad_span = False
         self.listeners: list[Callable[[list[tuple]], None]] = []
         if isinstance(root, ObjectPath):
@@ -338,7 +342,7 @@ class RunlakeSpanExporter(SpanExporter):
             "dropped_rows": w.dropped_rows,
             "repaired_values": w.repaired_values,
             "rejected_spans": self.rejected_spans,
-            "queue_dropped_spans": self.queue_dropped_spans,
+            "queue_dropped_spans": self.queue_dropped() if self.queue_dropped is not None else 0,
             "buffered_rows": self._writer.buffered_rows,
             "failing": self._writer.failing,
         }
@@ -418,12 +422,32 @@ def _sdk_queue(processor: BatchSpanProcessor) -> Any:
     return None
 
 
+class _HandedCount(SpanExporter):
+    """The exporter behind a batch processor, counting the spans handed to it (only the processor's one export
+    thread, or a flush holding its export lock, calls it)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.handed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.handed += len(spans)
+        return self.exporter.export(spans)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
 class RunlakeBatchSpanProcessor(BatchSpanProcessor):
     """The SDK's ``BatchSpanProcessor`` with a queue sized for bursts and a count of what a full queue drops.
 
     The SDK drops a span when its queue is full (a burst the export thread cannot keep up with), saying so once and
-    counting it nowhere. Here each drop is counted in ``dropped_spans`` (and ``counts_to``'s ``stats``, normally the
-    lake's exporter, as ``queue_dropped_spans``), the first is logged with the remedy, the total again at shutdown.
+    counting it nowhere. Here the drops are counted — spans ended, less those handed to the exporter and those still
+    queued: exact whenever the queue is at rest (``dropped_spans``; ``counts_to``'s ``stats``, normally the lake's
+    exporter, as ``queue_dropped_spans``) — the first is logged with the remedy, the total again at shutdown.
     Defaults: ``max_queue_size`` 16,384 and ``max_export_batch_size`` 2,048 (the SDK's 2,048 and 512 overflow at a few
     thousand spans a second from several threads), unless given or set by ``OTEL_BSP_MAX_QUEUE_SIZE`` /
     ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``. The queue stays bounded: memory is at most that many ended spans.
@@ -452,28 +476,44 @@ class RunlakeBatchSpanProcessor(BatchSpanProcessor):
             and max_queue_size > 0
         ):
             max_export_batch_size = min(self.DEFAULT_MAX_EXPORT_BATCH_SIZE, max_queue_size)
+        self._handed = _HandedCount(span_exporter)
         super().__init__(
-            span_exporter, max_queue_size, schedule_delay_millis, max_export_batch_size, export_timeout_millis
+            self._handed, max_queue_size, schedule_delay_millis, max_export_batch_size, export_timeout_millis
         )
-        self._counts_to = counts_to
         self._queue = _sdk_queue(self)
-        self._drop_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._stopped = False
-        self.dropped_spans = 0
+        self._ended = 0  # spans put in the queue (sampled, before shutdown)
+        self._told = False
+        if counts_to is not None:
+            counts_to.queue_dropped = lambda: self.dropped_spans
+        reinit = weakref.WeakMethod(self._after_fork_in_child)
+        os.register_at_fork(after_in_child=lambda: (method := reinit()) is not None and method())
+
+    def _after_fork_in_child(self) -> None:
+        """A child gets the parent's lock as it was (maybe held by a thread that does not exist there), and the SDK
+        empties the child's queue: a new lock, counts from zero."""
+        self._count_lock = threading.Lock()
+        self._ended = self._handed.handed = 0
+
+    @property
+    def dropped_spans(self) -> int:
+        queue = self._queue
+        if queue is None:
+            return 0
+        return max(self._ended - self._handed.handed - len(queue), 0)
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
         if queue is None or self._stopped or not (span.context and span.context.trace_flags.sampled):
             super().on_end(span)
             return
-        with self._drop_lock:  # only ends add to the queue: full now means this span pushes one out
-            full = len(queue) >= queue.maxlen
-            super().on_end(span)
-            if full:
-                self.dropped_spans += 1
-                if self._counts_to is not None:
-                    self._counts_to.queue_dropped_spans += 1
-        if full and self.dropped_spans == 1:
+        full = len(queue) >= queue.maxlen
+        with self._count_lock:
+            self._ended += 1
+        super().on_end(span)
+        if full and not self._told:
+            self._told = True
             _logger.error(
                 "runlake: the span queue is full (max_queue_size=%d): spans are dropped before they reach the lake, "
                 "and counted (stats['queue_dropped_spans']); raise max_queue_size for bursts this size",
@@ -483,9 +523,10 @@ class RunlakeBatchSpanProcessor(BatchSpanProcessor):
     def shutdown(self) -> None:
         self._stopped = True
         super().shutdown()
-        if self.dropped_spans:
+        dropped = self.dropped_spans
+        if dropped:
             _logger.error(
                 "runlake: %d spans were dropped because the span queue was full (max_queue_size=%d)",
-                self.dropped_spans,
+                dropped,
                 self._queue.maxlen if self._queue is not None else 0,
             )

@@ -106,6 +106,7 @@ MESSAGE_FAMILIES = (
 )
 # leftover attribute naming the family a column was assembled from, so attributes_of_row can flatten it back
 MESSAGES_FROM = {"input": "runlake.input.messages_from", "output": "runlake.output.messages_from"}
+_MARKER_KEYS = frozenset(MESSAGES_FROM.values())
 USD_COST = "llm.cost.total"  # OpenInference: a span's cost in US dollars, read when runlake.cost.cents is absent
 _INT_COLUMNS = {"input_tokens", "output_tokens", "ttl_days"}
 _FLOAT_COLUMNS = {"cost_cents"}
@@ -373,23 +374,27 @@ def _message_field(key: str, prefix: str, infix: str) -> tuple[int, str] | None:
 
 
 def _message_plan(keys: tuple[str, ...], chosen: dict[str, tuple[int, int]]) -> tuple[tuple, set[int]]:
-    """Per column with no attribute of its own: the flattened message keys of the first family found.
+    """Per column with no attribute of its own: the flattened message keys of the first family of
+    ``MESSAGE_FAMILIES`` the span has (a fixed order, so a span rebuilt with its keys in another order maps the same).
 
     Returns ``((column, family, ((index, field, position), ...), flatten_back), ...)`` and the positions to leave
     out of the leftovers (a family whose indices run 0..n-1 rebuilds exactly; any other is also kept as it came).
     """
-    found: dict[str, tuple[str, list[tuple[int, str, int]]]] = {}
+    found: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
     for position, key in enumerate(keys):
         if not key.startswith(("gen_ai.", "llm.")) or key in _KEY_INDEX:
             continue
         for column, prefix, infix in MESSAGE_FAMILIES:
-            if column in chosen or not key.startswith(prefix) or found.get(column, (prefix,))[0] != prefix:
-                continue
-            hit = _message_field(key, prefix, infix)
-            if hit is not None:
-                found.setdefault(column, (prefix, []))[1].append((hit[0], hit[1], position))
-    plan, dropped = [], set()
-    for column, (prefix, fields) in found.items():
+            if column not in chosen and key.startswith(prefix):
+                hit = _message_field(key, prefix, infix)
+                if hit is not None:
+                    found.setdefault((column, prefix), []).append((hit[0], hit[1], position))
+    plan, dropped, done = [], set(), set()
+    for column, prefix, _ in MESSAGE_FAMILIES:
+        fields = found.get((column, prefix))
+        if not fields or column in done:
+            continue
+        done.add(column)
         fields.sort(key=itemgetter(0, 2))
         indices = {index for index, _, _ in fields}
         exact = indices == set(range(len(indices))) and len({(i, f) for i, f, _ in fields}) == len(fields)
@@ -412,6 +417,8 @@ class _Plan:
         picks = [chosen[c][1] if c in chosen else (absent_at if c in _PLAN_TEXT else none_at) for c in _PLAN_COLUMNS]
         self.columns = itemgetter(*picks)
         self.messages, dropped = _message_plan(keys, chosen)
+        # the markers are runlake's own notes for attributes_of_row: one a span brings itself is not kept
+        dropped.update(i for i, key in enumerate(keys) if key in _MARKER_KEYS)
         self.usd_cost_at = keys.index(USD_COST) if USD_COST in keys and "cost_cents" not in chosen else None
         leftover_at = [i for i, k in enumerate(keys) if k not in _KEY_INDEX and i not in dropped]
         self.leftover_keys = tuple(keys[i] for i in leftover_at)
@@ -676,7 +683,6 @@ REDACTION_KEEPS = frozenset(
         "traceloop.span.kind",
         "llm.request.type",
         "runlake.runtime.cleared",
-        *MESSAGES_FROM.values(),
     }
 )
 
@@ -705,9 +711,10 @@ def redact_json_text(text: str, redact: Any) -> str:
     return _JSON(structured(parsed) if structured is not None else _redact_strings(parsed, redact))
 
 
-def redact_attribute(key: str, value: Any, redact: Any) -> Any:
-    """One attribute's value (of a span or of an event) cleaned by the rule above."""
-    if key in REDACTION_KEEPS or key == RUNTIME_STATE:
+def redact_attribute(key: str, value: Any, redact: Any, span: bool = True) -> Any:
+    """One attribute's value cleaned by the rule above (``span=False``: of an event, where no runtime-state policy
+    applies, so a ``runlake.runtime.state`` there is redacted like any other value)."""
+    if key in REDACTION_KEEPS or (span and key == RUNTIME_STATE):
         return value
     if key == METADATA and isinstance(value, str):
         return redact_json_text(value, redact) if value else value
@@ -718,14 +725,15 @@ def redact_attribute(key: str, value: Any, redact: Any) -> Any:
     return tuple(cleaned) if isinstance(value, tuple) and isinstance(cleaned, list) else cleaned
 
 
-def redact_attributes(attributes: Mapping[str, Any], redact: Any) -> dict[str, Any]:
+def redact_attributes(attributes: Mapping[str, Any], redact: Any, span: bool = True) -> dict[str, Any]:
     """Attributes cleaned by the rule above (a new dict)."""
-    return {key: redact_attribute(key, value, redact) for key, value in attributes.items()}
+    return {key: redact_attribute(key, value, redact, span) for key, value in attributes.items()}
 
 
 def redact_event(name: str, attributes: Mapping[str, Any] | None, redact: Any) -> tuple[str, dict[str, Any]]:
     """An event's name and attributes cleaned by the rule above."""
-    return (redact(name) if isinstance(name, str) and name else name), redact_attributes(attributes or {}, redact)
+    name = redact(name) if isinstance(name, str) and name else name
+    return name, redact_attributes(attributes or {}, redact, span=False)
 
 
 def run_row(span_row: tuple, aggregate: Sequence[float] | None) -> tuple:
