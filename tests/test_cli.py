@@ -489,6 +489,8 @@ def test_sql_shows_exact_values_time_zones_and_strict_json(lake: Path) -> None:
     raw = cli("sql", query, "--json", "--state-url", lake).stdout
     assert "NaN" not in raw
     assert cli("sql", "SELECT 1", "--max-rows", 2**63 - 1, "--state-url", lake).exit_code == 2
+    fractions = cli("sql", "SELECT '2026-01-01 10:00:00.123456'::TIMESTAMP AS ts", "--state-url", lake)
+    assert "2026-01-01 10:00:00.123456" in fractions.stdout, "times shown exactly, as they compare in a query"
 
 
 def test_stats_window_past_the_calendar_is_a_usage_error(lake: Path) -> None:

@@ -73,7 +73,8 @@ def test_import_otlp_json_lines_with_bad_lines(lake: Path, tmp_path: Path) -> No
     code, out, err = invoke("import", jsonl, "--state-url", lake, "--json")
     assert code == 1, err  # what could be read is imported; the bad lines make it exit 1
     summary = json.loads(out)
-    assert summary == {"files": 1, "lines": 5, "spans": 30 + 9, "rejected_spans": 1, "bad_lines": 1}
+    expected = {"files": 1, "lines": 5, "spans": 30 + 9, "rejected_spans": 1, "bad_lines": 1, "unreadable_files": 0}
+    assert summary == expected
     assert f"{jsonl}:2:" in err and "not valid JSON" in err and f"{jsonl}:3:" in err
     db = runlake.HistoryDB(lake)
     assert db.sql("SELECT count(DISTINCT span_id) FROM spans").fetchall() == [(30,)]
@@ -249,3 +250,23 @@ def test_forward_counts_spans_refused_in_a_partial_success_and_sends_headers_as_
     with _Receiver() as receiver:  # the table output says why
         code, out, _ = invoke("forward", "--endpoint", receiver.url, "--protocol", "http/protobuf", "--state-url", lake)
     assert code == 1 and "refused by the receiver: span 1: end before start" in " ".join(out.split())
+
+
+def test_import_keeps_what_a_truncated_gzip_held_and_names_it(lake: Path, tmp_path: Path) -> None:
+    import gzip
+
+    good = tmp_path / "good.jsonl"
+    exporter = FileSpanExporter(good)
+    exporter.export(make_spans(20, sessions=2))
+    exporter.shutdown()
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(good.read_bytes())[:-20])  # cut before its end
+    garbage = tmp_path / "garbage.gz"
+    garbage.write_bytes(b"\x1f\x8b" + b"not gzip at all" * 10)
+    code, out, err = invoke("import", good, broken, garbage, "--state-url", lake, "--json")
+    summary = json.loads(out)
+    assert code == 1 and summary["unreadable_files"] == 2 and summary["spans"] >= 20, (out, err)
+    assert f"{broken}: cannot be read past line" in err and f"{garbage}: cannot be read" in err
+    assert "Traceback" not in err
+    [(spans,)] = runlake.HistoryDB(lake).sql("SELECT count(DISTINCT span_id) FROM spans").fetchall()
+    assert spans == 20, "the good file's spans are written"

@@ -133,3 +133,42 @@ def test_replay_stops_when_the_endpoint_is_down_and_says_where_to_resume(lake: P
     assert result["stopped"] and result["stopped_at_day"] == first_day
     assert (result["sent"], result["failed"]) == (0, 6)  # three batches of two, then it gave up
     assert time.monotonic() - started < 60
+
+
+def test_replay_resumes_from_the_first_day_not_sent(lake: Path) -> None:
+    """A real OTLP/HTTP receiver that takes the first request and refuses the rest (HTTP 400, not retried): the day
+    to resume from is where the refusals began, not the day it gave up on."""
+    import http.server
+    import threading
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from test_compact import history_lake
+
+    history_lake(lake, days_ago=(4, 3, 2, 1), sessions=1, rounds=1)
+    answers: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answers.append(200 if not answers else 400)
+            self.send_response(answers[-1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{server.server_address[1]}/v1/traces", timeout=5)
+        result = forward(lake, exporter)
+        exporter.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    assert answers == [200, 400, 400, 400]
+    assert result["stopped"] and result["stopped_at_day"] == (today - dt.timedelta(days=3)).isoformat()

@@ -596,7 +596,7 @@ def _sql_cell(value: Any) -> Text:
     if isinstance(value, (int, float, decimal.Decimal)) and not isinstance(value, bool):
         return Text(str(value))  # exact, as it could be pasted back into a query (no rounding, no separators)
     if isinstance(value, dt.datetime):
-        return Text(value.isoformat(sep=" ", timespec="seconds"))
+        return Text(value.isoformat(sep=" "))  # exact: fractions of a second shown when there are any
     return _clip(
         value if isinstance(value, str) else _json_default(value) if not isinstance(value, (list, dict)) else value, 200
     )

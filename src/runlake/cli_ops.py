@@ -265,27 +265,35 @@ def import_files(
     summary = {"files": len(files), "lines": 0, "spans": 0, "rejected_spans": 0, "bad_lines": 0}
     problems: list[str] = []
     total = sum(_content_size(f) for f in files)
-    with _progress() as progress:
-        task = progress.add_task("importing", total=total)
-        for path in files:
-            with _open_lines(path) as stream:
-                for number, line in enumerate(stream, start=1):
-                    progress.advance(task, len(line))
-                    if not line.strip():
-                        continue
-                    summary["lines"] += 1
-                    try:
-                        decoded = decode_request(line, JSON)
-                    except OTLPDecodeError as error:
-                        summary["bad_lines"] += 1
-                        problems.append(f"{path}:{number}: {error}")
-                        continue
-                    summary["rejected_spans"] += decoded.rejected
-                    if decoded.rejected:
-                        problems.append(f"{path}:{number}: {decoded.error_message}")
-                    exporter.export(decoded.spans)
-                    summary["spans"] += len(decoded.spans)
-    exporter.shutdown()
+    summary["unreadable_files"] = 0
+    try:
+        with _progress() as progress:
+            task = progress.add_task("importing", total=total)
+            for path in files:
+                number = 0
+                try:
+                    with _open_lines(path) as stream:
+                        for number, line in enumerate(stream, start=1):
+                            progress.advance(task, len(line))
+                            if not line.strip():
+                                continue
+                            summary["lines"] += 1
+                            try:
+                                decoded = decode_request(line, JSON)
+                            except OTLPDecodeError as error:
+                                summary["bad_lines"] += 1
+                                problems.append(f"{path}:{number}: {error}")
+                                continue
+                            summary["rejected_spans"] += decoded.rejected
+                            if decoded.rejected:
+                                problems.append(f"{path}:{number}: {decoded.error_message}")
+                            exporter.export(decoded.spans)
+                            summary["spans"] += len(decoded.spans)
+                except (OSError, EOFError) as error:  # unreadable, or a truncated / corrupt gzip: keep what was read
+                    summary["unreadable_files"] += 1
+                    problems.append(f"{path}: cannot be read past line {number}: {error or type(error).__name__}")
+    finally:
+        exporter.shutdown()  # what was read is written, whatever stopped the reading
     if exporter.stats["dropped_rows"] or exporter.stats["failing"]:
         fail(f"could not write the lake at {root}: {exporter.stats['failing']}")
     for problem in problems:
@@ -298,7 +306,9 @@ def import_files(
             f"{root.resolve()}; {_count(summary['bad_lines'], 'bad line')} and "
             f"{_count(summary['rejected_spans'], 'invalid span')} skipped."
         )
-    if summary["bad_lines"] or summary["rejected_spans"]:
+    if summary["unreadable_files"] and not as_json:
+        _stdout().print(f"{_count(summary['unreadable_files'], 'file')} could not be read to the end (above).")
+    if summary["bad_lines"] or summary["rejected_spans"] or summary["unreadable_files"]:
         raise typer.Exit(1)
 
 

@@ -186,6 +186,7 @@ def forward(
     resources: dict[tuple, Resource] = {}
     cleared = _tombstones(root, reader, None)
     failing = 0
+    first_failed_day: str | None = None
     for day, rows in _stored_rows(root, session_id, since, until, None, reader):
         finished = []
         for row in rows:
@@ -209,10 +210,12 @@ def forward(
             else:
                 out["failed"] += len(batch)
                 failing += 1
+                if failing == 1:
+                    first_failed_day = day  # where this run of refusals began: the first day not fully sent
             if progress is not None:
                 progress(len(batch))
             if failing >= give_up_after:
-                out["stopped"], out["stopped_at_day"] = True, day
+                out["stopped"], out["stopped_at_day"] = True, first_failed_day
                 out["errors"] = errors
                 return out
     out["errors"] = errors

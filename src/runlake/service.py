@@ -232,6 +232,14 @@ class ExecutionHistoryService:
             }
         return out
 
+    def _traces_with_unnamed_nodes(self, cutoff_ns: int, since_day: str) -> set[str]:
+        """Traces of the window holding a node that names no run."""
+        params: list[Any] = [cutoff_ns]
+        where = "span_type = 'node' AND run_id IS NULL AND start_time_unix_nano >= ?" + self._scope_sql(params, False)
+        lister = self._lister(SPANS, since_day)
+        rows = self._reader.rows("SELECT DISTINCT trace_id FROM {latest}", lister, where=where, where_params=params)
+        return {r["trace_id"] for r in rows}
+
     def _traces_of_several_runs(self, traces: list[str], since_day: str) -> set[str]:
         """Which of ``traces`` hold more than one run (nested runs, a run under another's root)."""
         index = self.db.run_index()
@@ -307,18 +315,26 @@ class ExecutionHistoryService:
             lister = self._lister(RUNS, since_day)
             runs = self._reader.rows(f"SELECT {columns} FROM {{latest}}", lister, where=where, where_params=params)
         run_ids = {r["run_id"] for r in runs if r["run_id"]}
-        traces = {r["trace_id"] for r in runs if r["trace_id"]}
-        shared = self._traces_of_several_runs(sorted(traces), since_day)
-        # a trace whose one run is its root: every node naming no run is that run's (no span tree to walk)
-        whole = sorted({r["trace_id"] for r in runs if r["root"] and r["trace_id"] not in shared})
-        walked = sorted(traces.difference(whole))
-        owned = sorted(self._unnamed_nodes_of(run_ids, walked, since_day)) if walked else []
-        node_params: list[Any] = [params[0], sorted(run_ids), whole, owned]
-        node_where = (
-            "span_type = 'node' AND start_time_unix_nano >= ? AND (list_contains(?, run_id) OR (run_id IS NULL AND "
-            "(list_contains(?, trace_id) OR list_contains(?, trace_id || ':' || span_id))))"
-            f"{self._scope_sql(node_params, users=False)}"
-        )
+        # only traces holding nodes that name no run need more than the run ids (spans of runlake's own API and of
+        # other instrumentations under RunStartProcessor all name theirs): found with one narrow scan
+        unnamed = self._traces_with_unnamed_nodes(params[0], since_day) & {r["trace_id"] for r in runs}
+        whole: list[str] = []
+        owned: list[str] = []
+        if unnamed:
+            shared = self._traces_of_several_runs(sorted(unnamed), since_day)
+            # a trace whose one run is its root: every node naming no run is that run's (no span tree to walk)
+            whole = sorted({r["trace_id"] for r in runs if r["root"] and r["trace_id"] in unnamed} - shared)
+            walked = sorted(unnamed.difference(whole))
+            owned = sorted(self._unnamed_nodes_of(run_ids, walked, since_day)) if walked else []
+        node_params: list[Any] = [params[0], sorted(run_ids)]
+        node_where = "span_type = 'node' AND start_time_unix_nano >= ? AND (list_contains(?, run_id)"
+        if whole:
+            node_where += " OR (run_id IS NULL AND list_contains(?, trace_id))"
+            node_params.append(whole)
+        if owned:
+            node_where += " OR (run_id IS NULL AND list_contains(?, trace_id || ':' || span_id))"
+            node_params.append(owned)
+        node_where += ")" + self._scope_sql(node_params, users=False)
         sql = f"""
             WITH n AS (SELECT * FROM {{latest}})
             SELECT coalesce(node_type, 'unknown') AS node_type,

@@ -358,9 +358,9 @@ class Runtime:
         paths, self._kept = self._kept, []
         try:
             requests, spans = self._replay_segments(paths)
-        except StorageUnavailable as error:  # the lake failed again: keep them all for the next try
+        except Exception as error:  # noqa: BLE001 - the lake failed again, a segment unreadable: keep them all
             self._kept = paths + self._kept
-            _logger.error("runlake: replaying kept ingest log segments stopped: %s", error)
+            _logger.error("runlake: replaying kept ingest log segments stopped (kept for the next try): %s", error)
             return
         self.log.adopt(paths)
         self.replayed_after_outage["segments"] += len(paths)
