@@ -115,6 +115,9 @@ def test_replay_leaves_out_cleared_state_and_counts_spans_in_progress(lake: Path
     finally:
         runlake.shutdown()
     assert (result["in_progress"], result["cleared_states"], result["failed"]) == (1, 2, 0)
+    one = RunlakeSpanExporter(tmp_path / "one", keep_runtime_state=True)
+    assert forward(lake, one, session_id="s-state")["cleared_states"] == 2  # one session: its own tombstones
+    one.shutdown()
     assert "secret plan" not in json.dumps(read_table(copy, "spans").to_pylist())
     with SessionStore(copy) as store:  # the copy reads as the lake does
         assert store.get_runtime_state("s-state", "native") == {"turn-3": {"after": "clear"}}

@@ -132,8 +132,9 @@ def _in_range(files: list[LakeRoot], since: dt.date | None, until: dt.date | Non
     return out
 
 
-def _tombstones(root: LakeRoot, reader: LakeReader, tenant: str | None) -> dict[tuple, int]:
-    """When runtime state was last cleared: ``{(tenant, session, runtime or None): time}`` (None: all runtimes)."""
+def _tombstones(root: LakeRoot, reader: LakeReader, session_id: str | None) -> dict[tuple, int]:
+    """When runtime state was last cleared: ``{(tenant, session, runtime or None): time}`` (None: all runtimes);
+    read from the one session's files when replaying one session, else from every span file."""
     from .sessions import CLEARED, CLEARED_ALL, CLEARED_RUNTIME
 
     sql = f"""
@@ -141,7 +142,14 @@ def _tombstones(root: LakeRoot, reader: LakeReader, tenant: str | None) -> dict[
         FROM (SELECT *, json_extract_string(attributes, '$."{CLEARED}"') AS cleared FROM {{files}}
               WHERE span_type = 'turn' AND record = 'end' AND contains(attributes, '{CLEARED}'))
         WHERE cleared IN ('{CLEARED_ALL}', '{CLEARED_RUNTIME}') GROUP BY ALL"""
-    rows = reader.rows(sql, lambda: table_files(root, SPANS, tenant))
+    if session_id is not None:
+        rows = reader.rows(
+            sql.replace("WHERE span_type", "WHERE session_id = ? AND span_type"),
+            lambda: session_files(root, session_id),
+            [session_id],
+        )
+    else:
+        rows = reader.rows(sql, lambda: table_files(root, SPANS))
     return {
         (r["tenant_id"], r["session_id"], r["runtime_id"] if r["cleared"] == CLEARED_RUNTIME else None): r["ts"]
         for r in rows
@@ -184,7 +192,7 @@ def forward(
     out["stopped"], out["stopped_at_day"] = False, None
     errors: list[str] = []
     resources: dict[tuple, Resource] = {}
-    cleared = _tombstones(root, reader, None)
+    cleared = _tombstones(root, reader, session_id)
     failing = 0
     first_failed_day: str | None = None
     for day, rows in _stored_rows(root, session_id, since, until, None, reader):
