@@ -516,13 +516,13 @@ def test_empty_filters_and_a_file_as_lake_get_honest_messages(lake: Path, tmp_pa
 
 
 def test_sessions_name_the_lakes_other_tenants(lake: Path) -> None:
-    runlake.configure(lake, tenant_id="acme")
+    runlake.configure(lake, tenant_id="acme corp")  # a tenant id its folder name encodes
     with runlake.run("agent", session_id="s-acme"):
         pass
     runlake.shutdown()
     text = " ".join(cli("sessions", "--state-url", lake).stdout.split())
-    assert "No sessions in tenant 'default'. This lake also has tenant(s) 'acme': pass --tenant." in text
-    listed = cli_json("sessions", "--tenant", "acme", "--state-url", lake)
+    assert "No sessions in tenant 'default'. This lake also has tenant(s) 'acme corp': pass --tenant." in text
+    listed = cli_json("sessions", "--tenant", "acme corp", "--state-url", lake)
     assert [s["session_id"] for s in listed] == ["s-acme"]
 
 

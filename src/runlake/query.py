@@ -397,7 +397,6 @@ class LakeReader:
             self._verified.update(_identity(f) for f in files)
 
     @staticmethod
-    @staticmethod
     def _create_view(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, files: list[LakeRoot]) -> None:
         if files and isinstance(files[0], ObjectPath):
             con.register(f"_lake_{table}", object_dataset(files))

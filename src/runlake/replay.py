@@ -135,7 +135,8 @@ def _in_range(files: list[LakeRoot], since: dt.date | None, until: dt.date | Non
 def _tombstones(root: LakeRoot, reader: LakeReader, session_id: str | None) -> dict[tuple, int]:
     """When runtime state was last cleared: ``{(tenant, session, runtime or None): time}`` (None: all runtimes);
     read from the one session's files when replaying one session, else from every span file."""
-    from .sessions import CLEARED, CLEARED_ALL, CLEARED_RUNTIME
+    from opentelemetry.exporter.runlake.mapping import CLEARED_ALL, CLEARED_RUNTIME
+    from opentelemetry.exporter.runlake.mapping import RUNTIME_CLEARED as CLEARED
 
     sql = f"""
         SELECT tenant_id, session_id, runtime_id, cleared, max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS ts

@@ -72,8 +72,8 @@ _logger = logging.getLogger(__name__)
 DEFAULT_MAX_TURN_BYTES = 1024  # PraisonAI's guidance: <= 1 KB per turn ...
 DEFAULT_MAX_RUNTIME_BYTES = 10 * 1024  # ... and <= 10 KB per runtime
 MAX_ID_CHARS = 1024
-CLEARED = "runlake.runtime.cleared"  # tombstone marker: "runtime" (the one in runlake.runtime.id) or "all"
-CLEARED_RUNTIME, CLEARED_ALL = "runtime", "all"
+CLEARED = m.RUNTIME_CLEARED  # tombstone marker: "runtime" (the one in runlake.runtime.id) or "all"
+CLEARED_RUNTIME, CLEARED_ALL = m.CLEARED_RUNTIME, m.CLEARED_ALL
 _TRACER = "runlake.sessions"
 OPTIONS = ("max_turn_state_bytes", "max_runtime_state_bytes", "redact_runtime_state", "redact")
 

@@ -41,9 +41,9 @@ from opentelemetry.exporter.runlake.layout import (
     counts_in_name,
     day_dirs,
     day_files,
-    encode_partition_value,
     is_compacted,
     remove_dir,
+    ttl_subdirs,
 )
 from opentelemetry.exporter.runlake.writer import read_part_counts
 
@@ -291,25 +291,7 @@ _worker: threading.Thread | None = None
 
 def _leftovers(root: Path, tenant: str | None) -> list[Path]:
     """Hidden folders of earlier calls that were not deleted (the process ended first, or a delete failed)."""
-    found = []
-    for table in (RUNS, SPANS):
-        base = root / table
-        if tenant is not None:
-            tenant_dirs = [base / f"tenant={encode_partition_value(tenant)}"]
-        else:
-            tenant_dirs = _subfolders(base, "tenant=")
-        for tenant_dir in tenant_dirs:
-            for ttl_dir in _subfolders(tenant_dir, "ttl="):
-                found.extend(_subfolders(ttl_dir, EXPIRED_PREFIX))
-    return found
-
-
-def _subfolders(folder: Path, prefix: str) -> list[Path]:
-    try:
-        with os.scandir(folder) as entries:
-            return [Path(e.path) for e in entries if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return [folder for table in (RUNS, SPANS) for folder in ttl_subdirs(root, table, tenant, EXPIRED_PREFIX)]
 
 
 def _schedule(folders: list[Path]) -> None:

@@ -469,8 +469,33 @@ def data_files(folder: LakeRoot) -> list[LakeRoot]:
 
 
 def tenants(root: LakeRoot, table: str) -> list[str]:
-    """Encoded tenant folder names present for a table."""
-    return sorted(name for name, _ in _subdirs(root / table, "tenant="))
+    """The tenants a table holds folders for, as their ids (a hashed long id: its folder name)."""
+    return sorted(
+        (decoded if decoded is not None else name)
+        for name, _ in _subdirs(root / table, "tenant=")
+        for decoded in [decode_partition_value(name)]
+    )
+
+
+def _ttl_of(text: str) -> int | None:
+    """The days of a ``ttl=`` folder name as writers make it (ASCII digits), else None: not a lake folder."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def ttl_subdirs(root: Path, table: str, tenant: str | None, prefix: str) -> list[Path]:
+    """Folders named ``prefix...`` beside the day folders (``<table>/tenant=*/ttl=*/``) of a local lake: where TTL
+    parks expired days before deleting them."""
+    base = root / table
+    if tenant is not None:
+        tenant_dirs: list[LakeRoot] = [base / f"tenant={encode_partition_value(tenant)}"]
+    else:
+        tenant_dirs = [path for _, path in _subdirs(base, "tenant=")]
+    return [
+        path  # type: ignore[misc]
+        for tenant_dir in tenant_dirs
+        for _, ttl_dir in _subdirs(tenant_dir, "ttl=")
+        for _, path in _subdirs(ttl_dir, prefix)
+    ]
 
 
 def day_dirs(
@@ -493,9 +518,8 @@ def day_dirs(
         tenant_dirs = _subdirs(base, "tenant=")
     for enc_tenant, tenant_dir in tenant_dirs:
         for ttl_text, ttl_dir in _subdirs(tenant_dir, "ttl="):
-            try:
-                ttl = int(ttl_text)
-            except ValueError:
+            ttl = _ttl_of(ttl_text)
+            if ttl is None:
                 continue
             for day, day_dir in _subdirs(ttl_dir, "day="):
                 if (since and day < since) or (until and day > until):
@@ -611,7 +635,7 @@ class CachedListing:
         files: list[LakeRoot] = []
         for _, tenant_dir in tenant_dirs:
             for ttl_text, ttl_dir in self._dirs(tenant_dir, "ttl="):
-                if not ttl_text.isdigit():
+                if _ttl_of(ttl_text) is None:
                     continue
                 for day, day_dir in self._dirs(ttl_dir, "day="):
                     if (since and day < since) or (until and day > until):
@@ -641,7 +665,7 @@ class CachedListing:
         folders: dict[str, None] = {}
         for tenant_dir in tenant_dirs:
             for ttl_text, ttl_dir in self._dirs(tenant_dir, "ttl="):
-                if not ttl_text.isdigit():
+                if _ttl_of(ttl_text) is None:
                     continue
                 for day, day_dir in self._dirs(ttl_dir, "day="):
                     for folder_name, days in wanted:

@@ -32,6 +32,8 @@ NODE_TYPE = "runlake.node.type"
 TURN_ID = "runlake.turn.id"
 RUNTIME_ID = "runlake.runtime.id"
 RUNTIME_STATE = "runlake.runtime.state"
+RUNTIME_CLEARED = "runlake.runtime.cleared"  # a tombstone turn: "runtime" (the one it names) or "all" cleared
+CLEARED_RUNTIME, CLEARED_ALL = "runtime", "all"
 COST_CENTS = "runlake.cost.cents"
 METADATA = "runlake.metadata"
 
@@ -682,7 +684,7 @@ REDACTION_KEEPS = frozenset(
         "openinference.span.kind",
         "traceloop.span.kind",
         "llm.request.type",
-        "runlake.runtime.cleared",
+        RUNTIME_CLEARED,
     }
 )
 
