@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -299,10 +299,11 @@ class CodexOSStore:
 
     def get_history(self, agent: str, skip: int = 0, limit: int = 20) -> list[dict]:
         rows = self.rows(
+            # the page first (idx_executions_flow_id), then the node count of its runs only
             "SELECT e.id, e.status, e.started_at, e.completed_at, e.input_data, e.output_data, e.tokens_used, "
             "e.cost_cents, (SELECT count(*) FROM execution_nodes n WHERE n.execution_id = e.id "
-            "AND n.node_type != 'turn') FROM executions e WHERE e.flow_id = ? "
-            "ORDER BY e.started_at DESC, e.id LIMIT ? OFFSET ?",
+            "AND n.node_type != 'turn') FROM (SELECT * FROM executions WHERE flow_id = ? "
+            "ORDER BY started_at DESC, id LIMIT ? OFFSET ?) e ORDER BY e.started_at DESC, e.id",
             (agent, limit, skip),
         )
         return [
@@ -506,16 +507,16 @@ class PraisonKV:
         runs.sort(key=lambda r: r.get("started_at", 0), reverse=True)
         return runs if limit is None else runs[: max(limit, 0)]
 
-    def _all(self, prefix: str) -> list[dict]:
-        out = []
+    def _all(self, prefix: str) -> Iterator[dict]:
+        """Every record under ``prefix``, one at a time (a prefix scan of keys, then ``get`` per key, as a
+        PraisonAI store is read; never all of them in memory at once)."""
         for k in self.scan_prefix(prefix):
             data = self.get(k)
             if isinstance(data, dict):
-                out.append(data)
-        return out
+                yield data
 
     def get_traces(self, session_id: str | None = None, user_id: str | None = None, limit: int | None = None) -> list:
-        traces = self._all("trace:")
+        traces = list(self._all("trace:"))
         if session_id is not None:
             traces = [t for t in traces if t.get("session_id") == session_id]
         if user_id is not None:
