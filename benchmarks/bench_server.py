@@ -148,7 +148,20 @@ def wait_for_checkpoint(lake: Path, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def read_latencies(server: Server, key: str, requests: int) -> list[list[str]]:
+def read_latencies(server: Server, key: str, requests: int, lake: Path) -> list[list[str]]:
+    """p50 / p95 of each endpoint over HTTP, beside the same call on ``HistoryDB`` / the service in this process
+    (the baseline: what the HTTP layer adds is the ratio)."""
+    from runlake import ExecutionHistoryService, HistoryDB
+
+    db = HistoryDB(lake)
+    service = ExecutionHistoryService(db)
+    direct = {
+        "/api/v1/agents/history": lambda p: db.get_history(agent_id=p.get("agent_id"), limit=p["limit"]),
+        "/api/v1/agents/logs": lambda p: db.get_logs(p["run_id"]),
+        "/api/v1/runs": lambda p: db.get_runs(p["session_id"]),
+        "/api/v1/traces": lambda p: db.get_traces(session_id=p["session_id"]),
+        "/api/v1/agents/stats": lambda p: service.statistics(user_id=p["user_id"]),
+    }
     rng = random.Random(3)
     rows = []
     with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
@@ -169,16 +182,20 @@ def read_latencies(server: Server, key: str, requests: int) -> list[list[str]]:
             "GET /api/v1/agents/stats?user_id=..": lambda: ("/api/v1/agents/stats", {"user_id": rng.choice(users)}),
         }
         for name, make in cases.items():
-            times = []
+            times, local = [], []
             for _ in range(requests):
                 path, params = make()
                 started = time.perf_counter()
                 response = http.get(path, params=params)
                 times.append(time.perf_counter() - started)
                 assert response.status_code == 200, (path, response.text)
+                started = time.perf_counter()
+                direct[path](params)
+                local.append(time.perf_counter() - started)
             times.sort()
             p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-            rows.append([name, fmt_time(statistics.median(times)), fmt_time(p95)])
+            p50, base = statistics.median(times), statistics.median(local)
+            rows.append([name, fmt_time(p50), fmt_time(p95), fmt_time(base), f"{p50 / base:.2f}×"])
     return rows
 
 
@@ -199,9 +216,12 @@ def main() -> None:
     rows = []
     latency_rows: list[list[str]] = []
     try:
+        baseline = None  # spans/s of the in-process exporter: the ratio column's 1.00×
         for label, flush_each in (("in-process exporter (age flush)", False), ("in-process, force_flush/batch", True)):
             elapsed, files = bench_in_process(batches, work / f"inproc-{flush_each}", flush_each)
-            rows.append([label, "1", f"{n / elapsed:,.0f}", fmt_time(elapsed), str(files), "-"])
+            baseline = baseline or n / elapsed
+            rows.append([label, "1", f"{n / elapsed:,.0f}", f"{n / elapsed / baseline:.2f}×", fmt_time(elapsed)])
+            rows[-1] += [str(files), "-"]
         for durability in ("log", "sync", "buffered"):
             for style in ("OTLPSpanExporter", "pre-encoded httpx"):
                 lake = work / f"lake-{durability}-{style.split()[0]}"
@@ -214,30 +234,32 @@ def main() -> None:
                     if durability == "log" and style == "OTLPSpanExporter":
                         wait_for_checkpoint(lake)
                         print("measuring read latency ...", file=sys.stderr, flush=True)
-                        latency_rows = read_latencies(server, key, args.requests)
+                        latency_rows = read_latencies(server, key, args.requests, lake)
                     rss = peak_rss(server.proc.pid)
                 finally:
                     server.stop()
                 files = parquet_files(lake)
                 rows.append(
                     [f"serve --durability {durability}, {style}", str(args.clients), f"{n / elapsed:,.0f}"]
-                    + [fmt_time(elapsed), str(files), mb(rss)]
+                    + [f"{n / elapsed / baseline:.2f}×", fmt_time(elapsed), str(files), mb(rss)]
                 )
         print_table(
             f"OTLP ingest throughput ({n} spans, {len(batches)} requests)",
-            ["path", "clients", "spans/s", "time", "part files", "server peak RSS"],
+            ["path", "clients", "spans/s", "vs in-process", "time", "part files", "server peak RSS"],
             rows,
             [
                 "log (default): a 200 means the request is in the ingest log (replayed after a crash); part files",
                 "  are written every --flush-interval-s (2 s). sync: a 200 means the spans are in part files",
                 "  (group commit across concurrent requests). buffered: a 200 means buffered in memory only.",
                 "OTLPSpanExporter rows include the clients' own protobuf encoding, in this same process.",
+                "vs in-process = spans/s ÷ the in-process exporter's (age flush), measured in this run.",
             ],
         )
         print_table(
             f"read latency on the log-mode lake ({args.requests} requests each, sequential)",
-            ["endpoint", "p50", "p95"],
+            ["endpoint", "p50", "p95", "in-process p50", "HTTP ÷ in-process"],
             latency_rows,
+            ["in-process = the same call on HistoryDB / ExecutionHistoryService in this process, same parameters."],
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
