@@ -966,7 +966,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="agent runs (default 100,000; --quick 3,000); ~11 spans each")
     p.add_argument("--days", type=int, default=30, help="days of history, ending yesterday (UTC) (default 30)")
     p.add_argument("--reps", type=int, help="timed repetitions per query, varied parameters (default 20; --quick 5)")
-    p.add_argument("--budget", type=float, help="seconds per slow case; fewer reps (≥ 3) past it (default 20)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="seconds per slow case: fewer reps (≥ 3) once warm-up × reps passes it, one call past half of it "
+        "(default 20; --quick 2)",
+    )
     p.add_argument("--concurrency", type=int, default=512, help="sessions in flight at the ingest server (512)")
     p.add_argument(
         "--ingest-rate",
