@@ -22,6 +22,7 @@ from opentelemetry.exporter.runlake.layout import (
     LakeRoot,
     day_dirs,
     day_of,
+    day_of_file,
     resolve_lake,
     sessions_files,
     table_files,
@@ -68,11 +69,6 @@ def _json_object(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {"value": text}
     return value if isinstance(value, dict) else {"value": value}
-
-
-def _day(file: LakeRoot) -> str:
-    """The ``YYYY-MM-DD`` of a ``runs/`` part file's day folder."""
-    return file.parent.name.removeprefix("day=")
 
 
 def _codexos_status(row: dict[str, Any]) -> str:
@@ -261,7 +257,7 @@ class HistoryDB:
         files = listing.table_files(self.root, RUNS, self.tenant_id) + listing.table_files(
             self.root, SPANS, self.tenant_id
         )
-        files.sort(key=lambda f: _day(f.parent if f.parent.name.startswith("session=") else f), reverse=True)
+        files.sort(key=day_of_file, reverse=True)
         return self._reader.warm(files)
 
     def run_index(self) -> RunIndex | None:
@@ -289,7 +285,7 @@ class HistoryDB:
                 found = listing.table_files(self.root, RUNS, tenant, since, until)
             else:
                 found = table_files(self.root, RUNS, tenant, since, until)
-            return [f for f in found if _day(f) in days]
+            return [f for f in found if day_of_file(f) in days]
 
         return files
 

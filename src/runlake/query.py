@@ -29,10 +29,12 @@ from opentelemetry.exporter.runlake.layout import (
     SPANS,
     LakeRoot,
     ObjectPath,
+    day_folder_of,
     is_compacted,
     is_missing,
     storable_text,
     table_files,
+    table_of_file,
 )
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA, SPANS_SCHEMA
 
@@ -70,8 +72,7 @@ _LATEST_OF_PART = (
 
 def _day_group(file: LakeRoot) -> str:
     """The day folder a part file belongs to: the scope within which one span's rows are found."""
-    parent = file.parent
-    return str(parent.parent if parent.name.startswith("session=") else parent)
+    return str(day_folder_of(file))
 
 
 def split_clean(files: Sequence[LakeRoot]) -> tuple[list[LakeRoot], list[LakeRoot]]:
@@ -438,10 +439,8 @@ _MAX_VERIFIED = 500_000  # object-store files known readable (path, size, mtime)
 
 def _table_schema_of(path: str) -> pa.Schema | None:
     """The schema of the table a part file belongs to, from its path (``<root>/spans/tenant=…/…``)."""
-    for table, schema in _SCHEMAS.items():
-        if f"/{table}/tenant=" in path or f"\\{table}\\tenant=" in path:
-            return schema
-    return None
+    table = table_of_file(path)
+    return _SCHEMAS.get(table) if table is not None else None
 
 
 def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:

@@ -13,7 +13,15 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from opentelemetry.exporter.runlake.layout import SPANS, LakeRoot, day_dirs, day_files, session_files, table_files
+from opentelemetry.exporter.runlake.layout import (
+    SPANS,
+    LakeRoot,
+    day_dirs,
+    day_files,
+    day_of_file,
+    session_files,
+    table_files,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -125,7 +133,7 @@ def _iso(day: dt.date | None) -> str | None:
 def _in_range(files: list[LakeRoot], since: dt.date | None, until: dt.date | None) -> list[LakeRoot]:
     out = []
     for f in files:
-        day = next((p[4:] for p in f.parts if p.startswith("day=")), "")
+        day = day_of_file(f)
         if (since and day < since.isoformat()) or (until and day > until.isoformat()):
             continue
         out.append(f)

@@ -37,11 +37,11 @@ from opentelemetry.exporter.runlake.layout import (
     LakeRoot,
     data_files,
     day_dirs,
-    decode_partition_value,
     mixed_dir,
     resolve_state_url,
     session_dirs,
     session_files,
+    session_of_folder,
     table_files,
 )
 from opentelemetry.exporter.runlake.mapping import SPANS_SCHEMA
@@ -911,7 +911,7 @@ class SessionStore:
         for _, _, _, day_dir in day_dirs(self.root, SPANS, self.tenant_id):
             mixed += data_files(mixed_dir(day_dir))
             for folder in session_dirs(day_dir):
-                session_id = decode_partition_value(folder.name[len("session=") :])
+                session_id = session_of_folder(folder)
                 if session_id is None:  # a hashed long id: its rows name it
                     session_id = self._session_in(folder)
                 if not session_id:

@@ -468,6 +468,31 @@ def data_files(folder: LakeRoot) -> list[LakeRoot]:
     return [folder / n for n in names]
 
 
+def day_folder_of(file: LakeRoot) -> LakeRoot:
+    """The ``day=`` folder a part file lies in: its own folder (``runs/``) or its session folder's (``spans/``)."""
+    parent = file.parent
+    return parent.parent if parent.name.startswith("session=") else parent
+
+
+def day_of_file(file: LakeRoot) -> str:
+    """The ``YYYY-MM-DD`` of the day folder a part file lies in ("" where it lies in none)."""
+    name = day_folder_of(file).name
+    return name[len("day=") :] if name.startswith("day=") else ""
+
+
+def session_of_folder(folder: LakeRoot) -> str | None:
+    """The session id a ``session=`` folder is named for; None for a hashed long id (its rows name it)."""
+    return decode_partition_value(folder.name[len("session=") :])
+
+
+def table_of_file(path: str) -> str | None:
+    """Which table (``spans`` or ``runs``) a part file's path lies in, else None."""
+    for table in TABLES:
+        if f"/{table}/tenant=" in path or f"\\{table}\\tenant=" in path:
+            return table
+    return None
+
+
 def tenants(root: LakeRoot, table: str) -> list[str]:
     """The tenants a table holds folders for, as their ids (a hashed long id: its folder name)."""
     return sorted(
