@@ -81,24 +81,26 @@ app = typer.Typer(
 _PRECEDENCE = (
     "Precedence: --state-url if given, else $RUNLAKE_STATE_URL, else $PRAISONAI_STATE_URL, else ./runlake-data."
 )
-StateUrl = Annotated[  # commands that need a local folder (demo, sessions, import)
-    str,
-    typer.Option(
+
+
+def _state_url_option(metavar: str, what: str) -> Any:
+    """``--state-url`` with the environment variables runlake reads, saying what kind of lake the command takes."""
+    return typer.Option(
         "--state-url",
         envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
         show_envvar=True,
-        metavar="PATH|file://URL",
-        help=f"Lake folder (or file:// URL). {_PRECEDENCE}",
-    ),
-]
-RemoteStateUrl = Annotated[  # commands that take an s3:// lake too (open_db, _lake_root(..., remote_ok=True))
+        metavar=metavar,
+        help=f"{what} {_PRECEDENCE}",
+    )
+
+
+# commands that need a local folder (demo, sessions, import)
+StateUrl = Annotated[str, _state_url_option("PATH|file://URL", "Lake folder (or file:// URL).")]
+# commands that take an s3:// lake too (open_db, _lake_root(..., remote_ok=True))
+RemoteStateUrl = Annotated[
     str,
-    typer.Option(
-        "--state-url",
-        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
-        show_envvar=True,
-        metavar="PATH|file://URL|s3://BUCKET/PREFIX",
-        help=f"Lake folder, file:// URL, or s3://bucket/prefix (S3 or S3-compatible). {_PRECEDENCE}",
+    _state_url_option(
+        "PATH|file://URL|s3://BUCKET/PREFIX", "Lake folder, file:// URL, or s3://bucket/prefix (S3 or S3-compatible)."
     ),
 ]
 AsJson = Annotated[
