@@ -152,6 +152,24 @@ def test_traces_with_limit_equal_the_old_queries(lake: Path, lake_ids: dict, ind
             assert all(t["spans"] for t in fast)
 
 
+def test_runs_and_user_traces_through_the_index_equal_the_files_in_every_scope(lake: Path, lake_ids: dict) -> None:
+    """get_runs takes its rows from the in-memory index and reads only their text; get_traces(user) picks the
+    user's runs by a per-user map: both give the answers of the on-disk path, in every scope, with limits."""
+    in_memory, on_disk = HistoryDB(lake), HistoryDB(lake, index_max_rows=0)
+    pairs = [(in_memory, on_disk)]
+    for scope in ({"tenant_id": "other"}, {"user_id": "user-1"}, {"tenant_id": "other", "user_id": "user-0"}):
+        pairs.append((in_memory.scoped(**scope), on_disk.scoped(**scope)))
+    for fast, reference in pairs:
+        for session in [f"session-{i}" for i in range(7)] + ["open", "nobody"]:
+            for limit in (None, 1, 2):
+                assert fast.get_runs(session, limit) == reference.get_runs(session, limit), (session, limit)
+        for user in (None, "user-0", "user-1", "user-2", "nobody"):
+            for limit in (1, 4, 100):
+                got, want = fast.get_traces(user_id=user, limit=limit), reference.get_traces(user_id=user, limit=limit)
+                assert sorted(got, key=_key) == sorted(want, key=_key), (fast.tenant_id, fast.user_id, user, limit)
+    assert any(r["input_content"] and r["output_content"] for r in in_memory.get_runs("session-1"))
+
+
 @pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])
 def test_find_run_and_logs_through_the_index(lake: Path, lake_ids: dict, index_rows: int) -> None:
     db = HistoryDB(lake, index_max_rows=index_rows)

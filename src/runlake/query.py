@@ -294,6 +294,9 @@ class LakeReader:
         if not files or isinstance(files[0], ObjectPath) or split_clean(files)[1]:
             return None if files else []
         wanted = sorted(set(sessions))
+        session_set = pa.array(wanted, pa.string())
+        also_set = None if also is None else pa.array(list(also[1]), pa.string())
+        in_sessions = set(wanted)
         out: list[dict[str, Any]] = []
         try:
             for file in files:
@@ -309,12 +312,13 @@ class LakeReader:
                 # pre_buffer off: a few row groups of a local file read straight, not coalesced (~10% faster here)
                 reader = pq.ParquetFile(str(file), metadata=metadata, pre_buffer=False)
                 table = reader.read_row_groups(groups, columns=list(columns))
-                keep = pc.is_in(table.column("session_id"), value_set=pa.array(wanted, pa.string()))
+                if also is not None:  # the narrower test first (a few traces), then the sessions on what is left
+                    rows = table.filter(pc.is_in(table.column(also[0]), value_set=also_set)).to_pylist()
+                    out.extend(r for r in rows if (r["session_id"] or "") in in_sessions)
+                    continue
+                keep = pc.is_in(table.column("session_id"), value_set=session_set)
                 if wanted[0] == "" and table.column("session_id").null_count:  # sorted: "" comes first
                     keep = pc.or_kleene(keep, pc.is_null(table.column("session_id")))
-                if also is not None:
-                    column, values = also
-                    keep = pc.and_(keep, pc.is_in(table.column(column), value_set=pa.array(list(values), pa.string())))
                 out.extend(table.filter(keep).to_pylist())
         except (OSError, KeyError, ValueError, pa.ArrowException):
             return None  # vanished, broken or of another schema: DuckDB's path handles each of those
