@@ -1,0 +1,30 @@
+"""The write side does not load the read side: an instrumented application that imports runlake to write spans
+does not pay for DuckDB (about 0.1 s and tens of MB), yet ``runlake.HistoryDB`` and friends work as before."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_runlake_does_not_load_duckdb() -> None:
+    assert _run("import sys, runlake; print('duckdb' in sys.modules)") == "False"
+
+
+def test_the_read_side_names_resolve_on_first_use() -> None:
+    out = _run(
+        "import runlake; from runlake import SessionStore; "
+        "print(runlake.HistoryDB.__module__, runlake.ExecutionHistoryService.__module__, SessionStore.__module__, "
+        "'HistoryDB' in dir(runlake))"
+    )
+    assert out == "runlake.history runlake.service runlake.sessions True"
+    missing = subprocess.run(
+        [sys.executable, "-c", "import runlake; runlake.NoSuchThing"], capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode != 0 and "has no attribute 'NoSuchThing'" in missing.stderr
