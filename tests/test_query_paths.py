@@ -170,6 +170,30 @@ def test_runs_and_user_traces_through_the_index_equal_the_files_in_every_scope(l
     assert any(r["input_content"] and r["output_content"] for r in in_memory.get_runs("session-1"))
 
 
+def test_traces_of_many_nested_runs_fill_the_limit_without_the_index(lake: Path) -> None:
+    """Without the in-memory index get_traces(limit) reads only the newest runs; traces of 12 runs each need more
+    than the first window (4 x limit + 50 runs) to find `limit` traces."""
+    runlake.configure(lake)
+    try:
+        for t in range(15):
+            with shifted_clock(-3600 * (15 - t), frozen=True) as advance:
+                with runlake.run("planner", f"s-{t}", user_id="u") as root:
+                    for k in range(11):
+                        advance(1)
+                        with runlake.run(f"worker-{k}", f"s-{t}", user_id="u"):
+                            with runlake.node("step", type="tool"):
+                                advance(0.1)
+                    root.set_output(f"plan {t}")
+    finally:
+        runlake.shutdown()
+    in_memory, on_disk = HistoryDB(lake), HistoryDB(lake, index_max_rows=0)
+    for limit in (1, 10, 15, 20):
+        got = on_disk.get_traces(user_id="u", limit=limit)
+        assert len(got) == min(limit, 15), limit
+        assert got == in_memory.get_traces(user_id="u", limit=limit)
+        assert all(t["agent_name"] == "planner" and len(t["spans"]) == 23 for t in got)
+
+
 @pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])
 def test_find_run_and_logs_through_the_index(lake: Path, lake_ids: dict, index_rows: int) -> None:
     db = HistoryDB(lake, index_max_rows=index_rows)

@@ -487,18 +487,35 @@ class HistoryDB:
                 if user_id is not None and equal.setdefault("user_id", user_id) != user_id:
                     return []  # another user than the scope's
                 runs = index.newest(equal, 0, None if limit is None else int(limit), roots_only=True)
-            else:  # each trace once, by its first run in scope; newest first
-                if limit is not None:  # a trace's first run may lie past the newest `limit` runs: look further
-                    runs = self._newest_index_rows(where, params, order, 0, 4 * int(limit) + 50)
-                else:
-                    runs = self._index_rows(where, params, order)
-                first: dict[str, dict[str, Any]] = {}
-                for run in runs:  # newest first: the last one seen of a trace started first
-                    first[run["trace_id"]] = run
-                runs = sorted(first.values(), key=lambda r: (r["start_time_unix_nano"], r["run_id"]), reverse=True)
-                runs = runs if limit is None else runs[: int(limit)]
+            else:
+                runs = self._first_runs_of_newest_traces(where, params, order, limit)
         spans_by_trace = self._spans_of(runs, index)
         return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
+
+    def _first_runs_of_newest_traces(
+        self, where: str, params: list[Any], order: str, limit: int | None
+    ) -> list[dict[str, Any]]:
+        """Without the in-memory index: each trace once, by its first run in scope, newest first.
+
+        With a limit only the newest runs are read, a window that grows (x4) until it holds ``limit`` traces besides
+        the oldest one it reaches (whose first run may lie past the window) or the whole index: traces of many
+        nested runs take many runs each. A trace whose earlier runs started before every run of the window is
+        described by its first run within it.
+        """
+        window = None if limit is None else 4 * int(limit) + 50
+        while True:
+            if window is None:
+                runs = self._index_rows(where, params, order)
+            else:
+                runs = self._newest_index_rows(where, params, order, 0, window)
+            first: dict[str, dict[str, Any]] = {}
+            for run in runs:  # newest first: the last one seen of a trace started first
+                first[run["trace_id"]] = run
+            if window is None or len(runs) < window or len(first) > int(limit):
+                break
+            window *= 4
+        runs = sorted(first.values(), key=lambda r: (r["start_time_unix_nano"], r["run_id"]), reverse=True)
+        return runs if limit is None else runs[: int(limit)]
 
     def _session_root_runs(self, session_id: str, user_id: str | None, limit: int | None) -> list[dict]:
         days, tenant = self._session_days(session_id)
