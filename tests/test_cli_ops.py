@@ -252,6 +252,66 @@ def test_forward_counts_spans_refused_in_a_partial_success_and_sends_headers_as_
     assert code == 1 and "refused by the receiver: span 1: end before start" in " ".join(out.split())
 
 
+class _GrpcReceiver:
+    """A real OTLP/gRPC receiver (grpcio's server on 127.0.0.1) answering every request with a
+    ``partial_success`` that refuses one span."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTracePartialSuccess,
+            ExportTraceServiceResponse,
+        )
+
+        receiver = self
+        self.spans = 0
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):  # noqa: ANN001, ANN202, ARG002, N802 - the gRPC method
+                receiver.spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+                refusal = ExportTracePartialSuccess(rejected_spans=1, error_message="span 1: end before start")
+                return ExportTraceServiceResponse(partial_success=refusal)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.url = f"http://127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+    def __enter__(self) -> _GrpcReceiver:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=None).wait(10)
+
+
+def test_forward_over_grpc_counts_spans_refused_in_a_partial_success(lake: Path) -> None:
+    small_parts_lake(lake, spans=10, sessions=1, batches=1)
+    with _GrpcReceiver() as receiver:
+        code, out, _ = invoke(
+            "forward", "--endpoint", receiver.url, "--protocol", "grpc", "--state-url", lake, "--json"
+        )
+    result = json.loads(out)
+    assert code == 1 and receiver.spans == 10
+    assert (result["sent"], result["failed"], result["rejected"]) == (9, 1, 1)
+    assert result["errors"] == ["span 1: end before start"]
+
+
+def test_live_forwarding_over_grpc_counts_refused_spans(lake: Path) -> None:
+    import runlake
+
+    with _GrpcReceiver() as receiver:
+        runlake.configure(lake, otlp_endpoint=receiver.url, otlp_protocol="grpc")
+        with runlake.run("agent", "s-1"):
+            with runlake.node("step"):
+                pass
+        runlake.shutdown()
+    stats = runlake.forwarding_stats()
+    assert receiver.spans == 2 and stats["rejected"] == 1, stats
+
+
 def test_import_keeps_what_a_truncated_gzip_held_and_names_it(lake: Path, tmp_path: Path) -> None:
     import gzip
 

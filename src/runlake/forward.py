@@ -83,8 +83,9 @@ def exports_otlp(provider: Any) -> bool:
 
 
 class PartialSuccess:
-    """What OTLP/HTTP receivers refused inside accepted requests (``partial_success``), which the stock exporter does
-    not look at: read from each response by a hook on the ``requests`` session the exporter is given."""
+    """What OTLP receivers refused inside accepted requests (``partial_success``), which the stock exporters do not
+    look at: read from each HTTP response by a hook on the ``requests`` session the exporter is given, and from each
+    gRPC reply by a stub that wraps the exporter's (``watch_grpc``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -107,10 +108,39 @@ class PartialSuccess:
             partial = ExportTraceServiceResponse.FromString(response.content).partial_success
         except Exception:  # noqa: BLE001 - a receiver that answers something else: nothing to learn
             return
+        self._note(partial)
+
+    def _note(self, partial: Any) -> None:
         if partial.rejected_spans or partial.error_message:
             with self._lock:
                 self._rejected += partial.rejected_spans
                 self._message = partial.error_message or self._message
+
+    def watch_grpc(self, exporter: Any) -> bool:
+        """Read ``partial_success`` from the gRPC exporter's replies: its stub (and the factory it uses to make a new
+        one when it reconnects) is wrapped. These are the SDK exporter's private attributes; where they are not
+        there, nothing is counted (False) and the exporter works as it is."""
+        make_stub = getattr(exporter, "_stub", None)
+        channel = getattr(exporter, "_channel", None)
+        if make_stub is None or channel is None or getattr(exporter, "_client", None) is None:
+            return False
+        watcher = self
+
+        class WatchedStub:
+            def __init__(self, channel: Any) -> None:
+                self._stub = make_stub(channel)
+
+            def Export(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 - the gRPC method's name
+                reply = self._stub.Export(*args, **kwargs)
+                try:
+                    watcher._note(reply.partial_success)
+                except Exception:  # noqa: BLE001 - a reply of another shape: nothing to learn
+                    pass
+                return reply
+
+        exporter._stub = WatchedStub
+        exporter._client = WatchedStub(channel)
+        return True
 
     def take(self) -> tuple[int, str | None]:
         """Spans rejected and the last message since the previous call."""
@@ -123,18 +153,20 @@ class PartialSuccess:
 def build_otlp_exporter(
     endpoint: str, protocol: str, headers: Mapping[str, str], timeout_s: float, partial: PartialSuccess | None = None
 ) -> SpanExporter:
-    """The stock OTLP span exporter for the protocol; ``partial`` learns of partially refused requests (HTTP only:
-    the gRPC exporter keeps its replies to itself)."""
+    """The stock OTLP span exporter for the protocol; ``partial`` learns of partially refused requests."""
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
         parsed = urlparse(endpoint)
-        return GrpcExporter(
+        exporter = GrpcExporter(
             endpoint=endpoint,
             insecure=parsed.scheme == "http",
             headers=dict(headers) or None,
             timeout=timeout_s,
         )
+        if partial is not None:
+            partial.watch_grpc(exporter)
+        return exporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
     session = partial.session() if partial is not None else None
