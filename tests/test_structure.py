@@ -74,6 +74,14 @@ def test_runlake_modules_import_each_other_without_cycles() -> None:
     assert cycles(import_graph()) == []
 
 
+def test_the_http_layer_does_not_import_the_command_line() -> None:
+    """``runlake.server`` works without the CLI: shared defaults live with the lake layout, not in ``runlake.cli``."""
+    graph = import_graph()
+    for name, imported in graph.items():
+        if name == "runlake.server" or name.startswith("runlake.server."):
+            assert not {"runlake.cli", "runlake.cli_ops"} & imported, name
+
+
 def test_instrument_imports_the_state_policy_at_module_level() -> None:
     graph = import_graph()
     assert "runlake.sessions" not in graph["runlake.instrument"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
+from opentelemetry.exporter.runlake.layout import DEFAULT_STATE_URL, STATE_URL_ENV, STATE_URL_ENVS
 from rich.console import Console
 from rich.panel import Panel
 from rich.rule import Rule
@@ -55,9 +56,6 @@ __all__ = [
     "open_db",
     "print_json",
 ]
-
-STATE_URL_ENV = "RUNLAKE_STATE_URL"
-DEFAULT_STATE_URL = "./runlake-data"
 
 # Modules that add commands to ``app`` (imported by ``main()`` before the app runs).
 COMMAND_MODULES: list[str] = ["runlake.cli_ops"]
@@ -87,7 +85,7 @@ def _state_url_option(metavar: str, what: str) -> Any:
     """``--state-url`` with the environment variables runlake reads, saying what kind of lake the command takes."""
     return typer.Option(
         "--state-url",
-        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
+        envvar=list(STATE_URL_ENVS),
         show_envvar=True,
         metavar=metavar,
         help=f"{what} {_PRECEDENCE}",

@@ -32,6 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.runlake import RunlakeSpanExporter
 from opentelemetry.exporter.runlake import mapping as m
 from opentelemetry.exporter.runlake.layout import (
+    DEFAULT_STATE_URL,
     DEFAULT_TENANT,
     RUNS,
     SPANS,
@@ -211,7 +212,7 @@ class SessionStore:
                 "support yet. Give SessionStore(state_url=...) a folder."
             )
         if root is None:
-            root = Path("runlake-data")
+            root = Path(DEFAULT_STATE_URL)
             _logger.warning(
                 "runlake: SessionStore has no state URL (argument, RUNLAKE_STATE_URL, PRAISONAI_STATE_URL or "
                 "runlake.configure); using ./runlake-data"
