@@ -47,7 +47,7 @@ from opentelemetry.exporter.runlake.layout import (
     table_files,
 )
 from opentelemetry.exporter.runlake.mapping import SPANS_SCHEMA
-from opentelemetry.exporter.runlake.writer import write_part
+from opentelemetry.exporter.runlake.writer import conform, write_part
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -511,7 +511,7 @@ class SessionStore:
         table = table.set_column(table.schema.get_field_index("runtime_state"), "runtime_state", column)
         if not path.parent.is_dir():
             return 0
-        write_part(SPANS, path.parent, _conform(table))
+        write_part(SPANS, path.parent, conform(table, SPANS_SCHEMA))
         path.unlink(missing_ok=True)
         return count
 
@@ -671,12 +671,3 @@ class SessionStore:
 
 def _message(role: str, content: str, at_ns: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {"role": role, "content": content, "timestamp": at_ns / 1e9, "metadata": dict(metadata)}
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    """A part's columns in the current spans schema (older parts may lack some)."""
-    columns = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
-        for f in SPANS_SCHEMA
-    ]
-    return pa.Table.from_arrays(columns, schema=SPANS_SCHEMA)
