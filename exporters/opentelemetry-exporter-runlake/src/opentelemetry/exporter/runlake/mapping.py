@@ -643,7 +643,22 @@ def _messages_json(
             last = index
         value = values[position]
         messages[-1][field] = value if redact is None else redact_attribute(keys[position], value, redact)
-    return _fast_json(messages)
+    text = _fast_json(messages)
+    if "NaN" in text or "Infinity" in text:  # rare: re-encoded only then (a message text saying "NaN" costs a re-run)
+        text = _fast_json(_finite_or_null(messages))
+    return text
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN and infinity (inside lists, tuples and dicts too) as None: the input and output columns
+    hold valid JSON, which has no such numbers (the number columns take None for them too, see ``_as_float``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    return value
 
 
 def _flatten_messages(attributes: dict[str, Any], prefix: str, text: Any) -> bool:
