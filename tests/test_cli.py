@@ -546,6 +546,57 @@ def test_output_to_a_pipe_keeps_every_column(lake: Path) -> None:
     assert "not shown" not in done.stdout
 
 
+# a table of about 300 KB (far more than a pipe holds) followed by the "Only the first ... rows" line
+BIG_TABLE = ("sql", "SELECT range AS n, repeat('x', 50) AS pad FROM range(5000)", "--max-rows", "4000")
+
+
+@pytest.mark.parametrize("args", [BIG_TABLE, ("history", "--limit", "1000")], ids=["table-then-more", "history"])
+def test_output_to_a_pipe_closed_early_ends_quietly(demo: tuple[Path, dict], args: tuple[str, ...]) -> None:
+    """`runlake ... | head -1`: the reader takes one line and goes; the command stops with status 0 and says
+    nothing (no traceback, no error) when its next write finds the pipe closed."""
+    lake, _ = demo
+    child = subprocess.Popen(
+        [sys.executable, "-m", "runlake.cli", *args, "--state-url", str(lake)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        first = child.stdout.readline()
+        child.stdout.close()
+        stderr = child.stderr.read()
+        returncode = child.wait(timeout=120)
+    finally:
+        child.kill()
+        child.wait()
+    assert first.strip(), "the command wrote its first line"
+    assert (returncode, stderr.decode()) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "args", [("history",), ("history", "--json"), ("stats",), BIG_TABLE, ("sql", "SELECT 1", "--json")]
+)
+def test_output_to_a_pipe_closed_before_the_first_write_ends_quietly(
+    demo: tuple[Path, dict], args: tuple[str, ...]
+) -> None:
+    """`runlake history --json | true`: every write fails; tables and JSON alike end with status 0, stderr empty."""
+    import os
+
+    lake, _ = demo
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runlake.cli", *args, "--state-url", str(lake)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_demo_twice_keeps_sessions_apart_and_says_so(lake: Path) -> None:
     first = cli_json("demo", "--state-url", lake)
     second = cli_json("demo", "--state-url", lake)

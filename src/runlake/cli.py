@@ -127,8 +127,36 @@ _MISSING = Text("—", style="dim")
 _PIPE_WIDTH = 240  # output to a file or a pipe: no terminal to fit, so tables keep their columns
 
 
+def _stdout_closed() -> NoReturn:
+    """Stop quietly because the reader of stdout went away (``runlake history | head -1``, a pager quit early).
+
+    Exit status 0, no message: the reader took what it wanted, so nothing failed. Not 1, which rich and some click
+    versions use, nor death by SIGPIPE (141, what C tools do): either makes ``set -o pipefail`` scripts fail for a
+    plain ``| head``, and a message would be noise on stderr. stdout is pointed at /dev/null first, so that the
+    interpreter's last flush of what is still buffered cannot fail and print "Exception ignored ... BrokenPipeError"
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe). ``SystemExit`` rather than ``typer.Exit``: it
+    passes the commands' ``except Exception`` blocks, which would report it as an error.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout): nothing to flush into a pipe
+        pass
+    raise SystemExit(0)
+
+
+class _StdoutConsole(Console):
+    """The console of every command's output on stdout: a closed pipe ends the command quietly (``_stdout_closed``)
+    instead of rich's default (exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_closed()
+
+
 def _stdout() -> Console:
-    console = Console(highlight=False)
+    console = _StdoutConsole(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = _PIPE_WIDTH
     return console
@@ -180,10 +208,13 @@ def print_json(value: Any) -> None:
     value = _finite(value)
     text = json.dumps(value, indent=2, ensure_ascii=False, default=_json_default)
     try:
-        sys.stdout.write(text + "\n")
-    except UnicodeEncodeError:  # a stdout that cannot encode the data: same JSON, \u-escaped
-        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True, default=_json_default) + "\n")
-    sys.stdout.flush()
+        try:
+            sys.stdout.write(text + "\n")
+        except UnicodeEncodeError:  # a stdout that cannot encode the data: same JSON, \u-escaped
+            sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True, default=_json_default) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
 
 
 def _lake_root(state_url: str, remote_ok: bool = False) -> Path:
