@@ -219,6 +219,25 @@ def test_stats_summary_per_agent_and_per_user(demo: tuple[Path, dict]) -> None:
         assert refused.exit_code == 2 and "runlake:" in refused.stderr
 
 
+@pytest.mark.parametrize("columns", [20, 30, 45])
+def test_stats_keeps_every_value_in_a_narrow_terminal(demo: tuple[Path, dict], columns: int) -> None:
+    """The summary is figure / value pairs: a narrow terminal wraps both columns rather than dropping the values."""
+    from rich.cells import cell_len
+
+    lake, _ = demo
+    figures = cli_json("stats", "--state-url", lake)
+    result = cli("stats", "--state-url", lake, env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "not shown" not in result.stdout, result.stdout
+    lines = result.stdout.splitlines()
+    assert max(cell_len(line) for line in lines) <= columns, result.stdout
+    rows = [line.split("│")[1:3] for line in lines if line.count("│") == 3]  # the body: │ figure │ value │
+    names = "".join(name.strip() for name, _ in rows).replace(" ", "")  # a name may be cut across lines
+    values = " ".join(value.strip() for _, value in rows)
+    assert all(name.replace(" ", "") in names for name in ("executions", "success rate", "tokens", "last run"))
+    assert f"{figures['total_executions']:,}:" in values and f"{figures['success_rate']:.1%}" in values, values
+
+
 def test_sessions_list_and_one_session_with_runtime_state(demo: tuple[Path, dict], tmp_path: Path) -> None:
     lake, _ = demo
     store = runlake.SessionStore(lake)

@@ -359,7 +359,10 @@ def _empty(message: str) -> None:
 class _Col:
     """A table column. ``text`` columns shrink (with an ellipsis) to fit; the others keep their width.
 
-    When even the shrunk table does not fit the terminal, columns with the lowest ``keep`` go first.
+    When even the shrunk table does not fit the terminal, columns with the lowest ``keep`` go first. A text column
+    is shown down to ``min_width`` characters (default ``_MIN_TEXT``); with ``wrap`` its cells take more lines
+    instead of an ellipsis (words longer than the column are cut across lines): for short values that must be read
+    whole, like the figures of ``runlake stats``.
     """
 
     header: str
@@ -368,6 +371,8 @@ class _Col:
     keep: int = 5
     justify: Literal["left", "right"] = "left"
     style: str | None = None
+    wrap: bool = False
+    min_width: int | None = None
 
 
 _MIN_TEXT = 16  # a free-text column narrower than this is not worth showing
@@ -390,7 +395,8 @@ def _fit_table(
     while True:
         texts = [i for i in active if cols[i].text]
         room = width - (3 * len(active) + 1) - sum(natural[i] for i in active if not cols[i].text)
-        if room >= sum(min(natural[i], _MIN_TEXT) for i in texts) or len(active) <= 1:
+        shortest = sum(min(natural[i], _MIN_TEXT if cols[i].min_width is None else cols[i].min_width) for i in texts)
+        if room >= shortest or len(active) <= 1:
             break
         active.remove(min(active, key=lambda i: (cols[i].keep, -i)))
     widths = {i: natural[i] for i in active if not cols[i].text}
@@ -415,8 +421,8 @@ def _fit_table(
             Text(_safe(col.header)),
             justify=col.justify,
             style=col.style,
-            no_wrap=True,
-            overflow="ellipsis",
+            no_wrap=not col.wrap,
+            overflow="fold" if col.wrap else "ellipsis",
             width=widths[index],
         )
     for row in rows:
@@ -1142,7 +1148,12 @@ def _print_stats(console: Console, figures: dict[str, Any], title: str) -> None:
         ("first run", _local_time(figures["first_execution_at"])),
         ("last run", _local_time(figures["last_execution_at"])),
     ]
-    cols = [_Col("figure", keep=9), _Col("value", text=True, keep=9)]
+    # both columns shrink and wrap, so a narrow terminal still shows every figure with its value (the value would
+    # otherwise be the first column to go); below ~19 columns the names go, the values stay
+    cols = [
+        _Col("figure", text=True, keep=9, wrap=True, min_width=6),
+        _Col("value", text=True, keep=10, wrap=True, min_width=6),
+    ]
     _print_table(console, cols, [[Text(name, style="bold"), value] for name, value in rows], title, _zone_caption())
     node_types = figures.get("node_types") or {}
     if node_types:
