@@ -3,11 +3,13 @@ numbers, NaN, metadata that is not JSON, ids that are not strings. None of them 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.exporter.runlake import RunlakeSpanExporter
 from opentelemetry.exporter.runlake.mapping import COL, RUN_COLUMNS, SpanMapper, run_row
 from opentelemetry.exporter.runlake.writer import LakeWriter
@@ -273,3 +275,57 @@ def test_a_lone_surrogate_costs_one_character_not_the_value_or_the_reads(configu
     assert len(db.get_traces(user_id=odd)) == 1 and len(db.get_traces(session_id=odd)) == 1
     folders = {p.name for p in configured.rglob("session=*")}
     assert folders == {"session=%EF%BF%BDsurr"}, folders
+
+
+def _strict_json(text: str) -> object:
+    """``json.loads`` that refuses what is not JSON but Python accepts (NaN, Infinity, -Infinity)."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_infinity_in_flattened_messages_are_null_in_the_nodes_text(configured: Path) -> None:
+    """OpenLLMetry's ``gen_ai.prompt.{i}.*`` and OpenInference's ``llm.input_messages.{i}.message.*`` fields become
+    the node's input and output as JSON: a NaN or infinite field (alone or in a list) is null there, as a number
+    column stores None for it, so every JSON parser reads the text; the other fields and the text "NaN" stay."""
+    tracer = trace.get_tracer("other")
+    with runlake.run("agent", session_id="nan-messages") as r:
+        with tracer.start_as_current_span(
+            "openai.chat",
+            attributes={
+                "llm.request.type": "chat",
+                "gen_ai.prompt.0.role": "user",
+                "gen_ai.prompt.0.content": "is NaN a number?",
+                "gen_ai.prompt.0.temperature": float("nan"),
+                "gen_ai.completion.0.role": "assistant",
+                "gen_ai.completion.0.scores": (1.5, float("inf"), float("-inf")),
+            },
+        ):
+            pass
+        with tracer.start_as_current_span(
+            "ChatCompletion",
+            attributes={
+                "openinference.span.kind": "LLM",
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.weight": float("-inf"),
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.logprob": float("nan"),
+            },
+        ):
+            pass
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    chat, completion = db.get_logs(r.run_id)["nodes"]
+    assert _strict_json(chat["input"]) == [{"role": "user", "content": "is NaN a number?", "temperature": None}]
+    assert _strict_json(chat["output"]) == [{"role": "assistant", "scores": [1.5, None, None]}]
+    assert _strict_json(completion["input"]) == [{"role": "user", "weight": None}]
+    assert _strict_json(completion["output"]) == [{"role": "assistant", "logprob": None}]
+    # the spans' attributes are rebuilt from that text, nulls included
+    spans = {s["name"]: s["attributes"] for s in db.get_traces(session_id="nan-messages")[0]["spans"]}
+    assert spans["openai.chat"]["gen_ai.prompt.0.content"] == "is NaN a number?"
+    assert spans["openai.chat"]["gen_ai.prompt.0.temperature"] is None
+    assert spans["openai.chat"]["gen_ai.completion.0.scores"] == [1.5, None, None]
+    assert spans["ChatCompletion"]["llm.output_messages.0.message.role"] == "assistant"
+    assert spans["ChatCompletion"]["llm.output_messages.0.message.logprob"] is None

@@ -219,6 +219,25 @@ def test_stats_summary_per_agent_and_per_user(demo: tuple[Path, dict]) -> None:
         assert refused.exit_code == 2 and "runlake:" in refused.stderr
 
 
+@pytest.mark.parametrize("columns", [20, 30, 45])
+def test_stats_keeps_every_value_in_a_narrow_terminal(demo: tuple[Path, dict], columns: int) -> None:
+    """The summary is figure / value pairs: a narrow terminal wraps both columns rather than dropping the values."""
+    from rich.cells import cell_len
+
+    lake, _ = demo
+    figures = cli_json("stats", "--state-url", lake)
+    result = cli("stats", "--state-url", lake, env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "not shown" not in result.stdout, result.stdout
+    lines = result.stdout.splitlines()
+    assert max(cell_len(line) for line in lines) <= columns, result.stdout
+    rows = [line.split("│")[1:3] for line in lines if line.count("│") == 3]  # the body: │ figure │ value │
+    names = "".join(name.strip() for name, _ in rows).replace(" ", "")  # a name may be cut across lines
+    values = " ".join(value.strip() for _, value in rows)
+    assert all(name.replace(" ", "") in names for name in ("executions", "success rate", "tokens", "last run"))
+    assert f"{figures['total_executions']:,}:" in values and f"{figures['success_rate']:.1%}" in values, values
+
+
 def test_sessions_list_and_one_session_with_runtime_state(demo: tuple[Path, dict], tmp_path: Path) -> None:
     lake, _ = demo
     store = runlake.SessionStore(lake)
@@ -544,6 +563,57 @@ def test_output_to_a_pipe_keeps_every_column(lake: Path) -> None:
     for column in ("input", "output", "nodes", "tokens", "cost"):
         assert column in header, done.stdout
     assert "not shown" not in done.stdout
+
+
+# a table of about 300 KB (far more than a pipe holds) followed by the "Only the first ... rows" line
+BIG_TABLE = ("sql", "SELECT range AS n, repeat('x', 50) AS pad FROM range(5000)", "--max-rows", "4000")
+
+
+@pytest.mark.parametrize("args", [BIG_TABLE, ("history", "--limit", "1000")], ids=["table-then-more", "history"])
+def test_output_to_a_pipe_closed_early_ends_quietly(demo: tuple[Path, dict], args: tuple[str, ...]) -> None:
+    """`runlake ... | head -1`: the reader takes one line and goes; the command stops with status 0 and says
+    nothing (no traceback, no error) when its next write finds the pipe closed."""
+    lake, _ = demo
+    child = subprocess.Popen(
+        [sys.executable, "-m", "runlake.cli", *args, "--state-url", str(lake)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        first = child.stdout.readline()
+        child.stdout.close()
+        stderr = child.stderr.read()
+        returncode = child.wait(timeout=120)
+    finally:
+        child.kill()
+        child.wait()
+    assert first.strip(), "the command wrote its first line"
+    assert (returncode, stderr.decode()) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "args", [("history",), ("history", "--json"), ("stats",), BIG_TABLE, ("sql", "SELECT 1", "--json")]
+)
+def test_output_to_a_pipe_closed_before_the_first_write_ends_quietly(
+    demo: tuple[Path, dict], args: tuple[str, ...]
+) -> None:
+    """`runlake history --json | true`: every write fails; tables and JSON alike end with status 0, stderr empty."""
+    import os
+
+    lake, _ = demo
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runlake.cli", *args, "--state-url", str(lake)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_demo_twice_keeps_sessions_apart_and_says_so(lake: Path) -> None:

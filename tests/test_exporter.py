@@ -484,3 +484,32 @@ def test_redaction_covers_metadata_and_exception_events(lake: Path) -> None:
     end = next(r for r in table if r["record"] == "end")
     assert json.loads(end["events"])[0]["name"] == "exception" and json.loads(end["metadata"])["note"]
     assert isinstance(Redactor(), Redactor)
+
+
+def test_conform_fits_any_part_to_the_current_schema() -> None:
+    """``writer.conform`` (compaction, the run index and state purges read older parts through it): the schema's
+    columns in its order and types, missing ones as nulls, unknown ones dropped; a column that cannot be cast
+    raises."""
+    import pyarrow as pa
+    from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA, SPANS_SCHEMA
+    from opentelemetry.exporter.runlake.writer import conform
+
+    old = pa.table(
+        {
+            "gone_column": ["x", "y"],
+            "span_id": ["b", "a"],
+            "input_tokens": pa.array([3, None], pa.int32()),  # stored narrower than today's column
+            "run_id": ["r1", "r2"],
+        }
+    )
+    projection = pa.schema([RUNS_SCHEMA.field("run_id"), RUNS_SCHEMA.field("cost_cents")])  # the run index's kind
+    for schema in (SPANS_SCHEMA, RUNS_SCHEMA, projection):
+        fitted = conform(old, schema)
+        assert fitted.schema == schema
+        assert fitted.column("run_id").to_pylist() == ["r1", "r2"]
+        if "input_tokens" in schema.names:
+            assert fitted.column("input_tokens").to_pylist() == [3, None]
+        missing = [f.name for f in schema if f.name not in old.column_names]
+        assert missing and all(fitted.column(name).null_count == 2 for name in missing)
+    with pytest.raises(pa.ArrowInvalid):
+        conform(pa.table({"input_tokens": ["n/a"]}), SPANS_SCHEMA)

@@ -82,6 +82,17 @@ def _as_float(value: Any) -> float | None:
     return None if math.isnan(number) or math.isinf(number) else number
 
 
+def _finite_or_null(value: Any) -> Any:
+    """NaN and infinities as None, at any depth: the messages' JSON is strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    return value
+
+
 def _classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str | None]:
     declared = attributes.get(mapping.SPAN_TYPE)
     if declared in ("run", "node", "turn"):
@@ -229,7 +240,7 @@ def reference_map_span(
                     keys.append(key)
         if not messages:
             continue
-        values[column] = _JSON([messages[i] for i in sorted(messages)])
+        values[column] = _JSON(_finite_or_null([messages[i] for i in sorted(messages)]))
         assembled.add(column)
         if sorted(messages) == list(range(len(messages))) and len(keys) == sum(len(m) for m in messages.values()):
             leftover = {k: v for k, v in (leftover or {}).items() if k not in keys}
@@ -487,6 +498,12 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
             "llm.input_messages.0.message.content": "another family: stays a leftover",
         },  # OpenLLMetry's flattened messages
         {"gen_ai.prompt.1.content": "gap", "gen_ai.prompt.3.content": "x", "gen_ai.prompt.01.content": "not an index"},
+        {
+            "gen_ai.prompt.0.content": "NaN",
+            "gen_ai.prompt.0.temperature": float("nan"),
+            "gen_ai.completion.0.scores": (1.0, float("inf"), float("-inf")),
+            "llm.input_messages.0.message.weight": float("-inf"),
+        },  # numbers JSON has no form for: null in the messages' JSON
         {"gen_ai.prompt": "own attribute wins", "gen_ai.prompt.0.content": "leftover", "gen_ai.completion.0.": "x"},
         {
             "openinference.span.kind": "LLM",

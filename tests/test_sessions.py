@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import runlake
-from runlake import SessionStore, sessions
+from runlake import SessionStore, sessions, state_policy
 from runlake.instrument import shifted_clock
 
 SECRET = "sk-proj-Xq7b2LmN9pQrS4tUvW1xYz3A5bC7dE9fG0hJ2kL4mN6oP8qR0sT2uV4wX6yZ8aB0cD2eF4gH6iJ8"
@@ -41,8 +41,8 @@ def _isolated() -> Iterator[None]:
     yield
     runlake.shutdown()
     sessions.set_policy(sessions.StatePolicy())
-    with sessions._tally_lock:
-        sessions._tally.clear()
+    with state_policy._tally_lock:
+        state_policy._tally.clear()
 
 
 @pytest.fixture

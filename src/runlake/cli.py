@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
+from opentelemetry.exporter.runlake.layout import DEFAULT_STATE_URL, STATE_URL_ENV, STATE_URL_ENVS
 from rich.console import Console
 from rich.panel import Panel
 from rich.rule import Rule
@@ -55,9 +56,6 @@ __all__ = [
     "open_db",
     "print_json",
 ]
-
-STATE_URL_ENV = "RUNLAKE_STATE_URL"
-DEFAULT_STATE_URL = "./runlake-data"
 
 # Modules that add commands to ``app`` (imported by ``main()`` before the app runs).
 COMMAND_MODULES: list[str] = ["runlake.cli_ops"]
@@ -87,7 +85,7 @@ def _state_url_option(metavar: str, what: str) -> Any:
     """``--state-url`` with the environment variables runlake reads, saying what kind of lake the command takes."""
     return typer.Option(
         "--state-url",
-        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
+        envvar=list(STATE_URL_ENVS),
         show_envvar=True,
         metavar=metavar,
         help=f"{what} {_PRECEDENCE}",
@@ -129,8 +127,36 @@ _MISSING = Text("—", style="dim")
 _PIPE_WIDTH = 240  # output to a file or a pipe: no terminal to fit, so tables keep their columns
 
 
+def _stdout_closed() -> NoReturn:
+    """Stop quietly because the reader of stdout went away (``runlake history | head -1``, a pager quit early).
+
+    Exit status 0, no message: the reader took what it wanted, so nothing failed. Not 1, which rich and some click
+    versions use, nor death by SIGPIPE (141, what C tools do): either makes ``set -o pipefail`` scripts fail for a
+    plain ``| head``, and a message would be noise on stderr. stdout is pointed at /dev/null first, so that the
+    interpreter's last flush of what is still buffered cannot fail and print "Exception ignored ... BrokenPipeError"
+    (https://docs.python.org/3/library/signal.html#note-on-sigpipe). ``SystemExit`` rather than ``typer.Exit``: it
+    passes the commands' ``except Exception`` blocks, which would report it as an error.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stdout): nothing to flush into a pipe
+        pass
+    raise SystemExit(0)
+
+
+class _StdoutConsole(Console):
+    """The console of every command's output on stdout: a closed pipe ends the command quietly (``_stdout_closed``)
+    instead of rich's default (exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_closed()
+
+
 def _stdout() -> Console:
-    console = Console(highlight=False)
+    console = _StdoutConsole(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = _PIPE_WIDTH
     return console
@@ -182,10 +208,13 @@ def print_json(value: Any) -> None:
     value = _finite(value)
     text = json.dumps(value, indent=2, ensure_ascii=False, default=_json_default)
     try:
-        sys.stdout.write(text + "\n")
-    except UnicodeEncodeError:  # a stdout that cannot encode the data: same JSON, \u-escaped
-        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True, default=_json_default) + "\n")
-    sys.stdout.flush()
+        try:
+            sys.stdout.write(text + "\n")
+        except UnicodeEncodeError:  # a stdout that cannot encode the data: same JSON, \u-escaped
+            sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=True, default=_json_default) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
 
 
 def _lake_root(state_url: str, remote_ok: bool = False) -> Path:
@@ -330,7 +359,10 @@ def _empty(message: str) -> None:
 class _Col:
     """A table column. ``text`` columns shrink (with an ellipsis) to fit; the others keep their width.
 
-    When even the shrunk table does not fit the terminal, columns with the lowest ``keep`` go first.
+    When even the shrunk table does not fit the terminal, columns with the lowest ``keep`` go first. A text column
+    is shown down to ``min_width`` characters (default ``_MIN_TEXT``); with ``wrap`` its cells take more lines
+    instead of an ellipsis (words longer than the column are cut across lines): for short values that must be read
+    whole, like the figures of ``runlake stats``.
     """
 
     header: str
@@ -339,6 +371,8 @@ class _Col:
     keep: int = 5
     justify: Literal["left", "right"] = "left"
     style: str | None = None
+    wrap: bool = False
+    min_width: int | None = None
 
 
 _MIN_TEXT = 16  # a free-text column narrower than this is not worth showing
@@ -361,7 +395,8 @@ def _fit_table(
     while True:
         texts = [i for i in active if cols[i].text]
         room = width - (3 * len(active) + 1) - sum(natural[i] for i in active if not cols[i].text)
-        if room >= sum(min(natural[i], _MIN_TEXT) for i in texts) or len(active) <= 1:
+        shortest = sum(min(natural[i], _MIN_TEXT if cols[i].min_width is None else cols[i].min_width) for i in texts)
+        if room >= shortest or len(active) <= 1:
             break
         active.remove(min(active, key=lambda i: (cols[i].keep, -i)))
     widths = {i: natural[i] for i in active if not cols[i].text}
@@ -386,8 +421,8 @@ def _fit_table(
             Text(_safe(col.header)),
             justify=col.justify,
             style=col.style,
-            no_wrap=True,
-            overflow="ellipsis",
+            no_wrap=not col.wrap,
+            overflow="fold" if col.wrap else "ellipsis",
             width=widths[index],
         )
     for row in rows:
@@ -1113,7 +1148,12 @@ def _print_stats(console: Console, figures: dict[str, Any], title: str) -> None:
         ("first run", _local_time(figures["first_execution_at"])),
         ("last run", _local_time(figures["last_execution_at"])),
     ]
-    cols = [_Col("figure", keep=9), _Col("value", text=True, keep=9)]
+    # both columns shrink and wrap, so a narrow terminal still shows every figure with its value (the value would
+    # otherwise be the first column to go); below ~19 columns the names go, the values stay
+    cols = [
+        _Col("figure", text=True, keep=9, wrap=True, min_width=6),
+        _Col("value", text=True, keep=10, wrap=True, min_width=6),
+    ]
     _print_table(console, cols, [[Text(name, style="bold"), value] for name, value in rows], title, _zone_caption())
     node_types = figures.get("node_types") or {}
     if node_types:

@@ -64,7 +64,7 @@ from opentelemetry.exporter.runlake.layout import (
     resolve_lake,
     size_and_mtime,
 )
-from opentelemetry.exporter.runlake.writer import SCHEMAS, PartStream, write_part
+from opentelemetry.exporter.runlake.writer import SCHEMAS, PartStream, conform, write_part
 
 try:
     import fcntl
@@ -110,17 +110,6 @@ class CompactionSummary:
         return dict(self.__dict__)
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Any older part's columns, in the current schema: missing columns as nulls, unknown ones dropped."""
-    columns = []
-    for field in schema:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 def _latest_rows(table: pa.Table) -> pa.Table:
     """One row per span id: the ``end`` row when present (drops superseded run ``start`` rows).
 
@@ -147,7 +136,7 @@ def _read_parts(table: str, files: list[LakeRoot], summary: CompactionSummary) -
     for path in files:
         try:
             filesystem, source = fs_and_path(path)
-            pieces.append(_conform(pq.read_table(source, filesystem=filesystem), SCHEMAS[table]))
+            pieces.append(conform(pq.read_table(source, filesystem=filesystem), SCHEMAS[table]))
             used.append(path)
         except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
             if is_missing(error):  # compacted or expired meanwhile
@@ -330,7 +319,7 @@ def _check_types(reader: pq.ParquetFile, schema: pa.Schema) -> None:
     stored = reader.schema_arrow
     odd = [f for f in schema if f.name in stored.names and stored.field(f.name).type != f.type]
     if odd:
-        _conform(reader.read(columns=[f.name for f in odd]), pa.schema(odd))
+        conform(reader.read(columns=[f.name for f in odd]), pa.schema(odd))
 
 
 def _session_ranges(metadata: pq.FileMetaData, names: list[str]) -> list[tuple[Any, Any, bool]]:
@@ -394,7 +383,7 @@ def _step_rows(
         try:
             filesystem, source = fs_and_path(part.path)
             reader = pq.ParquetFile(source, filesystem=filesystem, metadata=part.metadata)
-            piece = _conform(reader.read_row_groups(groups), SCHEMAS[table])
+            piece = conform(reader.read_row_groups(groups), SCHEMAS[table])
         except Exception as error:
             if is_missing(error):
                 raise  # removed meanwhile (TTL, a purge): the day is left as it was

@@ -32,6 +32,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from . import redact as _redact
+from . import state_policy as _state_policy
 from .forward import ForwardingProcessor, exports_otlp, forwarding_settings
 
 _logger = logging.getLogger(__name__)
@@ -173,15 +175,12 @@ def configure(
     ``redact_runtime_state`` (default True), ``max_turn_state_bytes`` (1024), ``max_runtime_state_bytes`` (10240).
     """
     global _pipeline, _final_forwarding_stats
-    from . import redact as _redact
-    from . import sessions as _sessions
-
-    known = {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, *_sessions.OPTIONS, "mirror_runtime_state", "otlp_timeout_s"}
+    known = {*_BATCH_OPTIONS, *_EXPORTER_OPTIONS, *_state_policy.OPTIONS, "mirror_runtime_state", "otlp_timeout_s"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"runlake.configure() got unknown option(s): {', '.join(sorted(unknown))}")
     forwarding = forwarding_settings(otlp_endpoint, otlp_protocol, otlp_headers)  # bad settings fail first
-    policy = _sessions.StatePolicy.from_options(options)
+    policy = _state_policy.StatePolicy.from_options(options)
     redact = _redact.resolve(options.get("redact"), default_on=False)
     exporter = RunlakeSpanExporter(  # the guard below decides about runtime state; the exporter keeps what passes
         state_url, redact=redact, keep_runtime_state=True, **{k: options[k] for k in _EXPORTER_OPTIONS if k in options}
@@ -202,7 +201,7 @@ def configure(
         )
         forwarding = None
     # runtime state reaches the lake only when mirroring is on, and redacted, whatever code set the attribute
-    guard = _sessions.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
+    guard = _state_policy.StateGuard(exporter, bool(options.get("mirror_runtime_state", False)), policy)
     batch_options = {k: options[k] for k in _BATCH_OPTIONS if k in options}
     # the new pipeline is built (and its options checked) before the old one is touched: a configure that fails leaves
     # the old one working, and spans keep flowing into one pipeline or the other while they are swapped
@@ -215,7 +214,7 @@ def configure(
             mirror = bool(options.get("mirror_runtime_state", False))
 
             def guarded(otlp: SpanExporter) -> SpanExporter:  # the collector gets what the lake gets, no more
-                return _sessions.StateGuard(otlp, mirror, policy, redact_attributes=redact)
+                return _state_policy.StateGuard(otlp, mirror, policy, redact_attributes=redact)
 
             processors.append(
                 ForwardingProcessor(endpoint, protocol, headers, timeout_s, timeout_s, wrap=guarded, **batch_options)
@@ -226,7 +225,7 @@ def configure(
     previous, _pipeline = _pipeline, _Pipeline(provider, exporter, processors, dict(options))
     _final_forwarding_stats = None
     _slot_of(provider).processors = tuple(processors)
-    _sessions.set_policy(policy)
+    _state_policy.set_policy(policy)
     if previous is not None:
         _close(previous)
     return provider
@@ -464,19 +463,19 @@ class TurnHandle(SpanHandle):
         """Mirror this turn's runtime state on its span (docs/sessions.md). Never raises.
 
         Mirroring off (the default): nothing is recorded and True is returned, like PraisonAI's
-        ``mirror_enabled=False``. On: the state is checked, redacted and size-limited (``sessions.prepare_state``);
+        ``mirror_enabled=False``. On: the state is checked, redacted and size-limited (``state_policy.prepare_state``);
         False, with a warning saying why, when it is refused or the span no longer records.
         """
         if not mirror_runtime_state_enabled():
             return True
-        from .sessions import prepare_state
-
         if not self.span.is_recording():
             _logger.warning("runlake: turn %r: set_state after the turn ended (or unsampled); not stored", self.turn_id)
             return False
         limits = getattr(self.span, "_limits", None)  # the SDK span's SpanLimits: a longer text would be cut
         max_length = getattr(limits, "max_span_attribute_length", None)
-        prepared = prepare_state(state, self.session_id, self.runtime_id, self.turn_id, max_length=max_length)
+        prepared = _state_policy.prepare_state(
+            state, self.session_id, self.runtime_id, self.turn_id, max_length=max_length
+        )
         if prepared is None:
             return False
         self.span.set_attribute(m.RUNTIME_STATE, prepared)

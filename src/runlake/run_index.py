@@ -31,6 +31,7 @@ from opentelemetry.exporter.runlake.layout import (
     storable_text,
 )
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
+from opentelemetry.exporter.runlake.writer import conform
 
 _logger = logging.getLogger(__name__)
 
@@ -61,18 +62,10 @@ NAME = "runlake_run_index"  # what ``{index}`` stands for in ``RunIndex.rows``
 DEFAULT_MAX_ROWS = 2_000_000  # ~200 bytes a run in memory: ~400 MB at most
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    present = set(table.column_names)
-    columns = [
-        table.column(f.name).cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in _SCHEMA
-    ]
-    return pa.Table.from_arrays(columns, schema=_SCHEMA)
-
-
 def _read_one(file: LakeRoot) -> pa.Table:
     filesystem, path = fs_and_path(file)
     present = set(pq.read_schema(path, filesystem=filesystem).names)
-    return _conform(pq.read_table(path, columns=[c for c in COLUMNS if c in present], filesystem=filesystem))
+    return conform(pq.read_table(path, columns=[c for c in COLUMNS if c in present], filesystem=filesystem), _SCHEMA)
 
 
 def _read_many(cursor: duckdb.DuckDBPyConnection, files: list[LakeRoot]) -> dict[str, pa.Table]:
@@ -84,7 +77,7 @@ def _read_many(cursor: duckdb.DuckDBPyConnection, files: list[LakeRoot]) -> dict
         "hive_partitioning=false) ORDER BY filename"
     ).to_arrow_table()
     names = table.column("filename").to_pylist()
-    table = _conform(table.drop_columns(["filename"]))
+    table = conform(table.drop_columns(["filename"]), _SCHEMA)
     out: dict[str, pa.Table] = {name: _SCHEMA.empty_table() for name in listing}
     start = 0
     for end in range(1, len(names) + 1):

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from opentelemetry.exporter.runlake.layout import DEFAULT_STATE_URL, STATE_URL_ENVS
 
 from ..auth import KeysError
-from ..cli import DEFAULT_STATE_URL, STATE_URL_ENV
 from ..ingest_log import IngestLogLocked
 from .app import create_app
 from .settings import (
@@ -74,7 +74,7 @@ def serve_command(
     state_url: str = typer.Option(
         DEFAULT_STATE_URL,
         "--state-url",
-        envvar=[STATE_URL_ENV, "PRAISONAI_STATE_URL"],
+        envvar=list(STATE_URL_ENVS),
         show_envvar=True,
         metavar="PATH|file://URL",
         help="The lake. Precedence: --state-url if given, else $RUNLAKE_STATE_URL, else $PRAISONAI_STATE_URL, "

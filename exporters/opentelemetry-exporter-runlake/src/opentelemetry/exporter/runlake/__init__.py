@@ -20,7 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from .layout import DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
+from .layout import DEFAULT_STATE_URL, DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
 from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
 from .writer import LakeWriter
 
@@ -124,7 +124,7 @@ class RunlakeSpanExporter(SpanExporter):
     ) -> None:
         root = resolve_lake(state_url)
         if root is None:
-            root = Path("runlake-data")
+            root = Path(DEFAULT_STATE_URL)
             _logger.warning(
                 "runlake: no state URL given (argument, RUNLAKE_STATE_URL or PRAISONAI_STATE_URL); writing to %s",
                 os.path.abspath(root),

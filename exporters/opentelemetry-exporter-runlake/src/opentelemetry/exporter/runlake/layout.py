@@ -115,6 +115,9 @@ def _day_name(day_number: int) -> str:
 
 
 # ---- where the lake lives: a local folder or an object-store prefix ---------------------------------------------
+STATE_URL_ENV = "RUNLAKE_STATE_URL"
+STATE_URL_ENVS = (STATE_URL_ENV, "PRAISONAI_STATE_URL")  # read in this order when no state URL is given
+DEFAULT_STATE_URL = "./runlake-data"  # the lake of the command line (and of a writer given nothing) when none is set
 S3_ENDPOINT_ENV = "RUNLAKE_S3_ENDPOINT"
 # URL query parameters accepted for s3:// state URLs (all optional)
 S3_URL_OPTIONS = ("endpoint_override", "scheme", "region", "anonymous", "connect_timeout", "request_timeout")
@@ -310,7 +313,7 @@ def resolve_lake(state_url: str | os.PathLike[str] | ObjectPath | None = None) -
     :class:`ObjectPath`. Returns ``None`` when nothing is configured.
     """
     if state_url is None:
-        state_url = os.environ.get("RUNLAKE_STATE_URL") or os.environ.get("PRAISONAI_STATE_URL") or None
+        state_url = next((os.environ[name] for name in STATE_URL_ENVS if os.environ.get(name)), None)
     if state_url is None:
         return None
     if isinstance(state_url, ObjectPath):

@@ -643,7 +643,22 @@ def _messages_json(
             last = index
         value = values[position]
         messages[-1][field] = value if redact is None else redact_attribute(keys[position], value, redact)
-    return _fast_json(messages)
+    text = _fast_json(messages)
+    if "NaN" in text or "Infinity" in text:  # rare: re-encoded only then (a message text saying "NaN" costs a re-run)
+        text = _fast_json(_finite_or_null(messages))
+    return text
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN and infinity (inside lists, tuples and dicts too) as None: the input and output columns
+    hold valid JSON, which has no such numbers (the number columns take None for them too, see ``_as_float``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    return value
 
 
 def _flatten_messages(attributes: dict[str, Any], prefix: str, text: Any) -> bool:
@@ -665,12 +680,12 @@ def _flatten_messages(attributes: dict[str, Any], prefix: str, text: Any) -> boo
 
 # ---- redaction: one rule for the lake and for forwarding ---------------------------------------------------------
 # ``redact`` is a ``runlake.redact.Redactor`` (key-aware: ``redact_item`` / ``redact_value``) or any ``str -> str``
-# (strings only). The lake (``SpanMapper.map_span``) and the OTLP forwarder (``runlake.sessions.StateGuard``) both
+# (strings only). The lake (``SpanMapper.map_span``) and the OTLP forwarder (``runlake.state_policy.StateGuard``) both
 # clean a span with the functions below, so a collector gets exactly what the lake gets:
 # - kept as they are: ids and names that are join keys or classify the span (``REDACTION_KEEPS``: the attributes of
 #   the session, user, tenant, run, agent, node, turn and runtime id columns, node type, operation, model, provider,
 #   error type, token counts, cost, TTL, the span-kind keys), span names, trace and span ids, resource attributes;
-# - ``runlake.runtime.state``: left to the runtime-state policy (``runlake.sessions``), redacted on by default;
+# - ``runlake.runtime.state``: left to the runtime-state policy (``runlake.state_policy``), redacted on by default;
 # - ``runlake.metadata`` (JSON): parsed and redacted as a structure, so the value under a key naming a secret goes;
 # - every other attribute value (input, output and leftovers alike), of the span or of its events: ``redact_item``
 #   (replaced whole under a key naming a secret, e.g. ``db.password``; strings and string arrays redacted);

@@ -128,6 +128,17 @@ def to_arrow(table: str, rows: list[tuple]) -> pa.Table:
     return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, schema)], schema=schema)
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema`` (usually ``SCHEMAS[...]``, or a projection of one): its columns in the schema's order
+    and cast to its types, columns it lacks (an older part) as nulls, columns the schema does not name dropped.
+    Raises (``pyarrow.ArrowInvalid`` and the like) when a column cannot be cast."""
+    present = set(table.column_names)
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 _MADE_DIRS: set[str] = set()  # local folders known to exist: a part file then costs no mkdir
 COUNTS_KEY = "runlake.counts"  # Parquet key-value metadata: what TTL reports deleting, without reading the rows
 
