@@ -329,3 +329,36 @@ def test_nan_and_infinity_in_flattened_messages_are_null_in_the_nodes_text(confi
     assert spans["openai.chat"]["gen_ai.completion.0.scores"] == [1.5, None, None]
     assert spans["ChatCompletion"]["llm.output_messages.0.message.role"] == "assistant"
     assert spans["ChatCompletion"]["llm.output_messages.0.message.logprob"] is None
+
+
+def test_nan_and_infinity_in_any_json_column_are_null(configured: Path) -> None:
+    """Every JSON column (leftover attributes, events, resource, a sequence input) holds strict JSON: a NaN or
+    infinite attribute value is null there, as a number column stores None for it."""
+    from opentelemetry.sdk.resources import Resource
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "nan-svc", "host.load": float("nan")}))
+    provider.add_span_processor(SimpleSpanProcessor(runlake.current_exporter()))
+    tracer = provider.get_tracer("nan")
+    with tracer.start_as_current_span(
+        "invoke_agent nan",
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "nan",
+            "session.id": "nan-json",
+            "custom.score": float("nan"),
+            "custom.bounds": (float("-inf"), 2.0),
+            "input.value": "fine",
+        },
+    ) as span:
+        span.add_event("scored", {"value": float("inf"), "label": "NaN"})
+    provider.shutdown()
+    runlake.force_flush()
+    row = (
+        runlake.HistoryDB(configured)
+        .sql("SELECT attributes, events, resource FROM spans WHERE session_id = 'nan-json'")
+        .fetchall()[0]
+    )
+    attributes, events, resource = (_strict_json(text) for text in row)
+    assert attributes["custom.score"] is None and attributes["custom.bounds"] == [None, 2.0]
+    assert events[0]["attributes"] == {"value": None, "label": "NaN"}
+    assert resource["host.load"] is None

@@ -228,7 +228,8 @@ _STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 _KIND_NAMES = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
 _STATUS_BY_ID = {id(code): _STATUS_NAMES.get(code.value, "UNSET") for code in StatusCode}  # no Enum.value per span
 _KIND_BY_ID = {id(kind): _KIND_NAMES.get(kind.value, "INTERNAL") for kind in SpanKind}
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+# strict: JSON has no NaN or infinities (they raise, and are then written as null: see ``to_json``)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False).encode
 
 try:  # the C encoder JSONEncoder.encode builds on every call, built once (no circular check: attribute values)
     from json.encoder import c_make_encoder as _c_make_encoder
@@ -236,23 +237,34 @@ try:  # the C encoder JSONEncoder.encode builds on every call, built once (no ci
 except ImportError:  # pragma: no cover - interpreters without the C accelerator
     _c_make_encoder = None
 if _c_make_encoder is not None:
-    _c_encoder = _c_make_encoder(None, str, _encode_basestring, None, ":", ",", False, False, True)
+    _c_encoder = _c_make_encoder(None, str, _encode_basestring, None, ":", ",", False, False, False)
 
-    def _fast_json(value: Any) -> str:
-        """``_JSON`` for the dicts and lists of span attributes and events, without its per-call set-up."""
+    def _encode(value: Any) -> str:
         return "".join(_c_encoder(value, 0))
 
 else:  # pragma: no cover
-    _fast_json = _JSON
+    _encode = _JSON
+
+
+def _fast_json(value: Any) -> str:
+    """``to_json`` for the dicts and lists of span attributes and events, without the encoder's per-call set-up."""
+    try:
+        return _encode(value)
+    except ValueError:  # a NaN or infinity somewhere (rare): written as null
+        return _encode(_finite_or_null(value))
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON, with anything unknown as its ``str``."""
-    return _JSON(value)
+    """Compact JSON, with anything unknown as its ``str`` and NaN / infinities as null, so every JSON column holds
+    JSON that strict readers accept (the number columns take None for them too, see ``_as_float``)."""
+    try:
+        return _JSON(value)
+    except ValueError:
+        return _JSON(_finite_or_null(value))
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else _JSON(list(value) if isinstance(value, tuple) else value)
+    return value if isinstance(value, str) else to_json(list(value) if isinstance(value, tuple) else value)
 
 
 def _as_int(value: Any) -> int | None:
@@ -346,7 +358,7 @@ def _resource_of(resource: Any, cache: dict[int, tuple[Any, str | None, str | No
         service = attrs.pop("service.name", None)
         if len(cache) >= 1024:
             cache.clear()
-        hit = cache[id(resource)] = (resource, service, _JSON(attrs) if attrs else None)
+        hit = cache[id(resource)] = (resource, service, to_json(attrs) if attrs else None)
     return hit[1], hit[2]
 
 
@@ -643,15 +655,11 @@ def _messages_json(
             last = index
         value = values[position]
         messages[-1][field] = value if redact is None else redact_attribute(keys[position], value, redact)
-    text = _fast_json(messages)
-    if "NaN" in text or "Infinity" in text:  # rare: re-encoded only then (a message text saying "NaN" costs a re-run)
-        text = _fast_json(_finite_or_null(messages))
-    return text
+    return _fast_json(messages)
 
 
 def _finite_or_null(value: Any) -> Any:
-    """``value`` with every NaN and infinity (inside lists, tuples and dicts too) as None: the input and output columns
-    hold valid JSON, which has no such numbers (the number columns take None for them too, see ``_as_float``)."""
+    """``value`` with every NaN and infinity (inside lists, tuples and dicts too) as None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (list, tuple)):
@@ -725,7 +733,7 @@ def redact_json_text(text: str, redact: Any) -> str:
     except ValueError:
         return redact(text)
     structured = getattr(redact, "redact_value", None)
-    return _JSON(structured(parsed) if structured is not None else _redact_strings(parsed, redact))
+    return to_json(structured(parsed) if structured is not None else _redact_strings(parsed, redact))
 
 
 def redact_attribute(key: str, value: Any, redact: Any, span: bool = True) -> Any:
