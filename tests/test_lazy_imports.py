@@ -28,3 +28,19 @@ def test_the_read_side_names_resolve_on_first_use() -> None:
         [sys.executable, "-c", "import runlake; runlake.NoSuchThing"], capture_output=True, text=True, timeout=120
     )
     assert missing.returncode != 0 and "has no attribute 'NoSuchThing'" in missing.stderr
+
+
+def test_writing_spans_through_the_api_does_not_load_duckdb(tmp_path) -> None:
+    code = (
+        "import sys, runlake\n"
+        f"runlake.configure({str(tmp_path / 'lake')!r}, mirror_runtime_state=True)\n"
+        "with runlake.run('agent', 's-1', input='hi') as r:\n"
+        "    with runlake.turn('t-1') as t:\n"
+        "        t.set_state({'step': 1})\n"
+        "    with runlake.node('think') as n:\n"
+        "        n.set_usage(input_tokens=1, output_tokens=2)\n"
+        "    r.set_output('done')\n"
+        "runlake.shutdown()\n"
+        "print('duckdb' in sys.modules)\n"
+    )
+    assert _run(code) == "False"
