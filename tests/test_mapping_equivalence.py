@@ -30,7 +30,12 @@ from runlake import instrument
 from runlake.redact import Redactor, default_redactor
 
 # ---- the reference: map_span as it was before the fast path (do not optimise) ----------------------------------
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False).encode
+
+
+def _JSON(value: Any) -> str:  # noqa: N802 - the name the mapper's reference used
+    """Strict JSON: NaN and infinities (at any depth) as null, as every JSON column holds them."""
+    return _ENCODE(_finite_or_null(value))
 _STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 _KIND_NAMES = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
 _RUN_OPERATIONS = {"invoke_agent", "invoke_workflow", "create_agent"}
@@ -240,7 +245,7 @@ def reference_map_span(
                     keys.append(key)
         if not messages:
             continue
-        values[column] = _JSON(_finite_or_null([messages[i] for i in sorted(messages)]))
+        values[column] = _JSON([messages[i] for i in sorted(messages)])
         assembled.add(column)
         if sorted(messages) == list(range(len(messages))) and len(keys) == sum(len(m) for m in messages.values()):
             leftover = {k: v for k, v in (leftover or {}).items() if k not in keys}
