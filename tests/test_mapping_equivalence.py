@@ -36,6 +36,8 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=st
 def _JSON(value: Any) -> str:  # noqa: N802 - the name the mapper's reference used
     """Strict JSON: NaN and infinities (at any depth) as null, as every JSON column holds them."""
     return _ENCODE(_finite_or_null(value))
+
+
 _STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 _KIND_NAMES = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
 _RUN_OPERATIONS = {"invoke_agent", "invoke_workflow", "create_agent"}
