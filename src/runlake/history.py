@@ -687,8 +687,7 @@ class HistoryDB:
         index = self.run_index()
         if index is None:
             return False, None
-        row = index.run(run_id)
-        return True, (row if self._in_scope(row) else None)
+        return True, next((row for row in index.runs_of_id(run_id) if self._in_scope(row)), None)
 
     def find_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's ``runs/`` index row (in this scope), or None.

@@ -60,14 +60,13 @@ def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
 
 
 # One row per span: the "start" row of a run only while its "end" row has not arrived.
-LATEST_ROW = "QUALIFY row_number() OVER (PARTITION BY span_id ORDER BY record = 'end' DESC) = 1"
-# The same for ``{latest}``. The window is also partitioned by columns a span's rows always share (ids, start time,
-# tenant), so DuckDB pushes a caller's filter on them below the window into the Parquet scan. Not by session: a
-# run's session can be set after it started, so its start row may name none while its end row names one.
-_LATEST_OF_PART = (
-    "QUALIFY row_number() OVER (PARTITION BY span_id, trace_id, start_time_unix_nano, tenant_id "
-    "ORDER BY record = 'end' DESC) = 1"
-)
+# What makes two rows the same span: its ids, start time and tenant (one tenant's rows never hide another's, even
+# with the same span id). Every de-duplication keys on it; DuckDB also pushes a caller's filter on these columns below
+# the window into the Parquet scan. Not the session: a run's session can be set after it started, so its start row
+# may name none while its end row names one.
+SPAN_KEY = "span_id, trace_id, start_time_unix_nano, tenant_id"
+LATEST_ROW = f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY record = 'end' DESC) = 1"
+_LATEST_OF_PART = LATEST_ROW
 
 
 def _day_group(file: LakeRoot) -> str:

@@ -33,6 +33,8 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
+from .query import LATEST_ROW
+
 _logger = logging.getLogger(__name__)
 
 COLUMNS = (
@@ -103,7 +105,8 @@ class RunIndex:
         self._lock = threading.RLock()
         self._connection: duckdb.DuckDBPyConnection | None = None  # opened on first use
         self._local = threading.local()
-        self._lookups: tuple[int, dict[str, int], dict[str, list[int]]] | None = None  # (version, by run, by session)
+        # (version, run id -> rows, session id -> rows): a run id may be in several tenants (one stream sent to two)
+        self._lookups: tuple[int, dict[str, list[int]], dict[str, list[int]]] | None = None
         self._first: tuple[pa.Table, pa.Array] | None = None  # (table, first run of its trace per row)
         self._several: tuple[pa.Table, frozenset[str]] | None = None  # (table, traces holding several runs)
         self._users: tuple[pa.Table, dict[str, list[int]]] | None = None  # (table, user id -> rows)
@@ -174,10 +177,7 @@ class RunIndex:
         cursor = self._db().cursor()
         try:
             cursor.register("_parts", merged)
-            return cursor.sql(
-                "SELECT * EXCLUDE (record) FROM _parts "
-                "QUALIFY row_number() OVER (PARTITION BY span_id ORDER BY record = 'end' DESC) = 1"
-            ).to_arrow_table()
+            return cursor.sql(f"SELECT * EXCLUDE (record) FROM _parts {LATEST_ROW}").to_arrow_table()
         finally:
             cursor.close()
 
@@ -198,7 +198,7 @@ class RunIndex:
         names = [d[0] for d in result.description]
         return [dict(zip(names, row)) for row in result.fetchall()]
 
-    def _lookup_tables(self) -> tuple[pa.Table | None, dict[str, int], dict[str, list[int]]]:
+    def _lookup_tables(self) -> tuple[pa.Table | None, dict[str, list[int]], dict[str, list[int]]]:
         """Run id -> row and session id -> rows of the current table, built once per version (point lookups then
         cost no query)."""
         with self._lock:
@@ -206,13 +206,13 @@ class RunIndex:
         if table is None:
             return None, {}, {}
         if lookups is None or lookups[0] != version:
-            by_run: dict[str, int] = {}
+            by_run: dict[str, list[int]] = {}
             by_session: dict[str, list[int]] = {}
             for i, (run_id, session_id) in enumerate(
                 zip(table.column("run_id").to_pylist(), table.column("session_id").to_pylist())
             ):
                 if run_id is not None:
-                    by_run.setdefault(run_id, i)
+                    by_run.setdefault(run_id, []).append(i)
                 by_session.setdefault(session_id or "", []).append(i)
             lookups = (version, by_run, by_session)
             with self._lock:
@@ -243,6 +243,7 @@ class RunIndex:
             return cached[1]
         positions = pa.table(
             {
+                "tenant_id": table.column("tenant_id"),
                 "trace_id": table.column("trace_id"),
                 "start": table.column("start_time_unix_nano"),
                 "span_id": table.column("span_id"),
@@ -254,7 +255,7 @@ class RunIndex:
             cursor.register("_runs", positions)
             mask = (
                 cursor.sql(
-                    "SELECT row_number() OVER (PARTITION BY trace_id ORDER BY start, span_id) = 1 AS first "
+                    "SELECT row_number() OVER (PARTITION BY tenant_id, trace_id ORDER BY start, span_id) = 1 AS first "
                     "FROM _runs ORDER BY pos"
                 )
                 .to_arrow_table()
@@ -292,11 +293,11 @@ class RunIndex:
             self._several = (table, several)
         return several
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        """The run's row, by run id."""
+    def runs_of_id(self, run_id: str) -> list[dict[str, Any]]:
+        """The rows with this run id: one, or one per tenant (or user) that stored it; the caller keeps its scope's."""
         table, by_run, _ = self._lookup_tables()
-        i = by_run.get(run_id)
-        return None if table is None or i is None else table.slice(i, 1).to_pylist()[0]
+        rows = by_run.get(run_id)
+        return [] if table is None or not rows else table.take(rows).to_pylist()
 
     def session(self, session_id: str) -> list[dict[str, Any]]:
         """The rows of a session's runs ("" for runs without a session)."""
@@ -334,7 +335,7 @@ class RunIndex:
             agent = storable_text(agent)
             test = pc.or_kleene(pc.equal(table.column("agent_name"), agent), pc.equal(table.column("agent_id"), agent))
             mask = test if mask is None else pc.and_kleene(mask, test)
-        if roots_only and not by_user:  # a trace never spans tenants: its first run overall
+        if roots_only and not by_user:  # its first run in its tenant (the same trace stored by two is each's own)
             test = self._first_of_trace(table)
             mask = test if mask is None else pc.and_kleene(mask, test)
         positions = pc.indices_nonzero(mask.fill_null(False)) if mask is not None else None
