@@ -476,3 +476,31 @@ def test_compacted_lake_point_reads_equal_the_answers_before(lake: Path, lake_id
     for key in before:
         assert after[key] == before[key], key
     assert sum(served) > 20, "the compacted days were read through the pyarrow point reads"
+
+
+def test_part_files_without_a_current_column_read_it_as_null(lake: Path) -> None:
+    """Files written before a column existed (here every part lacks ``error_type`` and ``node_type``): every query
+    and view reads those columns as null instead of failing to bind (union_by_name only unions the listed files)."""
+    runlake.configure(lake)
+    try:
+        with runlake.run("bot", "old-1", user_id="u") as r:
+            with runlake.node("a", type="tool"):
+                pass
+            with pytest.raises(RuntimeError), runlake.node("b", type="llm"):
+                raise RuntimeError("boom")
+            r.set_output("done")
+    finally:
+        runlake.shutdown()
+    for part in lake_files(lake):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns([c for c in ("error_type", "node_type") if c in table.column_names]), part)
+    for index_rows in (0, 1000):
+        db = HistoryDB(lake, index_max_rows=index_rows)
+        assert [x["run_id"] for x in db.get_runs("old-1")] == [r.run_id]
+        logs = db.get_logs(r.run_id)
+        assert [(n["id"], n["type"]) for n in logs["nodes"]] == [("a", None), ("b", None)]
+        assert logs["errors"][0]["error_type"] is None and logs["summary"]["failed_nodes"] == 1
+        assert len(db.get_traces(session_id="old-1")[0]["spans"]) == 3 and len(db.get_traces()) == 1
+        assert [h["run_id"] for h in db.get_history()] == [r.run_id]
+        assert db.sql("SELECT count(*), count(error_type) FROM spans").fetchall() == [(3, 0)]
+        assert db.sql("SELECT count(node_type) FROM spans").fetchall() == [(0,)]

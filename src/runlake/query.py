@@ -90,23 +90,39 @@ def split_clean(files: Sequence[LakeRoot]) -> tuple[list[LakeRoot], list[LakeRoo
     return clean, dirty
 
 
-def _parquet_list(files: Sequence[LakeRoot]) -> str:
+Absent = Callable[[Sequence[LakeRoot]], str]  # files -> ", NULL::TYPE AS col ..." for columns none of them has
+
+
+def _no_absent(files: Sequence[LakeRoot]) -> str:
+    return ""
+
+
+def _scan(listing: str, absent: str) -> str:
+    """``read_parquet`` of a listing (SQL text or ``?``), with the columns none of the files has added as nulls:
+    ``union_by_name`` only unions the listed files, so a query naming such a column would not bind."""
+    scan = f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
+    return f"(SELECT *{absent} FROM {scan})" if absent else scan
+
+
+def _parquet_list(files: Sequence[LakeRoot], absent: Absent = _no_absent) -> str:
     listing = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-    return f"read_parquet({listing}, union_by_name=true, hive_partitioning=false)"
+    return _scan(listing, absent(files))
 
 
-def latest_source(files: Sequence[LakeRoot], where: str = "", params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
+def latest_source(
+    files: Sequence[LakeRoot], where: str = "", params: Sequence[Any] = (), absent: Absent = _no_absent
+) -> tuple[str, list[Any]]:
     """SQL (and its parameters) for one row per span over local part files: compacted days as they are, the rest
     de-duplicated. ``where`` filters rows before de-duplication, so it may only test what a span's start and end
-    rows share (ids, session, tenant, user, span type, start time)."""
+    rows share (ids, session, tenant, user, span type, start time). ``absent``: see ``LakeReader._absent``."""
     clean, dirty = split_clean(files)
     condition = f" WHERE {where}" if where else ""
     parts, values = [], []
     if clean:
-        parts.append(f"SELECT * FROM {_parquet_list(clean)}{condition}")
+        parts.append(f"SELECT * FROM {_parquet_list(clean, absent)}{condition}")
         values += params
     if dirty:
-        parts.append(f"SELECT * FROM {_parquet_list(dirty)}{condition} {_LATEST_OF_PART}")
+        parts.append(f"SELECT * FROM {_parquet_list(dirty, absent)}{condition} {_LATEST_OF_PART}")
         values += params
     if len(parts) == 1:
         return f"({parts[0]})", values
@@ -130,6 +146,7 @@ class LakeReader:
         self._bad: set[str] = set()
         self._verified: set[tuple[str, int | None, float | None]] = set()
         self._typed: set[str] = set()  # local files whose column types were checked
+        self._lacking: dict[str, frozenset[str]] = {}  # of those, the ones without some of the table's columns
         self._footers: dict[str, tuple[pq.FileMetaData, list[tuple[Any, Any]]]] = {}
         self._lock = threading.Lock()
 
@@ -177,14 +194,38 @@ class LakeReader:
                 for field in found
                 if field.name in schema.names and not _compatible(field.type, schema.field(field.name).type)
             ]
+            lacking = frozenset(schema.names) - set(found.names)
             with self._lock:
                 if len(self._typed) >= _MAX_VERIFIED:
                     self._typed.clear()
+                    self._lacking.clear()
                 self._typed.add(name)
+                if lacking:  # written before a column existed: read with that column null
+                    self._lacking[name] = lacking
                 if wrong:
                     self._bad.add(name)
             if wrong:
                 _logger.warning("runlake: skipping part file %s: %s", name, "; ".join(wrong))
+
+    def _absent(self, files: Sequence[LakeRoot]) -> str:
+        """``, NULL::TYPE AS col`` for each column of the table that none of the (local, type-checked) files has: a
+        lake of files from before a column existed reads it as null, as ``union_by_name`` does where one file has it.
+        """
+        lacking = self._lacking
+        if not lacking or not files:
+            return ""
+        common: frozenset[str] | None = None
+        for file in files:
+            missing = lacking.get(str(file))
+            if not missing:
+                return ""
+            common = missing if common is None else common & missing
+            if not common:
+                return ""
+        schema = _table_schema_of(str(files[0]))
+        if schema is None or not common:
+            return ""
+        return "".join(f", NULL::{_DUCKDB_TYPES[schema.field(c).type]} AS {c}" for c in schema.names if c in common)
 
     def _set_aside(self, files: Sequence[LakeRoot]) -> bool:
         """Find unreadable files among ``files`` and remember them; True if any was found.
@@ -256,10 +297,10 @@ class LakeReader:
                     values = [*where_params, *params] if "{latest}" in sql else list(params)
                     result = cursor.execute(query, values)
                 elif "{latest}" in sql:
-                    source, values = latest_source(files, where, where_params)
+                    source, values = latest_source(files, where, where_params, self._absent)
                     result = cursor.execute(sql.replace("{latest}", source), [*values, *params])
                 else:
-                    query = sql.replace("{files}", "read_parquet(?, union_by_name=true, hive_partitioning=false)")
+                    query = sql.replace("{files}", _scan("?", self._absent(files)))
                     result = cursor.execute(query, [[str(f) for f in files], *params])
                 return [d[0] for d in result.description], result.fetchall()
             except (duckdb.IOException, duckdb.InvalidInputException) as error:
@@ -400,13 +441,14 @@ class LakeReader:
                 self._verified.clear()
             self._verified.update(_identity(f) for f in files)
 
-    @staticmethod
-    def _create_view(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, files: list[LakeRoot]) -> None:
+    def _create_view(
+        self, con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, files: list[LakeRoot]
+    ) -> None:
         if files and isinstance(files[0], ObjectPath):
             con.register(f"_lake_{table}", object_dataset(files))
             source = f"(SELECT * FROM _lake_{table} {_LATEST_OF_PART})"
         elif files:
-            source, _ = latest_source(files)
+            source, _ = latest_source(files, absent=self._absent)
         else:
             con.register(f"_empty_{table}", pa.Table.from_pylist([], schema=schema))
             source = f"_empty_{table}"
@@ -436,6 +478,7 @@ class LakeReader:
             return self._set_aside(files)
 
 
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE"}
 _MAX_FOOTERS = 256  # footers kept for pyarrow point reads (a day file's: ~0.2-0.5 MB in memory); forgotten all at once
 _MAX_VERIFIED = 500_000  # object-store files known readable (path, size, mtime); forgotten all at once past this
 

@@ -156,8 +156,8 @@ class RunIndex:
             cursor = self._db().cursor()
             try:
                 return _read_many(cursor, files)
-            except (duckdb.IOException, duckdb.InvalidInputException):
-                pass  # a broken or vanished file among them: find it below
+            except (duckdb.IOException, duckdb.InvalidInputException, duckdb.BinderException):
+                pass  # a broken or vanished file, or none with some column (older files): file by file below
             finally:
                 cursor.close()
         out: dict[str, pa.Table] = {}
