@@ -69,3 +69,41 @@ def test_the_same_spans_in_two_tenants_are_each_tenants_own(tmp_path: Path) -> N
         assert _answers(db.scoped(tenant_id=tenant), run_id) == expected, tenant
     # the whole lake holds both copies, one per tenant
     assert [h["run_id"] for h in db.get_history()] == [run_id, run_id]
+
+
+def test_a_users_view_of_a_shared_trace_holds_only_that_users_spans(tmp_path: Path) -> None:
+    """A trace where alice's run hands off to a run for bob, under an HTTP span (a run of no user, as a root span of
+    another instrumentation is): a reader scoped to alice sees alice's run and nodes, never bob's run, nodes or
+    text; bob the other way round; an unscoped reader sees all."""
+    from opentelemetry import trace
+
+    lake = tmp_path / "lake"
+    runlake.configure(lake)
+    try:
+        with trace.get_tracer("web").start_as_current_span("POST /chat"):
+            with runlake.run("front", "s-shared", user_id="alice", input="alice's question") as front:
+                with runlake.node("alice-think", type="llm", input="alice's prompt"):
+                    pass
+                with runlake.run("specialist", "s-shared", user_id="bob", input="BOB PRIVATE INPUT") as back:
+                    with runlake.node("bob-lookup", type="tool", input="bob's query"):
+                        pass
+                    back.set_output("BOB PRIVATE OUTPUT")
+                front.set_output("alice's answer")
+    finally:
+        runlake.shutdown()
+    db = HistoryDB(lake)
+
+    def names(view: HistoryDB, **query) -> set[str]:
+        traces = view.get_traces(**query)
+        assert len(traces) == 1
+        return {s["name"] for s in traces[0]["spans"]}
+
+    alice_sees = {"invoke_agent front", "chat alice-think"}
+    bob_sees = {"invoke_agent specialist", "execute_tool bob-lookup"}
+    for query in ({}, {"session_id": "s-shared"}, {"user_id": "alice"}):
+        assert names(db.scoped(user_id="alice"), **query) == alice_sees, query
+    assert names(db.scoped(user_id="bob")) == bob_sees
+    assert names(db) == alice_sees | bob_sees | {"POST /chat"}
+    assert "BOB PRIVATE" not in str(db.scoped(user_id="alice").get_traces())
+    assert [n["id"] for n in db.scoped(user_id="alice").get_logs(front.run_id)["nodes"]] == ["alice-think"]
+    assert [n["id"] for n in db.scoped(user_id="bob").get_logs(back.run_id)["nodes"]] == ["bob-lookup"]

@@ -112,7 +112,7 @@ _RUN_DICT_COLUMNS = (
 )
 _RUN_TEXT_COLUMNS = "input, output, metadata, status_message"  # what a run dict needs beyond the index
 _LOG_COLUMNS = (
-    "span_id, parent_span_id, span_type, session_id, run_id, trace_id, node_id, node_type, input, output, "
+    "span_id, parent_span_id, span_type, session_id, user_id, run_id, trace_id, node_id, node_type, input, output, "
     "start_time_unix_nano, "
     "end_time_unix_nano, status_code, status_message, error_type, metadata, input_tokens, output_tokens, cost_cents"
 )
@@ -162,6 +162,24 @@ def _nearest_run(row: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str |
             return None
         row = parent
     return None
+
+
+def rows_a_user_may_see(trace_rows: list[dict[str, Any]], user_id: str) -> list[dict[str, Any]]:
+    """The rows of one trace that a reader scoped to ``user_id`` may see: those naming the user, and of those naming
+    no user, the ones whose run (the nearest-run rule) is the user's, or that have no run above them. Another user's
+    run in the same trace (a hand-off) and its nodes stay hidden, as does a run of no user (a root HTTP span is one)."""
+    by_id = {r["span_id"]: r for r in trace_rows}
+    user_of_run = {(r["run_id"] or r["span_id"]): r["user_id"] for r in trace_rows if r["span_type"] == "run"}
+    out = []
+    for row in trace_rows:
+        if row["user_id"]:
+            if row["user_id"] == user_id:
+                out.append(row)
+            continue
+        run = _nearest_run(row, by_id)
+        if run is None or user_of_run.get(run) == user_id:
+            out.append(row)
+    return out
 
 
 def owners_of_unnamed_nodes(trace_rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -490,6 +508,8 @@ class HistoryDB:
             else:
                 runs = self._first_runs_of_newest_traces(where, params, order, limit)
         spans_by_trace = self._spans_of(runs, index)
+        if self.user_id is not None:  # a user's view: not the spans of other users' runs in the same traces
+            spans_by_trace = {t: rows_a_user_may_see(rows, self.user_id) for t, rows in spans_by_trace.items()}
         return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
 
     def _first_runs_of_newest_traces(
@@ -746,6 +766,8 @@ class HistoryDB:
         if run is None:
             raise LookupError(f"run {run_id!r} not found")
         rows = self._rows_of_run(run, indexed)
+        if self.user_id is not None:  # a user's view: never a row another user's span claims
+            rows = [r for r in rows if not r["user_id"] or r["user_id"] == self.user_id]
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
             own = next((r for r in rows if r["span_id"] == run["span_id"]), None)
