@@ -15,6 +15,7 @@ import duckdb
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from opentelemetry.exporter.runlake.layout import resolve_state_url
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import KeysError, KeyStore, load_keys
 from ..ingest_log import StorageUnavailable
@@ -173,7 +174,36 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        _logger.exception("runlake: unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, 500)
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Answer anything unexpected with the JSON 500 ``{"detail": "internal server error"}``, logged once with its
+    traceback, and let the connection live on.
+
+    A middleware, not ``exception_handler(Exception)``: Starlette runs such a handler in its outermost middleware,
+    which re-raises after answering, so uvicorn logged the traceback a second time and closed the client's
+    keep-alive connection. Here nothing propagates. If the response had already begun, no 500 can be sent: the
+    error is logged and the unfinished response is left to uvicorn, which closes that connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:  # noqa: BLE001 - the documented 500, for anything the handlers above did not answer
+            _logger.exception("runlake: unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await JSONResponse({"detail": "internal server error"}, 500)(scope, receive, send)
