@@ -775,7 +775,7 @@ def test_stalled_upload_gets_408_and_frees_its_ingest_slot(tmp_path: Path) -> No
             while data := stalled.recv(65536):  # until the server closes (the socket timeout bounds the wait)
                 answer += data
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"no body data for 0.5 s" in answer
+        assert b"the body did not arrive within 0.5 s" in answer
         with httpx.Client(base_url=server.base, headers=auth(key)) as client:  # the one slot is free again
             response = client.post("/v1/traces", content=body, headers={"Content-Type": PROTOBUF})
             assert response.status_code == 200, response.text

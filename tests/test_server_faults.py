@@ -5,12 +5,19 @@ matter, httpx otherwise); every wait is bounded.
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
-from server_fixtures import Server, new_key, write_keys
+from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from server_fixtures import Server, SpanFactory, auth, new_key, write_keys
+
+from runlake.otlp import PROTOBUF
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,6 +30,18 @@ def _keys(tmp_path: Path, *tenants: str) -> tuple[dict[str, str], Path]:
         {"key": key, "tenant_id": tenant, "role": "admin", "name": f"{tenant}-ops"} for tenant, key in keys.items()
     ]
     return keys, write_keys(tmp_path / "keys.json", entries)
+
+
+def _otlp_body() -> bytes:
+    spans = SpanFactory().run("agent", "s-faults", "u", [{"id": "n"}])[1]
+    return encode_spans(spans).SerializeToString()
+
+
+def _post_head(key: str, length: int) -> bytes:
+    return (
+        f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: {PROTOBUF}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -40,6 +59,68 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         assert chunk, "the server closed the connection in the middle of a response"
         body += chunk
     return int(status_line.split()[1]), headers, body
+
+
+# ---- slow and stalled bodies --------------------------------------------------------------------------------------
+def test_a_body_dripping_a_byte_at_a_time_gets_408_at_the_body_deadline(tmp_path: Path) -> None:
+    """--body-timeout-s is a deadline for the whole body: a client sending a byte well within the timeout, again and
+    again, is still refused once it has passed (before, the timeout applied to each chunk: it held a slot for ever)."""
+    keys, keys_file = _keys(tmp_path, "t1")
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--no-compact", "--durability", "sync"]
+    with Server(tmp_path / "lake", [*args, "--max-pending-ingest", "1", "--body-timeout-s", "1"]) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as drip:
+            started = time.monotonic()
+            drip.sendall(_post_head(keys["t1"], 1_000_000))
+            answer = b""
+            while time.monotonic() - started < 8:  # 8 deadlines: long enough to tell "refused" from "never"
+                drip.sendall(b"\x0a")  # one byte every 0.2 s: never 1 s without data
+                if select.select([drip], [], [], 0.2)[0]:
+                    answer = drip.recv(65536)
+                    break
+            elapsed = time.monotonic() - started
+            assert answer.startswith(b"HTTP/1.1 408"), f"no 408 after {elapsed:.1f} s of a dripping body: {answer!r}"
+            assert b"the body did not arrive within 1 s" in answer
+            assert elapsed < 5, elapsed  # the deadline (1 s), not 8 s of dripping
+        with httpx.Client(base_url=server.base, headers=auth(keys["t1"]), timeout=WAIT_S) as client:
+            response = client.post("/v1/traces", content=_otlp_body(), headers={"Content-Type": PROTOBUF})
+            assert response.status_code == 200, response.text  # the one slot is free again
+
+
+def test_one_tenant_cannot_take_every_ingest_slot(tmp_path: Path) -> None:
+    """A tenant holds at most half the ingest slots (--max-pending-ingest-per-tenant's default): its stalled
+    requests past that get 429 at once, and another tenant's requests still find slots."""
+    keys, keys_file = _keys(tmp_path, "evil", "good")
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--no-compact", "--durability", "sync"]
+    with Server(tmp_path / "lake", [*args, "--max-pending-ingest", "4", "--body-timeout-s", "60"]) as server:
+        stalls = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) for _ in range(4)]
+        try:
+            for stall in stalls:  # as many stalled uploads as the server has slots: 1 of 1000 bytes, then nothing
+                stall.sendall(_post_head(keys["evil"], 1000) + b"\x0a")
+            answered: dict[socket.socket, tuple[int, dict[str, str], bytes]] = {}
+            deadline = time.monotonic() + WAIT_S
+            while len(answered) < 2 and time.monotonic() < deadline:
+                ready = select.select([s for s in stalls if s not in answered], [], [], 0.5)[0]
+                for stall in ready:
+                    answered[stall] = _read_response(stall)
+            assert len(answered) == 2, f"{len(answered)} of the tenant's 4 stalled requests were refused, not 2"
+            for status, headers, body in answered.values():
+                assert (status, headers["retry-after"]) == (429, "2"), body
+                message = status_pb2.Status.FromString(body).message
+                assert message == "too many requests of this tenant in progress (2, its share of 4 slots)"
+
+            with httpx.Client(base_url=server.base, timeout=WAIT_S) as client:
+                for _ in range(3):  # the other tenant is served while the first one's stalls hold their slots
+                    response = client.post(
+                        "/v1/traces", content=_otlp_body(), headers={**auth(keys["good"]), "Content-Type": PROTOBUF}
+                    )
+                    assert response.status_code == 200, response.text
+                status = client.get("/api/v1/status", headers=auth(keys["evil"])).json()
+                assert status["ingest_in_progress"] == {"requests": 2, "limit": 2}
+                status = client.get("/api/v1/status", headers=auth(keys["good"])).json()
+                assert status["ingest_in_progress"] == {"requests": 0, "limit": 2}
+        finally:
+            for stall in stalls:
+                stall.close()
 
 
 # ---- unexpected errors --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from .settings import (
     DEFAULT_FLUSH_INTERVAL_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PENDING_INGEST,
+    DEFAULT_MAX_PENDING_INGEST_PER_TENANT,
     DEFAULT_MIN_SESSION_ROWS,
     DEFAULT_TTL_INTERVAL_S,
     DEFAULT_WS_QUEUE,
@@ -53,6 +54,7 @@ def create_app(
     fsync: bool = False,
     ws_queue_size: int = DEFAULT_WS_QUEUE,
     max_pending_ingest: int = DEFAULT_MAX_PENDING_INGEST,
+    max_pending_ingest_per_tenant: int | None = DEFAULT_MAX_PENDING_INGEST_PER_TENANT,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     min_session_rows: int = DEFAULT_MIN_SESSION_ROWS,
     compact_interval_s: float | None = DEFAULT_COMPACT_INTERVAL_S,
@@ -66,6 +68,8 @@ def create_app(
     ``TenantSink`` and docs/server.md. ``min_session_rows``: ingest writes sessions with fewer rows per flush
     into one shared file per day (``session=~mixed``); ``compact_interval_s`` (None: off) runs compaction in the
     background: days quiet for ``compact_older_than_minutes`` are merged (a closed day into one file).
+    ``max_pending_ingest``: OTLP requests in progress at once, of which one tenant's at most
+    ``max_pending_ingest_per_tenant`` (None: half, rounded up); ``body_timeout_s``: deadline for a whole body.
     """
     root = resolve_state_url(state_url)
     if root is None:
@@ -85,6 +89,8 @@ def create_app(
         raise ValueError("compact_interval_s must be positive (or None to switch compaction off)")
     if ws_queue_size < 1 or max_pending_ingest < 1 or flush_interval_s <= 0 or body_timeout_s <= 0:
         raise ValueError("ws_queue_size, max_pending_ingest, flush_interval_s and body_timeout_s must be positive")
+    if max_pending_ingest_per_tenant is not None and max_pending_ingest_per_tenant < 1:
+        raise ValueError("max_pending_ingest_per_tenant must be positive (or None: half of max_pending_ingest)")
     settings = ServerSettings(
         root=root,
         keys=keys,
@@ -97,6 +103,7 @@ def create_app(
         fsync=fsync,
         ws_queue_size=ws_queue_size,
         max_pending_ingest=max_pending_ingest,
+        max_pending_ingest_per_tenant=max_pending_ingest_per_tenant,
         body_timeout_s=body_timeout_s,
         min_session_rows=max(int(min_session_rows), 0),
         compact_interval_s=compact_interval_s,

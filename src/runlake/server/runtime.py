@@ -169,6 +169,40 @@ class TenantSink:
         self.exporter.shutdown()
 
 
+class IngestSlots:
+    """OTLP requests in progress: at most ``limit`` on the server and ``tenant_limit`` of one tenant, so a tenant
+    whose clients are slow (or hostile) cannot take every slot; the other tenants keep theirs. Used on the event
+    loop only (no lock). ``take(None)`` counts against the server's limit alone (``--no-auth``: one caller)."""
+
+    def __init__(self, limit: int, tenant_limit: int) -> None:
+        self.limit = limit
+        self.tenant_limit = tenant_limit
+        self.total = 0
+        self._of: dict[str, int] = {}  # tenants with requests in progress
+
+    def take(self, tenant: str | None) -> str | None:
+        """Take a slot for ``tenant``; None if taken, else why not (the 429's message)."""
+        if self.total >= self.limit:
+            return "too many requests in progress"
+        if tenant is not None:
+            held = self._of.get(tenant, 0)
+            if held >= self.tenant_limit:
+                return f"too many requests of this tenant in progress ({held}, its share of {self.limit} slots)"
+            self._of[tenant] = held + 1
+        self.total += 1
+        return None
+
+    def give_back(self, tenant: str | None) -> None:
+        self.total -= 1
+        if tenant is not None:
+            held = self._of.pop(tenant) - 1
+            if held:
+                self._of[tenant] = held
+
+    def of(self, tenant: str | None) -> int:
+        return self.total if tenant is None else self._of.get(tenant, 0)
+
+
 class EventSink:
     """Callable handed to the sinks: builds nothing unless someone listens; hops to the event loop."""
 
@@ -196,7 +230,7 @@ class Runtime:
         self.events = EventSink(self.hub)
         self._sinks: dict[str | None, TenantSink] = {}
         self._sinks_lock = threading.Lock()
-        self.pending_ingest = 0
+        self.ingest_slots = IngestSlots(settings.max_pending_ingest, settings.tenant_pending_limit)
         self.ingest_limiter = anyio.CapacityLimiter(settings.ingest_threads)
         self.ttl_task: asyncio.Task | None = None
         self.compact_task: asyncio.Task | None = None
