@@ -5,10 +5,12 @@ matter, httpx otherwise); every wait is bounded.
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -59,6 +61,17 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         assert chunk, "the server closed the connection in the middle of a response"
         body += chunk
     return int(status_line.split()[1]), headers, body
+
+
+def _wait_for(what: str, found: Callable[[], object]) -> object:
+    """Poll ``found`` until it returns something true (bounded by WAIT_S)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        result = found()
+        if result:
+            return result
+        time.sleep(0.05)  # polling interval of a bounded wait
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- slow and stalled bodies --------------------------------------------------------------------------------------
@@ -123,6 +136,30 @@ def test_one_tenant_cannot_take_every_ingest_slot(tmp_path: Path) -> None:
                 stall.close()
 
 
+def test_a_client_disconnecting_mid_body_is_one_info_line_and_frees_its_slot(tmp_path: Path) -> None:
+    """A collector that times out or an SDK that is killed while sending is not an internal error: one INFO line,
+    no traceback, no 500 attempted, and its slot is free again."""
+    keys, keys_file = _keys(tmp_path, "t1")
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--no-compact", "--durability", "sync"]
+    with Server(tmp_path / "lake", [*args, "--max-pending-ingest", "1"]) as server:
+        for sent in (1, 2):  # one after the other: the one slot is free again once the first is logged
+            with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as gone:
+                gone.sendall(_post_head(keys["t1"], 100_000) + b"\x0a" * 100)  # 100 of 100,000 bytes, then gone
+            _wait_for(
+                "the server to log the disconnect",
+                lambda sent=sent: (
+                    server.log().count("the client disconnected") + server.log().count("ingest failed") == sent
+                ),
+            )
+        log = server.log()
+        lines = re.findall(r"INFO: runlake ingest \(t1-ops\): the client disconnected after (\d+) byte\(s\)", log)
+        assert len(lines) == 2 and all(int(size) in (0, 100) for size in lines), log  # 0: gone before it was read
+        assert "Traceback" not in log and "ingest failed" not in log and "ERROR" not in log
+        with httpx.Client(base_url=server.base, headers=auth(keys["t1"]), timeout=WAIT_S) as client:
+            response = client.post("/v1/traces", content=_otlp_body(), headers={"Content-Type": PROTOBUF})
+            assert response.status_code == 200, response.text
+
+
 # ---- unexpected errors --------------------------------------------------------------------------------------------
 class FaultyServer(Server):
     """``runlake serve`` whose history reads raise an unexpected error (a stand-in for any bug behind a route)."""
@@ -157,3 +194,38 @@ def test_an_unexpected_error_is_a_json_500_logged_once_and_the_connection_lives_
         assert log.count("Traceback") == 1 and log.count("RuntimeError: injected fault") == 1, log
         assert "ERROR: runlake: unexpected error on GET /api/v1/agents/history" in log
         assert "Exception in ASGI application" not in log
+
+
+# ---- background compaction ----------------------------------------------------------------------------------------
+def test_a_lake_that_cannot_be_compacted_is_logged_once_per_change_of_state(tmp_path: Path) -> None:
+    """A lake whose compaction lock cannot be opened (as a read-only lake) is an expected state: one WARNING line
+    when it begins, nothing at the next intervals, one INFO line when compaction works again. Before, every interval
+    logged an ERROR with the CompactError's whole traceback."""
+    keys, keys_file = _keys(tmp_path, "t1")
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    lock = lake / ".compact.lock"
+    lock.symlink_to(tmp_path / "missing" / "compact.lock")  # neither made nor opened: ENOENT, as root too
+    args = ["--keys-file", str(keys_file), "--no-ttl", "--durability", "sync"]
+    with Server(lake, [*args, "--compact-interval-minutes", "0.01", "--compact-older-than", "0"]) as server:
+        with httpx.Client(base_url=server.base, headers=auth(keys["t1"]), timeout=WAIT_S) as client:
+
+            def compaction() -> dict:
+                return client.get("/api/v1/status").json()["compaction"]
+
+            _wait_for("three refused compactions", lambda: compaction()["runs"] >= 3)
+            last = compaction()["last"]
+            assert last["ok"] is False and "cannot open its lock file" in last["error"], last
+            log = server.log()
+            assert "Traceback" not in log and "compaction failed" not in log, log
+            [line] = [line for line in log.splitlines() if "compaction" in line]
+            assert line.startswith(f"WARNING: runlake compaction: cannot compact the lake at {lake}: cannot open its")
+            assert line.endswith("tried again every 0.6 s, logged again when this changes")
+
+            lock.unlink()  # the lake can be compacted again
+            _wait_for("a compaction that works", lambda: compaction()["last"]["ok"])
+            runs = compaction()["runs"]
+            _wait_for("two more compactions", lambda: compaction()["runs"] >= runs + 2)
+        log = server.log()
+        assert log.count("INFO: runlake compaction works again (it failed before: cannot compact the lake at") == 1
+        assert log.count("runlake compaction: cannot compact") == 1 and "Traceback" not in log

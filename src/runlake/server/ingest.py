@@ -10,6 +10,7 @@ import zlib
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from .. import otlp
 from ..auth import key_from_headers
@@ -32,11 +33,20 @@ class BodyError(Exception):
 
 
 # ---- request bodies ----------------------------------------------------------------------------------------------
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body (a collector's timeout, a killed SDK): nothing to
+    answer, nothing stored."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the client disconnected after {received} byte(s) of the body")
+        self.received = received
+
+
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first), and
     with 408 unless the whole body has arrived within ``timeout_s`` of the start: a slow or stalled client must
     not hold an ingest slot for longer than that (a deadline for the body, not a timeout for each chunk, which a
-    client sending a byte now and then would never reach)."""
+    client sending a byte now and then would never reach). Raises ``ClientGone`` if the client disconnects."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -57,6 +67,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         raise BodyError(
             408, f"the body did not arrive within {timeout_s:g} s ({size} bytes received); send the request again"
         ) from None
+    except ClientDisconnect:
+        raise ClientGone(size) from None
     return b"".join(chunks)
 
 
@@ -160,6 +172,9 @@ async def ingest(request: Request) -> Response:
     except BodyError as error:
         headers = {"Connection": "close"} if error.status == 408 else None  # the rest of the body is not read
         return otlp_error(media, error.status, error.message, headers)
+    except ClientGone as error:  # nobody to answer: the response below is dropped by the server
+        _logger.info("runlake ingest (%s): %s; nothing stored", principal.name, error)
+        return otlp_error(media, 400, str(error))
     except otlp.OTLPDecodeError as error:
         return otlp_error(media, 400, str(error))
     except StorageUnavailable as error:

@@ -299,20 +299,38 @@ class Runtime:
             await asyncio.sleep(interval_s)
 
     async def compact_loop(self, interval_s: float) -> None:
-        """Merge quiet partitions (and drain the shared per-day files) in the background."""
-        from ..compact import compact
+        """Merge quiet partitions (and drain the shared per-day files) in the background.
 
+        A lake that cannot be compacted at all (``CompactError``: read-only, its lock file cannot be opened) is an
+        expected state, not a bug: it is logged as one line when it begins or its reason changes, and once more
+        when compaction works again, not at every interval. Anything else is logged with its traceback."""
+        from ..compact import CompactError, compact
+
+        failure: str | None = None  # why the last run failed, if it did
         while True:
             await asyncio.sleep(interval_s)
             started = time.time()
             try:
                 summary = await asyncio.to_thread(compact, self.settings.root, self.settings.compact_older_than_minutes)
                 self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": True, **summary.as_dict()}
+                if failure is not None:
+                    _logger.info("runlake compaction works again (it failed before: %s)", failure)
+                    failure = None
                 if summary.partitions:
                     _logger.info("runlake compaction: %s", summary.as_dict())
+            except CompactError as error:
+                self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": False, "error": str(error)}
+                if str(error) != failure:
+                    _logger.warning(
+                        "runlake compaction: %s; tried again every %g s, logged again when this changes",
+                        error,
+                        interval_s,
+                    )
+                failure = str(error)
             except Exception as error:  # noqa: BLE001 - the loop must survive one bad run
                 self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": False, "error": str(error)}
                 _logger.exception("runlake compaction failed")
+                failure = f"{type(error).__name__}: {error}"
             self.compact_runs += 1
 
     # ---- the ingest log ----
