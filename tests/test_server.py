@@ -267,6 +267,55 @@ def test_hand_made_otlp_json_body(server: Server, api: httpx.Client) -> None:
     assert node["attributes"]["extra"] == {"k": 1} and node["events"][0]["name"] == "retry"
 
 
+def test_otlp_json_lone_surrogates_are_stored_as_replacement_characters(server: Server, api: httpx.Client) -> None:
+    """JavaScript's JSON.stringify escapes a string cut inside an emoji as a lone surrogate ("\\ud83d"); protobuf
+    refuses such a string, which refused the whole request (400, every span lost). Now it is stored with U+FFFD, as
+    runlake stores such text everywhere else, and every span of the request is stored."""
+    session, trace_id = unique("surrogate-s"), secrets.token_hex(16)
+    now = time.time_ns()
+    run_ids = [secrets.token_hex(8) for _ in range(3)]
+
+    def run_span(run_id: str, name: str, output: str, extra: tuple[dict, ...] = ()) -> dict:
+        attributes = [
+            {"key": "runlake.span.type", "value": {"stringValue": "run"}},
+            {"key": "session.id", "value": {"stringValue": session}},
+            {"key": "input.value", "value": {"stringValue": "SMILE"}},
+            {"key": "output.value", "value": {"stringValue": output}},
+            *extra,
+        ]
+        return {
+            "traceId": trace_id,
+            "spanId": run_id,
+            "name": name,
+            "startTimeUnixNano": str(now - 2_000_000_000),
+            "endTimeUnixNano": str(now),
+            "attributes": attributes,
+        }
+
+    spans = [
+        run_span(run_ids[0], "intact", "all fine"),
+        run_span(run_ids[1], "cut", "CUT", ({"key": "note LOW", "value": {"stringValue": "x"}},)),
+        run_span(run_ids[2], "RAW", "raw"),
+    ]
+    text = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]})
+    text = text.replace("SMILE", "smile \\ud83d\\ude42")  # an intact pair, escaped: one emoji
+    text = text.replace("CUT", "truncated \\ud83d").replace("LOW", "\\udc00")  # lone surrogates, escaped
+    body = text.encode().replace(b"RAW", b"raw \xed\xa0\xbd")  # and one encoded as if UTF-8 (WTF-8)
+    response = api.post("/v1/traces", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert "partialSuccess" not in response.json()
+
+    runs = {run["run_id"]: run for run in api.get("/api/v1/runs", params={"session_id": session}).json()}
+    assert set(runs) == set(run_ids)
+    assert runs[run_ids[0]]["output_content"] == "all fine"
+    assert runs[run_ids[1]]["output_content"] == "truncated \ufffd"
+    assert {run["input_content"] for run in runs.values()} == {"smile \U0001f642"}
+    [trace] = api.get("/api/v1/traces", params={"session_id": session}).json()
+    by_id = {span["span_id"]: span for span in trace["spans"]}
+    assert by_id[run_ids[1]]["attributes"]["note \ufffd"] == "x"
+    assert by_id[run_ids[2]]["name"] == "raw \ufffd"
+
+
 def test_protobuf_partial_success_for_invalid_spans(server: Server, api: httpx.Client) -> None:
     factory = SpanFactory()
     _, spans = factory.run(unique("pb"), unique("s"), None, NODES[:1])
@@ -726,7 +775,7 @@ def test_stalled_upload_gets_408_and_frees_its_ingest_slot(tmp_path: Path) -> No
             while data := stalled.recv(65536):  # until the server closes (the socket timeout bounds the wait)
                 answer += data
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert b"no body data for 0.5 s" in answer
+        assert b"the body did not arrive within 0.5 s" in answer
         with httpx.Client(base_url=server.base, headers=auth(key)) as client:  # the one slot is free again
             response = client.post("/v1/traces", content=body, headers={"Content-Type": PROTOBUF})
             assert response.status_code == 200, response.text

@@ -31,6 +31,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
+from opentelemetry.exporter.runlake.layout import storable_text
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -232,6 +233,8 @@ def parse_json(body: bytes, decoded: DecodedRequest | None = None) -> ExportTrac
         raise OTLPDecodeError(f"body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: the top level must be an object")
+    if _MAY_HOLD_SURROGATES.search(body) or json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        _storable_strings(data)
     entries = spans = 0
     for resource_spans in _list(_get(data, "resourceSpans", "resource_spans")):
         scopes = _list(_get(resource_spans, "scopeSpans", "scope_spans") if isinstance(resource_spans, dict) else None)
@@ -250,6 +253,33 @@ def parse_json(body: bytes, decoded: DecodedRequest | None = None) -> ExportTrac
     except RecursionError:
         raise OTLPDecodeError("body is not an OTLP/JSON ExportTraceServiceRequest: nested too deeply") from None
     return request
+
+
+# what can become a lone surrogate in json.loads (which decodes bytes with "surrogatepass"): a \uD800-\uDFFF escape,
+# as JavaScript's JSON.stringify writes for a string cut inside an emoji, or such a code point encoded as UTF-8
+_MAY_HOLD_SURROGATES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _storable_strings(data: dict | list) -> None:
+    """Replace each lone surrogate in the strings of ``data`` (parsed JSON, keys included) with U+FFFD, in place, as
+    the writer stores such text (``storable_text``): protobuf refuses them, which would refuse the whole request
+    for one cut string. Iterative, so any nesting ``json.loads`` took is walked without recursion."""
+    stack: list[dict | list] = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in [k for k in node if storable_text(k) is not k]:
+                node[storable_text(key)] = node.pop(key)
+            items: Iterable[tuple[Any, Any]] = node.items()
+        else:
+            items = enumerate(node)
+        for key, value in items:
+            if isinstance(value, str):
+                fixed = storable_text(value)
+                if fixed is not value:
+                    node[key] = fixed
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
 
 
 def _list(value: Any) -> list:

@@ -113,7 +113,7 @@ def traces(request: Request, principal: Caller, params: Annotated[TracesParams, 
     "/api/v1/status",
     responses={**ERRORS, 403: {"model": ErrorBody, "description": "Not an admin key"}},
     tags=["meta"],
-    summary="Ingest, WebSocket and TTL counters (admin keys)",
+    summary="Ingest, WebSocket, TTL and compaction counters (admin keys)",
 )
 def status(request: Request, principal: Caller) -> dict[str, Any]:
     if not principal.is_admin:
@@ -124,6 +124,12 @@ def status(request: Request, principal: Caller) -> dict[str, Any]:
         "uptime_s": round(time.time() - runtime.started_at, 1),
         "durability": runtime.settings.durability.value,
         "ingest": sinks,
+        "ingest_in_progress": {  # a tenant's key sees its tenant's count; the server's only without keys
+            "requests": runtime.ingest_slots.of(principal.tenant_id),
+            "limit": runtime.settings.max_pending_ingest
+            if principal.tenant_id is None
+            else runtime.settings.tenant_pending_limit,
+        },
         "ingest_log": None
         if runtime.log is None or principal.tenant_id is not None
         else {

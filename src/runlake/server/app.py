@@ -15,6 +15,7 @@ import duckdb
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from opentelemetry.exporter.runlake.layout import resolve_state_url
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import KeysError, KeyStore, load_keys
 from ..ingest_log import StorageUnavailable
@@ -27,6 +28,7 @@ from .settings import (
     DEFAULT_FLUSH_INTERVAL_S,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_PENDING_INGEST,
+    DEFAULT_MAX_PENDING_INGEST_PER_TENANT,
     DEFAULT_MIN_SESSION_ROWS,
     DEFAULT_TTL_INTERVAL_S,
     DEFAULT_WS_QUEUE,
@@ -52,6 +54,7 @@ def create_app(
     fsync: bool = False,
     ws_queue_size: int = DEFAULT_WS_QUEUE,
     max_pending_ingest: int = DEFAULT_MAX_PENDING_INGEST,
+    max_pending_ingest_per_tenant: int | None = DEFAULT_MAX_PENDING_INGEST_PER_TENANT,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     min_session_rows: int = DEFAULT_MIN_SESSION_ROWS,
     compact_interval_s: float | None = DEFAULT_COMPACT_INTERVAL_S,
@@ -65,6 +68,8 @@ def create_app(
     ``TenantSink`` and docs/server.md. ``min_session_rows``: ingest writes sessions with fewer rows per flush
     into one shared file per day (``session=~mixed``); ``compact_interval_s`` (None: off) runs compaction in the
     background: days quiet for ``compact_older_than_minutes`` are merged (a closed day into one file).
+    ``max_pending_ingest``: OTLP requests in progress at once, of which one tenant's at most
+    ``max_pending_ingest_per_tenant`` (None: half, rounded up); ``body_timeout_s``: deadline for a whole body.
     """
     root = resolve_state_url(state_url)
     if root is None:
@@ -84,6 +89,8 @@ def create_app(
         raise ValueError("compact_interval_s must be positive (or None to switch compaction off)")
     if ws_queue_size < 1 or max_pending_ingest < 1 or flush_interval_s <= 0 or body_timeout_s <= 0:
         raise ValueError("ws_queue_size, max_pending_ingest, flush_interval_s and body_timeout_s must be positive")
+    if max_pending_ingest_per_tenant is not None and max_pending_ingest_per_tenant < 1:
+        raise ValueError("max_pending_ingest_per_tenant must be positive (or None: half of max_pending_ingest)")
     settings = ServerSettings(
         root=root,
         keys=keys,
@@ -96,6 +103,7 @@ def create_app(
         fsync=fsync,
         ws_queue_size=ws_queue_size,
         max_pending_ingest=max_pending_ingest,
+        max_pending_ingest_per_tenant=max_pending_ingest_per_tenant,
         body_timeout_s=body_timeout_s,
         min_session_rows=max(int(min_session_rows), 0),
         compact_interval_s=compact_interval_s,
@@ -173,7 +181,36 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        _logger.exception("runlake: unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, 500)
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Answer anything unexpected with the JSON 500 ``{"detail": "internal server error"}``, logged once with its
+    traceback, and let the connection live on.
+
+    A middleware, not ``exception_handler(Exception)``: Starlette runs such a handler in its outermost middleware,
+    which re-raises after answering, so uvicorn logged the traceback a second time and closed the client's
+    keep-alive connection. Here nothing propagates. If the response had already begun, no 500 can be sent: the
+    error is logged and the unfinished response is left to uvicorn, which closes that connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:  # noqa: BLE001 - the documented 500, for anything the handlers above did not answer
+            _logger.exception("runlake: unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await JSONResponse({"detail": "internal server error"}, 500)(scope, receive, send)

@@ -146,11 +146,21 @@ def serve_command(
         min=1,
         help="OTLP requests in progress at once; more get 429 with Retry-After.",
     ),
+    max_pending_ingest_per_tenant: int | None = typer.Option(
+        None,
+        "--max-pending-ingest-per-tenant",
+        min=1,
+        show_default="half of --max-pending-ingest, rounded up",
+        help="OTLP requests of one tenant (all its keys) in progress at once; more get 429 with Retry-After, so "
+        "one tenant's slow or stalled clients cannot take the other tenants' slots. Not applied with --no-auth.",
+    ),
     body_timeout_s: float = typer.Option(
         DEFAULT_BODY_TIMEOUT_S,
         "--body-timeout-s",
         min=0.01,
-        help="An OTLP body that sends nothing for this long gets 408, so stalled clients cannot hold ingest slots.",
+        help="Deadline for a whole OTLP body, counted from the end of the request's headers: a body not received "
+        "by then gets 408 and frees its slot, so slow or stalled clients cannot hold ingest slots (raise it for "
+        "big bodies over slow links).",
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
@@ -177,6 +187,7 @@ def serve_command(
             fsync=fsync,
             ws_queue_size=ws_queue_size,
             max_pending_ingest=max_pending_ingest,
+            max_pending_ingest_per_tenant=max_pending_ingest_per_tenant,
             body_timeout_s=body_timeout_s,
         )
     except (KeysError, ValueError, IngestLogLocked) as error:

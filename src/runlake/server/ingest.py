@@ -10,6 +10,7 @@ import zlib
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from .. import otlp
 from ..auth import key_from_headers
@@ -32,9 +33,20 @@ class BodyError(Exception):
 
 
 # ---- request bodies ----------------------------------------------------------------------------------------------
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body (a collector's timeout, a killed SDK): nothing to
+    answer, nothing stored."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the client disconnected after {received} byte(s) of the body")
+        self.received = received
+
+
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The raw body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length checked first), and
-    with 408 when no data arrives for ``timeout_s``: a stalled client must not hold an ingest slot for ever."""
+    with 408 unless the whole body has arrived within ``timeout_s`` of the start: a slow or stalled client must
+    not hold an ingest slot for longer than that (a deadline for the body, not a timeout for each chunk, which a
+    client sending a byte now and then would never reach). Raises ``ClientGone`` if the client disconnects."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -44,19 +56,19 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             raise BodyError(400, "Content-Length is not a number") from None
     chunks: list[bytes] = []
     size = 0
-    stream = request.stream()
-    while True:
-        try:
-            async with asyncio.timeout(timeout_s):
-                chunk = await anext(stream)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise BodyError(408, f"no body data for {timeout_s:g} s; send the request again") from None
-        size += len(chunk)
-        if size > limit:
-            raise BodyError(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyError(413, f"body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyError(
+            408, f"the body did not arrive within {timeout_s:g} s ({size} bytes received); send the request again"
+        ) from None
+    except ClientDisconnect:
+        raise ClientGone(size) from None
     return b"".join(chunks)
 
 
@@ -112,10 +124,13 @@ def otlp_error(media: str, status: int, message: str, headers: dict[str, str] | 
         200: {"description": "ExportTraceServiceResponse; partial_success counts rejected spans"},
         400: {"description": "Malformed protobuf / JSON / gzip (google.rpc.Status)"},
         401: {"description": "No key or an unknown key"},
-        408: {"description": "The body stalled for longer than --body-timeout-s"},
+        408: {"description": "The whole body did not arrive within --body-timeout-s"},
         413: {"description": "Body (or decompressed body) over the limit"},
         415: {"description": "Content-Type other than application/x-protobuf or application/json"},
-        429: {"description": "Too many requests in progress; retry after Retry-After"},
+        429: {
+            "description": "Too many requests in progress (on the server, or of the key's tenant); retry after "
+            "Retry-After"
+        },
         503: {"description": "The lake cannot be written; retry after Retry-After"},
     },
 )
@@ -137,9 +152,9 @@ async def ingest(request: Request) -> Response:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
         return otlp_error(media, 415, f"Content-Encoding {encoding!r} is not supported (use gzip or deflate)")
-    if runtime.pending_ingest >= settings.max_pending_ingest:
-        return otlp_error(media, 429, "too many requests in progress", {"Retry-After": str(RETRY_AFTER_S)})
-    runtime.pending_ingest += 1
+    refused = runtime.ingest_slots.take(None if settings.no_auth else principal.tenant_id)
+    if refused:
+        return otlp_error(media, 429, refused, {"Retry-After": str(RETRY_AFTER_S)})
     try:
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
         sink = runtime.sink(principal.tenant_id)
@@ -157,6 +172,9 @@ async def ingest(request: Request) -> Response:
     except BodyError as error:
         headers = {"Connection": "close"} if error.status == 408 else None  # the rest of the body is not read
         return otlp_error(media, error.status, error.message, headers)
+    except ClientGone as error:  # nobody to answer: the response below is dropped by the server
+        _logger.info("runlake ingest (%s): %s; nothing stored", principal.name, error)
+        return otlp_error(media, 400, str(error))
     except otlp.OTLPDecodeError as error:
         return otlp_error(media, 400, str(error))
     except StorageUnavailable as error:
@@ -166,7 +184,7 @@ async def ingest(request: Request) -> Response:
         _logger.exception("runlake ingest failed")
         return otlp_error(media, 500, "internal server error")
     finally:
-        runtime.pending_ingest -= 1
+        runtime.ingest_slots.give_back(None if settings.no_auth else principal.tenant_id)
     message = decoded.error_message
     if rejected:  # refused by the mapping (not by the decoder)
         decoded.rejected += rejected

@@ -169,6 +169,40 @@ class TenantSink:
         self.exporter.shutdown()
 
 
+class IngestSlots:
+    """OTLP requests in progress: at most ``limit`` on the server and ``tenant_limit`` of one tenant, so a tenant
+    whose clients are slow (or hostile) cannot take every slot; the other tenants keep theirs. Used on the event
+    loop only (no lock). ``take(None)`` counts against the server's limit alone (``--no-auth``: one caller)."""
+
+    def __init__(self, limit: int, tenant_limit: int) -> None:
+        self.limit = limit
+        self.tenant_limit = tenant_limit
+        self.total = 0
+        self._of: dict[str, int] = {}  # tenants with requests in progress
+
+    def take(self, tenant: str | None) -> str | None:
+        """Take a slot for ``tenant``; None if taken, else why not (the 429's message)."""
+        if self.total >= self.limit:
+            return "too many requests in progress"
+        if tenant is not None:
+            held = self._of.get(tenant, 0)
+            if held >= self.tenant_limit:
+                return f"too many requests of this tenant in progress ({held}, its share of {self.limit} slots)"
+            self._of[tenant] = held + 1
+        self.total += 1
+        return None
+
+    def give_back(self, tenant: str | None) -> None:
+        self.total -= 1
+        if tenant is not None:
+            held = self._of.pop(tenant) - 1
+            if held:
+                self._of[tenant] = held
+
+    def of(self, tenant: str | None) -> int:
+        return self.total if tenant is None else self._of.get(tenant, 0)
+
+
 class EventSink:
     """Callable handed to the sinks: builds nothing unless someone listens; hops to the event loop."""
 
@@ -196,7 +230,7 @@ class Runtime:
         self.events = EventSink(self.hub)
         self._sinks: dict[str | None, TenantSink] = {}
         self._sinks_lock = threading.Lock()
-        self.pending_ingest = 0
+        self.ingest_slots = IngestSlots(settings.max_pending_ingest, settings.tenant_pending_limit)
         self.ingest_limiter = anyio.CapacityLimiter(settings.ingest_threads)
         self.ttl_task: asyncio.Task | None = None
         self.compact_task: asyncio.Task | None = None
@@ -265,20 +299,38 @@ class Runtime:
             await asyncio.sleep(interval_s)
 
     async def compact_loop(self, interval_s: float) -> None:
-        """Merge quiet partitions (and drain the shared per-day files) in the background."""
-        from ..compact import compact
+        """Merge quiet partitions (and drain the shared per-day files) in the background.
 
+        A lake that cannot be compacted at all (``CompactError``: read-only, its lock file cannot be opened) is an
+        expected state, not a bug: it is logged as one line when it begins or its reason changes, and once more
+        when compaction works again, not at every interval. Anything else is logged with its traceback."""
+        from ..compact import CompactError, compact
+
+        failure: str | None = None  # why the last run failed, if it did
         while True:
             await asyncio.sleep(interval_s)
             started = time.time()
             try:
                 summary = await asyncio.to_thread(compact, self.settings.root, self.settings.compact_older_than_minutes)
                 self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": True, **summary.as_dict()}
+                if failure is not None:
+                    _logger.info("runlake compaction works again (it failed before: %s)", failure)
+                    failure = None
                 if summary.partitions:
                     _logger.info("runlake compaction: %s", summary.as_dict())
+            except CompactError as error:
+                self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": False, "error": str(error)}
+                if str(error) != failure:
+                    _logger.warning(
+                        "runlake compaction: %s; tried again every %g s, logged again when this changes",
+                        error,
+                        interval_s,
+                    )
+                failure = str(error)
             except Exception as error:  # noqa: BLE001 - the loop must survive one bad run
                 self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": False, "error": str(error)}
                 _logger.exception("runlake compaction failed")
+                failure = f"{type(error).__name__}: {error}"
             self.compact_runs += 1
 
     # ---- the ingest log ----
