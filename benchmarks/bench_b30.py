@@ -44,7 +44,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import Chat, fmt_bytes, fmt_time, median, print_table  # noqa: E402
+from common import (  # noqa: E402
+    Approx,
+    Chat,
+    differing_fields,
+    first_difference,
+    fmt_bytes,
+    fmt_time,
+    median,
+    print_table,
+)
+from common import comparable_text as _text  # noqa: E402
 from opentelemetry.sdk.resources import Resource  # noqa: E402
 from opentelemetry.sdk.trace import Event, ReadableSpan  # noqa: E402
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: E402
@@ -669,6 +679,185 @@ def _cycle(items: list, i: int) -> Any:
     return items[i % len(items)]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# same answers: what the "same answer" column compares
+# ---------------------------------------------------------------------------------------------------------------
+# A signature is a dict {field: value} of what a user reads in one answer, in the answer's order. A call agrees with
+# runlake's when every field both signatures hold is equal; a field one of them cannot give is left out (each
+# query's note says which). Numbers that a store keeps or shows to a coarser resolution are ``Approx``.
+MS = 1e-3  # seconds
+
+
+def _shown_seconds(text: str | None) -> Approx:
+    """A duration as runlake's CodexOS shapes show it ("0.035s" below one second, else "45.2s" / "45s")."""
+    if text is None:
+        return Approx(None)
+    seconds = float(text.rstrip("s"))
+    return Approx(seconds, 0.0005 if seconds < 1 else 0.05)
+
+
+_OK_FAILED = {"ok": "completed", "error": "failed"}  # PraisonAI record status -> CodexOS status
+_A, _B = "(a)", "(b)"
+
+
+def runs_signature(system: str, result: Any) -> dict[str, Any]:
+    """get_runs: every store returns PraisonAI's run dicts; all of them compared, newest first, times to the ms."""
+    return {
+        "run_id": [r["run_id"] for r in result],
+        "status": [r["status"] for r in result],
+        "input": [_text(r["input_content"]) for r in result],
+        "output": [_text(r["output_content"]) for r in result],
+        "started_at": [Approx(r["started_at"], MS / 2) for r in result],
+        "ended_at": [Approx(r["ended_at"], MS / 2) for r in result],
+    }
+
+
+def logs_signature(system: str, result: Any) -> dict[str, Any]:
+    """get_logs: per node (oldest first) id, type, status, input, output, duration; and (runlake, (a)) the run's
+    final output, tokens and cost. (b) returns its span records (no summary): their attributes are read."""
+    nodes = result["nodes"]
+    if system.startswith(_B):
+        attrs = [n["attributes"] for n in nodes]
+        return {
+            "node_id": [a.get("runlake.node.id") for a in attrs],
+            "type": [a.get("runlake.node.type") for a in attrs],
+            "status": [_OK_FAILED.get(n["status"], n["status"]) for n in nodes],
+            "input": [_text(a.get("input.value")) for a in attrs],
+            "output": [_text(a.get("output.value")) for a in attrs],
+            "duration": [Approx(n["ended_at"] - n["started_at"], 1e-6) for n in nodes],
+        }
+    if system.startswith(_A):  # "0.035s" from the INTEGER duration_ms column: truncated to the ms
+        durations = [Approx(float(n["time"].rstrip("s")), MS) for n in nodes]
+    else:
+        durations = [_shown_seconds(n["time"]) for n in nodes]
+    return {
+        "node_id": [n["id"] for n in nodes],
+        "type": [n["type"] for n in nodes],
+        "status": [n["status"] for n in nodes],
+        "input": [_text(n["input"]) for n in nodes],
+        "output": [_text(n["output"]) for n in nodes],
+        "duration": durations,
+        "final_output": _text(result["final_output"]),
+        "tokens_used": result["summary"]["tokens_used"],
+        "cost_cents": result["summary"]["cost_cents"],
+    }
+
+
+def traces_signature(system: str, result: Any) -> dict[str, Any]:
+    """get_traces: trace and run ids in order, statuses, spans per trace. (a) has no trace id (its ``trace_id`` is
+    the run id) and keeps the run itself in ``executions``, not among the trace's nodes: its span count + 1 is
+    compared (one run per trace here). (b)'s trace records hold no spans (PraisonAI fills ``spans: []``)."""
+    out: dict[str, Any] = {}
+    if not system.startswith(_A):
+        out["trace_id"] = [t["trace_id"] for t in result]
+    out["run_id"] = [t["run_id"] for t in result]
+    out["status"] = [t["status"] for t in result]
+    if not system.startswith(_B):
+        out["spans"] = [len(t["spans"]) + (1 if system.startswith(_A) else 0) for t in result]
+    return out
+
+
+def _second(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def history_signature(system: str, result: Any) -> dict[str, Any]:
+    """get_history: run ids in order, status, start (to the second, as runlake shows it), duration (as shown:
+    ± half its last digit); with (a) also input, output, node count, tokens, cost. (b) reads its trace records:
+    no input, output or totals in them."""
+    if system.startswith(_B):
+        return {
+            "run_id": [t["run_id"] for t in result],
+            "status": [_OK_FAILED.get(t["status"], t["status"]) for t in result],
+            "started_at": [_second(t["started_at"]) for t in result],
+            "duration": [Approx(t["ended_at"] - t["started_at"], 1e-6) for t in result],
+        }
+    if system.startswith(_A):  # "45.2s" always one decimal; started_at "YYYY-MM-DD HH:MM:SS.ffffff"
+        durations = [Approx(float(h["duration"].rstrip("s")), 0.05) for h in result]
+    else:
+        durations = [_shown_seconds(h["duration"]) for h in result]
+    return {
+        "run_id": [h["run_id"] for h in result],
+        "status": [h["status"] for h in result],
+        "started_at": [h["started_at"][:19].replace("T", " ") for h in result],
+        "duration": durations,
+        "input": [_text(h["input"]) for h in result],
+        "output": [_text(h["output"]) for h in result],
+        "node_count": [h["node_count"] for h in result],
+        "tokens_used": [h["tokens_used"] for h in result],
+        "cost_cents": [h["cost_cents"] for h in result],
+    }
+
+
+_STATS_FIELDS = ("executions", "failed", "tokens", "cost_cents", "p50_ms", "p95_ms")
+
+
+def _statistics(system: str, figures: Any) -> dict[str, Any]:
+    """One set of statistics: executions, failed, tokens, cost, p50/p95 of run durations (to 0.01 ms).
+
+    Cost: runlake's service shows whole cents of the sum (± 0.5); ``HistoryDB.sql`` the sum itself; (a) sums whole
+    cents per execution (CodexOS's INTEGER ``cost_cents``), so it may differ by up to 0.5 per execution. (b) has
+    no tokens or cost (only in its span records)."""
+    if isinstance(figures, dict) and "total_executions" in figures:  # ExecutionHistoryService
+        values = (
+            figures["total_executions"],
+            figures["failed_executions"],
+            figures["tokens_used"],
+            Approx(figures["cost_cents"], 0.5),
+            figures["p50_duration_ms"],
+            figures["p95_duration_ms"],
+        )
+    elif isinstance(figures, tuple):  # a HistoryDB.sql row: executions, failed, success_rate, tokens, cost, p50, p95
+        values = (figures[0], figures[1], figures[3], Approx(figures[4]), figures[5], figures[6])
+    else:  # b30_baselines._stats
+        n = figures["executions"]
+        values = (
+            n,
+            figures["failed"],
+            figures["tokens"],
+            Approx(figures["cost_cents"], 0.5 * n),
+            figures["p50_ms"],
+            figures["p95_ms"],
+        )
+    out = dict(zip(_STATS_FIELDS, values))
+    out["p50_ms"], out["p95_ms"] = Approx(out["p50_ms"], 0.005), Approx(out["p95_ms"], 0.005)
+    if system.startswith(_B):
+        del out["tokens"], out["cost_cents"]
+    return out
+
+
+def statistics_signature(system: str, result: Any) -> dict[str, Any]:
+    return _statistics(system, result[0] if isinstance(result, list) else result)
+
+
+def statistics_per_user_signature(system: str, result: Any) -> dict[str, Any]:
+    """The same figures per user: the users, then each field as {user: value}."""
+    if isinstance(result, list):  # HistoryDB.sql rows: user_id first
+        per_user = {row[0]: _statistics(system, tuple(row[1:])) for row in result}
+    else:
+        per_user = {user: _statistics(system, figures) for user, figures in result.items()}
+    users = sorted(per_user)
+    out: dict[str, Any] = {"users": users}
+    for name in next(iter(per_user.values()), {}):
+        out[name] = {u: per_user[u][name] for u in users}
+    return out
+
+
+def p95_signature(system: str, result: Any) -> dict[str, Any]:
+    """p95 node duration per node type: the types, and the values to 0.01 ms; (a) reads CodexOS's INTEGER
+    ``duration_ms`` (truncated to the ms), so its values are compared to 1 ms. Node counts: runlake only."""
+    if isinstance(result, dict):
+        tol = 1.0 if system.startswith(_A) else 0.005
+        return {"node_type": sorted(result), "p95_ms": {t: Approx(v, tol) for t, v in sorted(result.items())}}
+    rows = [(r["node_type"], r["p95_ms"], r["n"]) if isinstance(r, dict) else tuple(r) for r in result]
+    rows.sort(key=lambda r: r[0])
+    return {
+        "node_type": [r[0] for r in rows],
+        "p95_ms": {r[0]: Approx(r[1], 0.005) for r in rows},
+        "n": {r[0]: r[2] for r in rows},
+    }
+
+
 @dataclass
 class Query:
     name: str
@@ -677,6 +866,7 @@ class Query:
     signature: Callable[[str, Any], Any]  # (system, result) -> comparable value
     target_ms: float | None = None
     target_text: str = ""
+    compares: str = ""  # what the same-answer check compares, for the report
 
 
 def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: Any, since_ns: int) -> list[Query]:
@@ -718,40 +908,6 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
         )  # {latest}: one row per span, no de-duplication over compacted days
         return reader_of(db).rows(sql, lambda: table_files(db.root, SPANS), where="span_type = 'node'")
 
-    def run_ids(system: str, result: Any) -> Any:
-        return sorted(r["run_id"] for r in result)
-
-    def ordered_run_ids(system: str, result: Any) -> Any:
-        return [r["run_id"] for r in result]
-
-    def log_sig(system: str, result: Any) -> Any:
-        if system.startswith("(b)"):
-            return sorted(n["attributes"]["runlake.node.id"] for n in result["nodes"])
-        return sorted(n["id"] for n in result["nodes"])
-
-    def stats_sig(system: str, result: Any) -> Any:
-        if isinstance(result, dict) and "total_executions" in result:  # ExecutionHistoryService
-            return (result["total_executions"], result["failed_executions"])
-        if isinstance(result, list):  # duckdb rows
-            row = result[0]
-            return (
-                row["executions"] if isinstance(row, dict) else row[0],
-                row["failed"] if isinstance(row, dict) else row[1],
-            )
-        return (result["executions"], result["failed"])
-
-    def all_stats_sig(system: str, result: Any) -> Any:
-        if isinstance(result, dict):
-            return (len(result), sum(v.get("executions", v.get("total_executions", 0)) for v in result.values()))
-        if result and isinstance(result[0], dict):
-            return (len(result), sum(r["executions"] for r in result))
-        return (len(result), sum(r[1] for r in result))
-
-    def p95_sig(system: str, result: Any) -> Any:
-        if isinstance(result, dict):
-            return sorted(result)
-        return sorted(r["node_type"] if isinstance(r, dict) else r[0] for r in result)
-
     return [
         Query(
             "get_runs(session)",
@@ -760,9 +916,10 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.get_runs(_cycle(keys.sessions, i)),
                 "(b) PraisonAI KV": lambda i: kv.get_runs(_cycle(keys.sessions, i)),
             },
-            run_ids,
+            runs_signature,
             3.0,
             "≤ 3 ms",
+            compares=("started_at / ended_at: equal to the ms."),
         ),
         Query(
             "get_logs(run)",
@@ -771,9 +928,13 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.get_logs(_cycle(keys.runs, i)),
                 "(b) PraisonAI KV": lambda i: kv.get_logs(_cycle(keys.runs, i)),
             },
-            log_sig,
+            logs_signature,
             5.0,
             "≤ 5 ms",
+            compares=(
+                "Node durations as each shows them: runlake's text ± half its last digit, (a) whole ms (INTEGER "
+                "duration_ms), (b) exact; (b) gives no final output, tokens or cost (no summary in its span records)."
+            ),
         ),
         Query(
             "get_traces(user_id, limit=10)",
@@ -782,9 +943,13 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.get_traces(_cycle(keys.users, i), 10),
                 "(b) PraisonAI KV": lambda i: kv.get_traces(user_id=_cycle(keys.users, i), limit=10),
             },
-            ordered_run_ids,
+            traces_signature,
             10.0,
             "≤ 10 ms",
+            compares=(
+                "(a) has no trace id (its trace_id is the run id) and keeps the run as an execution, not a node: its "
+                "span count + 1 is compared; (b)'s trace records hold no spans."
+            ),
         ),
         Query(
             "get_history(agent, skip, limit=20)",
@@ -797,9 +962,13 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.get_history(_cycle(keys.agents, i), _cycle(keys.skips, i), 20),
                 "(b) PraisonAI KV": lambda i: kv.get_history(_cycle(keys.agents, i), _cycle(keys.skips, i), 20),
             },
-            ordered_run_ids,
+            history_signature,
             10.0,
             "≤ 10 ms",
+            compares=(
+                "Start to the second, duration as shown (± half its last digit); (b)'s trace records have no input, "
+                "output, node count, tokens or cost."
+            ),
         ),
         Query(
             "statistics, one user, 30 days",
@@ -813,7 +982,11 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.user_statistics(_cycle(keys.users, i), since_sql),
                 "(b) PraisonAI KV": lambda i: kv.user_statistics(_cycle(keys.users, i), since_ns / NS),
             },
-            stats_sig,
+            statistics_signature,
+            compares=(
+                "p50/p95 to 0.01 ms; cost: the service shows whole cents of the sum (± 0.5), HistoryDB.sql the sum, "
+                "(a) sums whole cents per execution (± 0.5 each); (b) has no tokens or cost (only in its span records)."
+            ),
         ),
         Query(
             "statistics per user, 30 days",
@@ -825,9 +998,13 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.all_user_statistics(since_sql),
                 "(b) PraisonAI KV": lambda i: kv.all_user_statistics(since_ns / NS),
             },
-            all_stats_sig,
+            statistics_per_user_signature,
             None,
             "≥ 10× faster than (a)",
+            compares=(
+                "Per user, as for one user: p50/p95 to 0.01 ms; cost: service ± 0.5, (a) ± 0.5 per execution; (b) no "
+                "tokens or cost."
+            ),
         ),
         Query(
             "p95 node duration per node type",
@@ -839,7 +1016,11 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
                 "(a) SQLite CodexOS": lambda i: codexos.p95_by_node_type(),
                 "(b) PraisonAI KV": lambda i: kv.p95_by_node_type(),
             },
-            p95_sig,
+            p95_signature,
+            compares=(
+                "p95 to 0.01 ms, (a)'s to 1 ms (from CodexOS's INTEGER duration_ms, truncated); node counts: runlake "
+                "only."
+            ),
         ),
     ]
 
@@ -928,11 +1109,36 @@ def ms(t: float | None) -> str:
 
 
 def agreement(reference: Timing, other: Timing) -> str:
+    """``same/compared``: calls whose answer equals the reference's (same parameters) in every field both give;
+    ``≠ fields`` names the fields that differed in any call."""
     common_reps = [r for r in other.sigs if r in reference.sigs]
     if not common_reps:
         return "-"
-    same = sum(1 for r in common_reps if reference.sigs[r] == other.sigs[r])
-    return f"{same}/{len(common_reps)}"
+    same, fields = 0, {}
+    for r in common_reps:
+        diff = differing_fields(reference.sigs[r], other.sigs[r])
+        same += not diff
+        fields.update(dict.fromkeys(diff))
+    return f"{same}/{len(common_reps)}" + (f" ≠ {','.join(fields)}" if fields else "")
+
+
+def compared_fields(reference: Timing, other: Timing) -> list[str]:
+    """The fields compared between two cases (those both signatures hold)."""
+    for r, sig in other.sigs.items():
+        if r in reference.sigs:
+            return [name for name in reference.sigs[r] if name in sig]
+    return []
+
+
+def disagreements(reference: Timing, other: Timing) -> list[str]:
+    """One example per differing field: the call, where the answers first differ and the two values."""
+    out: dict[str, str] = {}
+    for r in sorted(r for r in other.sigs if r in reference.sigs):
+        ref, sig = reference.sigs[r], other.sigs[r]
+        for name in differing_fields(ref, sig):
+            call = "warm-up call" if r < 0 else f"call {r}"
+            out.setdefault(name, f"{call}: {name}{first_difference(ref[name], sig[name])}")
+    return list(out.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1300,7 +1506,7 @@ def run_benchmark(
     for q in queries:
         cases = {f"runlake {label}": (lambda i, fn=fn: fn(db_after, i)) for label, fn in q.runlake.items()}
         after_t[q.name] = measure(cases, args.reps, args.budget, q.signature, q.name)
-    summary_rows = report_queries(queries, before_t, after_t)
+    summary_rows, answer_problems = report_queries(queries, before_t, after_t)
 
     # ---- 6. TTL: 10 of the 30 days ----------------------------------------------------------------------------
     cut = first_day + dt.timedelta(days=10)
@@ -1385,6 +1591,7 @@ def run_benchmark(
             f"{ratio(c_ing.busy_s / c_ing.spans, rl.busy_s / n)}",
             "",
             "",
+            "",
         ],
     )
     summary_rows.insert(
@@ -1400,6 +1607,7 @@ def run_benchmark(
             f"{ratio(json_bytes, rl_after_bytes)}",
             "≥ 20× vs (a), (c)",
             _met(a_bytes / rl_after_bytes >= 20 and json_bytes / rl_after_bytes >= 20),
+            "",
         ],
     )
     summary_rows.append(
@@ -1414,6 +1622,12 @@ def run_benchmark(
             f"{ratio(ttl['(b) PraisonAI KV DELETE'][0], rl_ttl_after)} / n/a",
             "≤ 50 ms",
             _met(rl_ttl_after <= 0.050),
+            " / ".join(  # executions deleted (nodes are counted by different days, see B30.5)
+                "same"
+                if ttl[k][1]["executions_deleted"] == ttl["runlake, after compaction"][1]["executions_deleted"]
+                else "DIFFERS"
+                for k in ("(a) SQLite CodexOS DELETE", "(b) PraisonAI KV DELETE")
+            ),
         ]
     )
     print_table(
@@ -1429,9 +1643,20 @@ def run_benchmark(
             "ratios a / b / c",
             "target",
             "met (after)",
+            "same answer a / b",
         ],
         summary_rows,
+        [
+            "same answer = calls of (a) / (b) whose answer equals runlake-before's in every field both give (B30.4 "
+            "tables: which fields); TTL: executions deleted."
+        ],
     )
+    if answer_problems:
+        print(f"\nanswers: {len(answer_problems)} disagreement(s) with runlake-before (one example per field):")
+        for line in answer_problems:
+            print(f"  ≠ {line}")
+    else:
+        print("\nanswers: every call of every case gave runlake-before's answer in every field compared")
     return {}
 
 
@@ -1453,13 +1678,30 @@ def _met(ok: bool, target: str = "") -> str:
     return ("met" if ok else "MISSED") + (f" ({target})" if target else "")
 
 
-def report_queries(queries: list[Query], before_t: dict, after_t: dict) -> list[list[str]]:
+def report_queries(queries: list[Query], before_t: dict, after_t: dict) -> tuple[list[list[str]], list[str]]:
+    """The B30.4 tables; returns the summary rows and the disagreements found (one line each)."""
     summary: list[list[str]] = []
+    problems: list[str] = []
     for q in queries:
         bt, at = before_t[q.name], after_t[q.name]
         primary = next(iter(q.runlake))
         ref_b, ref_a = bt[f"runlake {primary}"], at[f"runlake {primary}"]
         rows = []
+        details: list[str] = []  # disagreements, one example per field
+        fields: dict[str, list[str]] = {}  # fields compared -> the cases compared on them
+        checked = [
+            (f"runlake {lb}, {ph}", x[f"runlake {lb}"]) for lb in q.runlake for ph, x in (("before", bt), ("after", at))
+        ]
+        checked += [(system, bt[system]) for system in q.alternatives]
+        for name, t in checked:
+            if t is ref_b:
+                continue
+            compared = compared_fields(ref_b, t)
+            if compared:  # "(a) SQLite CodexOS" is listed as "(a)"
+                fields.setdefault(", ".join(compared), []).append(name.split(" ")[0] if name[0] == "(" else name)
+            for line in disagreements(ref_b, t):
+                details.append(f"≠ {name}, {line}")
+                problems.append(f"{q.name}: {name}, {line}")
         for label in q.runlake:
             name = f"runlake {label}"
             for phase, t in (("before compaction", bt[name]), ("after compaction", at[name])):
@@ -1503,7 +1745,10 @@ def report_queries(queries: list[Query], before_t: dict, after_t: dict) -> list[
             [
                 "÷ runlake = the alternative's p50 ÷ runlake's (first runlake row): > 1 means runlake is faster.",
                 "n = timed calls (parameters vary); 1* = one call only: a full scan longer than the --budget.",
-                "same answer = calls whose key facts (ids / counts) equal runlake-before's for the same parameters.",
+                "same answer = calls whose answer equals runlake-before's (same parameters) in every field both "
+                "give; ≠ names the fields that differed. " + q.compares,
+                *(f"fields compared with {', '.join(names)}: {f}" for f, names in fields.items()),
+                *details,
             ],
         )
         a_sys = next(s for s in q.alternatives if s.startswith("(a)"))
@@ -1531,9 +1776,10 @@ def report_queries(queries: list[Query], before_t: dict, after_t: dict) -> list[
                 f"{ratio(bt[a_sys].p50, best_after.p50)} / {ratio(bt[b_sys].p50, best_after.p50)} / n/a",
                 target,
                 met,
+                f"{agreement(ref_b, bt[a_sys]).split(' ')[0]} / {agreement(ref_b, bt[b_sys]).split(' ')[0]}",
             ]
         )
-    return summary
+    return summary, problems
 
 
 _READERS: dict[int, Any] = {}

@@ -29,7 +29,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import fmt_bytes, fmt_time, interleaved, median, peak_memory_in_child, print_table  # noqa: E402
+from common import (  # noqa: E402
+    Approx,
+    differing_fields,
+    first_difference,
+    fmt_bytes,
+    fmt_time,
+    interleaved,
+    median,
+    peak_memory_in_child,
+    print_table,
+)
 
 BATCH = 512  # what a BatchSpanProcessor hands to an exporter
 JSON_CASE = "otlp-json FileSpanExporter (baseline)"
@@ -482,12 +492,271 @@ def section_instrumentation(args: argparse.Namespace, scratch: Path) -> None:
 
 
 # ==== 4: queries ============================================================================================
-def section_queries(args: argparse.Namespace, scratch: Path) -> None:
+# ---- 4: the answers the query cases must give ------------------------------------------------------------------
+def quantile_cont(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks: DuckDB's ``quantile_cont``."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+US = 5e-7  # seconds: half a microsecond each side, so times agree to the µs
+
+
+class Truth:
+    """The answers, from the generated spans themselves (what was made, before any export): every timed call of
+    section 4 is checked against them. Compact (long texts as digests), so the spans can be dropped."""
+
+    def __init__(self, spans: list[Any]) -> None:
+        from opentelemetry.trace import StatusCode
+
+        text = common.comparable_text
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[str, list[tuple]] = {}  # run id -> (start, span id, node id, type, failed, in, out, tokens)
+        self.spans_per_trace: Counter = Counter()
+        self.node_ms: dict[str, list[float]] = {}  # node type -> durations
+        for s in spans:
+            a = s.attributes or {}
+            trace_id = f"{s.context.trace_id:032x}"
+            self.spans_per_trace[trace_id] += 1
+            failed = s.status.status_code is StatusCode.ERROR
+            kind = a.get("runlake.span.type")
+            if kind == "run":
+                self.runs[a["runlake.run.id"]] = {
+                    "run_id": a["runlake.run.id"],
+                    "session": a.get("session.id"),
+                    "user": a.get("user.id"),
+                    "agent": a.get("gen_ai.agent.name"),
+                    "trace_id": trace_id,
+                    "start": s.start_time,
+                    "end": s.end_time,
+                    "failed": failed,
+                    "input": text(a.get("input.value")),
+                    "output": text(a.get("output.value")),
+                }
+            elif kind == "node":
+                tokens = (a.get("gen_ai.usage.input_tokens") or 0) + (a.get("gen_ai.usage.output_tokens") or 0)
+                node = (
+                    s.start_time,
+                    f"{s.context.span_id:016x}",
+                    a.get("runlake.node.id"),
+                    a.get("runlake.node.type"),
+                    failed,
+                    text(a.get("input.value")),
+                    text(a.get("output.value")),
+                    tokens,
+                )
+                self.nodes.setdefault(a.get("runlake.run.id"), []).append(node)
+                self.node_ms.setdefault(node[3], []).append((s.end_time - s.start_time) / 1e6)
+        for nodes in self.nodes.values():
+            nodes.sort()  # as get_logs orders them: start, then span id
+        for durations in self.node_ms.values():
+            durations.sort()
+
+    def _run_facts(self, runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "run_id": [r["run_id"] for r in runs],
+            "failed": [r["failed"] for r in runs],
+            "input": [r["input"] for r in runs],
+            "output": [r["output"] for r in runs],
+            "started_at": [Approx(r["start"] / 1e9, US) for r in runs],
+            "ended_at": [Approx(r["end"] / 1e9, US) for r in runs],
+        }
+
+    def get_runs(self, session: str) -> dict[str, Any]:
+        """The session's runs, newest first."""
+        runs = sorted((r for r in self.runs.values() if r["session"] == session), key=lambda r: -r["start"])
+        return self._run_facts(runs)
+
+    def get_logs(self, run_id: str) -> dict[str, Any]:
+        """The run's nodes, oldest first, and its totals."""
+        nodes = self.nodes.get(run_id, [])
+        return {
+            "node_id": [n[2] for n in nodes],
+            "type": [n[3] for n in nodes],
+            "failed": [n[4] for n in nodes],
+            "input": [n[5] for n in nodes],
+            "output": [n[6] for n in nodes],
+            "total_nodes": len(nodes),
+            "failed_nodes": sum(n[4] for n in nodes),
+            "tokens": sum(n[7] for n in nodes),
+        }
+
+    def get_traces(self, user: str, limit: int) -> dict[str, Any]:
+        """The user's newest ``limit`` traces (one run each here), with their span counts."""
+        runs = sorted((r for r in self.runs.values() if r["user"] == user), key=lambda r: -r["start"])[:limit]
+        return {
+            "trace_id": [r["trace_id"] for r in runs],
+            "run_id": [r["run_id"] for r in runs],
+            "failed": [r["failed"] for r in runs],
+            "spans": [self.spans_per_trace[r["trace_id"]] for r in runs],
+        }
+
+    def get_history(self, agent: str, skip: int, limit: int) -> dict[str, Any]:
+        """A page of the agent's runs, newest first (ties by run id), with node counts and tokens."""
+        runs = sorted((r for r in self.runs.values() if r["agent"] == agent), key=lambda r: (-r["start"], r["run_id"]))
+        page = runs[skip : skip + limit]
+        nodes = [self.nodes.get(r["run_id"], []) for r in page]
+        return {
+            "run_id": [r["run_id"] for r in page],
+            "failed": [r["failed"] for r in page],
+            "input": [r["input"] for r in page],
+            "output": [r["output"] for r in page],
+            "node_count": [len(n) for n in nodes],
+            "tokens": [sum(x[7] for x in n) for n in nodes],
+        }
+
+    def p95(self) -> dict[str, Any]:
+        """p95 node duration (interpolated) and node count per node type."""
+        return {
+            "node_type": sorted(self.node_ms),
+            "p95_ms": {t: Approx(quantile_cont(v, 0.95), 1e-6) for t, v in sorted(self.node_ms.items())},
+            "n": {t: len(v) for t, v in sorted(self.node_ms.items())},
+        }
+
+
+# what each case returned, as the same facts (runlake: the API's shapes; SQLite: raw rows)
+def runlake_runs_facts(result: list[dict]) -> dict[str, Any]:
+    return {
+        "run_id": [r["run_id"] for r in result],
+        "failed": [r["status"] == "error" for r in result],
+        "input": [common.comparable_text(r["input_content"]) for r in result],
+        "output": [common.comparable_text(r["output_content"]) for r in result],
+        "started_at": [Approx(r["started_at"], US) for r in result],
+        "ended_at": [Approx(r["ended_at"], US) for r in result],
+    }
+
+
+def sqlite_runs_facts(rows: list[dict]) -> dict[str, Any]:
+    return {
+        "run_id": [r["run_id"] for r in rows],
+        "failed": [r["status_code"] == "ERROR" for r in rows],
+        "input": [common.comparable_text(r["input"]) for r in rows],
+        "output": [common.comparable_text(r["output"]) for r in rows],
+        "started_at": [Approx(r["start_time_unix_nano"] / 1e9, US) for r in rows],
+        "ended_at": [Approx(r["end_time_unix_nano"] / 1e9, US) for r in rows],
+    }
+
+
+def runlake_logs_facts(result: dict) -> dict[str, Any]:
+    nodes, summary = result["nodes"], result["summary"]
+    return {
+        "node_id": [n["id"] for n in nodes],
+        "type": [n["type"] for n in nodes],
+        "failed": [n["status"] == "failed" for n in nodes],
+        "input": [common.comparable_text(n["input"]) for n in nodes],
+        "output": [common.comparable_text(n["output"]) for n in nodes],
+        "total_nodes": summary["total_nodes"],
+        "failed_nodes": summary["failed_nodes"],
+        "tokens": summary["tokens_used"],
+    }
+
+
+def sqlite_logs_facts(result: list) -> dict[str, Any]:
+    runs, nodes = result
+    run = runs[0] if runs else {}
+    return {
+        "node_id": [n["node_id"] for n in nodes],
+        "type": [n["node_type"] for n in nodes],
+        "failed": [n["status_code"] == "ERROR" for n in nodes],
+        "input": [common.comparable_text(n["input"]) for n in nodes],
+        "output": [common.comparable_text(n["output"]) for n in nodes],
+        "total_nodes": run.get("node_count"),  # the runs table's totals
+        "failed_nodes": run.get("failed_nodes"),
+        "tokens": (run.get("input_tokens") or 0) + (run.get("output_tokens") or 0),
+    }
+
+
+def runlake_traces_facts(result: list[dict]) -> dict[str, Any]:
+    return {
+        "trace_id": [t["trace_id"] for t in result],
+        "run_id": [t["run_id"] for t in result],
+        "failed": [t["status"] == "error" for t in result],
+        "spans": [len(t["spans"]) for t in result],
+    }
+
+
+def sqlite_traces_facts(result: list) -> dict[str, Any]:
+    runs, spans = result
+    per_trace = Counter(s["trace_id"] for s in spans)
+    return {
+        "trace_id": [r["trace_id"] for r in runs],
+        "run_id": [r["run_id"] for r in runs],
+        "failed": [r["status_code"] == "ERROR" for r in runs],
+        "spans": [per_trace[r["trace_id"]] for r in runs],
+    }
+
+
+def runlake_history_facts(result: list[dict]) -> dict[str, Any]:
+    return {
+        "run_id": [h["run_id"] for h in result],
+        "failed": [h["status"] == "failed" for h in result],
+        "input": [common.comparable_text(h["input"]) for h in result],
+        "output": [common.comparable_text(h["output"]) for h in result],
+        "node_count": [h["node_count"] for h in result],
+        "tokens": [h["tokens_used"] for h in result],
+    }
+
+
+def sqlite_history_facts(rows: list[dict]) -> dict[str, Any]:
+    return {
+        "run_id": [r["run_id"] for r in rows],
+        "failed": [r["status_code"] == "ERROR" for r in rows],
+        "input": [common.comparable_text(r["input"]) for r in rows],
+        "output": [common.comparable_text(r["output"]) for r in rows],
+        "node_count": [r["node_count"] for r in rows],
+        "tokens": [(r["input_tokens"] or 0) + (r["output_tokens"] or 0) for r in rows],
+    }
+
+
+def p95_facts(rows: list) -> dict[str, Any]:
+    """Rows ``(node_type, p95_ms, n)``, as tuples (DuckDB) or dicts (SQLite)."""
+    rows = sorted((r["node_type"], r["p95_ms"], r["n"]) if isinstance(r, dict) else tuple(r) for r in rows)
+    return {
+        "node_type": [r[0] for r in rows],
+        "p95_ms": {r[0]: Approx(r[1], 1e-6) for r in rows},
+        "n": {r[0]: r[2] for r in rows},
+    }
+
+
+def wrong(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
+    """None when ``got`` gives the expected answer in every field; else where it first differs."""
+    if expected.keys() != got.keys():
+        return f"fields {sorted(got)} instead of {sorted(expected)}"
+    for name in differing_fields(expected, got):
+        return name + first_difference(expected[name], got[name], reference="expected")
+    return None
+
+
+def lake_counts(files: dict[str, list[Path]]) -> dict[str, int]:
+    """Rows and distinct ids in the lake's files, by a plain DuckDB scan (no runlake code)."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": 2})
+    spans = [str(p) for p in files["spans"]]
+    runs = [str(p) for p in files["runs"]]
+    s = con.execute(
+        "SELECT count(*), count(DISTINCT span_id), count(DISTINCT session_id) FROM read_parquet(?, union_by_name=true)",
+        [spans],
+    ).fetchone()
+    r = con.execute(
+        "SELECT count(*), count(DISTINCT run_id) FROM read_parquet(?, union_by_name=true)", [runs]
+    ).fetchone()
+    con.close()
+    return {"span rows": s[0], "span ids": s[1], "sessions": s[2], "run rows": r[0], "run ids": r[1]}
+
+
+def section_queries(args: argparse.Namespace, scratch: Path) -> int:
+    """Times the query cases; returns how many answers (timed calls and lake counts) were wrong."""
     from opentelemetry.exporter.runlake import RunlakeSpanExporter
 
     t0 = time.perf_counter()
     spanset = common.build_spans(args.lake_spans, days=30, concurrency=args.concurrency, seed=23)
     built = time.perf_counter() - t0
+    truth = Truth(spanset.spans)  # the answers, from the spans as made
     common.freeze_prebuilt()
     root = scratch / "lake"
     t0 = time.perf_counter()
@@ -499,11 +768,26 @@ def section_queries(args: argparse.Namespace, scratch: Path) -> None:
     files = lake_files(root)
     n = len(spanset.spans)
     days = len({p.parent.parent.name for p in files["spans"]})
+    generated = {
+        "span rows": n,
+        "span ids": n,
+        "sessions": spanset.sessions,
+        "run rows": spanset.runs,
+        "run ids": spanset.runs,
+    }
+    found = lake_counts(files)
+    count_errors = [f"{k} {found[k]:,} (generated {v:,})" for k, v in generated.items() if found[k] != v]
     print(
         f"\n[queries] lake: {n:,} spans, {spanset.runs:,} runs, {spanset.sessions:,} sessions, {spanset.users} users, "
         f"{days} days; built in {built:.1f}s, exported through RunlakeSpanExporter in {exported:.1f}s "
         f"({n / exported:,.0f} spans/s); files: {len(files['spans']):,} spans + {len(files['runs'])} runs; "
         f"{fmt_bytes(size_of(files['spans']) + size_of(files['runs']))}",
+        flush=True,
+    )
+    print(
+        "[queries] lake counts (plain DuckDB scan) against the generated spans: "
+        + ("WRONG: " + "; ".join(count_errors) if count_errors else ", ".join(f"{k} {v:,}" for k, v in found.items()))
+        + (" as generated" if not count_errors else ""),
         flush=True,
     )
     del spanset
@@ -519,31 +803,34 @@ def section_queries(args: argparse.Namespace, scratch: Path) -> None:
     )
 
     keys = pick_keys(sqlite_path)
-    q = queries(root, sqlite_path, keys)
+    q = queries(root, sqlite_path, keys, truth)
 
     mem: dict[str, int | None] = {}
     if not args.no_memory:
         print("[queries] memory pass (one forked child per case)", flush=True)
-        for name, (_, setup, fn) in q.items():
+        for name, (_, setup, fn, _) in q.items():
             mem[name] = memory(args, lambda h, fn=fn: fn(h, 0), lambda setup=setup: _ready(setup()))
 
     # timing: one shared HistoryDB and one SQLite connection, like a server; keys rotate over the repeats
     handles: dict[Any, Any] = {}
     state = {"round": 0}
+    verdicts: dict[str, list[str | None]] = {name: [] for name in q}  # per timed call: None = the right answer
 
-    def make_case(setup: Any, fn: Any) -> Any:
+    def make_case(name: str, setup: Any, fn: Any, check: Any) -> Any:
         def case() -> float:
             h = handles.get(setup)
             if h is None:
                 h = handles[setup] = setup()
                 fn(h, 0)  # warm-up: first connection use, extension/metadata loading
             start = time.perf_counter()
-            fn(h, state["round"])
-            return time.perf_counter() - start
+            result = fn(h, state["round"])
+            elapsed = time.perf_counter() - start
+            verdicts[name].append(check(result, state["round"]))  # untimed
+            return elapsed
 
         return case
 
-    cases = {name: make_case(setup, fn) for name, (_, setup, fn) in q.items()}
+    cases = {name: make_case(name, setup, fn, check) for name, (_, setup, fn, check) in q.items()}
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     print(f"[queries] timing: {args.query_repeats} interleaved repeats of {len(cases)} cases", flush=True)
@@ -557,14 +844,28 @@ def section_queries(args: argparse.Namespace, scratch: Path) -> None:
         base_key = q[name][0]
         ratio = "1.00× (baseline)" if base_key is None else f"{common.paired_ratio(times[name], times[base_key]):.1f}×"
         sorted_t = sorted(times[name])
+        right = sum(v is None for v in verdicts[name])
+        answers = f"{right}/{len(verdicts[name])}" + ("" if right == len(verdicts[name]) else " WRONG")
         rows.append(
-            [name, fmt_time(med), ratio, fmt_bytes(mem.get(name)), f"{fmt_time(sorted_t[0])}–{fmt_time(sorted_t[-1])}"]
+            [
+                name,
+                fmt_time(med),
+                ratio,
+                fmt_bytes(mem.get(name)),
+                f"{fmt_time(sorted_t[0])}–{fmt_time(sorted_t[-1])}",
+                answers,
+            ]
         )
+    problems = [f"lake: {e}" for e in count_errors]
+    for name in names:
+        first = next((v for v in verdicts[name] if v is not None), None)
+        if first is not None:
+            problems.append(f"{name.strip()}, call {verdicts[name].index(first)}: {first}")
     print_table(
         f"4. Query latency, p50 of {args.query_repeats} (keys rotate per repeat): lake of {n:,} spans in "
         f"{len(files['spans']):,} span files + {len(files['runs'])} run files over {days} days "
         "(lower ratio = faster; ratio vs the same question in SQLite)",
-        ["case", "p50", "vs SQLite", "peak mem", "min–max"],
+        ["case", "p50", "vs SQLite", "peak mem", "min–max", "right answers"],
         rows,
         [
             "runlake = HistoryDB over the lake (DuckDB, 2 threads, explicit file lists), returning the API's shapes.",
@@ -572,8 +873,25 @@ def section_queries(args: argparse.Namespace, scratch: Path) -> None:
             "p95 runlake = HistoryDB.sql() (lists the lake, builds both views, then the query);",
             "p95 raw duckdb = the same aggregate on read_parquet(<all span files>) with no views.",
             "vs SQLite = median over rounds of the per-round ratio (same key in the same round).",
+            "right answers = timed calls whose answer equals the one computed from the generated spans (before "
+            "export): get_runs: run ids newest first, failed, input, output, start/end to the µs; get_logs: node ids, "
+            "types, failed, input, output in order, node/failed/token totals; get_traces: trace and run ids in "
+            "order, failed, "
+            "spans per trace; get_history: the page's run ids, failed, input, output, node count, tokens; p95: node "
+            "types, p95 (interpolated, as quantile_cont) and node count per type. SQLite and raw DuckDB rows are "
+            "checked on the same facts.",
+            *(f"WRONG {p}" for p in problems),
         ],
     )
+    total = sum(len(v) for v in verdicts.values())
+    if problems:
+        print(
+            f"\n[queries] answers: {len(problems)} case(s) WRONG (first wrong call of each above); "
+            f"{total} calls checked"
+        )
+    else:
+        print(f"\n[queries] answers: all {total} timed calls right; lake counts as generated")
+    return sum(v is not None for vs in verdicts.values() for v in vs) + len(count_errors)
 
 
 def _ready(handle: Any) -> Any:
@@ -641,18 +959,26 @@ P95_RAW = (
     "count(*) AS n FROM read_parquet(?, union_by_name=true) WHERE span_type = 'node' AND record = 'end' "
     "GROUP BY node_type ORDER BY node_type"
 )
+# quantile_cont in SQLite: the two rows around position 0.95 × (n − 1), interpolated (it used to take the lower
+# row only, which is not the p95 the DuckDB cases compute: the answer checks showed it)
 P95_SQLITE = """
 WITH d AS (
   SELECT node_type, (end_time_unix_nano - start_time_unix_nano) / 1e6 AS ms,
          row_number() OVER (PARTITION BY node_type ORDER BY end_time_unix_nano - start_time_unix_nano) AS rn,
          count(*) OVER (PARTITION BY node_type) AS n
-  FROM spans WHERE span_type = 'node' AND record = 'end')
-SELECT node_type, ms AS p95_ms, n FROM d WHERE rn = CAST(0.95 * (n - 1) AS INTEGER) + 1 ORDER BY node_type
+  FROM spans WHERE span_type = 'node' AND record = 'end'),
+p AS (SELECT node_type, ms, n, 0.95 * (n - 1) AS pos FROM d
+      WHERE rn - 1 BETWEEN CAST(0.95 * (n - 1) AS INTEGER) AND CAST(0.95 * (n - 1) AS INTEGER) + 1)
+SELECT node_type, min(ms) + (max(ms) - min(ms)) * (pos - CAST(pos AS INTEGER)) AS p95_ms, n
+FROM p GROUP BY node_type, n, pos ORDER BY node_type
 """
 
 
-def queries(root: Path, sqlite_path: Path, keys: dict[str, list[str]]) -> dict[str, tuple[str | None, Any, Any]]:
-    """name -> (baseline case name or None, set-up returning a handle, fn(handle, round))."""
+def queries(
+    root: Path, sqlite_path: Path, keys: dict[str, list[str]], truth: Truth
+) -> dict[str, tuple[str | None, Any, Any, Any]]:
+    """name -> (baseline case name or None, set-up returning a handle, fn(handle, round), check(result, round)
+    returning None for the right answer, else where it differs from ``truth``)."""
     from opentelemetry.exporter.runlake.layout import SPANS, table_files
 
     import runlake
@@ -718,27 +1044,43 @@ def queries(root: Path, sqlite_path: Path, keys: dict[str, list[str]]) -> dict[s
         "sqlite get_logs(run)",
         "sqlite get_traces(user_id, limit=10)",
     )
+
+    def check(expected: Any, facts: Any) -> Any:
+        """check(result, round): the case's answer (as ``facts``) against ``expected(round)`` from the spans."""
+        return lambda result, i: wrong(expected(i), facts(result))
+
+    runs_ok = check(lambda i: truth.get_runs(k("session", i)), runlake_runs_facts)
+    sqlite_runs_ok = check(lambda i: truth.get_runs(k("session", i)), sqlite_runs_facts)
+    logs_ok = check(lambda i: truth.get_logs(k("run", i)), runlake_logs_facts)
+    sqlite_logs_ok = check(lambda i: truth.get_logs(k("run", i)), sqlite_logs_facts)
+    traces_ok = check(lambda i: truth.get_traces(k("user", i), 10), runlake_traces_facts)
+    sqlite_traces_ok = check(lambda i: truth.get_traces(k("user", i), 10), sqlite_traces_facts)
+    history_ok = check(lambda i: truth.get_history(k("agent", i), 20, 20), runlake_history_facts)
+    sqlite_history_ok = check(lambda i: truth.get_history(k("agent", i), 20, 20), sqlite_history_facts)
+    p95_ok = check(lambda i: truth.p95(), p95_facts)
     s_hist, s_p95 = "sqlite get_history(agent, skip=20, limit=20)", "sqlite p95 node duration by node_type"
     return {
-        s_runs: (None, sq, get_runs_sql),
-        "runlake get_runs(session)": (s_runs, hdb, lambda h, i: h.get_runs(k("session", i))),
-        s_logs: (None, sq, lambda c, i: sqlite_logs(c, k("run", i))),
-        "runlake get_logs(run)": (s_logs, hdb, lambda h, i: h.get_logs(k("run", i))),
-        s_traces: (None, sq, lambda c, i: sqlite_traces(c, k("user", i))),
+        s_runs: (None, sq, get_runs_sql, sqlite_runs_ok),
+        "runlake get_runs(session)": (s_runs, hdb, lambda h, i: h.get_runs(k("session", i)), runs_ok),
+        s_logs: (None, sq, lambda c, i: sqlite_logs(c, k("run", i)), sqlite_logs_ok),
+        "runlake get_logs(run)": (s_logs, hdb, lambda h, i: h.get_logs(k("run", i)), logs_ok),
+        s_traces: (None, sq, lambda c, i: sqlite_traces(c, k("user", i)), sqlite_traces_ok),
         "runlake get_traces(user_id, limit=10)": (
             s_traces,
             hdb,
             lambda h, i: h.get_traces(user_id=k("user", i), limit=10),
+            traces_ok,
         ),
-        s_hist: (None, sq, get_history_sql),
+        s_hist: (None, sq, get_history_sql, sqlite_history_ok),
         "runlake get_history(agent, skip=20, limit=20)": (
             s_hist,
             hdb,
             lambda h, i: h.get_history(k("agent", i), skip=20, limit=20),
+            history_ok,
         ),
-        s_p95: (None, sq, lambda c, i: sql_rows(c, P95_SQLITE)),
-        "runlake p95 node duration by node_type": (s_p95, hdb, lambda h, i: h.sql(P95_DUCKDB).fetchall()),
-        "  raw duckdb p95 node duration by node_type": (s_p95, raw, raw_p95),
+        s_p95: (None, sq, lambda c, i: sql_rows(c, P95_SQLITE), p95_ok),
+        "runlake p95 node duration by node_type": (s_p95, hdb, lambda h, i: h.sql(P95_DUCKDB).fetchall(), p95_ok),
+        "  raw duckdb p95 node duration by node_type": (s_p95, raw, raw_p95, p95_ok),
     }
 
 
@@ -1002,6 +1344,7 @@ def main() -> None:
         f"file system here: mkdir {mkdir_ms:.2f} ms, create+write+rename of a 16 KB file {create_ms:.2f} ms"
     )
     common.provider()
+    wrong_answers = 0
     try:
         export = None
         if {"1", "2"} & args.sections:
@@ -1018,7 +1361,7 @@ def main() -> None:
         if "3" in args.sections and args.profile:
             profile_instrumentation()
         if "4" in args.sections:
-            section_queries(args, scratch)
+            wrong_answers = section_queries(args, scratch)
             if args.profile:
                 profile_queries(scratch / "lake")
     finally:
@@ -1029,6 +1372,9 @@ def main() -> None:
             print(f"kept {scratch}")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\ntotal wall time {time.perf_counter() - started:.0f}s; load average at the end {load} (1/5/15 min)")
+    if wrong_answers:
+        print(f"exit 1: {wrong_answers} wrong answer(s) in section 4", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

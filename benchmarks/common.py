@@ -1,4 +1,4 @@
-"""Helpers for the runlake benchmarks: span generation, interleaved timing, peak memory, tables.
+"""Helpers for the runlake benchmarks: span generation, interleaved timing, peak memory, answers, tables.
 
 Nothing here is a test. Spans are made with the real OpenTelemetry SDK through runlake's own
 instrumentation (``runlake.run`` / ``turn`` / ``node`` under ``shifted_clock``), collected in memory, and
@@ -8,6 +8,7 @@ reordered the way an ingest server receives them: many sessions in flight, their
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -538,6 +539,69 @@ def peak_memory_in_child(fn: Callable[..., Any], setup: Callable[[], Any] | None
         print(f"  !! memory pass failed: {text}", file=sys.stderr)
         return None
     return int(text) if text else None
+
+
+# ---- comparing answers -------------------------------------------------------------------------------------
+# An answer is checked through a signature: a dict {field: value} of what a user reads in it, in its order.
+class Approx:
+    """A number known to ``± tol`` (its resolution: a rounded display, a truncated column): equal to another when
+    they differ by no more than both tolerances together (and float noise). None equals None only."""
+
+    __slots__ = ("tol", "value")
+
+    def __init__(self, value: float | None, tol: float = 0.0) -> None:
+        self.value = None if value is None else float(value)
+        self.tol = tol
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Approx):
+            return NotImplemented
+        if self.value is None or other.value is None:
+            return self.value is None and other.value is None
+        slack = self.tol + other.tol + 1e-9 * max(abs(self.value), abs(other.value), 1.0)
+        return abs(self.value - other.value) <= slack
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "None" if self.value is None else f"{self.value:.6g}±{self.tol:.2g}"
+
+
+def comparable_text(value: Any) -> Any:
+    """Text as compared: itself when short, else its start, length and a hash (signatures are kept per call)."""
+    if not isinstance(value, str) or len(value) <= 48:
+        return value
+    digest = hashlib.blake2b(value.encode(), digest_size=8).hexdigest()
+    return f"{value[:24]!r}… ({len(value):,} chars, #{digest})"
+
+
+def differing_fields(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The fields both signatures hold whose values differ."""
+    return [name for name, value in reference.items() if name in other and other[name] != value]
+
+
+def first_difference(a: Any, b: Any, where: str = "", reference: str = "runlake") -> str:
+    """Where two signature values first differ, and the two values there (for the report); ``a`` is the
+    ``reference``'s."""
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} items vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return first_difference(x, y, f"{where}[{i}]", reference)
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            only_ref, only_here = sorted(a.keys() - b.keys())[:4], sorted(b.keys() - a.keys())[:4]
+            return f"{where}: keys only in {reference} {only_ref}, only here {only_here}"
+        for k in a:
+            if a[k] != b[k]:
+                return first_difference(a[k], b[k], f"{where}[{k!r}]", reference)
+    return f"{where}: {reference} {_short(a)} vs {_short(b)}"
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---- formatting --------------------------------------------------------------------------------------------
