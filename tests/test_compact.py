@@ -516,6 +516,37 @@ def test_a_part_that_goes_during_a_merge_leaves_the_day_as_it_was(lake: Path, mo
     assert not [p for p in day.rglob("*") if p.name.startswith(".")], "no temp file left behind"
 
 
+def test_a_part_written_as_compaction_removes_its_emptied_folder_stays(lake: Path, monkeypatch) -> None:
+    """A late span of a closed day lands in its session folder just as compaction removes that folder, emptied by
+    the merge: ``rmdir`` fails on a folder that is no longer empty, so the part stays (on S3: test_s3.py)."""
+    made = make_spans(16, sessions=1)
+    late, made = made[12:], made[:12]
+    for span in [*made, *late]:
+        span._start_time -= 2 * DAY_NS
+        span._end_time -= 2 * DAY_NS
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    for half in (made[:6], made[6:]):
+        exporter.export(half)
+        exporter.force_flush()
+    real_rmdir = os.rmdir
+    written: list[str] = []
+
+    def rmdir(path: str | os.PathLike[str]) -> None:
+        if not written and Path(path).name == "session=s0":
+            exporter.export(late)
+            assert exporter.force_flush()
+            written.append(str(path))
+        real_rmdir(path)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    assert compact(lake, older_than_minutes=0).days_merged == 1
+    monkeypatch.setattr(os, "rmdir", real_rmdir)
+    exporter.shutdown()
+    assert written and data_files(Path(written[0])), "the late part is still in its folder"
+    ids = set(read_table(lake, SPANS).column("span_id").to_pylist())
+    assert ids == {f"{span.context.span_id:016x}" for span in [*made, *late]}
+
+
 def plant_part(folder: Path, source: Path, name: str, change: dict[str, pa.Array] | None = None) -> Path:
     """A copy of ``source``'s rows as new spans (fresh span ids) in ``folder``, with ``change``'s columns replaced."""
     table = pq.read_table(source)

@@ -21,14 +21,18 @@ Safe while readers and writers go on:
 - the merged file appears atomically (temp name, rename) before any old part is removed; a reader that lists
   both sees more than one file in the day, so de-duplicates, and sees each row once;
 - a reader whose listed file is removed meanwhile lists again (``runlake.query``);
+- a reader that lists a session folder after its parts were removed finds the merged file: readers list a day's
+  ``session=~mixed`` folder only after its session folders (``layout._spans_day_files``);
 - only the files listed when a day was picked are merged and removed: parts written during compaction stay, so
-  nothing a writer adds is lost (the writer makes a removed session folder again).
+  nothing a writer adds is lost. An emptied session folder is removed with ``rmdir`` (which fails if a writer has
+  put something in it; the writer makes a removed folder again); on an object store the emptied prefix is left.
 
 One compactor per lake: locally ``compact`` takes a non-blocking lock on ``<root>/.compact.lock`` and returns at
 once (``summary.busy``) if another holds it. On an object store (``s3://``) there is **no lock**: run one compactor
 per lake (two at once never lose a row, but may write a day's rows twice until the next run merges them; readers
 de-duplicate meanwhile). There the merged object is uploaded under a new unique key (it appears whole or not at
-all), then the old objects are deleted.
+all), then the old objects are deleted, key by key; an emptied session prefix is never deleted as a whole (that
+could take a part uploaded into it meanwhile along), so its ``folder/`` marker stays, which listings skip.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from opentelemetry.exporter.runlake.layout import (
     MIXED_FOLDER,
@@ -61,7 +64,6 @@ from opentelemetry.exporter.runlake.layout import (
     is_compacted,
     is_missing,
     mixed_dir,
-    remove_dir,
     remove_file,
     resolve_lake,
     size_and_mtime,
@@ -266,21 +268,20 @@ def _newest(files: list[LakeRoot]) -> float | None:
 
 
 def _remove_empty_folders(folders: set[LakeRoot]) -> None:
-    """Remove emptied session folders; one a writer has just written into stays.
+    """Remove emptied session folders of a local lake; one a writer has just written into stays.
 
-    Locally ``rmdir`` fails on a folder that is not empty, so nothing new is ever removed. On an object store a
-    folder is a prefix, but deleting its last object leaves a ``folder/`` marker (pyarrow re-creates the parent),
-    which readers would go on listing: a prefix found empty is removed with ``remove_dir``. A part uploaded into
-    that very prefix between the two listings (a few milliseconds) would go with it; only a closed, quiet day gets
-    here, where a writer writes only for spans that started on that day.
+    Locally ``rmdir`` fails on a folder that is not empty (a writer's part, or its hidden temp file), so nothing new
+    is ever removed; a writer whose folder went makes it again. On an object store nothing is removed: a folder is a
+    prefix, and deleting it (``delete_dir``: list every key under it, then delete what that listing found) would also
+    delete a part a writer uploaded into it after compaction found it empty. pyarrow cannot delete just the
+    ``folder/`` marker it leaves when a prefix's last object goes, so the emptied prefix stays: listings skip it
+    (``layout``: a day's session prefixes are listed with one recursive LIST, which finds no file there).
     """
     for folder in folders:
+        if isinstance(folder, ObjectPath):
+            continue
         try:
-            if isinstance(folder, ObjectPath):
-                if not folder.fs.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True, recursive=True)):
-                    remove_dir(folder)
-            else:
-                os.rmdir(folder)
+            os.rmdir(folder)
         except OSError:
             pass  # not empty, or gone already: left for the next run
 

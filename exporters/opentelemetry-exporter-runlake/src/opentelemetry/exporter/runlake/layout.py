@@ -752,7 +752,15 @@ class CachedListing:
 
 
 def session_dirs(day_dir: LakeRoot, include_mixed: bool = False) -> list[LakeRoot]:
-    """The ``session=`` folders of one spans day folder (the shared ``session=~mixed`` one only if asked)."""
+    """The ``session=`` folders of one spans day folder (the shared ``session=~mixed`` one only if asked).
+
+    On an object store only prefixes that hold a part file: a session prefix emptied by compaction keeps its
+    ``folder/`` marker (see ``runlake.compact``), which is not a session folder any more."""
+    if isinstance(day_dir, ObjectPath):
+        held = {file.parent for file in _own_session_files(day_dir)}
+        if include_mixed and data_files(mixed_dir(day_dir)):
+            held.add(mixed_dir(day_dir))
+        return sorted(held)
     return [p for name, p in _subdirs(day_dir, "session=") if include_mixed or name != MIXED]
 
 
