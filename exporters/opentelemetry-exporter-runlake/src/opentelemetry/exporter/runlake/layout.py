@@ -821,6 +821,10 @@ def remove_dir(folder: LakeRoot) -> None:
 
     Locally errors are ignored as ``shutil.rmtree(ignore_errors=True)`` does; on an object store a failure other
     than "already gone" raises, so a caller never reports as deleted what is still there.
+
+    Everything means also what a writer puts there meanwhile (on an object store ``delete_dir`` lists the prefix,
+    then deletes what it found): only for partitions whose every row is to go, such as TTL's expired days. Never
+    for a folder merely seen empty (compaction leaves those on an object store).
     """
     if isinstance(folder, ObjectPath):
         try:
