@@ -26,9 +26,11 @@ from opentelemetry.exporter.runlake.layout import (
     data_files,
     day_dirs,
     is_compacted,
+    partition_dir,
     session_dirs,
 )
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
+from opentelemetry.exporter.runlake.writer import SCHEMAS, conform, write_part
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from test_exporter import make_spans
@@ -217,6 +219,47 @@ def test_a_start_row_without_a_session_goes_when_its_end_row_has_one(lake: Path)
         merged = read_table(lake, table)
         assert merged.num_rows == 1 and merged.column("record").to_pylist() == ["end"], table
     assert runlake.HistoryDB(lake).get_runs("late")[0]["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("days_ago", "max_step_bytes"), [(2, DEFAULT_MAX_STEP_BYTES), (2, 1), (0, DEFAULT_MAX_STEP_BYTES)]
+)
+def test_spans_that_share_an_id_in_another_trace_all_stay(lake: Path, days_ago: int, max_step_bytes: int) -> None:
+    """Readers keep one row per span, a span being its span and trace id, start time and tenant (``runlake.query``).
+    A client of the tenant (buggy, or another user) that sends spans with the span ids of someone's spans, in
+    another trace, must not make compaction drop that someone's rows: a finished run, its node, and a run still in
+    progress (a start row only, which an end row of the same span id elsewhere in the day must not supersede).
+    Closed day (merged in one step, and one session per step) and open day (its folders merged in place)."""
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    t = noon(days_ago)
+    attributes = {"gen_ai.operation.name": "invoke_agent", "session.id": "victim", "gen_ai.agent.name": "a"}
+    tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)  # never ends: in progress
+    run = tracer.start_span("invoke_agent a", start_time=t + 10, attributes=attributes)
+    context = trace.set_span_in_context(run)
+    tracer.start_span("chat", context=context, start_time=t + 11, attributes={"session.id": "victim"}).end(t + 12)
+    run.end(end_time=t + 13)
+    provider.shutdown()
+    day = dt.datetime.fromtimestamp(t / 1e9, dt.timezone.utc).date().isoformat()
+    session = "victim" if days_ago == 0 else "other"  # an open day merges a folder in place: forge into that one
+    for table, folder in ((SPANS, partition_dir(lake, SPANS, "default", 30, day, session)), (RUNS, None)):
+        rows = conform(read_table(lake, table), SCHEMAS[table])
+        forged = rows.set_column(rows.schema.get_field_index("trace_id"), "trace_id", pa.array(["f" * 32] * len(rows)))
+        forged = forged.set_column(forged.schema.get_field_index("record"), "record", pa.array(["end"] * len(rows)))
+        write_part(table, folder or partition_dir(lake, RUNS, "default", 30, day), forged)
+    query = "SELECT trace_id, span_id, end_time_unix_nano IS NULL AS running FROM {} ORDER BY ALL"
+    before = {table: runlake.HistoryDB(lake).sql_rows(query.format(table))[1] for table in (SPANS, RUNS)}
+    for table, spans in ((SPANS, 3), (RUNS, 2)):  # two runs (one in progress) and a node, in each trace
+        traces = [row[0] for row in before[table]]
+        assert len(traces) == 2 * spans and traces.count("f" * 32) == spans, "readers show the spans of both traces"
+    assert sorted(row[2] for row in before[RUNS] if row[0] != "f" * 32) == [False, True], "one run in progress"
+
+    summary = compact(lake, older_than_minutes=0, max_step_bytes=max_step_bytes)
+    assert summary.partitions and all(is_compacted(f) for f in lake_files(lake, SPANS))
+    assert {table: runlake.HistoryDB(lake).sql_rows(query.format(table))[1] for table in (SPANS, RUNS)} == before
 
 
 def test_open_day_compacts_each_folder_in_place(lake: Path) -> None:
@@ -471,6 +514,37 @@ def test_a_part_that_goes_during_a_merge_leaves_the_day_as_it_was(lake: Path, mo
     left = sorted(p.name for p in lake_files(day))
     assert left == sorted(n for n in before if n != removed[0].name), "every other part stays; no merged file"
     assert not [p for p in day.rglob("*") if p.name.startswith(".")], "no temp file left behind"
+
+
+def test_a_part_written_as_compaction_removes_its_emptied_folder_stays(lake: Path, monkeypatch) -> None:
+    """A late span of a closed day lands in its session folder just as compaction removes that folder, emptied by
+    the merge: ``rmdir`` fails on a folder that is no longer empty, so the part stays (on S3: test_s3.py)."""
+    made = make_spans(16, sessions=1)
+    late, made = made[12:], made[:12]
+    for span in [*made, *late]:
+        span._start_time -= 2 * DAY_NS
+        span._end_time -= 2 * DAY_NS
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    for half in (made[:6], made[6:]):
+        exporter.export(half)
+        exporter.force_flush()
+    real_rmdir = os.rmdir
+    written: list[str] = []
+
+    def rmdir(path: str | os.PathLike[str]) -> None:
+        if not written and Path(path).name == "session=s0":
+            exporter.export(late)
+            assert exporter.force_flush()
+            written.append(str(path))
+        real_rmdir(path)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    assert compact(lake, older_than_minutes=0).days_merged == 1
+    monkeypatch.setattr(os, "rmdir", real_rmdir)
+    exporter.shutdown()
+    assert written and data_files(Path(written[0])), "the late part is still in its folder"
+    ids = set(read_table(lake, SPANS).column("span_id").to_pylist())
+    assert ids == {f"{span.context.span_id:016x}" for span in [*made, *late]}
 
 
 def plant_part(folder: Path, source: Path, name: str, change: dict[str, pa.Array] | None = None) -> Path:

@@ -1,17 +1,32 @@
-"""Partition-path encoding: safe for hostile ids, collision-free, and one function for all uses."""
+"""Partition-path encoding: safe for hostile ids, collision-free, and one function for all uses. Listings that
+never miss a row while compaction merges the day they list."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import HOSTILE_IDS
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, layout
 from opentelemetry.exporter.runlake.layout import (
+    SPANS,
+    CachedListing,
+    day_dirs,
+    day_files,
     decode_partition_value,
     encode_partition_value,
     partition_dir,
     resolve_state_url,
+    sessions_files,
+    table_files,
 )
+from test_exporter import make_spans
+
+import runlake
+from runlake.compact import compact
 
 
 @pytest.mark.parametrize("value", HOSTILE_IDS)
@@ -57,3 +72,138 @@ def test_state_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_state_url(None) == tmp_path / "r"
     with pytest.raises(ValueError, match="give a path or a file:// URL"):
         resolve_state_url("sqlite:///agent_state.db")
+
+
+# ---- listing while compaction merges the day ------------------------------------------------------------------------
+DAY_NS = 86_400 * 10**9
+
+
+def closed_day_lake(lake: Path) -> dict[str, set[str]]:
+    """Two sessions of a closed day, two parts each (so compaction merges the day), no ``session=~mixed`` yet.
+    Returns each session's span ids."""
+    made = make_spans(16, sessions=2)
+    for span in made:
+        span._start_time -= 2 * DAY_NS
+        span._end_time -= 2 * DAY_NS
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    for half in (made[:8], made[8:]):
+        exporter.export(half)
+        exporter.force_flush()
+    exporter.shutdown()
+    ids: dict[str, set[str]] = {}
+    for span in made:
+        ids.setdefault(span.attributes["session.id"], set()).add(f"{span.context.span_id:016x}")
+    return ids
+
+
+def answer_is_complete(files: list[Any], expected: set[str]) -> bool:
+    """What a reader given ``files`` answers: if a listed file is gone it lists again (``runlake.query``); otherwise
+    the listed files must hold every expected span."""
+    if any(not f.exists() for f in files):
+        return True
+    found: set[str] = set()
+    for f in files:
+        filesystem, source = layout.fs_and_path(f)
+        found.update(pq.read_table(source, filesystem=filesystem, columns=["span_id"]).column(0).to_pylist())
+    return expected <= found
+
+
+def listings(lake: Path) -> dict[str, Callable[[], list]]:
+    cache = CachedListing()
+    cache.table_files(lake, SPANS)  # warm: the cache's folders are then re-listed only if they changed
+    wanted = {"absent": None, "s0": None, "s1": None}  # a session without folders first: its day's ~mixed next
+    return {
+        "table_files": lambda: table_files(lake, SPANS),
+        "sessions_files": lambda: sessions_files(lake, wanted),
+        "day_files": lambda: [f for _, _, _, day in day_dirs(lake, SPANS) for f in day_files(day, SPANS)],
+        "CachedListing.table_files": lambda: cache.table_files(lake, SPANS),
+        "CachedListing.sessions_files": lambda: cache.sessions_files(lake, wanted),
+    }
+
+
+def list_with_compaction_after(
+    monkeypatch: pytest.MonkeyPatch, lake: Path, name: str, after: int | None
+) -> tuple[list, int]:
+    """``listings(lake)[name]()`` with the whole lake compacted right after its ``after``-th folder listing (every
+    ``scandir`` of the layout, cached or not, counts); returns the listing and how many folder listings it made."""
+    state = {"calls": 0, "busy": False}
+
+    def listed() -> None:
+        if state["busy"]:
+            return  # compaction's own listings
+        state["calls"] += 1
+        if state["calls"] == after:
+            state["busy"] = True
+            assert compact(lake, older_than_minutes=0).days_merged == 1
+            state["busy"] = False
+
+    real_subdirs, real_data_files, real_entries = layout._subdirs, layout.data_files, CachedListing._entries
+
+    def subdirs(path: Any, prefix: str) -> Any:
+        found = list(real_subdirs(path, prefix))
+        listed()
+        return iter(found)
+
+    def data_files(folder: Any) -> list:
+        found = real_data_files(folder)
+        listed()
+        return found
+
+    def entries(self: CachedListing, folder: str) -> Any:
+        found = real_entries(self, folder)
+        listed()
+        return found
+
+    chosen = listings(lake)[name]  # built (and the cache warmed) before the hooks count anything
+    monkeypatch.setattr(layout, "_subdirs", subdirs)
+    monkeypatch.setattr(layout, "data_files", data_files)
+    monkeypatch.setattr(CachedListing, "_entries", entries)
+    try:
+        return chosen(), state["calls"]
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("name", list(listings(Path("/nonexistent"))))
+def test_a_listing_never_misses_rows_that_compaction_moves_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Compaction writes a closed day's merged file into ``session=~mixed``, then deletes the parts it merged and
+    their emptied folders. A listing that runs meanwhile must give the reader every row or a file that vanished (it
+    then lists again): it lists ``session=~mixed`` only after the session folders. Every interleaving is forced:
+    the compaction runs after the listing's 1st, 2nd, ... folder listing."""
+    probe = tmp_path / "probe"
+    sessions = closed_day_lake(probe)
+    expected = sessions["s0"] | sessions["s1"]
+    files, calls = list_with_compaction_after(monkeypatch, probe, name, after=None)
+    assert calls > 2 and answer_is_complete(files, expected)
+    for after in range(1, calls + 1):
+        lake = tmp_path / f"lake{after}"
+        sessions = closed_day_lake(lake)
+        expected = sessions["s0"] | sessions["s1"]
+        files, _ = list_with_compaction_after(monkeypatch, lake, name, after)
+        assert answer_is_complete(files, expected), f"rows missed when compaction ran after folder listing {after}"
+        assert answer_is_complete(listings(lake)[name](), expected)
+
+
+def test_a_reader_never_misses_rows_while_compaction_merges_the_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through ``HistoryDB``: the reader has listed the day's session folders when compaction runs."""
+    lake = tmp_path / "lake"
+    closed_day_lake(lake)
+    db = runlake.HistoryDB(lake)
+    count = "SELECT count(*) FROM spans"
+    assert db.sql_rows(count)[1] == [(16,)]
+    real_subdirs = layout._subdirs
+    merged: list[int] = []
+
+    def subdirs(path: Any, prefix: str) -> Any:
+        found = list(real_subdirs(path, prefix))
+        if prefix == "session=" and not merged:
+            merged.append(-1)  # compaction's own listings pass straight through
+            merged[0] = compact(lake, older_than_minutes=0).days_merged
+        return iter(found)
+
+    monkeypatch.setattr(layout, "_subdirs", subdirs)
+    assert db.sql_rows(count)[1] == [(16,)] and merged == [1]

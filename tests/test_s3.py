@@ -22,7 +22,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,20 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import HOSTILE_IDS
 from opentelemetry import trace
-from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor, layout
 from opentelemetry.exporter.runlake.layout import (
+    SPANS,
     ObjectPath,
     data_files,
+    day_dirs,
+    day_files,
     encode_partition_value,
     resolve_lake,
     resolve_state_url,
     session_dirs,
     session_files,
+    sessions_files,
+    table_files,
 )
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -405,6 +410,16 @@ def test_compaction_merges_parts_on_s3(
         [merged] = [k for k in after if k.startswith(day + "/")]
         assert merged.startswith(f"{day}/session=~mixed/compact-") and merged not in before
     assert not [d for d in closed_days if session_dirs(remote.root / d)], "no empty session prefix is left listed"
+    # the emptied session prefixes keep pyarrow's `folder/` marker (deleting a prefix could take a part uploaded
+    # into it meanwhile along): listings skip them
+    fs = emulator.filesystem()
+    markers = [
+        info
+        for day in closed_days
+        for info in fs.get_file_info(pafs.FileSelector(f"{remote.root.path}/{day}"))
+        if info.base_name != "session=~mixed"
+    ]
+    assert markers and all(info.type == pafs.FileType.Directory for info in markers)
     assert answers(remote, light=True) == expected  # nothing lost, nothing doubled
     assert compact(s3_url, older_than_minutes=0).partitions == 0
 
@@ -451,6 +466,138 @@ def test_readers_and_writers_go_on_during_compaction_on_s3(s3_url: str) -> None:
     assert seen and set(seen) == {expected}, "no reader ever saw a run twice or missed one"
     assert len(session_files(root, "s0")) == 1
     assert len(runlake.HistoryDB(s3_url).get_runs("late0")) == len([s for s in late if s.parent is None])
+
+
+def closed_day_on_s3(s3_url: str, sessions: int = 2) -> dict[str, set[str]]:
+    """``sessions`` sessions of a closed day (two days ago), two parts each; each session's span ids."""
+    made = make_spans(8 * sessions, sessions=sessions)
+    for span in made:
+        span._start_time -= 2 * 86_400 * 10**9
+        span._end_time -= 2 * 86_400 * 10**9
+    exporter = RunlakeSpanExporter(s3_url, background_flush=False)
+    for half in (made[: len(made) // 2], made[len(made) // 2 :]):
+        exporter.export(half)
+        exporter.force_flush()
+    exporter.shutdown()
+    ids: dict[str, set[str]] = {}
+    for span in made:
+        ids.setdefault(span.attributes["session.id"], set()).add(f"{span.context.span_id:016x}")
+    return ids
+
+
+def test_compaction_never_deletes_a_part_uploaded_into_a_session_prefix_meanwhile(
+    s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed day still gets late spans (a run across midnight, a collector's retry, a replay): their part goes
+    into the session's prefix while compaction merges the day. Compaction must never delete it: no recursive delete
+    of a prefix it found empty (the upload is placed right before such a delete would run, by a hook)."""
+    import runlake.compact as compaction
+
+    closed_day_on_s3(s3_url, sessions=1)
+    late = make_spans(4, sessions=1, prefix="s")  # session s0 too: the same prefix
+    for span in late:
+        span._start_time -= 2 * 86_400 * 10**9
+        span._end_time -= 2 * 86_400 * 10**9
+    writer = RunlakeSpanExporter(s3_url, background_flush=False)
+    uploaded: list[Any] = []
+
+    def upload_late(folder: Any = None) -> None:
+        if not uploaded:
+            writer.export(late)
+            assert writer.force_flush(), "the late part is acknowledged"
+            uploaded.append(folder)
+
+    def remove_dir(folder: Any) -> None:  # where a compaction that deletes emptied prefixes would
+        upload_late(folder)
+        real_remove_dir(folder)
+
+    real_remove_dir = layout.remove_dir
+    monkeypatch.setattr(compaction, "remove_dir", remove_dir, raising=False)
+    monkeypatch.setattr(layout, "remove_dir", remove_dir)
+    real_remove_empty = compaction._remove_empty_folders
+
+    def remove_empty_folders(folders: set[Any]) -> None:  # and in any case once compaction tidies the day
+        real_remove_empty(folders)
+        upload_late()
+
+    monkeypatch.setattr(compaction, "_remove_empty_folders", remove_empty_folders)
+    assert compact(s3_url, older_than_minutes=0).days_merged == 1
+    writer.shutdown()
+    assert uploaded
+    late_ids = {f"{span.context.span_id:016x}" for span in late}
+    stored = {row[0] for row in runlake.HistoryDB(s3_url).sql_rows("SELECT span_id FROM spans")[1]}
+    assert late_ids <= stored and len(stored) == 12, "every acknowledged span is still in the lake"
+
+
+def test_listings_on_s3_never_miss_rows_while_compaction_merges_the_day(
+    s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 a reader lists a day's folders concurrently. Whatever compaction does meanwhile, a listing gives every
+    row or a file that vanished (the reader lists again): ``session=~mixed`` is listed only after every session
+    folder's listing has finished. Forced interleavings: compaction right after the day's session level was listed
+    (``table_files``, ``day_files``, a reader's query); the session folders listed only after ``~mixed`` was listed
+    and the day compacted (``sessions_files``, whose folders are listed at once: they wait for that, up to 1 s)."""
+    real_listing = layout._listing
+    state: dict[str, Any] = {"merged": None, "busy": False, "url": s3_url}
+    mixed_listed = threading.Event()
+
+    def compact_once() -> None:
+        if state["merged"] is None:
+            state["busy"] = True
+            state["merged"] = compact(state["url"], older_than_minutes=0).days_merged
+            state["busy"] = False
+
+    def after_day_level(path: Any, *args: Any, **kwargs: Any) -> Any:
+        found = real_listing(path, *args, **kwargs)
+        if not state["busy"] and path.name.startswith("day=") and path.table == SPANS:
+            compact_once()
+        return found
+
+    def session_folders_wait(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if not state["busy"] and path.name.startswith("session=") and path.name != "session=~mixed":
+            mixed_listed.wait(timeout=1)
+        found = real_listing(path, *args, **kwargs)
+        if not state["busy"] and path.name == "session=~mixed":
+            compact_once()
+            mixed_listed.set()
+        return found
+
+    wanted = {"absent": None, "s0": None, "s1": None}  # a session without folders first: its day's ~mixed next
+    checks: list[tuple[str, Callable[[Any], list], Callable[..., Any]]] = [
+        ("table_files", lambda root: table_files(root, SPANS), after_day_level),
+        (
+            "day_files",
+            lambda root: [f for *_, d in day_dirs(root, SPANS) for f in day_files(d, SPANS)],
+            after_day_level,
+        ),
+        ("sessions_files", lambda root: sessions_files(root, wanted), session_folders_wait),
+    ]
+    for name, listing, hook in checks:
+        url = state["url"] = f"{s3_url}-{name}"
+        sessions = closed_day_on_s3(url)
+        state["merged"] = None
+        mixed_listed.clear()
+        monkeypatch.setattr(layout, "_listing", hook)
+        files = listing(resolve_lake(url))
+        monkeypatch.setattr(layout, "_listing", real_listing)
+        assert state["merged"] == 1, name
+        vanished = any(not f.exists() for f in files)
+        listed = {
+            span_id
+            for f in files
+            if not vanished
+            for span_id in pq.read_table(f.path, filesystem=f.fs, columns=["span_id"]).column(0).to_pylist()
+        }
+        assert vanished or sessions["s0"] | sessions["s1"] <= listed, f"{name} missed rows, with no file vanished"
+
+    # a reader's query, end to end
+    url = state["url"] = f"{s3_url}-reader"
+    closed_day_on_s3(url)
+    db = runlake.HistoryDB(url)
+    assert db.sql_rows("SELECT count(*) FROM spans")[1] == [(16,)]
+    state["merged"] = None
+    monkeypatch.setattr(layout, "_listing", after_day_level)
+    assert db.sql_rows("SELECT count(*) FROM spans")[1] == [(16,)] and state["merged"] == 1
 
 
 def test_objects_of_an_older_schema_still_read_and_compact_on_s3(s3_url: str, emulator: S3Emulator) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from opentelemetry.exporter.runlake import RunlakeSpanExporter
 from opentelemetry.exporter.runlake.layout import (
     RUNS,
     SPANS,
@@ -24,11 +25,13 @@ from opentelemetry.exporter.runlake.layout import (
     new_part_name,
 )
 from opentelemetry.exporter.runlake.writer import read_part_counts
+from test_exporter import make_spans
 from typer.testing import CliRunner
 
 import runlake
 from runlake import ttl
 from runlake.cli import app
+from runlake.compact import compact
 from runlake.instrument import shifted_clock
 from runlake.query import LakeReader
 
@@ -66,7 +69,9 @@ def expired_days(lake: Path, table: str, max_age_days: int | None = None) -> lis
 
 
 def duckdb_counts(lake: Path, max_age_days: int | None = None) -> dict[str, int]:
-    """What TTL must report: DuckDB over every file of the expired day folders (distinct runs, finished nodes)."""
+    """What TTL must report: DuckDB over every file of the expired day folders (distinct runs, distinct finished
+    nodes; a span is what readers keep one row of: span and trace id, start, tenant)."""
+    key = "(span_id, trace_id, start_time_unix_nano, tenant_id)"
 
     def count(table: str, aggregate: str) -> int:
         files = [str(f) for d in expired_days(lake, table, max_age_days) for f in day_files(d, table)]
@@ -76,8 +81,8 @@ def duckdb_counts(lake: Path, max_age_days: int | None = None) -> dict[str, int]
         return duckdb.connect().execute(query).fetchall()[0][0]  # own connection: the default one is shared
 
     return {
-        "executions_deleted": count(RUNS, "count(DISTINCT span_id)"),
-        "nodes_deleted": count(SPANS, "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')"),
+        "executions_deleted": count(RUNS, f"count(DISTINCT {key})"),
+        "nodes_deleted": count(SPANS, f"count(DISTINCT {key}) FILTER (WHERE span_type = 'node' AND record = 'end')"),
     }
 
 
@@ -115,13 +120,20 @@ def spoil_data_pages(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
+def one_file_per_day(lake: Path) -> None:
+    """Every expired day folder of both tables is one file: the path that counts from stored counts alone."""
+    for table in (RUNS, SPANS):
+        days = expired_days(lake, table)
+        assert days and all(len(day_files(d, table)) == 1 for d in days), f"one {table} file per day"
+
+
 # ---- counts ---------------------------------------------------------------------------------------------------------
-def test_footer_counts_are_exact_and_read_no_rows(lake: Path) -> None:
+def test_footer_counts_are_exact_and_read_no_rows(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNLAKE_MIN_SESSION_ROWS", "1000")  # a day's sessions share one spans file (session=~mixed)
     write_history(lake, [(40, 30, "a"), (40, 30, "a"), (35, 30, "b"), (31, 30, "a"), (3, 30, "a")], nodes=3)
     expected = duckdb_counts(lake)
     assert expected == {"executions_deleted": 4, "nodes_deleted": 12}
-    runs_days = expired_days(lake, RUNS)
-    assert runs_days and all(len(day_files(d, RUNS)) == 1 for d in runs_days), "one runs file per day: footer path"
+    one_file_per_day(lake)
     for table in (RUNS, SPANS):
         for day in expired_days(lake, table):
             for file in day_files(day, table):
@@ -133,9 +145,11 @@ def test_footer_counts_are_exact_and_read_no_rows(lake: Path) -> None:
     assert history_runs(lake) == 1 and not hidden(lake)
 
 
-def test_counts_come_from_file_names_without_opening_a_file(lake: Path) -> None:
+def test_counts_come_from_file_names_without_opening_a_file(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNLAKE_MIN_SESSION_ROWS", "1000")
     write_history(lake, [(40, 30, "a"), (40, 30, "a"), (35, 30, "b"), (31, 30, "a"), (3, 30, "a")], nodes=3)
     expected = duckdb_counts(lake)
+    one_file_per_day(lake)
     for table in (RUNS, SPANS):
         for day in expired_days(lake, table):
             for file in day_files(day, table):
@@ -189,9 +203,9 @@ def test_a_day_a_compaction_left_half_done_counts_each_node_once(lake: Path, mon
     halfway = [d for d in expired_days(lake, SPANS) if len(day_files(d, SPANS)) > 1]
     assert halfway and all(any(is_compacted(f) for f in day_files(d, SPANS)) for d in halfway), "merged and parts"
     files = [str(f) for d in expired_days(lake, SPANS) for f in day_files(d, SPANS)]
-    query = "SELECT count(DISTINCT span_id) FILTER (WHERE span_type = 'node' AND record = 'end') FROM read_parquet({})"
-    nodes = duckdb.connect().execute(query.format(files)).fetchall()[0][0]
-    assert nodes == 20 and duckdb_counts(lake)["nodes_deleted"] == 35, "tenant a's 15 finished nodes in two files each"
+    query = "SELECT count({}) FILTER (WHERE span_type = 'node' AND record = 'end') FROM read_parquet({})"
+    nodes, rows = (duckdb.connect().execute(query.format(c, files)).fetchall()[0][0] for c in ("DISTINCT span_id", "*"))
+    assert nodes == 20 == duckdb_counts(lake)["nodes_deleted"] and rows == 35, "tenant a's 15 nodes in two files each"
     expected = {"executions_deleted": 4, "nodes_deleted": 20}
     [whole] = [d for d in expired_days(lake, SPANS) if "tenant=b" in str(d)]
     [day_file] = day_files(whole, SPANS)
@@ -200,6 +214,44 @@ def test_a_day_a_compaction_left_half_done_counts_each_node_once(lake: Path, mon
     assert expire(lake, dry_run=True) == expected
     assert expire(lake) == expected
     assert history_runs(lake) == 1
+
+
+def test_a_span_stored_twice_is_counted_once(lake: Path) -> None:
+    """A client retrying an export (or an ingest-log replay, an import run twice) stores the same spans again: in
+    another part of the day, or in the same part when both copies reach one flush. Readers show each span once, so
+    TTL counts each once, before compaction (several files: DuckDB) and after (one file: its name)."""
+    made = make_spans(8, run_nodes=3)  # 2 runs of 3 nodes, in session s0
+    old = -40 * DAY * 10**9
+    for span in made:  # 40 days ago: expired under the default ttl of 30 days
+        span._start_time += old
+        span._end_time += old
+    for tenant in ("a", "b"):  # the same spans in two tenants are two tenants' runs
+        exporter = RunlakeSpanExporter(lake, tenant_id=tenant, background_flush=False)
+        exporter.export(made)
+        exporter.export(made)  # a retry within one flush: one part holds each span twice
+        exporter.force_flush()
+        exporter.export(made)  # a retry after a flush: another part
+        exporter.force_flush()
+        exporter.shutdown()
+    expected = {"executions_deleted": 4, "nodes_deleted": 12}
+    assert duckdb_counts(lake) == expected
+    db = runlake.HistoryDB(lake, tenant_id="a")
+    assert len(db.get_history(limit=100)) == 2, "readers show each run once"
+    assert all(len(db.get_logs(r["run_id"])["nodes"]) == 3 for r in db.get_runs("s0")), "and each node once"
+    for table in (RUNS, SPANS):
+        for day in expired_days(lake, table):
+            assert len(day_files(day, table)) == 2
+            first, second = (counts_in_name(f) for f in day_files(day, table))
+            assert first["spans"] < first["rows"] and second["spans"] == second["rows"], "twice in one, once in one"
+    for day in expired_days(lake, SPANS):
+        assert [counts_in_name(f)["nodes"] for f in day_files(day, SPANS)] == [6, 6], "distinct nodes in each name"
+
+    assert expire(lake, dry_run=True) == expected
+    compact(lake, older_than_minutes=0)
+    one_file_per_day(lake)
+    assert expire(lake, dry_run=True) == expected
+    assert expire(lake) == expected
+    assert not expired_days(lake, RUNS) and not expired_days(lake, SPANS)
 
 
 def test_a_lake_without_footer_counts_is_counted_by_duckdb(lake: Path) -> None:

@@ -1,4 +1,4 @@
-"""Compaction: few files per day, each span id once, in the current schema.
+"""Compaction: few files per day, each span once, in the current schema.
 
 - **Closed day** (before today, UTC, with no part newer than ``older_than_minutes``): every span part of the
   tenant/ttl/day (each ``session=`` folder and the shared ``session=~mixed`` one) becomes **one** ``compact-…``
@@ -12,21 +12,27 @@
   session (in batches of at most ``max_step_bytes`` of parts).
 - **runs/ index**: a closed, quiet day becomes one ``compact-…`` file (merged in steps too).
 
-Compaction's output holds each span id once (the ``end`` row when there is one) and is named ``compact-…``:
-readers may skip de-duplication in a day whose only file is such a file. Elsewhere they keep one row per span id.
+Compaction's output holds each span once (the ``end`` row when there is one) and is named ``compact-…``:
+readers may skip de-duplication in a day whose only file is such a file. Elsewhere they keep one row per span. A span
+is what readers de-duplicate by (``SPAN_KEY``: span and trace id, start, tenant), not the span id alone: two spans
+that share an id in other traces (a buggy or hostile client) both stay, as readers show both.
 
 Safe while readers and writers go on:
 - the merged file appears atomically (temp name, rename) before any old part is removed; a reader that lists
   both sees more than one file in the day, so de-duplicates, and sees each row once;
 - a reader whose listed file is removed meanwhile lists again (``runlake.query``);
+- a reader that lists a session folder after its parts were removed finds the merged file: readers list a day's
+  ``session=~mixed`` folder only after its session folders (``layout._spans_day_files``);
 - only the files listed when a day was picked are merged and removed: parts written during compaction stay, so
-  nothing a writer adds is lost (the writer makes a removed session folder again).
+  nothing a writer adds is lost. An emptied session folder is removed with ``rmdir`` (which fails if a writer has
+  put something in it; the writer makes a removed folder again); on an object store the emptied prefix is left.
 
 One compactor per lake: locally ``compact`` takes a non-blocking lock on ``<root>/.compact.lock`` and returns at
 once (``summary.busy``) if another holds it. On an object store (``s3://``) there is **no lock**: run one compactor
 per lake (two at once never lose a row, but may write a day's rows twice until the next run merges them; readers
 de-duplicate meanwhile). There the merged object is uploaded under a new unique key (it appears whole or not at
-all), then the old objects are deleted.
+all), then the old objects are deleted, key by key; an emptied session prefix is never deleted as a whole (that
+could take a part uploaded into it meanwhile along), so its ``folder/`` marker stays, which listings skip.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from opentelemetry.exporter.runlake.layout import (
     MIXED_FOLDER,
@@ -59,7 +64,6 @@ from opentelemetry.exporter.runlake.layout import (
     is_compacted,
     is_missing,
     mixed_dir,
-    remove_dir,
     remove_file,
     resolve_lake,
     size_and_mtime,
@@ -110,25 +114,43 @@ class CompactionSummary:
         return dict(self.__dict__)
 
 
+# One span, as readers de-duplicate (``runlake.query``): rows that differ in any of these are different spans to
+# them (two spans that share an id in other traces, say), so compaction keeps both too.
+SPAN_KEY = ("span_id", "trace_id", "start_time_unix_nano", "tenant_id")
+
+
 def _latest_rows(table: pa.Table) -> pa.Table:
-    """One row per span id: the ``end`` row when present (drops superseded run ``start`` rows).
+    """One row per span (``SPAN_KEY``): the ``end`` row when present (drops superseded run ``start`` rows).
 
     One ``take`` of the wide table (the text columns dominate), so a day costs one copy here.
     """
     if table.num_rows == 0:
         return table
+    keys = {name: table.column(name) for name in SPAN_KEY}
     order = pc.sort_indices(
-        pa.table({"span_id": table.column("span_id"), "is_end": pc.equal(table.column("record"), "end")}),
-        sort_keys=[("span_id", "ascending"), ("is_end", "descending")],
+        pa.table({**keys, "is_end": pc.equal(table.column("record"), "end")}),
+        sort_keys=[*((name, "ascending") for name in SPAN_KEY), ("is_end", "descending")],
     )
-    ids = table.column("span_id").take(order)
-    first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True)
-    keep = pa.concat_arrays([pa.array([True]), *first.chunks]) if first.num_chunks else pa.array([True])
-    return table.take(order.filter(keep))
+    first = None
+    for column in keys.values():
+        differs = _differs_from_previous(column.take(order))
+        first = differs if first is None else pc.or_(first, differs)
+    return table.take(order.filter(first))
+
+
+def _differs_from_previous(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Per row, whether it differs from the row before (the first row: True); two nulls are equal, as in SQL's
+    ``PARTITION BY``."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    current, previous = values.slice(1), values.slice(0, len(values) - 1)
+    both_null = pc.and_(pc.is_null(current), pc.is_null(previous))
+    differs = pc.and_(pc.not_equal(current, previous).fill_null(True), pc.invert(both_null))
+    return pa.concat_arrays([pa.array([True]), differs])
 
 
 def _read_parts(table: str, files: list[LakeRoot], summary: CompactionSummary) -> tuple[pa.Table | None, list]:
-    """The readable parts among ``files``, merged into one row per span id (current schema), and those parts.
+    """The readable parts among ``files``, merged into one row per span (current schema), and those parts.
 
     A part removed meanwhile is passed over; an unreadable one is left where it is, with a warning.
     """
@@ -246,21 +268,20 @@ def _newest(files: list[LakeRoot]) -> float | None:
 
 
 def _remove_empty_folders(folders: set[LakeRoot]) -> None:
-    """Remove emptied session folders; one a writer has just written into stays.
+    """Remove emptied session folders of a local lake; one a writer has just written into stays.
 
-    Locally ``rmdir`` fails on a folder that is not empty, so nothing new is ever removed. On an object store a
-    folder is a prefix, but deleting its last object leaves a ``folder/`` marker (pyarrow re-creates the parent),
-    which readers would go on listing: a prefix found empty is removed with ``remove_dir``. A part uploaded into
-    that very prefix between the two listings (a few milliseconds) would go with it; only a closed, quiet day gets
-    here, where a writer writes only for spans that started on that day.
+    Locally ``rmdir`` fails on a folder that is not empty (a writer's part, or its hidden temp file), so nothing new
+    is ever removed; a writer whose folder went makes it again. On an object store nothing is removed: a folder is a
+    prefix, and deleting it (``delete_dir``: list every key under it, then delete what that listing found) would also
+    delete a part a writer uploaded into it after compaction found it empty. pyarrow cannot delete just the
+    ``folder/`` marker it leaves when a prefix's last object goes, so the emptied prefix stays: listings skip it
+    (``layout``: a day's session prefixes are listed with one recursive LIST, which finds no file there).
     """
     for folder in folders:
+        if isinstance(folder, ObjectPath):
+            continue
         try:
-            if isinstance(folder, ObjectPath):
-                if not folder.fs.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True, recursive=True)):
-                    remove_dir(folder)
-            else:
-                os.rmdir(folder)
+            os.rmdir(folder)
         except OSError:
             pass  # not empty, or gone already: left for the next run
 
@@ -281,8 +302,8 @@ def _survey(
     steps), the run ``start`` rows that an ``end`` row supersedes anywhere in the day, and the row count."""
     parts: list[_Part] = []
     weight: dict[str | None, float] = {}
-    starts: set[str] = set()
-    ends: set[str] = set()
+    starts: set[tuple] = set()
+    ends: set[tuple] = set()
     rows = 0
     for path in files:
         try:
@@ -290,7 +311,8 @@ def _survey(
             reader = pq.ParquetFile(source, filesystem=filesystem)
             names = reader.schema_arrow.names
             _check_types(reader, SCHEMAS[table])
-            narrow = reader.read(columns=[n for n in ("session_id", "span_id", "record", "span_type") if n in names])
+            wanted = ("session_id", "record", "span_type", *SPAN_KEY)
+            narrow = reader.read(columns=[n for n in wanted if n in names])
             size = size_and_mtime(path)[0]
         except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
             if not is_missing(error):
@@ -307,10 +329,20 @@ def _survey(
             record = narrow.column("record")
             run = pc.equal(narrow.column("span_type"), "run") if "span_type" in names else None
             is_end = pc.equal(record, "end")
-            starts.update(narrow.column("span_id").filter(pc.equal(record, "start")).to_pylist())
-            ends.update(narrow.column("span_id").filter(is_end if run is None else pc.and_(is_end, run)).to_pylist())
+            starts.update(_keys(narrow, pc.equal(record, "start")))
+            ends.update(_keys(narrow, is_end if run is None else pc.and_(is_end, run)))
         parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
     return parts, weight, starts & ends, rows
+
+
+def _keys(rows: pa.Table, where: pa.ChunkedArray | pa.Array) -> list[tuple]:
+    """The ``SPAN_KEY`` of the rows ``where`` is true (a column the part lacks: None, as readers see it)."""
+    chosen = rows.filter(where.fill_null(False))
+    columns = [
+        chosen.column(name).to_pylist() if name in chosen.column_names else [None] * chosen.num_rows
+        for name in SPAN_KEY
+    ]
+    return list(zip(*columns))
 
 
 def _check_types(reader: pq.ParquetFile, schema: pa.Schema) -> None:
@@ -366,11 +398,12 @@ class _BadPart(Exception):
 
 
 def _step_rows(
-    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: pa.Array | None
+    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: set[tuple]
 ) -> pa.Table | None:
     """The rows of one step's sessions from every part (only the row groups whose range can hold them), one per span
-    id, sorted by (session, start)."""
+    (``SPAN_KEY``), sorted by (session, start)."""
     first, last, nulls = step
+    superseded_ids = pa.array(sorted({key[0] for key in superseded if key[0] is not None}), pa.string())
     pieces = []
     for part in parts:
         groups = [
@@ -390,14 +423,26 @@ def _step_rows(
             raise _BadPart(part.path, error) from error
         session = piece.column("session_id")
         keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
-        if superseded is not None:
-            stale = pc.and_(pc.equal(piece.column("record"), "start"), pc.is_in(piece.column("span_id"), superseded))
-            keep = pc.and_(keep, pc.invert(stale.fill_null(False)))
+        if superseded:
+            keep = pc.and_(keep, pc.invert(_stale_starts(piece, superseded, superseded_ids)))
         pieces.append(piece.filter(keep.fill_null(False)))
     if not pieces:
         return None
     merged = _latest_rows(pa.concat_tables(pieces))
     return merged.sort_by([(c, "ascending") for c in _BY_SESSION])
+
+
+def _stale_starts(piece: pa.Table, superseded: set[tuple], ids: pa.Array) -> pa.Array:
+    """Per row, whether it is a run ``start`` row whose span (``SPAN_KEY``) has an ``end`` row in the day; ``ids``:
+    the span ids of ``superseded``."""
+    candidate = pc.and_(pc.equal(piece.column("record"), "start"), pc.is_in(piece.column("span_id"), ids))
+    rows = pc.indices_nonzero(candidate.fill_null(False)).to_pylist()  # a few: one per run that ended
+    stale = [False] * piece.num_rows
+    if rows:
+        keys = piece.select(list(SPAN_KEY)).take(pa.array(rows, pa.int64()))
+        for row, key in zip(rows, zip(*(keys.column(name).to_pylist() for name in SPAN_KEY))):
+            stale[row] = key in superseded
+    return pa.array(stale, pa.bool_())
 
 
 def _merge_in_steps(
@@ -406,7 +451,7 @@ def _merge_in_steps(
     """Rewrite ``files`` (a closed day) as one ``compact-…`` file in ``target``, sorted by (session, start), reading
     at most ~``max_step_bytes`` of parts at a time: the day is cut into consecutive session ranges, each read from
     the row groups that can hold it, de-duplicated and appended to the one output file. Run ``start`` rows whose
-    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span id is there once.
+    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span is there once.
 
     A part that cannot be read or converted to the table's schema is left where it is, with a warning naming it,
     and the rest is merged: the first pass finds most such parts; one that fails only in a step (a damaged data
@@ -428,7 +473,7 @@ def _write_steps(
     table: str,
     parts: list[_Part],
     weight: dict[str | None, float],
-    superseded: set[str],
+    superseded: set[tuple],
     rows_hint: int,
     target: LakeRoot,
     summary: CompactionSummary,
@@ -447,9 +492,8 @@ def _write_steps(
     )
     try:
         steps = _steps(weight, max_step_bytes)
-        stale = pa.array(sorted(superseded), pa.string()) if superseded else None
         for step in steps:
-            rows = _step_rows(table, parts, step, stale)
+            rows = _step_rows(table, parts, step, superseded)
             if rows is not None and rows.num_rows:
                 stream.write(rows)
             del rows

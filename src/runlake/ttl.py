@@ -1,14 +1,15 @@
 """TTL: whole day partitions go once every run in them has passed its ``ttl_days``.
 
-Counts are true (executions = distinct runs, nodes = finished nodes, each span id once) and come from the counts
-``write_part`` stores with each part file (in its name, so a listing says them; older files: in the footer,
-``runlake.counts``) wherever that is exact, else from DuckDB over those files only:
+Counts are true (executions = distinct runs, nodes = finished nodes, each span once: what readers see) and come
+from the counts ``write_part`` stores with each part file (in its name, so a listing says them; older files: in the
+footer, ``runlake.counts``) wherever that is exact, else from DuckDB over those files only:
 
-- runs: a day folder with one file counts that file's distinct span ids; a day with several files (a run's start
-  and end rows may sit in different files) or a file without stored counts is counted by DuckDB;
-- spans: finished node rows add up across files, so every file with stored counts gives its ``nodes``, except in a
-  day where a ``compact-…`` file sits next to other files (a compaction not finished, or died, between writing its
-  file and removing the merged parts): that day is counted by DuckDB by distinct span id.
+- a day folder that is one file (every day compaction has merged: one ``compact-…`` file) counts that file's stored
+  distinct span ids (runs) or distinct finished nodes (spans), without opening it;
+- a day folder with several files, or a file without stored counts, is counted by DuckDB, one row per span as
+  readers keep it (span and trace id, start, tenant): the same span can sit in several files of a day (a run's
+  start and end rows; a span stored twice by a client's retry, an ingest-log replay or an import run twice; a
+  compaction between writing its file and removing the merged parts).
 
 Locally each expired day folder is first renamed to a hidden sibling (``.expired-day=…-<random>`` in its ``ttl=``
 folder): readers stop seeing the whole day at once, and only what was renamed is counted, so a folder that could
@@ -41,7 +42,6 @@ from opentelemetry.exporter.runlake.layout import (
     counts_in_name,
     day_dirs,
     day_files,
-    is_compacted,
     remove_dir,
     ttl_subdirs,
 )
@@ -57,11 +57,11 @@ EXPIRED_PREFIX = ".expired-"  # hidden: layout lists only "day=…" folders, so 
 INLINE_FILES = 16  # hidden folders holding at most this many files are deleted before expire() returns
 _REMOTE_THREADS = 16  # footer reads on an object store are round trips: overlap them
 _PROBE = 8  # footers read before deciding whether expired files without counts in their names have any
+_SPAN_KEY = "(span_id, trace_id, start_time_unix_nano, tenant_id)"  # one span, as readers de-duplicate (query.py)
 _AGGREGATE = {
-    RUNS: "count(DISTINCT span_id)",
-    SPANS: "count(*) FILTER (WHERE span_type = 'node' AND record = 'end')",
+    RUNS: f"count(DISTINCT {_SPAN_KEY})",
+    SPANS: f"count(DISTINCT {_SPAN_KEY}) FILTER (WHERE span_type = 'node' AND record = 'end')",
 }
-_DISTINCT_NODES = "count(DISTINCT span_id) FILTER (WHERE span_type = 'node' AND record = 'end')"
 _COUNT_KEY = {RUNS: "spans", SPANS: "nodes"}
 
 Days = dict[LakeRoot, list[LakeRoot]]  # day folder -> its part files
@@ -183,6 +183,9 @@ def _expire_remote(reader: LakeReader, expired: dict[str, list[LakeRoot]]) -> di
     for table in (RUNS, SPANS):
         for folder in days[table]:
             try:
+                # Deliberately recursive: every object under the expired day prefix goes, including a part uploaded
+                # after the listing above (a very late span of an expired day: expired too). Compaction, which must
+                # keep such parts, never deletes a prefix (runlake.compact._remove_empty_folders).
                 remove_dir(folder)
             except OSError as error:
                 failed.append((folder, error))
@@ -199,35 +202,21 @@ def _counts(reader: LakeReader, days: dict[str, Days]) -> dict[str, int]:
 
 
 def _count(reader: LakeReader, table: str, days: Days) -> int:
-    """Stored counts where they are exact, DuckDB over the other files (one query; two if spans need both)."""
-    if table == RUNS:  # distinct runs do not add up across files: only one-file days can use stored counts
-        exact = [files for files in days.values() if len(files) == 1]
-        shared = [file for files in days.values() if len(files) != 1 for file in files]
-    else:  # finished node rows add up across files that hold each span once (see _may_overlap)
-        exact = [files for files in days.values() if not _may_overlap(files)]
-        shared = [file for files in days.values() if _may_overlap(files) for file in files]
-    candidates = [file for files in exact for file in files]
-    stored = dict(zip(map(str, candidates), _stored_counts(candidates, _COUNT_KEY[table])))
+    """Stored counts of the days that are one file, one DuckDB query over the files of every other day.
+
+    Stored counts never add up across files: a span can be in two files of a day (a run's start and end rows, a
+    span stored twice, a compaction's file beside the parts it merged), so a day of several files is counted by
+    DuckDB, de-duplicated like readers. A compacted day is one file: TTL of compacted days opens no file.
+    """
+    alone = [files[0] for files in days.values() if len(files) == 1]
+    rest = [file for files in days.values() if len(files) > 1 for file in files]
     total = 0
-    rest: list[LakeRoot] = []
-    for file in candidates:
-        n = stored.get(str(file))
+    for file, n in zip(alone, _stored_counts(alone, _COUNT_KEY[table])):
         if n is None:
-            rest.append(file)
+            rest.append(file)  # no stored counts (older files), or an unreadable footer
         else:
             total += n
-    if table == RUNS:
-        rest += shared  # a run's start and end rows may be in two files: DuckDB de-duplicates
-    elif shared:
-        total += _duckdb_count(reader, _DISTINCT_NODES, shared)
     return total + (_duckdb_count(reader, _AGGREGATE[table], rest) if rest else 0)
-
-
-def _may_overlap(files: list[LakeRoot]) -> bool:
-    """Whether a spans day's files may hold a span twice: a ``compact-…`` file next to other files is what a
-    compaction leaves between writing its file and removing the merged parts (for a moment in every merge; for good
-    if it died there), or two compactors on an object store. Parts alone never repeat a finished node."""
-    return len(files) > 1 and any(is_compacted(f) for f in files)
 
 
 def _duckdb_count(reader: LakeReader, aggregate: str, files: list[LakeRoot]) -> int:

@@ -412,9 +412,12 @@ def is_data_file(name: str) -> bool:
     return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
-def _listing(path: ObjectPath) -> list[pafs.FileInfo]:
-    """One level of an object-store folder (one LIST request per 1,000 entries); missing: empty."""
-    return path.fs.get_file_info(pafs.FileSelector(path.path, allow_not_found=True))
+def _listing(path: ObjectPath, recursive: bool = False) -> list[pafs.FileInfo]:
+    """One level of an object-store folder (one LIST request per 1,000 entries); missing: empty.
+
+    ``recursive``: every object under the prefix, at any depth (one LIST request per 1,000 objects, not one per
+    folder: pyarrow lists without a delimiter)."""
+    return path.fs.get_file_info(pafs.FileSelector(path.path, allow_not_found=True, recursive=recursive))
 
 
 _LIST_THREADS = 16
@@ -569,21 +572,23 @@ def session_files(
 def sessions_files(
     root: LakeRoot, sessions: Mapping[str, Iterable[str] | None], tenant: str | None = None
 ) -> list[LakeRoot]:
-    """``session_files`` of several sessions (each with its days, or None for every day), each file once."""
+    """``session_files`` of several sessions (each with its days, or None for every day), each file once.
+
+    The sessions' own folders are listed first, the days' ``session=~mixed`` folders only once all of those
+    listings have finished (see :func:`_spans_day_files`)."""
     wanted = {
         f"session={encode_partition_value(s)}": (None if days is None else set(days)) for s, days in sessions.items()
     }
-    folders: dict[str, LakeRoot] = {}
+    own: dict[str, LakeRoot] = {}
+    shared: dict[str, LakeRoot] = {}
     for _, _, day, day_dir in day_dirs(root, SPANS, tenant):
         for folder_name, days in wanted.items():
             if days is None or day in days:
-                for folder in (day_dir / folder_name, mixed_dir(day_dir)):
-                    folders.setdefault(str(folder), folder)
-    if isinstance(root, ObjectPath):
-        return list(_each_folder(list(folders.values()), data_files))
-    files: list[LakeRoot] = []
-    for folder in folders.values():
-        files.extend(data_files(folder))
+                folder = day_dir / folder_name
+                own.setdefault(str(folder), folder)
+                shared.setdefault(str(day_dir), mixed_dir(day_dir))
+    files = list(_each_folder(list(own.values()), data_files))
+    files.extend(_each_folder(list(shared.values()), data_files))  # strictly after: see _spans_day_files
     return files
 
 
@@ -591,19 +596,53 @@ def table_files(
     root: LakeRoot, table: str, tenant: str | None = None, since: str | None = None, until: str | None = None
 ) -> list[LakeRoot]:
     """Every part file of a table (optionally one tenant, a day range): for cross-session reads."""
-    if isinstance(root, ObjectPath):
-        days = [day_dir for _, _, _, day_dir in day_dirs(root, table, tenant, since, until)]
-        if table == SPANS:
-            sessions = list(_each_folder(days, lambda day: session_dirs(day, include_mixed=True)))
-            return list(_each_folder(sessions, data_files))
-        return list(_each_folder(days, data_files))
+    days = [day_dir for _, _, _, day_dir in day_dirs(root, table, tenant, since, until)]
+    if table == SPANS:
+        return _spans_day_files(days)
+    return list(_each_folder(days, data_files))
+
+
+def _spans_day_files(days: list[LakeRoot]) -> list[LakeRoot]:
+    """Every part file of some spans day folders: first the files of each day's own ``session=`` folders, then,
+    strictly after all of those listings have finished, each day's ``session=~mixed`` folder (built from the path,
+    whether or not the day's listing showed it).
+
+    That order is what keeps a reader from missing rows while compaction merges a closed day (``runlake.compact``):
+    compaction writes the day's merged ``compact-…`` file into ``session=~mixed`` *before* it deletes the parts it
+    merged. A reader that found a session folder without some part (deleted, or the folder removed) therefore
+    finds the merged file when it lists ``session=~mixed`` afterwards; a reader that listed a part that is deleted
+    before it reads it lists again (``runlake.query``). Had ``session=~mixed`` been listed first (or at the same time,
+    as the concurrent listings of an object store would), a reader could see neither the parts nor the merged file
+    and answer without those rows, with no error. The open-day and ``runs/`` merges write their file into the very
+    folder they merge, which one listing sees before or after.
+    """
+    files = list(_each_folder(days, _own_session_files))
+    files.extend(_each_folder([mixed_dir(day) for day in days], data_files))
+    return files
+
+
+def _own_session_files(day_dir: LakeRoot) -> list[LakeRoot]:
+    """Part files of one spans day's own ``session=`` folders (not ``session=~mixed``), folder by folder, oldest first.
+
+    On an object store one recursive listing of the day: a session prefix emptied by compaction (only its
+    ``folder/`` marker is left, see ``runlake.compact``) costs nothing, and a day costs one LIST per 1,000 objects
+    instead of one per session.
+    """
+    if isinstance(day_dir, ObjectPath):
+        found: list[ObjectPath] = []
+        start = len(day_dir.path) + 1
+        for info in _listing(day_dir, recursive=True):
+            if info.type != pafs.FileType.File:
+                continue
+            folder, _, name = info.path[start:].partition("/")
+            if folder.startswith("session=") and folder != MIXED_FOLDER and "/" not in name and is_data_file(name):
+                mtime = info.mtime.timestamp() if info.mtime else None
+                found.append(ObjectPath(day_dir.store, info.path, day_dir.root, info.size, mtime))
+        return sorted(found, key=lambda p: (p.parent.path, p.name))
     files: list[LakeRoot] = []
-    for _, _, _, day_dir in day_dirs(root, table, tenant, since, until):
-        if table == SPANS:
-            for _, session_dir in _subdirs(day_dir, "session="):
-                files.extend(data_files(session_dir))
-        else:
-            files.extend(data_files(day_dir))
+    for name, session_dir in _subdirs(day_dir, "session="):
+        if name != MIXED:
+            files.extend(data_files(session_dir))
     return files
 
 
@@ -661,6 +700,7 @@ class CachedListing:
         else:
             tenant_dirs = self._dirs(base, "tenant=")
         files: list[LakeRoot] = []
+        shared: list[str] = []
         for _, tenant_dir in tenant_dirs:
             for ttl_text, ttl_dir in self._dirs(tenant_dir, "ttl="):
                 if _ttl_of(ttl_text) is None:
@@ -669,10 +709,14 @@ class CachedListing:
                     if (since and day < since) or (until and day > until):
                         continue
                     if table == SPANS:
-                        for _, session_dir in self._dirs(day_dir, "session="):
-                            files.extend(self._entries(session_dir)[1])
+                        for name, session_dir in self._dirs(day_dir, "session="):
+                            if name != MIXED:
+                                files.extend(self._entries(session_dir)[1])
+                        shared.append(os.path.join(day_dir, MIXED_FOLDER))
                     else:
                         files.extend(self._entries(day_dir)[1])
+        for folder in shared:  # strictly after every session folder: see _spans_day_files
+            files.extend(self._entries(folder)[1])
         return files
 
     def sessions_files(
@@ -690,7 +734,8 @@ class CachedListing:
             tenant_dirs = [os.path.join(base, f"tenant={encode_partition_value(tenant)}")]
         else:
             tenant_dirs = [p for _, p in self._dirs(base, "tenant=")]
-        folders: dict[str, None] = {}
+        own: dict[str, None] = {}
+        shared: dict[str, None] = {}
         for tenant_dir in tenant_dirs:
             for ttl_text, ttl_dir in self._dirs(tenant_dir, "ttl="):
                 if _ttl_of(ttl_text) is None:
@@ -698,16 +743,24 @@ class CachedListing:
                 for day, day_dir in self._dirs(ttl_dir, "day="):
                     for folder_name, days in wanted:
                         if days is None or day in days:
-                            folders[os.path.join(day_dir, folder_name)] = None
-                            folders[os.path.join(day_dir, MIXED_FOLDER)] = None
+                            own[os.path.join(day_dir, folder_name)] = None
+                            shared[os.path.join(day_dir, MIXED_FOLDER)] = None
         files: list[LakeRoot] = []
-        for folder in folders:
+        for folder in [*own, *shared]:  # every session=~mixed strictly after the own folders: see _spans_day_files
             files.extend(self._entries(folder)[1])
         return files
 
 
 def session_dirs(day_dir: LakeRoot, include_mixed: bool = False) -> list[LakeRoot]:
-    """The ``session=`` folders of one spans day folder (the shared ``session=~mixed`` one only if asked)."""
+    """The ``session=`` folders of one spans day folder (the shared ``session=~mixed`` one only if asked).
+
+    On an object store only prefixes that hold a part file: a session prefix emptied by compaction keeps its
+    ``folder/`` marker (see ``runlake.compact``), which is not a session folder any more."""
+    if isinstance(day_dir, ObjectPath):
+        held = {file.parent for file in _own_session_files(day_dir)}
+        if include_mixed and data_files(mixed_dir(day_dir)):
+            held.add(mixed_dir(day_dir))
+        return sorted(held)
     return [p for name, p in _subdirs(day_dir, "session=") if include_mixed or name != MIXED]
 
 
@@ -719,7 +772,7 @@ def mixed_dir(day_dir: LakeRoot) -> LakeRoot:
 def day_files(day_folder: LakeRoot, table: str) -> list[LakeRoot]:
     """Part files under one day folder (all of its sessions for the spans table)."""
     if table == SPANS:
-        return list(_each_folder(session_dirs(day_folder, include_mixed=True), data_files))
+        return _spans_day_files([day_folder])
     return data_files(day_folder)
 
 
@@ -768,6 +821,10 @@ def remove_dir(folder: LakeRoot) -> None:
 
     Locally errors are ignored as ``shutil.rmtree(ignore_errors=True)`` does; on an object store a failure other
     than "already gone" raises, so a caller never reports as deleted what is still there.
+
+    Everything means also what a writer puts there meanwhile (on an object store ``delete_dir`` lists the prefix,
+    then deletes what it found): only for partitions whose every row is to go, such as TTL's expired days. Never
+    for a folder merely seen empty (compaction leaves those on an object store).
     """
     if isinstance(folder, ObjectPath):
         try:

@@ -144,11 +144,13 @@ COUNTS_KEY = "runlake.counts"  # Parquet key-value metadata: what TTL reports de
 
 
 def part_counts(table: str, arrow: pa.Table) -> dict[str, int]:
-    """``rows``, ``spans`` (distinct span ids) and, for the spans table, ``nodes`` (finished node rows)."""
-    counts = {"rows": arrow.num_rows, "spans": pc.count_distinct(arrow.column("span_id")).as_py()}
+    """``rows``, ``spans`` (distinct span ids) and, for the spans table, ``nodes`` (distinct span ids of finished
+    nodes: a node stored twice in one part, say a client's retry landing in the same flush, counts once)."""
+    span_ids = arrow.column("span_id")
+    counts = {"rows": arrow.num_rows, "spans": pc.count_distinct(span_ids).as_py()}
     if table == SPANS:
         ended_nodes = pc.and_(pc.equal(arrow.column("span_type"), "node"), pc.equal(arrow.column("record"), "end"))
-        counts["nodes"] = pc.sum(ended_nodes).as_py() or 0
+        counts["nodes"] = pc.count_distinct(span_ids.filter(ended_nodes.fill_null(False))).as_py()
     return counts
 
 
