@@ -763,6 +763,25 @@ def test_state_only_sessions_of_compacted_days_are_still_listed(lake: Path) -> N
         assert store.get_runtime_state("old-state", "native") == {"t1": {"a": 1}, "t2": {"a": 2}}
 
 
+def test_a_session_is_listed_while_compaction_merges_its_day(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing reads the session folders first and the shared ``~mixed`` files after: compaction writes the merged
+    file before it removes the folders, so a session that leaves its folder meanwhile is found in the merged file.
+    The merge is forced between the two listings of a day."""
+    from runlake import sessions as sessions_module
+    from runlake.compact import compact
+
+    with SessionStore(lake) as store, shifted_clock(-3 * 86400):
+        store.set_runtime_state("old-state", "native", "t1", {"a": 1})
+    real_session_dirs = sessions_module.session_dirs
+
+    def merged_first(day_dir: Path) -> list[Path]:
+        compact(lake, older_than_minutes=0)  # the day is merged just as its session folders are listed
+        return real_session_dirs(day_dir)
+
+    monkeypatch.setattr(sessions_module, "session_dirs", merged_first)
+    assert [s["session_id"] for s in SessionStore(lake).list_sessions()] == ["old-state"]
+
+
 def test_tenants_are_isolated(lake: Path) -> None:
     with SessionStore(lake, tenant_id="acme") as acme, SessionStore(lake, tenant_id="globex") as globex:
         acme.set_runtime_state("s", "native", "t1", {"tenant": "acme"})

@@ -613,7 +613,6 @@ class SessionStore:
         found: dict[str, list[int]] = {}
         mixed: list[LakeRoot] = []
         for _, _, _, day_dir in day_dirs(self.root, SPANS, self.tenant_id):
-            mixed += data_files(mixed_dir(day_dir))
             for folder in session_dirs(day_dir):
                 session_id = session_of_folder(folder)
                 if session_id is None:  # a hashed long id: its rows name it
@@ -627,6 +626,9 @@ class SessionStore:
                 times = found.setdefault(session_id, [stat.st_mtime_ns, stat.st_mtime_ns])
                 times[0] = min(times[0], stat.st_mtime_ns)
                 times[1] = max(times[1], stat.st_mtime_ns)
+            # after the session folders: compaction writes its merged file here before removing the folders it
+            # merged, so a session that left its folder meanwhile is found in it (never missed)
+            mixed += data_files(mixed_dir(day_dir))
         if mixed:
             sql = (
                 "SELECT session_id, min(start_time_unix_nano) AS first, "
