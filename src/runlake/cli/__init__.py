@@ -41,7 +41,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from .history import HistoryDB
+    from ..history import HistoryDB
 
 __all__ = [
     "COMMAND_MODULES",
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # Modules that add commands to ``app`` (imported by ``main()`` before the app runs).
-COMMAND_MODULES: list[str] = ["runlake.cli_ops"]
+COMMAND_MODULES: list[str] = ["runlake.cli.ops"]
 
 app = typer.Typer(
     name="runlake",
@@ -243,7 +243,7 @@ def open_db(state_url: str) -> HistoryDB:
     """A ``HistoryDB`` on an existing lake; a missing folder is a clear error (exit 1), not a traceback."""
     from opentelemetry.exporter.runlake.layout import is_remote
 
-    from .history import HistoryDB
+    from ..history import HistoryDB
 
     root = _lake_root(state_url, remote_ok=True)
     if is_remote(root):
@@ -330,7 +330,7 @@ def _zone_caption() -> str:
 
 
 def _duration(started: float | None, ended: float | None) -> Text:
-    from .history import format_duration
+    from ..history import format_duration
 
     if started is None or ended is None:
         return _MISSING.copy()
@@ -697,7 +697,7 @@ def demo(
 
         runlake demo --state-url ./runlake-data --sessions 20 --seed 1
     """
-    from .demo import DemoWriteError, generate_workload, lake_usage
+    from ..demo import DemoWriteError, generate_workload, lake_usage
 
     root = _lake_root(state_url)  # a bad URL fails before anything is written
     if root.exists() and not root.is_dir():
@@ -885,7 +885,7 @@ def sessions(
         runlake sessions --user user-alice
         runlake sessions rese-d1a4c01e --json
     """
-    from .sessions import SessionStore
+    from ..sessions import SessionStore
 
     if session is not None and not session.strip():
         fail("SESSION_ID is empty: give a session id, or none to list the sessions", code=2)
@@ -1076,7 +1076,7 @@ def stats(
         runlake stats --agent bug-triager
         runlake stats --per-user --json
     """
-    from .service import ExecutionHistoryService
+    from ..service import ExecutionHistoryService
 
     if per_user and (user is not None or agent is not None):
         fail("--per-user shows every user; leave out --user and --agent", code=2)
@@ -1301,7 +1301,7 @@ def gc(
             today = dt.datetime.combine(dt.date.fromisoformat(now), dt.time(12), tzinfo=dt.timezone.utc)
         except ValueError:
             fail(f"--now must be a day as YYYY-MM-DD, got {now!r}", code=2)
-    from .ttl import ExpireError
+    from ..ttl import ExpireError
 
     db = open_db(state_url)
     error: ExpireError | None = None
@@ -1323,7 +1323,7 @@ def gc(
 
 def _finish_deletes(patience_s: float = 1.0) -> None:
     """Expired folders are hidden at once but deleted in the background: finish before the process exits."""
-    from .ttl import pending_deletes, wait_for_deletes
+    from ..ttl import pending_deletes, wait_for_deletes
 
     if wait_for_deletes(timeout=patience_s):
         return
@@ -1356,11 +1356,3 @@ def main() -> None:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     app(prog_name="runlake")
-
-
-if __name__ == "__main__":
-    # Run the app of the imported module ``runlake.cli`` (not of ``__main__``), so commands that other
-    # modules register on ``runlake.cli.app`` are part of it.
-    from runlake.cli import main as _main
-
-    _main()
