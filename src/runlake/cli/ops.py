@@ -7,24 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
+from opentelemetry.exporter.runlake.layout import DEFAULT_STATE_URL
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import (
-    DEFAULT_STATE_URL,
-    AsJson,
-    RemoteStateUrl,
-    StateUrl,
-    _count,
-    _human_bytes,
-    _lake_root,
-    _stderr,
-    _stdout,
-    app,
-    fail,
-    no_lake,
-    print_json,
-)
+from .common import AsJson, RemoteStateUrl, StateUrl, _lake_root, app, fail, no_lake
+from .output import _count, _human_bytes, _stderr, _stdout, print_json
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.runlake.layout import LakeRoot
