@@ -80,6 +80,7 @@ def test_the_http_layer_does_not_import_the_command_line() -> None:
     for name, imported in graph.items():
         if name == "runlake.server" or name.startswith("runlake.server."):
             assert not {"runlake.cli", "runlake.cli_ops"} & imported, name
+            assert not any(module.startswith("runlake.cli.") for module in imported), name
 
 
 def test_instrument_imports_the_state_policy_at_module_level() -> None:
