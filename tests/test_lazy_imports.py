@@ -44,3 +44,10 @@ def test_writing_spans_through_the_api_does_not_load_duckdb(tmp_path) -> None:
         "print('duckdb' in sys.modules)\n"
     )
     assert _run(code) == "False"
+
+
+def test_the_command_line_loads_the_server_only_to_serve() -> None:
+    """Every ``runlake`` command line builds the ``serve`` command's options; FastAPI is loaded only when a server
+    is created."""
+    assert _run("import sys, runlake.cli.ops; print('fastapi' in sys.modules)") == "False"  # registers serve
+    assert _run("import sys; from runlake.server import create_app; print('fastapi' in sys.modules)") == "True"

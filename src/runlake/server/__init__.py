@@ -14,7 +14,8 @@ See docs/server.md for the endpoints, keys, limits and the durability choice.
 
 from __future__ import annotations
 
-from .app import create_app
+from typing import Any
+
 from .command import is_loopback, serve, serve_command
 from .settings import (
     DEFAULT_COMPACT_INTERVAL_S,
@@ -49,3 +50,13 @@ __all__ = [
     "serve",
     "serve_command",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``create_app`` on first use: importing the server package for the ``serve`` command's options (every
+    ``runlake`` command line does) then does not load FastAPI."""
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ from opentelemetry.exporter.runlake.layout import DEFAULT_STATE_URL, STATE_URL_E
 
 from ..auth import KeysError
 from ..ingest_log import IngestLogLocked
-from .app import create_app
 from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_COMPACT_INTERVAL_S,
@@ -52,6 +51,8 @@ def serve(
 ) -> None:
     """Run the server with uvicorn until interrupted (buffers are flushed on shutdown)."""
     import uvicorn
+
+    from .app import create_app  # FastAPI is loaded when a server starts, not for `runlake --help`
 
     if no_auth and not is_loopback(host):
         raise KeysError(f"--no-auth is allowed only on a loopback address (127.0.0.1, ::1, localhost), not {host!r}")
