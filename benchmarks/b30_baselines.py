@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import percentile
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
@@ -32,16 +33,6 @@ def sql_time(unix_nano: int | None) -> str | None:
     if unix_nano is None:
         return None
     return (_EPOCH + dt.timedelta(microseconds=unix_nano // 1000)).isoformat(" ", "microseconds")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (DuckDB's ``quantile_cont``)."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     interleaved,
     median,
     peak_memory_in_child,
+    percentile,
     print_table,
 )
 
@@ -493,16 +494,6 @@ def section_instrumentation(args: argparse.Namespace, scratch: Path) -> None:
 
 # ==== 4: queries ============================================================================================
 # ---- 4: the answers the query cases must give ------------------------------------------------------------------
-def quantile_cont(sorted_values: list[float], q: float) -> float | None:
-    """Linear interpolation between the closest ranks: DuckDB's ``quantile_cont``."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 US = 5e-7  # seconds: half a microsecond each side, so times agree to the µs
 
 
@@ -613,7 +604,7 @@ class Truth:
         """p95 node duration (interpolated) and node count per node type."""
         return {
             "node_type": sorted(self.node_ms),
-            "p95_ms": {t: Approx(quantile_cont(v, 0.95), 1e-6) for t, v in sorted(self.node_ms.items())},
+            "p95_ms": {t: Approx(percentile(v, 0.95), 1e-6) for t, v in sorted(self.node_ms.items())},
             "n": {t: len(v) for t, v in sorted(self.node_ms.items())},
         }
 

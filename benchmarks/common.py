@@ -541,6 +541,16 @@ def peak_memory_in_child(fn: Callable[..., Any], setup: Callable[[], Any] | None
     return int(text) if text else None
 
 
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks of sorted values: DuckDB's ``quantile_cont``."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
 # ---- comparing answers -------------------------------------------------------------------------------------
 # An answer is checked through a signature: a dict {field: value} of what a user reads in it, in its order.
 class Approx:

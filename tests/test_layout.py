@@ -78,15 +78,15 @@ def test_state_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 DAY_NS = 86_400 * 10**9
 
 
-def closed_day_lake(lake: Path) -> dict[str, set[str]]:
-    """Two sessions of a closed day, two parts each (so compaction merges the day), no ``session=~mixed`` yet.
-    Returns each session's span ids."""
-    made = make_spans(16, sessions=2)
+def closed_day_lake(lake: Path | str, sessions: int = 2) -> dict[str, set[str]]:
+    """``sessions`` sessions of a closed day (two days ago), two parts each (so compaction merges the day), no
+    ``session=~mixed`` yet; a local or ``s3://`` lake. Returns each session's span ids."""
+    made = make_spans(8 * sessions, sessions=sessions)
     for span in made:
         span._start_time -= 2 * DAY_NS
         span._end_time -= 2 * DAY_NS
     exporter = RunlakeSpanExporter(lake, background_flush=False)
-    for half in (made[:8], made[8:]):
+    for half in (made[: len(made) // 2], made[len(made) // 2 :]):
         exporter.export(half)
         exporter.force_flush()
     exporter.shutdown()

@@ -51,6 +51,7 @@ from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from test_exporter import make_spans
+from test_layout import closed_day_lake
 
 import runlake
 from runlake.compact import compact
@@ -469,20 +470,8 @@ def test_readers_and_writers_go_on_during_compaction_on_s3(s3_url: str) -> None:
 
 
 def closed_day_on_s3(s3_url: str, sessions: int = 2) -> dict[str, set[str]]:
-    """``sessions`` sessions of a closed day (two days ago), two parts each; each session's span ids."""
-    made = make_spans(8 * sessions, sessions=sessions)
-    for span in made:
-        span._start_time -= 2 * 86_400 * 10**9
-        span._end_time -= 2 * 86_400 * 10**9
-    exporter = RunlakeSpanExporter(s3_url, background_flush=False)
-    for half in (made[: len(made) // 2], made[len(made) // 2 :]):
-        exporter.export(half)
-        exporter.force_flush()
-    exporter.shutdown()
-    ids: dict[str, set[str]] = {}
-    for span in made:
-        ids.setdefault(span.attributes["session.id"], set()).add(f"{span.context.span_id:016x}")
-    return ids
+    """``sessions`` sessions of a closed day on S3, two parts each; each session's span ids."""
+    return closed_day_lake(s3_url, sessions)
 
 
 def test_compaction_never_deletes_a_part_uploaded_into_a_session_prefix_meanwhile(
