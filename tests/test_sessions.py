@@ -12,6 +12,7 @@ import logging
 import math
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -780,6 +781,32 @@ def test_a_session_is_listed_while_compaction_merges_its_day(lake: Path, monkeyp
 
     monkeypatch.setattr(sessions_module, "session_dirs", merged_first)
     assert [s["session_id"] for s in SessionStore(lake).list_sessions()] == ["old-state"]
+
+
+def test_listing_sessions_while_compaction_merges_the_shared_parts(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared ``~mixed`` parts of a day are merged just before they are read: the reader lists them again and
+    finds the merged file (the list of files is not fixed once)."""
+    from runlake.compact import compact
+    from runlake.query import LakeReader
+
+    t0 = (time.time_ns() // 10**9 - 3 * 86400) * 10**9
+    for k in range(2):  # two flushes of small sessions: two parts in the day's session=~mixed
+        exporter = RunlakeSpanExporter(lake, background_flush=False, min_session_rows=256)
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        span = provider.get_tracer("x").start_span("turn", start_time=t0 + k, attributes={"session.id": f"sess-{k}"})
+        span.end(end_time=t0 + k + 10)
+        provider.shutdown()
+    real_rows = LakeReader.rows
+
+    def merged_just_before(self, sql, lister, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if "min(start_time_unix_nano) AS first" in sql:
+            monkeypatch.setattr(LakeReader, "rows", real_rows)
+            assert compact(lake, older_than_minutes=0).days_merged == 1
+        return real_rows(self, sql, lister, *args, **kwargs)
+
+    monkeypatch.setattr(LakeReader, "rows", merged_just_before)
+    assert sorted(s["session_id"] for s in SessionStore(lake).list_sessions()) == ["sess-0", "sess-1"]
 
 
 def test_tenants_are_isolated(lake: Path) -> None:

@@ -107,3 +107,99 @@ def test_a_users_view_of_a_shared_trace_holds_only_that_users_spans(tmp_path: Pa
     assert "BOB PRIVATE" not in str(db.scoped(user_id="alice").get_traces())
     assert [n["id"] for n in db.scoped(user_id="alice").get_logs(front.run_id)["nodes"]] == ["alice-think"]
     assert [n["id"] for n in db.scoped(user_id="bob").get_logs(back.run_id)["nodes"]] == ["bob-lookup"]
+
+
+def test_a_users_view_follows_the_user_down_the_span_tree(tmp_path: Path) -> None:
+    """Spans as an ingest server gets them (no RunStartProcessor: the user and session only on agent spans): a
+    nested run and llm call under alice's run are alice's (they inherit her user); bob's run and its llm call,
+    handed off from alice's run, are not, even when bob's llm span names no user, run or session."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    lake = tmp_path / "lake"
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("semconv")
+
+    def agent(name: str, **attributes: str):  # noqa: ANN202
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name, **attributes}
+        return tracer.start_as_current_span(f"invoke_agent {name}", attributes=attributes)
+
+    def chat(name: str, text: str):  # noqa: ANN202
+        return tracer.start_as_current_span(
+            f"chat {name}", attributes={"gen_ai.operation.name": "chat", "input.value": text}
+        )
+
+    with agent("supervisor", **{"user.id": "alice", "session.id": "s-a"}):
+        with chat("plan", "alice's plan"):
+            pass
+        with agent("researcher"), chat("research", "alice's research"):
+            pass
+    with agent("front", **{"user.id": "alice", "session.id": "s-b1"}):
+        with agent("specialist", **{"user.id": "bob", "session.id": "s-b2"}), chat("bob-llm", "BOB SECRET PROMPT"):
+            pass
+    provider.shutdown()
+
+    def view(db: HistoryDB) -> dict[str, set[str]]:
+        return {t["agent_name"]: {s["name"] for s in t["spans"]} for t in db.get_traces()}
+
+    db = HistoryDB(lake)
+    alice, bob = db.scoped(user_id="alice"), db.scoped(user_id="bob")
+    supervisor = {"invoke_agent supervisor", "chat plan", "invoke_agent researcher", "chat research"}
+    assert view(alice) == {"supervisor": supervisor, "front": {"invoke_agent front"}}
+    assert view(bob) == {"specialist": {"invoke_agent specialist", "chat bob-llm"}}
+    assert "BOB SECRET" not in str(alice.get_traces()) and "BOB SECRET" not in str(alice.get_traces(session_id="s-b1"))
+    front = next(t["run_id"] for t in db.get_traces() if t["agent_name"] == "front")
+    assert "BOB SECRET" not in str(alice.get_logs(front))
+    assert view(db)["supervisor"] == supervisor  # the unscoped reader sees all, as before
+
+
+def test_a_reused_span_id_and_a_trace_in_two_tenants_stay_apart(tmp_path: Path) -> None:
+    """Runs are told apart by span id, trace id and tenant: two traces of one session reusing a span id (a worker
+    whose id counter restarted) keep their own text; the same trace stored by two tenants is two traces, each with
+    its own spans, for a reader of the whole lake."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+    class Restarting(IdGenerator):
+        def __init__(self) -> None:
+            self.traces = 0
+
+        def generate_span_id(self) -> int:
+            return 1  # every root span the same id
+
+        def generate_trace_id(self) -> int:
+            self.traces += 1
+            return self.traces
+
+    lake = tmp_path / "lake"
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider(id_generator=Restarting())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("worker")
+    for word in ("FIRST", "SECOND"):
+        attributes = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "worker",
+            "session.id": "s",
+            "input.value": f"{word} input",
+            "output.value": f"{word} output",
+        }
+        with tracer.start_as_current_span("invoke_agent worker", attributes=attributes):
+            pass
+    provider.shutdown()
+    for db in (HistoryDB(lake), HistoryDB(lake, index_max_rows=0)):
+        assert sorted(r["input_content"] for r in db.get_runs("s")) == ["FIRST input", "SECOND input"]
+        assert sorted(h["output"] for h in db.get_history()) == ["FIRST output", "SECOND output"]
+
+    run_id, spans = _recorded_run(tmp_path)
+    two = tmp_path / "two-tenants"
+    for tenant in ("tenant-a", "tenant-b"):
+        copy = RunlakeSpanExporter(two, force_tenant=tenant, background_flush=False)
+        copy.export(spans)
+        copy.shutdown()
+    for db in (HistoryDB(two), HistoryDB(two, index_max_rows=0)):
+        for traces in (db.get_traces(), db.get_traces(user_id="u-1"), db.get_traces(session_id="s-1")):
+            assert [(t["run_id"], len(t["spans"])) for t in traces] == [(run_id, 3), (run_id, 3)]
+            for trace in traces:
+                assert len({s["attributes"].get("runlake.tenant.id") for s in trace["spans"]}) == 1

@@ -403,3 +403,50 @@ def test_a_folder_that_cannot_be_moved_is_not_counted(tmpfs: Callable[[Path], No
     assert "more expired folders" not in str(error) and str(stuck[0]) in str(error)
     assert stuck[0].exists() and expired_days(lake, RUNS) == stuck
     assert not expired_days(lake, SPANS)
+
+
+def test_spans_reusing_a_span_id_in_two_traces_are_counted_as_two_after_compaction(lake: Path) -> None:
+    """A worker whose span-id counter restarted writes two runs (and two nodes) with the same span ids in two
+    traces: readers show two of each, so TTL reports two of each, before compaction and after it (when the day is
+    one file counted from its name)."""
+    import itertools
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+
+    class Restarting(IdGenerator):
+        def __init__(self) -> None:
+            self.span_ids = itertools.count(1)
+
+        def generate_span_id(self) -> int:
+            return next(self.span_ids)
+
+        def generate_trace_id(self) -> int:
+            return RandomIdGenerator().generate_trace_id()
+
+    start = dt.datetime.now(dt.timezone.utc).timestamp() * 1e9 - 3 * 86_400e9
+    for k in range(2):
+        provider = TracerProvider(id_generator=Restarting())
+        provider.add_span_processor(SimpleSpanProcessor(RunlakeSpanExporter(lake, background_flush=False)))
+        tracer = provider.get_tracer("worker")
+        t0 = int(start) + k * 10**9
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "bot", "session.id": f"s{k}"}
+        run = tracer.start_span("invoke_agent bot", start_time=t0, attributes={**attributes, "runlake.ttl_days": 1})
+        with trace.use_span(run, end_on_exit=False):
+            node = tracer.start_span(
+                "execute_tool t",
+                start_time=t0 + 1,
+                attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "t", "runlake.ttl_days": 1},
+            )
+            node.end(end_time=t0 + 2)
+        run.end(end_time=t0 + 3)
+        provider.shutdown()
+    db = runlake.HistoryDB(lake)
+    assert len(db.get_history()) == 2
+    expected = {"executions_deleted": 2, "nodes_deleted": 2}
+    assert db.cleanup_expired(dry_run=True) == expected
+    compact(lake, older_than_minutes=0)
+    assert all(len(list(day.glob("*/*.parquet"))) == 1 for day in (lake / "spans").glob("*/*/day=*"))
+    assert runlake.HistoryDB(lake).cleanup_expired(dry_run=True) == expected

@@ -165,21 +165,32 @@ def _nearest_run(row: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str |
 
 
 def rows_a_user_may_see(trace_rows: list[dict[str, Any]], user_id: str) -> list[dict[str, Any]]:
-    """The rows of one trace that a reader scoped to ``user_id`` may see: those naming the user, and of those naming
-    no user, the ones whose run (the nearest-run rule) is the user's, or that have no run above them. Another user's
-    run in the same trace (a hand-off) and its nodes stay hidden, as does a run of no user (a root HTTP span is one)."""
+    """The rows of one trace that a reader scoped to ``user_id`` may see: those whose user is the user — a row's own
+    ``user_id``, else that of its nearest ancestor that names one (a nested run or a node of another
+    instrumentation inherits its run's user). Another user's run in the same trace (a hand-off) and everything under
+    it stay hidden, as do rows of no user at all (a root HTTP span) and rows whose ancestry is not in the lake."""
     by_id = {r["span_id"]: r for r in trace_rows}
-    user_of_run = {(r["run_id"] or r["span_id"]): r["user_id"] for r in trace_rows if r["span_type"] == "run"}
-    out = []
-    for row in trace_rows:
-        if row["user_id"]:
-            if row["user_id"] == user_id:
-                out.append(row)
-            continue
-        run = _nearest_run(row, by_id)
-        if run is None or user_of_run.get(run) == user_id:
-            out.append(row)
-    return out
+    users: dict[str, str | None] = {}
+
+    def user_of(row: dict[str, Any]) -> str | None:
+        chain = []
+        found = None
+        for _ in range(len(by_id) + 1):  # a cycle of bad parent ids ends here
+            if row["span_id"] in users:
+                found = users[row["span_id"]]
+                break
+            chain.append(row["span_id"])
+            if row["user_id"]:
+                found = row["user_id"]
+                break
+            row = by_id.get(row["parent_span_id"]) if row["parent_span_id"] else None
+            if row is None:
+                break
+        for span_id in chain:
+            users[span_id] = found
+        return found
+
+    return [row for row in trace_rows if user_of(row) == user_id]
 
 
 def owners_of_unnamed_nodes(trace_rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -194,6 +205,11 @@ def owners_of_unnamed_nodes(trace_rows: list[dict[str, Any]]) -> dict[str, str]:
             if owner is not None:
                 out[row["span_id"]] = owner
     return out
+
+
+def _trace_key(row: dict[str, Any]) -> tuple[str | None, str]:
+    """A trace as readers tell traces apart: its id within a tenant."""
+    return row["tenant_id"], row["trace_id"]
 
 
 def _names(columns: str) -> list[str]:
@@ -374,19 +390,18 @@ class HistoryDB:
             where += " AND " + _in_list("session_id", sessions, params)
         days = {day_of(r["start_time_unix_nano"]) for r in runs}
         lister = self._runs_of_days(days, _one_tenant(runs))
-        wanted = {r["span_id"] for r in runs}
         found = None
+        # a run as readers tell runs apart (a span id alone may repeat: a client reusing ids, another tenant)
+        key_columns = ["span_id", "trace_id", "tenant_id"]
         if columns != "*" and sessions and all(r["session_id"] is not None for r in runs):
-            found = self._reader.session_rows(lister, sessions, ["span_id", "session_id", *_names(columns)])
+            found = self._reader.session_rows(lister, sessions, [*key_columns, "session_id", *_names(columns)])
         if found is None:
             found = self._reader.rows(
-                f"SELECT span_id, {columns} FROM {{latest}}", lister, where=where, where_params=params
+                f"SELECT {', '.join(key_columns)}, {columns} FROM {{latest}}", lister, where=where, where_params=params
             )
-        full = {r["span_id"]: r for r in found if r["span_id"] in wanted}
-        return [
-            {**full.get(r["span_id"], {"input": None, "output": None, "metadata": None, "status_message": None}), **r}
-            for r in runs
-        ]
+        full = {(r["span_id"], r["trace_id"], r["tenant_id"]): r for r in found}
+        missing = {"input": None, "output": None, "metadata": None, "status_message": None}
+        return [{**full.get((r["span_id"], r["trace_id"], r["tenant_id"]), missing), **r} for r in runs]
 
     @staticmethod
     def _each(rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], dict[str, Any]], what: str) -> list:
@@ -415,10 +430,9 @@ class HistoryDB:
             and (self.user_id is None or row["user_id"] == self.user_id)
         )
 
-    def _session_days(self, session_id: str) -> tuple[list[str] | None, str | None]:
-        """``(days, tenant)``: the days the session's runs ran on and the tenant they are in, from the index;
-        ``(None, None)`` (every day, every tenant in scope) when the index cannot say."""
-        index = self.run_index()
+    def _session_days(self, session_id: str, index: RunIndex | None) -> tuple[list[str] | None, str | None]:
+        """``(days, tenant)``: the days the session's runs ran on and the tenant they are in, from the index (the
+        caller's fresh ``run_index()``); ``(None, None)`` (every day, every tenant in scope) when it cannot say."""
         if index is None:
             return None, None
         runs = [r for r in index.session(session_id) if self._in_scope(r)]
@@ -492,7 +506,7 @@ class HistoryDB:
         session_id, user_id = _id_text(session_id), _id_text(user_id)
         index = self.run_index()  # once a call: each refresh stats every day folder of the index
         if session_id is not None:
-            runs = self._session_root_runs(session_id, user_id, limit)
+            runs = self._session_root_runs(session_id, user_id, limit, index)
         else:
             params: list[Any] = []
             where = self._scope_sql(params)
@@ -510,7 +524,7 @@ class HistoryDB:
         spans_by_trace = self._spans_of(runs, index)
         if self.user_id is not None:  # a user's view: not the spans of other users' runs in the same traces
             spans_by_trace = {t: rows_a_user_may_see(rows, self.user_id) for t, rows in spans_by_trace.items()}
-        return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(r["trace_id"], [])), "trace")
+        return self._each(runs, lambda r: self._trace_dict(r, spans_by_trace.get(_trace_key(r), [])), "trace")
 
     def _first_runs_of_newest_traces(
         self, where: str, params: list[Any], order: str, limit: int | None
@@ -528,25 +542,27 @@ class HistoryDB:
                 runs = self._index_rows(where, params, order)
             else:
                 runs = self._newest_index_rows(where, params, order, 0, window)
-            first: dict[str, dict[str, Any]] = {}
+            first: dict[tuple[str | None, str], dict[str, Any]] = {}
             for run in runs:  # newest first: the last one seen of a trace started first
-                first[run["trace_id"]] = run
+                first[_trace_key(run)] = run
             if window is None or len(runs) < window or len(first) > int(limit):
                 break
             window *= 4
         runs = sorted(first.values(), key=lambda r: (r["start_time_unix_nano"], r["run_id"]), reverse=True)
         return runs if limit is None else runs[: int(limit)]
 
-    def _session_root_runs(self, session_id: str, user_id: str | None, limit: int | None) -> list[dict]:
-        days, tenant = self._session_days(session_id)
+    def _session_root_runs(
+        self, session_id: str, user_id: str | None, limit: int | None, index: RunIndex | None
+    ) -> list[dict]:
+        days, tenant = self._session_days(session_id, index)
         params: list[Any] = [session_id]
         where = self._scope_sql(params)
         if user_id is not None:
             where += " AND user_id = ?"
             params.append(user_id)
         sql = (
-            "SELECT * FROM {latest} QUALIFY row_number() OVER (PARTITION BY trace_id ORDER BY parent_span_id IS NULL "
-            "DESC, start_time_unix_nano) = 1 ORDER BY start_time_unix_nano DESC"
+            "SELECT * FROM {latest} QUALIFY row_number() OVER (PARTITION BY tenant_id, trace_id "
+            "ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1 ORDER BY start_time_unix_nano DESC"
         )
         tail: list[Any] = []
         if limit is not None:
@@ -556,9 +572,12 @@ class HistoryDB:
         where = f"session_id = ? AND span_type = 'run' {where}"
         return self._reader.rows(sql, lister, tail, where=where, where_params=params)
 
-    def _spans_of(self, runs: list[dict[str, Any]], index: RunIndex | None) -> dict[str, list[dict[str, Any]]]:
-        """All spans of the runs' traces, read in one query over the files of the runs' sessions and of spans
-        without a session (on the days the runs lasted, when known).
+    def _spans_of(
+        self, runs: list[dict[str, Any]], index: RunIndex | None
+    ) -> dict[tuple[str | None, str], list[dict[str, Any]]]:
+        """All spans of the runs' traces by (tenant, trace id), read in one query over the files of the runs'
+        sessions and of spans without a session (on the days the runs lasted, when known). By tenant too: the same
+        trace stored by two tenants is each one's own.
 
         A trace's spans need not share its run's session: instrumentations often set the session on the agent span
         only, and a root HTTP span has none. Where a run has no session, the sessions of the other runs of its trace
@@ -579,9 +598,9 @@ class HistoryDB:
                 )
         found = self._trace_rows(wanted, traces, _TRACE_COLUMNS, _one_tenant(runs))
         found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
-        out: dict[str, list[dict[str, Any]]] = {}
+        out: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
         for row in found:
-            out.setdefault(row["trace_id"], []).append(row)
+            out.setdefault(_trace_key(row), []).append(row)
         return out
 
     def _trace_rows(
@@ -692,14 +711,18 @@ class HistoryDB:
         return [r for r in found if r["span_id"] not in ids]
 
     def _runs_of_traces(self, traces: list[str], index: RunIndex | None) -> list[dict[str, Any]]:
-        """Session and times of every run (in this scope) of the traces; ``index``: the caller's fresh
-        ``run_index()``."""
+        """Session and times of every run of the traces in this scope's tenant — of every user: a user's view reads
+        the whole trace and then keeps its own rows (``rows_a_user_may_see`` needs the other users' runs to know
+        what is theirs); ``index``: the caller's fresh ``run_index()``."""
         params: list[Any] = [traces]
-        where = "list_contains(?, trace_id)" + self._scope_sql(params)
+        where = "list_contains(?, trace_id)"
+        if self.tenant_id is not None:
+            where += " AND tenant_id = ?"
+            params.append(self.tenant_id)
         columns = "session_id, start_time_unix_nano, end_time_unix_nano"
         if index is not None:
-            found = index.of_traces(traces, ["tenant_id", "user_id", *_names(columns)])
-            return [r for r in found if self._in_scope(r)]
+            found = index.of_traces(traces, ["tenant_id", *_names(columns)])
+            return [r for r in found if self.tenant_id is None or r["tenant_id"] == self.tenant_id]
         return self._index_rows(f" AND {where}", params)
 
     def _indexed_run(self, run_id: str) -> tuple[bool, dict[str, Any] | None]:
@@ -733,6 +756,8 @@ class HistoryDB:
         tenant = run["tenant_id"] if indexed else None
         trace_rows = self._trace_rows(sessions, [run["trace_id"]], _names(_LOG_COLUMNS), tenant)
         trace_rows += self._rest_of_trace(trace_rows, run, set(sessions))
+        if self.user_id is not None:  # a user's view: not the spans of another user's run in the same trace
+            trace_rows = rows_a_user_may_see(trace_rows, self.user_id)
         return sorted(_rows_of_run(trace_rows, run), key=lambda r: (r["start_time_unix_nano"], r["span_id"]))
 
     def _with_totals_so_far(self, rows: list[dict[str, Any]], indexed: bool) -> list[dict[str, Any]]:
@@ -766,8 +791,6 @@ class HistoryDB:
         if run is None:
             raise LookupError(f"run {run_id!r} not found")
         rows = self._rows_of_run(run, indexed)
-        if self.user_id is not None:  # a user's view: never a row another user's span claims
-            rows = [r for r in rows if not r["user_id"] or r["user_id"] == self.user_id]
         nodes = [r for r in rows if r["span_type"] == "node" and r["span_id"] != run["span_id"]]
         if "output" not in run:  # an in-memory index row: the text comes from the run's own span row
             own = next((r for r in rows if r["span_id"] == run["span_id"]), None)

@@ -333,6 +333,8 @@ class LakeReader:
         files = self._usable(lister())
         if not files or isinstance(files[0], ObjectPath) or split_clean(files)[1]:
             return None if files else []
+        if self._lacking and any(self._lacking.get(str(f), frozenset()).intersection(columns) for f in files):
+            return None  # a file from before a wanted column existed: DuckDB's path reads it as null
         wanted = sorted(set(sessions))
         session_set = pa.array(wanted, pa.string())
         also_set = None if also is None else pa.array(list(also[1]), pa.string())

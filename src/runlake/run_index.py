@@ -105,8 +105,9 @@ class RunIndex:
         self._lock = threading.RLock()
         self._connection: duckdb.DuckDBPyConnection | None = None  # opened on first use
         self._local = threading.local()
-        # (version, run id -> rows, session id -> rows): a run id may be in several tenants (one stream sent to two)
-        self._lookups: tuple[int, dict[str, list[int]], dict[str, list[int]]] | None = None
+        # (version, run id -> row, run id -> rows where it repeats, session id -> rows): a run id may be in several
+        # tenants (one stream sent to two); a list per run for the rest would cost ~90 bytes a run
+        self._lookups: tuple[int, dict[str, int], dict[str, list[int]], dict[str, list[int]]] | None = None
         self._first: tuple[pa.Table, pa.Array] | None = None  # (table, first run of its trace per row)
         self._several: tuple[pa.Table, frozenset[str]] | None = None  # (table, traces holding several runs)
         self._users: tuple[pa.Table, dict[str, list[int]]] | None = None  # (table, user id -> rows)
@@ -198,27 +199,30 @@ class RunIndex:
         names = [d[0] for d in result.description]
         return [dict(zip(names, row)) for row in result.fetchall()]
 
-    def _lookup_tables(self) -> tuple[pa.Table | None, dict[str, list[int]], dict[str, list[int]]]:
-        """Run id -> row and session id -> rows of the current table, built once per version (point lookups then
-        cost no query)."""
+    def _lookup_tables(self) -> tuple[pa.Table | None, dict[str, int], dict[str, list[int]], dict[str, list[int]]]:
+        """Run id -> row, run id -> every row for the few ids stored more than once (one tenant's and another's),
+        and session id -> rows of the current table, built once per version (point lookups then cost no query)."""
         with self._lock:
             table, version, lookups = self._table, self._version, self._lookups
         if table is None:
-            return None, {}, {}
+            return None, {}, {}, {}
         if lookups is None or lookups[0] != version:
-            by_run: dict[str, list[int]] = {}
+            by_run: dict[str, int] = {}
+            repeated: dict[str, list[int]] = {}
             by_session: dict[str, list[int]] = {}
             for i, (run_id, session_id) in enumerate(
                 zip(table.column("run_id").to_pylist(), table.column("session_id").to_pylist())
             ):
                 if run_id is not None:
-                    by_run.setdefault(run_id, []).append(i)
+                    first = by_run.setdefault(run_id, i)
+                    if first != i:
+                        repeated.setdefault(run_id, [first]).append(i)
                 by_session.setdefault(session_id or "", []).append(i)
-            lookups = (version, by_run, by_session)
+            lookups = (version, by_run, repeated, by_session)
             with self._lock:
                 if self._version == version:
                     self._lookups = lookups
-        return table, lookups[1], lookups[2]
+        return table, lookups[1], lookups[2], lookups[3]
 
     def _rows_of_user(self, table: pa.Table, user_id: str) -> list[int]:
         """The rows (ascending: newest first) of one user's runs; the map is built once per version, on the first
@@ -295,13 +299,15 @@ class RunIndex:
 
     def runs_of_id(self, run_id: str) -> list[dict[str, Any]]:
         """The rows with this run id: one, or one per tenant (or user) that stored it; the caller keeps its scope's."""
-        table, by_run, _ = self._lookup_tables()
-        rows = by_run.get(run_id)
-        return [] if table is None or not rows else table.take(rows).to_pylist()
+        table, by_run, repeated, _ = self._lookup_tables()
+        first = by_run.get(run_id)
+        if table is None or first is None:
+            return []
+        return table.take(repeated.get(run_id, [first])).to_pylist()
 
     def session(self, session_id: str) -> list[dict[str, Any]]:
         """The rows of a session's runs ("" for runs without a session)."""
-        table, _, by_session = self._lookup_tables()
+        table, _, _, by_session = self._lookup_tables()
         rows = by_session.get(storable_text(session_id or ""))
         return [] if table is None or not rows else table.take(rows).to_pylist()
 
@@ -343,9 +349,10 @@ class RunIndex:
             # a user's traces: each described by the user's first run in it (the root may be no one's: an HTTP span)
             if positions is None:
                 positions = pa.array(range(table.num_rows), pa.int64())
-            last: dict[str, int] = {}
-            for i, trace_id in enumerate(table.column("trace_id").take(positions).to_pylist()):
-                last[trace_id] = i  # newest first: the last one seen started first
+            last: dict[tuple[str | None, str], int] = {}
+            picked = table.select(["tenant_id", "trace_id"]).take(positions)
+            for i, key in enumerate(zip(picked.column(0).to_pylist(), picked.column(1).to_pylist())):
+                last[key] = i  # newest first: the last one seen started first (a trace is its tenant's own)
             positions = positions.take(pa.array(sorted(last.values()), pa.int64()))
         total = table.num_rows if positions is None else len(positions)
         end = total if limit is None else min(total, skip + limit)

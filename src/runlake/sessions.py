@@ -611,7 +611,7 @@ class SessionStore:
         times), or rows in a shared ``session=~mixed`` folder (compacted days, small ingested sessions: the rows'
         span times, from their narrow columns)."""
         found: dict[str, list[int]] = {}
-        mixed: list[LakeRoot] = []
+        mixed: list[LakeRoot] = []  # the shared folders (listed again should a file go while they are read)
         for _, _, _, day_dir in day_dirs(self.root, SPANS, self.tenant_id):
             for folder in session_dirs(day_dir):
                 session_id = session_of_folder(folder)
@@ -628,17 +628,20 @@ class SessionStore:
                 times[1] = max(times[1], stat.st_mtime_ns)
             # after the session folders: compaction writes its merged file here before removing the folders it
             # merged, so a session that left its folder meanwhile is found in it (never missed)
-            mixed += data_files(mixed_dir(day_dir))
-        if mixed:
-            sql = (
-                "SELECT session_id, min(start_time_unix_nano) AS first, "
-                "max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS last FROM {files} "
-                "WHERE session_id IS NOT NULL AND session_id <> '' GROUP BY session_id"
-            )
-            for row in self._reader.rows(sql, lambda: mixed):
-                times = found.setdefault(row["session_id"], [row["first"], row["last"]])
-                times[0] = min(times[0], row["first"])
-                times[1] = max(times[1], row["last"])
+            mixed.append(mixed_dir(day_dir))
+
+        def mixed_files() -> list[LakeRoot]:
+            return [file for folder in mixed for file in data_files(folder)]
+
+        sql = (
+            "SELECT session_id, min(start_time_unix_nano) AS first, "
+            "max(coalesce(end_time_unix_nano, start_time_unix_nano)) AS last FROM {files} "
+            "WHERE session_id IS NOT NULL AND session_id <> '' GROUP BY session_id"
+        )
+        for row in self._reader.rows(sql, mixed_files):  # no files: no rows
+            times = found.setdefault(row["session_id"], [row["first"], row["last"]])
+            times[0] = min(times[0], row["first"])
+            times[1] = max(times[1], row["last"])
         return [(k, v[0], v[1]) for k, v in found.items()]
 
     @staticmethod

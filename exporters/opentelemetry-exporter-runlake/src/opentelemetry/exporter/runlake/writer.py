@@ -144,13 +144,15 @@ COUNTS_KEY = "runlake.counts"  # Parquet key-value metadata: what TTL reports de
 
 
 def part_counts(table: str, arrow: pa.Table) -> dict[str, int]:
-    """``rows``, ``spans`` (distinct span ids) and, for the spans table, ``nodes`` (distinct span ids of finished
-    nodes: a node stored twice in one part, say a client's retry landing in the same flush, counts once)."""
-    span_ids = arrow.column("span_id")
-    counts = {"rows": arrow.num_rows, "spans": pc.count_distinct(span_ids).as_py()}
+    """``rows``, ``spans`` (distinct spans) and, for the spans table, ``nodes`` (distinct finished nodes: a node
+    stored twice in one part, say a client's retry landing in the same flush, counts once). A span is its span and
+    trace id, as readers tell spans apart (a file holds one tenant; the start time is the same for both rows of a
+    span): two traces reusing a span id are two spans."""
+    spans = pc.binary_join_element_wise(arrow.column("span_id"), arrow.column("trace_id"), "/")
+    counts = {"rows": arrow.num_rows, "spans": pc.count_distinct(spans).as_py()}
     if table == SPANS:
         ended_nodes = pc.and_(pc.equal(arrow.column("span_type"), "node"), pc.equal(arrow.column("record"), "end"))
-        counts["nodes"] = pc.count_distinct(span_ids.filter(ended_nodes.fill_null(False))).as_py()
+        counts["nodes"] = pc.count_distinct(spans.filter(ended_nodes.fill_null(False))).as_py()
     return counts
 
 
