@@ -51,3 +51,4 @@ def test_the_command_line_loads_the_server_only_to_serve() -> None:
     is created."""
     assert _run("import sys, runlake.cli.ops; print('fastapi' in sys.modules)") == "False"  # registers serve
     assert _run("import sys; from runlake.server import create_app; print('fastapi' in sys.modules)") == "True"
+    assert _run("import runlake.server; print(runlake.server.app.create_app is runlake.server.create_app)") == "True"

@@ -1003,3 +1003,14 @@ def test_ingest_shares_small_sessions_and_background_compaction_merges_them(tmp_
             runs = httpx.get(f"{server.base}/api/v1/runs", params={"session_id": session}).json()
             assert [r["run_id"] for r in runs] == [run_id]
     assert {p.parent.name for p in (lake / "spans").rglob("*.parquet")} == {MIXED_FOLDER}, "small sessions stay shared"
+
+
+def test_only_lone_surrogates_make_an_otlp_json_body_walked() -> None:
+    """Escaped surrogate pairs (Python's json.dumps writes one for every emoji) need no repair; a lone escape, a low
+    half alone or a surrogate encoded as UTF-8 does (the whole request is then walked once)."""
+    from runlake.otlp import _may_hold_lone_surrogates
+
+    assert not _may_hold_lone_surrogates(json.dumps({"text": "hi 😀 é"}).encode())
+    assert not _may_hold_lone_surrogates(b'{"text": "\\uD83D\\uDE00 and \\u00e9"}')
+    for body in (b'"cut \\ud83d"', b'"cut \\ud83d\\u0041"', b'"\\ude00 alone"', b'"x' + b"\xed\xa0\x80" + b'"'):
+        assert _may_hold_lone_surrogates(body), body

@@ -53,10 +53,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``create_app`` on first use: importing the server package for the ``serve`` command's options (every
-    ``runlake`` command line does) then does not load FastAPI."""
-    if name == "create_app":
-        from .app import create_app
+    """``create_app`` (and the ``app`` submodule) on first use: importing the server package for the ``serve``
+    command's options (every ``runlake`` command line does) then does not load FastAPI."""
+    if name in ("create_app", "app"):
+        from importlib import import_module
 
-        return create_app
+        module = import_module(f"{__name__}.app")
+        return module if name == "app" else module.create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "app", "create_app"])
