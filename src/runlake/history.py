@@ -389,19 +389,34 @@ class HistoryDB:
         if all(r["session_id"] is not None for r in runs):  # the files are sorted by session: skip other row groups
             where += " AND " + _in_list("session_id", sessions, params)
         days = {day_of(r["start_time_unix_nano"]) for r in runs}
-        lister = self._runs_of_days(days, _one_tenant(runs))
-        found = None
-        # a run as readers tell runs apart (a span id alone may repeat: a client reusing ids, another tenant)
-        key_columns = ["span_id", "trace_id", "tenant_id"]
-        if columns != "*" and sessions and all(r["session_id"] is not None for r in runs):
-            found = self._reader.session_rows(lister, sessions, [*key_columns, "session_id", *_names(columns)])
-        if found is None:
-            found = self._reader.rows(
-                f"SELECT {', '.join(key_columns)}, {columns} FROM {{latest}}", lister, where=where, where_params=params
-            )
-        full = {(r["span_id"], r["trace_id"], r["tenant_id"]): r for r in found}
+        tenant = _one_tenant(runs)
+        lister = self._runs_of_days(days, tenant)
+        by_session = columns != "*" and sessions and all(r["session_id"] is not None for r in runs)
+
+        def read(key_columns: list[str]) -> list[dict[str, Any]]:
+            found = None
+            if by_session:
+                found = self._reader.session_rows(lister, sessions, [*key_columns, "session_id", *_names(columns)])
+            if found is None:
+                sql = f"SELECT {', '.join(key_columns)}, {columns} FROM {{latest}}"
+                found = self._reader.rows(sql, lister, where=where, where_params=params)
+            return found
+
+        # a run is found by its span id; only where a wanted span id is there twice (a client reusing ids in another
+        # trace, the same spans in another tenant) are the trace and tenant read too (each column read costs)
+        key_columns = ["span_id"]
+        found = read(key_columns)
+        wanted, seen = {r["span_id"] for r in runs}, set()
+        for row in found:
+            if row["span_id"] in wanted:
+                if row["span_id"] in seen:
+                    key_columns = ["span_id", "trace_id", "tenant_id"]
+                    found = read(key_columns)
+                    break
+                seen.add(row["span_id"])
+        full = {tuple(r[c] for c in key_columns): r for r in found}
         missing = {"input": None, "output": None, "metadata": None, "status_message": None}
-        return [{**full.get((r["span_id"], r["trace_id"], r["tenant_id"]), missing), **r} for r in runs]
+        return [{**full.get(tuple(r[c] for c in key_columns), missing), **r} for r in runs]
 
     @staticmethod
     def _each(rows: list[dict[str, Any]], build: Callable[[dict[str, Any]], dict[str, Any]], what: str) -> list:
