@@ -1014,3 +1014,31 @@ def test_only_lone_surrogates_make_an_otlp_json_body_walked() -> None:
     assert not _may_hold_lone_surrogates(b'{"text": "\\uD83D\\uDE00 and \\u00e9"}')
     for body in (b'"cut \\ud83d"', b'"cut \\ud83d\\u0041"', b'"\\ude00 alone"', b'"x' + b"\xed\xa0\x80" + b'"'):
         assert _may_hold_lone_surrogates(body), body
+
+
+def test_otlp_protobuf_strings_that_are_not_utf8_are_stored_with_replacement_characters(
+    server: Server, api: httpx.Client
+) -> None:
+    """proto3 strings must be UTF-8, and the protobuf parser refused the whole request for one string cut inside a
+    character (400: not retried, every span lost). Such strings are now stored with U+FFFD and every span of the
+    request is stored; a body whose wire format is broken is still a 400."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    session, trace_id = unique("utf8-s"), bytes.fromhex(secrets.token_hex(16))
+    now = time.time_ns()
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add()
+    run_ids = [secrets.token_hex(8) for _ in range(3)]
+    for i, run_id in enumerate(run_ids):
+        span = spans.spans.add(trace_id=trace_id, span_id=bytes.fromhex(run_id), name=f"NAME-{i}")
+        span.start_time_unix_nano, span.end_time_unix_nano = now - 2_000_000_000, now
+        for key, value in (("runlake.span.type", "run"), ("session.id", session), ("output.value", f"TEXT-{i}")):
+            span.attributes.add(key=key, value={"string_value": value})
+    body = request.SerializeToString()
+    body = body.replace(b"TEXT-1", b"TEX\xe2\x82\xac"[:5] + b"!").replace(b"NAME-2", b"NA\xff\xfe-2")  # same lengths
+    response = api.post("/v1/traces", content=body, headers={"Content-Type": "application/x-protobuf"})
+    assert response.status_code == 200, response.text
+    runs = {run["run_id"]: run for run in api.get("/api/v1/runs", params={"session_id": session}).json()}
+    assert [runs[r]["output_content"] for r in run_ids] == ["TEXT-0", "TEX\ufffd!", "TEXT-2"]
+    broken = api.post("/v1/traces", content=body[:-3], headers={"Content-Type": "application/x-protobuf"})
+    assert broken.status_code == 400

@@ -208,6 +208,61 @@ def _too_many_parsed(request: ExportTraceServiceRequest) -> str | None:
     return _TOO_MANY_ENTRIES if entries > MAX_ENTRIES else None
 
 
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _utf8_strings(data: bytes, descriptor: Any, depth: int = 0) -> bytes | None:
+    """The message ``data`` (wire format) with every string field of ``descriptor`` (and of its sub-messages)
+    made valid UTF-8, invalid bytes as U+FFFD; None where the wire format itself is broken. Walks the fields the
+    descriptor names; anything else is copied as it is."""
+    if depth > 64:
+        return None
+    out = bytearray()
+    at = 0
+    try:
+        while at < len(data):
+            start = at
+            tag, at = _varint(data, at)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, at = _varint(data, at)
+            elif wire == 1:
+                at += 8
+            elif wire == 5:
+                at += 4
+            elif wire == 2:
+                size, payload_at = _varint(data, at)
+                at = payload_at + size
+                if at > len(data):
+                    return None
+                field = descriptor.fields_by_number.get(number)
+                payload = data[payload_at:at]
+                if field is not None and field.type == field.TYPE_STRING:
+                    fixed = payload.decode("utf-8", "replace").encode()
+                elif field is not None and field.type == field.TYPE_MESSAGE:
+                    fixed = _utf8_strings(payload, field.message_type, depth + 1)
+                    if fixed is None:
+                        return None
+                else:
+                    fixed = payload
+                out += _encode_varint(tag) + _encode_varint(len(fixed)) + fixed
+                continue
+            else:  # groups (3, 4) and reserved wire types: not in OTLP
+                return None
+            if at > len(data):
+                return None
+            out += data[start:at]
+    except IndexError:  # a varint past the end
+        return None
+    return bytes(out)
+
+
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """Parse a binary protobuf ExportTraceServiceRequest."""
     too_many = _too_many_entries(body)
@@ -216,7 +271,15 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     try:
         request = ExportTraceServiceRequest.FromString(body)
     except (DecodeError, RuntimeError, ValueError) as error:
-        raise OTLPDecodeError(f"body is not a protobuf ExportTraceServiceRequest: {error}") from None
+        # proto3 strings must be UTF-8: one string cut inside a character would refuse the whole request (a 400 is
+        # not retried), so such strings are stored with U+FFFD, as the JSON side and the writer store them
+        repaired = _utf8_strings(body, ExportTraceServiceRequest.DESCRIPTOR)
+        try:
+            if repaired is None or repaired == body:
+                raise error
+            request = ExportTraceServiceRequest.FromString(repaired)
+        except (DecodeError, RuntimeError, ValueError):
+            raise OTLPDecodeError(f"body is not a protobuf ExportTraceServiceRequest: {error}") from None
     too_many = _too_many_parsed(request)  # what the scan could not see (fields inside groups)
     if too_many:
         raise OTLPDecodeError(too_many)
