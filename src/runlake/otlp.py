@@ -143,10 +143,13 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes, start: int, end: int) -> Iterable[tuple[int, int, int]]:
-    """(field number, start, end) of the fields of one message; stops at a group (``_count_entries`` then counts)."""
+def _wire_fields(data: bytes, start: int, end: int) -> Iterable[tuple[int, int, int, int, int]]:
+    """(tag, tag start, value start, value end) of the fields of one message — a length-delimited value starts
+    after its length — and the position reached; stops at a group (not in OTLP). A varint past the end raises
+    IndexError."""
     pos = start
     while pos < end:
+        tag_start = pos
         tag, pos = _varint(data, pos)
         wire = tag & 7
         if wire == 0:
@@ -158,8 +161,14 @@ def _fields(data: bytes, start: int, end: int) -> Iterable[tuple[int, int, int]]
             value_end = pos + length
         else:
             return
-        yield tag >> 3, pos, value_end
+        yield tag, tag_start, pos, value_end
         pos = value_end
+
+
+def _fields(data: bytes, start: int, end: int) -> Iterable[tuple[int, int, int]]:
+    """(field number, start, end) of the fields of one message; stops at a group (``_count_entries`` then counts)."""
+    for tag, _, value_start, value_end in _wire_fields(data, start, end):
+        yield tag >> 3, value_start, value_end
 
 
 def _too_many_entries(body: bytes) -> str | None:
@@ -224,43 +233,27 @@ def _utf8_strings(data: bytes, descriptor: Any, depth: int = 0) -> bytes | None:
     if depth > 64:
         return None
     out = bytearray()
-    at = 0
+    reached = 0
     try:
-        while at < len(data):
-            start = at
-            tag, at = _varint(data, at)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, at = _varint(data, at)
-            elif wire == 1:
-                at += 8
-            elif wire == 5:
-                at += 4
-            elif wire == 2:
-                size, payload_at = _varint(data, at)
-                at = payload_at + size
-                if at > len(data):
-                    return None
-                field = descriptor.fields_by_number.get(number)
-                payload = data[payload_at:at]
-                if field is not None and field.type == field.TYPE_STRING:
-                    fixed = payload.decode("utf-8", "replace").encode()
-                elif field is not None and field.type == field.TYPE_MESSAGE:
-                    fixed = _utf8_strings(payload, field.message_type, depth + 1)
-                    if fixed is None:
-                        return None
-                else:
-                    fixed = payload
-                out += _encode_varint(tag) + _encode_varint(len(fixed)) + fixed
+        for tag, tag_start, value_start, value_end in _wire_fields(data, 0, len(data)):
+            if value_end > len(data):
+                return None
+            reached = value_end
+            field = descriptor.fields_by_number.get(tag >> 3) if tag & 7 == 2 else None
+            if field is None or field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+                out += data[tag_start:value_end]
                 continue
-            else:  # groups (3, 4) and reserved wire types: not in OTLP
-                return None
-            if at > len(data):
-                return None
-            out += data[start:at]
+            payload = data[value_start:value_end]
+            if field.type == field.TYPE_STRING:
+                fixed = payload.decode("utf-8", "replace").encode()
+            else:
+                fixed = _utf8_strings(payload, field.message_type, depth + 1)
+                if fixed is None:
+                    return None
+            out += _encode_varint(tag) + _encode_varint(len(fixed)) + fixed
     except IndexError:  # a varint past the end
         return None
-    return bytes(out)
+    return bytes(out) if reached == len(data) else None  # stopped short: a group (not in OTLP)
 
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
