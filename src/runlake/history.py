@@ -272,12 +272,13 @@ class HistoryDB:
             return True
         return False
 
-    def _scope_sql(self, params: list[Any]) -> str:
+    def _scope_sql(self, params: list[Any], by_user: bool = True) -> str:
+        """`` AND ...`` limiting rows to this scope (its tenant only, without ``by_user``)."""
         clauses = ""
         if self.tenant_id is not None:
             clauses += " AND tenant_id = ?"
             params.append(self.tenant_id)
-        if self.user_id is not None:
+        if by_user and self.user_id is not None:
             clauses += " AND user_id = ?"
             params.append(self.user_id)
         return clauses
@@ -730,10 +731,7 @@ class HistoryDB:
         the whole trace and then keeps its own rows (``rows_a_user_may_see`` needs the other users' runs to know
         what is theirs); ``index``: the caller's fresh ``run_index()``."""
         params: list[Any] = [traces]
-        where = "list_contains(?, trace_id)"
-        if self.tenant_id is not None:
-            where += " AND tenant_id = ?"
-            params.append(self.tenant_id)
+        where = "list_contains(?, trace_id)" + self._scope_sql(params, by_user=False)
         columns = "session_id, start_time_unix_nano, end_time_unix_nano"
         if index is not None:
             found = index.of_traces(traces, ["tenant_id", *_names(columns)])
