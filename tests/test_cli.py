@@ -592,12 +592,14 @@ def test_output_to_a_pipe_closed_early_ends_quietly(demo: tuple[Path, dict], arg
 
 
 @pytest.mark.parametrize(
-    "args", [("history",), ("history", "--json"), ("stats",), BIG_TABLE, ("sql", "SELECT 1", "--json")]
+    "args",
+    [("history",), ("history", "--json"), ("stats",), BIG_TABLE, ("sql", "SELECT 1", "--json"), ("sql", "--help")],
 )
 def test_output_to_a_pipe_closed_before_the_first_write_ends_quietly(
     demo: tuple[Path, dict], args: tuple[str, ...]
 ) -> None:
-    """`runlake history --json | true`: every write fails; tables and JSON alike end with status 0, stderr empty."""
+    """`runlake history --json | true`: every write fails; tables, JSON and help alike end with status 0, stderr
+    empty."""
     import os
 
     lake, _ = demo

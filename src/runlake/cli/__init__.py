@@ -32,7 +32,7 @@ import importlib
 from opentelemetry.exporter.runlake.layout import DEFAULT_STATE_URL, STATE_URL_ENV
 
 from .common import AsJson, Limit, RemoteStateUrl, StateUrl, app, fail, no_lake, open_db  # noqa: F401
-from .output import print_json
+from .output import print_json, quiet_when_stdout_closes
 
 # Importing a command module registers its commands on ``app``, and ``runlake --help`` lists them in the order they
 # were registered: these imports stay in this order (not sorted). The names are re-exported, as before the split.
@@ -62,4 +62,4 @@ def main() -> None:
     """Entry point of the ``runlake`` console script."""
     for module in COMMAND_MODULES:
         importlib.import_module(module)
-    app(prog_name="runlake")
+    quiet_when_stdout_closes(lambda: app(prog_name="runlake"))

@@ -45,6 +45,35 @@ def _stdout_closed() -> NoReturn:
     raise SystemExit(0)
 
 
+def _stdout_file() -> tuple[int, int] | None:
+    """What file descriptor 1 is (device, inode), or None without one."""
+    try:
+        info = os.fstat(1)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def quiet_when_stdout_closes(run: Any) -> None:
+    """Call ``run()``; end with status 0 where its console found stdout's reader gone and stopped with status 1.
+
+    For the consoles runlake does not make (Typer's ``--help`` and usage errors): rich's own answer to a closed pipe
+    points stdout at /dev/null and exits 1, which is recognised here by stdout having become /dev/null.
+    """
+    before = _stdout_file()
+    try:
+        run()
+    except SystemExit as stop:
+        if stop.code == 1 and before is not None and before != _devnull() and _stdout_file() == _devnull():
+            raise SystemExit(0) from None
+        raise
+
+
+def _devnull() -> tuple[int, int]:
+    info = os.stat(os.devnull)
+    return info.st_dev, info.st_ino
+
+
 class _StdoutConsole(Console):
     """The console of every command's output on stdout: a closed pipe ends the command quietly (``_stdout_closed``)
     instead of rich's default (exit 1)."""
