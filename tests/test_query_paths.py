@@ -194,6 +194,40 @@ def test_traces_of_many_nested_runs_fill_the_limit_without_the_index(lake: Path)
         assert all(t["agent_name"] == "planner" and len(t["spans"]) == 23 for t in got)
 
 
+def test_runs_that_start_in_the_same_nanosecond_read_alike_on_every_path(lake: Path) -> None:
+    """Clocks of a millisecond (other SDKs, over OTLP) start a nested run with its parent and a session's runs
+    together: the root still describes its trace, and every path lists equal starts in one order (by run id), so a
+    limit cuts the same runs."""
+    runlake.configure(lake)
+    roots, nested, together = {}, {}, []
+    try:
+        with shifted_clock(-3600, frozen=True) as advance:
+            for i in range(8):  # the nested run's span id sorts below its root's in about half of them
+                with runlake.run("outer", f"pair-{i}", user_id="u") as outer:
+                    with runlake.run("inner", f"pair-{i}", user_id="u") as inner:
+                        pass
+                roots[outer.span.get_span_context().trace_id], nested[i] = outer.run_id, inner.run_id
+                advance(1)
+            for _ in range(6):  # six runs of one session, one start
+                with runlake.run("burst", "same-start", user_id="v") as r:
+                    pass
+                together.append(r.run_id)
+    finally:
+        runlake.shutdown()
+    in_memory, on_disk = HistoryDB(lake), HistoryDB(lake, index_max_rows=0)
+    for db in (in_memory, on_disk):
+        described = [t["run_id"] for t in db.get_traces(user_id="u")]
+        assert sorted(described) == sorted(roots.values())
+        assert [t["run_id"] for t in db.get_traces(limit=20) if t["agent_name"] != "burst"] == described
+        for i in range(8):
+            assert [t["agent_name"] for t in db.get_traces(session_id=f"pair-{i}")] == ["outer"]
+        assert [r["run_id"] for r in db.get_runs("same-start")] == sorted(together)
+        assert [r["run_id"] for r in db.get_runs("same-start", limit=2)] == sorted(together)[:2]
+        assert [h["run_id"] for h in db.get_history("burst", skip=1, limit=3)] == sorted(together)[1:4]
+    assert in_memory.get_traces() == on_disk.get_traces()
+    assert in_memory.get_runs("same-start") == on_disk.get_runs("same-start")
+
+
 @pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])
 def test_find_run_and_logs_through_the_index(lake: Path, lake_ids: dict, index_rows: int) -> None:
     db = HistoryDB(lake, index_max_rows=index_rows)

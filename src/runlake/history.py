@@ -29,7 +29,7 @@ from opentelemetry.exporter.runlake.layout import (
 )
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS, attributes_of_row
 
-from .query import LakeReader, _vanished
+from .query import FIRST_RUN_OF_TRACE, NEWEST_RUN_FIRST, LakeReader, _vanished, first_run_rank
 from .run_index import DEFAULT_MAX_ROWS, RunIndex
 from .ttl import expire
 
@@ -205,6 +205,10 @@ def owners_of_unnamed_nodes(trace_rows: list[dict[str, Any]]) -> dict[str, str]:
             if owner is not None:
                 out[row["span_id"]] = owner
     return out
+
+
+def _first_run_rank(run: dict[str, Any]) -> tuple[bool, int, str]:
+    return first_run_rank(run["parent_span_id"], run["start_time_unix_nano"], run["span_id"])
 
 
 def _trace_key(row: dict[str, Any]) -> tuple[str | None, str]:
@@ -471,7 +475,7 @@ class HistoryDB:
         session_id = _id_text(session_id)
         params: list[Any] = [session_id]
         where = f"session_id = ? AND span_type = 'run' {self._scope_sql(params)}"
-        sql = f"SELECT {_RUN_DICT_COLUMNS} FROM {{latest}} ORDER BY start_time_unix_nano DESC"
+        sql = f"SELECT {_RUN_DICT_COLUMNS} FROM {{latest}} ORDER BY {NEWEST_RUN_FIRST}"
         tail: list[Any] = []
         if limit is not None:
             sql += " LIMIT ?"
@@ -529,7 +533,7 @@ class HistoryDB:
             if user_id is not None:
                 where += " AND user_id = ?"
                 params.append(user_id)
-            order = "ORDER BY start_time_unix_nano DESC"
+            order = f"ORDER BY {NEWEST_RUN_FIRST}"
             if index is not None:
                 equal = self._scope_equal()
                 if user_id is not None and equal.setdefault("user_id", user_id) != user_id:
@@ -559,12 +563,14 @@ class HistoryDB:
             else:
                 runs = self._newest_index_rows(where, params, order, 0, window)
             first: dict[tuple[str | None, str], dict[str, Any]] = {}
-            for run in runs:  # newest first: the last one seen of a trace started first
-                first[_trace_key(run)] = run
+            for run in runs:
+                known = first.get(_trace_key(run))
+                if known is None or _first_run_rank(run) < _first_run_rank(known):
+                    first[_trace_key(run)] = run
             if window is None or len(runs) < window or len(first) > int(limit):
                 break
             window *= 4
-        runs = sorted(first.values(), key=lambda r: (r["start_time_unix_nano"], r["run_id"]), reverse=True)
+        runs = sorted(first.values(), key=lambda r: (-r["start_time_unix_nano"], r["run_id"]))  # NEWEST_RUN_FIRST
         return runs if limit is None else runs[: int(limit)]
 
     def _session_root_runs(
@@ -578,7 +584,7 @@ class HistoryDB:
             params.append(user_id)
         sql = (
             "SELECT * FROM {latest} QUALIFY row_number() OVER (PARTITION BY tenant_id, trace_id "
-            "ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1 ORDER BY start_time_unix_nano DESC"
+            f"ORDER BY {FIRST_RUN_OF_TRACE}) = 1 ORDER BY {NEWEST_RUN_FIRST}"
         )
         tail: list[Any] = []
         if limit is not None:
@@ -684,7 +690,7 @@ class HistoryDB:
         if agent_id is not None:
             where += " AND (agent_name = ? OR agent_id = ?)"
             params += [agent_id, agent_id]
-        order = "ORDER BY start_time_unix_nano DESC, run_id"
+        order = f"ORDER BY {NEWEST_RUN_FIRST}"
         index = self.run_index()
         if index is not None:
             page = index.newest(self._scope_equal(), int(skip), int(limit), agent=agent_id)

@@ -66,6 +66,20 @@ def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
 # may name none while its end row names one.
 SPAN_KEY = "span_id, trace_id, start_time_unix_nano, tenant_id"
 LATEST_ROW = f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY record = 'end' DESC) = 1"
+
+# Runs newest first; runs that started in the same nanosecond (millisecond clocks, a frozen test clock) by run id, so
+# that every path (the in-memory index, DuckDB over the files) lists them in one order and a limit cuts alike.
+NEWEST_RUN_FIRST = "start_time_unix_nano DESC, run_id"
+# The run that describes a trace: a root (no parent) first, then the earliest, then the lowest span id; a nested run
+# that starts in the same nanosecond as its parent never does. ``first_run_rank`` is the same choice in Python.
+FIRST_RUN_OF_TRACE = "parent_span_id IS NULL DESC, start_time_unix_nano, span_id"
+
+
+def first_run_rank(parent_span_id: str | None, start_time_unix_nano: int, span_id: str) -> tuple[bool, int, str]:
+    """The order of ``FIRST_RUN_OF_TRACE``: the smallest rank describes the trace."""
+    return parent_span_id is not None, start_time_unix_nano, span_id
+
+
 _LATEST_OF_PART = LATEST_ROW
 
 

@@ -33,7 +33,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
-from .query import LATEST_ROW
+from .query import FIRST_RUN_OF_TRACE, LATEST_ROW, first_run_rank
 
 _logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class RunIndex:
                     self._table = None
                     return False
             latest = self._latest(list(self._parts.values()))
-            # newest first (the order of history and traces), in one chunk: filters and takes stay cheap
+            # NEWEST_RUN_FIRST (the order of history and traces), in one chunk: filters and takes stay cheap
             order = [("start_time_unix_nano", "descending"), ("run_id", "ascending")]
             self._table = latest.sort_by(order).combine_chunks()
             self._version += 1
@@ -239,8 +239,8 @@ class RunIndex:
         return cached.get(user_id, [])
 
     def _first_of_trace(self, table: pa.Table) -> pa.Array:
-        """Per row of ``table``: whether it is the first run of its trace (its root, or where the root is not in the
-        lake — a parent in another service — its earliest run). Computed once per version."""
+        """Per row of ``table``: whether it is the first run of its trace (``FIRST_RUN_OF_TRACE``: its root, or where
+        the root is not in the lake — a parent in another service — its earliest run). Computed once per version."""
         with self._lock:
             cached = self._first if self._first is not None and self._first[0] is table else None
         if cached is not None:
@@ -249,7 +249,8 @@ class RunIndex:
             {
                 "tenant_id": table.column("tenant_id"),
                 "trace_id": table.column("trace_id"),
-                "start": table.column("start_time_unix_nano"),
+                "parent_span_id": table.column("parent_span_id"),
+                "start_time_unix_nano": table.column("start_time_unix_nano"),
                 "span_id": table.column("span_id"),
                 "pos": pa.array(range(table.num_rows), pa.int64()),
             }
@@ -259,8 +260,8 @@ class RunIndex:
             cursor.register("_runs", positions)
             mask = (
                 cursor.sql(
-                    "SELECT row_number() OVER (PARTITION BY tenant_id, trace_id ORDER BY start, span_id) = 1 AS first "
-                    "FROM _runs ORDER BY pos"
+                    "SELECT row_number() OVER (PARTITION BY tenant_id, trace_id "
+                    f"ORDER BY {FIRST_RUN_OF_TRACE}) = 1 AS first FROM _runs ORDER BY pos"
                 )
                 .to_arrow_table()
                 .column("first")
@@ -349,11 +350,15 @@ class RunIndex:
             # a user's traces: each described by the user's first run in it (the root may be no one's: an HTTP span)
             if positions is None:
                 positions = pa.array(range(table.num_rows), pa.int64())
-            last: dict[tuple[str | None, str], int] = {}
-            picked = table.select(["tenant_id", "trace_id"]).take(positions)
-            for i, key in enumerate(zip(picked.column(0).to_pylist(), picked.column(1).to_pylist())):
-                last[key] = i  # newest first: the last one seen started first (a trace is its tenant's own)
-            positions = positions.take(pa.array(sorted(last.values()), pa.int64()))
+            first: dict[tuple[str | None, str], tuple[tuple[bool, int, str], int]] = {}
+            picked = table.select(["tenant_id", "trace_id", "parent_span_id", "start_time_unix_nano", "span_id"])
+            columns = [column.to_pylist() for column in picked.take(positions).columns]
+            for i, (tenant, trace, parent, start, span) in enumerate(zip(*columns)):
+                rank = first_run_rank(parent, start, span)  # a trace is its tenant's own
+                known = first.get((tenant, trace))
+                if known is None or rank < known[0]:
+                    first[(tenant, trace)] = (rank, i)
+            positions = positions.take(pa.array(sorted(i for _, i in first.values()), pa.int64()))
         total = table.num_rows if positions is None else len(positions)
         end = total if limit is None else min(total, skip + limit)
         if skip >= end:

@@ -54,7 +54,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from . import instrument as _instrument
-from .query import LATEST_ROW, LakeReader
+from .query import FIRST_RUN_OF_TRACE, LATEST_ROW, LakeReader
 from .redact import Redactor
 from .redact import resolve as resolve_redactor
 from .state_policy import (  # the policy lives in its own module (runlake.instrument needs it too); re-exported here
@@ -526,7 +526,7 @@ class SessionStore:
         sql = (
             f"WITH runs AS (SELECT * FROM {{files}} WHERE span_type = 'run' AND session_id = ? AND tenant_id = ? "
             f"{LATEST_ROW}) SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY trace_id "
-            "ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1 ORDER BY start_time_unix_nano, span_id"
+            f"ORDER BY {FIRST_RUN_OF_TRACE}) = 1 ORDER BY start_time_unix_nano, span_id"
         )
         messages: list[dict[str, Any]] = []
         for run in self._reader.rows(sql, self._files(session_id), [session_id, self.tenant_id]):
@@ -563,7 +563,7 @@ class SessionStore:
         sql = f"""
             WITH runs AS (SELECT * FROM {{files}} WHERE session_id IS NOT NULL AND tenant_id = ? {where} {LATEST_ROW}),
             roots AS (SELECT * FROM runs QUALIFY row_number() OVER (PARTITION BY session_id, trace_id
-                      ORDER BY parent_span_id IS NULL DESC, start_time_unix_nano) = 1)
+                      ORDER BY {FIRST_RUN_OF_TRACE}) = 1)
             SELECT session_id, arg_max(user_id, start_time_unix_nano) AS user_id,
                    arg_max(agent_name, start_time_unix_nano) AS agent_name,
                    min(start_time_unix_nano) AS created,
