@@ -667,6 +667,9 @@ def test_websocket_live_events(server: Server, keys: dict[str, str]) -> None:
     assert [e["data"]["id"] for e in ok_events[1:3]] == ["planner", "search"]
     assert ok_events[1]["data"]["tokens_used"] == 120 and ok_events[1]["data"]["time"] == "0.8s"
     assert ok_events[-1]["data"]["status"] == "completed" and ok_events[-1]["data"]["duration"] == "1.1s"
+    # the run's totals, as history and logs give them (its nodes' sums), in whole cents as CodexOS types them
+    assert (ok_events[-1]["data"]["tokens_used"], ok_events[-1]["data"]["cost_cents"]) == (120, 2)
+    assert [type(e["data"]["cost_cents"]) for e in ok_events[1:]] == [int, int, int]
     assert ok_events[-1]["user_id"] == "alice" and ok_events[-1]["tenant_id"] == "t1"
     bad_events = [e for e in events if e["run_id"] == bad_run]
     assert bad_events[0]["type"] == "execution_started" and bad_events[-1]["type"] == "execution_failed"

@@ -6,14 +6,17 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Any
 
-from opentelemetry.exporter.runlake.mapping import COL, NODE, RUN
+from opentelemetry.exporter.runlake.mapping import COL, NODE, RUN, RUN_COLUMNS
 
 from .auth import (
     Principal,
 )
-from .history import format_duration, iso_time
+from .history import format_duration, iso_time, whole_cents
 
 _PREVIEW = 2000  # characters of input/output carried in WebSocket events
+_RUN_SPAN, _RUN_IN, _RUN_OUT, _RUN_COST = (
+    RUN_COLUMNS.index(c) for c in ("span_id", "input_tokens", "output_tokens", "cost_cents")
+)
 
 
 def _preview(text: str | None) -> str | None:
@@ -58,10 +61,15 @@ class EventBuilder:
             parent = by_span.get(parent[c["parent_span_id"]])
         return self._trace_runs.get(row[c["trace_id"]]) or "trace:" + row[c["trace_id"]]
 
-    def events(self, rows: list[tuple]) -> list[dict[str, Any]]:
-        """Events in time order. A node's agent is its own, else its run's (from this batch or an earlier one)."""
+    def events(self, rows: list[tuple], run_rows: list[tuple] = ()) -> list[dict[str, Any]]:
+        """Events in time order. A node's agent is its own, else its run's (from this batch or an earlier one).
+
+        ``run_rows``: the exporter's runs-index rows of the batch, whose totals (the run's own usage, else the sum of
+        its nodes, from this batch and earlier ones) a run's completion reports, as history and logs do.
+        """
         out: list[dict[str, Any]] = []
         c = COL
+        run_totals = {run[_RUN_SPAN]: run for run in run_rows}
         agents: dict[str, str | None] = {}
         by_span: dict[str, tuple] = {}
         for row in rows:
@@ -90,7 +98,12 @@ class EventBuilder:
             }
             start, end = row[c["start_time_unix_nano"]], row[c["end_time_unix_nano"]]
             failed = row[c["status_code"]] == "ERROR"
-            tokens = (row[c["input_tokens"]] or 0) + (row[c["output_tokens"]] or 0)
+            totals = run_totals.get(row[c["span_id"]]) if span_type == RUN else None
+            if totals is not None:
+                tokens_in, tokens_out, cost = totals[_RUN_IN], totals[_RUN_OUT], totals[_RUN_COST]
+            else:
+                tokens_in, tokens_out, cost = row[c["input_tokens"]], row[c["output_tokens"]], row[c["cost_cents"]]
+            tokens = (tokens_in or 0) + (tokens_out or 0)
             if self._announce(run_id, agent):
                 started = {"type": "execution_started", **base, "timestamp": iso_time(start)}
                 if span_type == RUN:
@@ -106,7 +119,7 @@ class EventBuilder:
                     "time": format_duration(start, end),
                     "error_message": row[c["status_message"]] if failed else None,
                     "tokens_used": tokens,
-                    "cost_cents": row[c["cost_cents"]] or 0,
+                    "cost_cents": whole_cents(cost),
                     "output": _preview(row[c["output"]]),
                 }
                 out.append({"type": "node_executed", **base, "timestamp": iso_time(end), "data": data})
@@ -120,7 +133,7 @@ class EventBuilder:
                     "output": _preview(row[c["output"]]),
                     "error_message": row[c["status_message"]] if failed else None,
                     "tokens_used": tokens,
-                    "cost_cents": row[c["cost_cents"]] or 0,
+                    "cost_cents": whole_cents(cost),
                 }
                 kind = "execution_failed" if failed else "execution_completed"
                 out.append({"type": kind, **base, "timestamp": iso_time(end), "data": data})

@@ -65,8 +65,8 @@ class TenantSink:
         self.requests = 0
         self.spans = 0
 
-    def _listen(self, rows: list[tuple]) -> None:
-        events = self._builder.events(rows) if self._on_events.wanted() else []
+    def _listen(self, rows: list[tuple], run_rows: list[tuple]) -> None:
+        events = self._builder.events(rows, run_rows) if self._on_events.wanted() else []
         if events:
             self._on_events(events)
 

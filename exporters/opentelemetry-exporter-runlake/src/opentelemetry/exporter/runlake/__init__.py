@@ -166,7 +166,8 @@ class RunlakeSpanExporter(SpanExporter):
         self.rejected_spans = 0
         self.queue_dropped: Callable[[], int] | None = None  # set by a RunlakeBatchSpanProcessor in front of this
         self._logged_bad_span = False
-        self.listeners: list[Callable[[list[tuple]], None]] = []
+        # called with each batch's span rows and runs-index rows (a run's row carries its totals: nodes, tokens, cost)
+        self.listeners: list[Callable[[list[tuple], list[tuple]], None]] = []
         if isinstance(root, ObjectPath):
             _flush_before_s3_finalizes(self)
 
@@ -179,7 +180,7 @@ class RunlakeSpanExporter(SpanExporter):
             ok = self._writer.add(span_rows, run_rows)
             for listener in self.listeners:
                 try:
-                    listener(span_rows)
+                    listener(span_rows, run_rows)
                 except Exception:  # noqa: BLE001 - a listener must never break the export
                     _logger.exception("runlake: span listener failed")
         except Exception:  # noqa: BLE001 - never raise into the application
