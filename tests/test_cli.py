@@ -154,6 +154,9 @@ def test_history_json_and_table(demo: tuple[Path, dict]) -> None:
     assert not {i["run_id"] for i in items} & {i["run_id"] for i in later}
     bots = cli_json("history", "--agent", "support-bot", "--limit", 1000, "--state-url", lake)
     assert len(bots) == summary["runs_by_agent"]["support-bot"]
+    assert cli_json("history", "--agent", "support-bot", "--limit", 0, "--state-url", lake) == bots  # 0: all
+    every_run = cli_json("runs", "--limit", 0, "--state-url", lake)
+    assert len(every_run) > 20 and len({t["trace_id"] for t in every_run}) == len(every_run)
 
     table = cli("history", "--limit", 5, "--state-url", lake)
     assert table.exit_code == 0 and table.stderr == ""

@@ -138,6 +138,9 @@ def test_history_pages_equal_the_whole_index_query(lake: Path, lake_ids: dict, i
                 )
     everything = HistoryDB(lake).get_history(limit=1000)
     assert len(everything) == 45 and sum(1 for h in everything if h["status"] == "running") == 3
+    for db in dbs:  # limit=None: all of them, as get_runs and get_traces take it
+        for agent in (None, "alpha"):
+            assert db.get_history(agent, skip=2, limit=None) == _history_reference(db, agent, 2, 1000)
 
 
 @pytest.mark.parametrize("index_rows", [1000, 0], ids=["index-in-memory", "index-on-disk"])

@@ -678,9 +678,9 @@ class HistoryDB:
         }
 
     # ---- CodexOS ----
-    def get_history(self, agent_id: str | None = None, skip: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        """Execution history items, newest first (CodexOS ``GET /api/v1/agents/history``)."""
-        if skip < 0 or limit < 0:
+    def get_history(self, agent_id: str | None = None, skip: int = 0, limit: int | None = 100) -> list[dict[str, Any]]:
+        """Execution history items, newest first (CodexOS ``GET /api/v1/agents/history``); ``limit=None``: all."""
+        if skip < 0 or (limit is not None and limit < 0):
             raise ValueError("skip and limit must not be negative")
         if self._unconfigured("get_history") or limit == 0:
             return []
@@ -693,8 +693,10 @@ class HistoryDB:
         order = f"ORDER BY {NEWEST_RUN_FIRST}"
         index = self.run_index()
         if index is not None:
-            page = index.newest(self._scope_equal(), int(skip), int(limit), agent=agent_id)
+            page = index.newest(self._scope_equal(), int(skip), None if limit is None else int(limit), agent=agent_id)
             rows = self._with_text(page, "input, output")
+        elif limit is None:
+            rows = self._index_rows(where, params, f"{order} OFFSET ?", [int(skip)])
         else:
             rows = self._newest_index_rows(where, params, order, int(skip), int(limit))
         rows = self._with_totals_so_far(rows, index is not None)

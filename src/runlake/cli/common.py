@@ -73,7 +73,16 @@ AsJson = Annotated[
         ),
     ),
 ]
-Limit = Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many rows.")]
+
+
+def _all_when_zero(limit: int | None) -> int | None:
+    return limit or None
+
+
+Limit = Annotated[
+    int | None,
+    typer.Option("--limit", "-n", min=0, callback=_all_when_zero, help="At most this many rows; 0 for all of them."),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
