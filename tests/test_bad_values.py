@@ -84,6 +84,29 @@ def test_foreign_values_out_of_range_are_left_out_and_every_run_stays(lake: Path
     assert db.cleanup_expired(now=None) == {"executions_deleted": 0, "nodes_deleted": 0}
 
 
+def test_bytes_attribute_values_are_text_not_a_python_repr(lake: Path) -> None:
+    """The SDK keeps bytes attribute values as they are (OTLP has bytes values): UTF-8 is stored as its text, other
+    bytes in base64 (as OTLP/JSON writes them) — in the columns, the attributes JSON and through OTLP ingest alike."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from runlake.otlp import decode_request
+
+    spans = foreign_run(
+        "bytes-1",
+        **{"input.value": b"caf\xc3\xa9 input", "gen_ai.request.model": b"gpt-bytes", "blob": b"\x00\x01\xff"},
+    )
+    received = decode_request(encode_spans(spans).SerializeToString(), "application/x-protobuf").spans
+    for where, batch in ((lake / "exported", spans), (lake / "received", received)):  # as a server receives them
+        exporter = RunlakeSpanExporter(where)
+        assert exporter.export(batch).name == "SUCCESS"
+        exporter.shutdown()
+        rows = runlake.HistoryDB(where).sql("SELECT input, model, attributes FROM spans").fetchall()
+        assert len(rows) == 2
+        for text, model, attributes in rows:
+            assert (text, model) == ("café input", "gpt-bytes")
+            assert json.loads(attributes)["blob"] == "AAH/"
+
+
 def test_a_value_arrow_cannot_encode_becomes_null_alone(lake: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Defence in depth: a row that reached the writer with a value Arrow refuses keeps its other values (the bad
     one stored as null, counted and said); the rows beside it are written, and the writer is not left failing."""

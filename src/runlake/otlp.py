@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry.exporter.runlake.layout import storable_text
+from opentelemetry.exporter.runlake.mapping import bytes_text
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -435,7 +436,7 @@ def _any_value(value: Any) -> Any:
     if kind == "kvlist_value":
         return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
     if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode("ascii")  # as OTLP/JSON writes bytes
+        return bytes_text(value.bytes_value)  # UTF-8 text as it is, else base64 (as OTLP/JSON writes bytes)
     return None
 
 

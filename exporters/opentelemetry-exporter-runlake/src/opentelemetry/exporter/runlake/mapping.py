@@ -7,6 +7,7 @@ they hold the column's value; :func:`attributes_of_row` puts them back under the
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -228,8 +229,24 @@ _STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
 _KIND_NAMES = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
 _STATUS_BY_ID = {id(code): _STATUS_NAMES.get(code.value, "UNSET") for code in StatusCode}  # no Enum.value per span
 _KIND_BY_ID = {id(kind): _KIND_NAMES.get(kind.value, "INTERNAL") for kind in SpanKind}
+
+
 # strict: JSON has no NaN or infinities (they raise, and are then written as null: see ``to_json``)
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False).encode
+def bytes_text(value: bytes | bytearray | memoryview) -> str:
+    """Bytes as text: UTF-8 as it is, anything else in base64 (as OTLP/JSON writes bytes), never a Python repr."""
+    data = bytes(value)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii")
+
+
+def _as_text(value: Any) -> str:
+    """A value that is not a string, as a text column (or JSON) holds it: bytes by ``bytes_text``, else ``str()``."""
+    return bytes_text(value) if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_as_text, allow_nan=False).encode
 
 try:  # the C encoder JSONEncoder.encode builds on every call, built once (no circular check: attribute values)
     from json.encoder import c_make_encoder as _c_make_encoder
@@ -237,7 +254,7 @@ try:  # the C encoder JSONEncoder.encode builds on every call, built once (no ci
 except ImportError:  # pragma: no cover - interpreters without the C accelerator
     _c_make_encoder = None
 if _c_make_encoder is not None:
-    _c_encoder = _c_make_encoder(None, str, _encode_basestring, None, ":", ",", False, False, False)
+    _c_encoder = _c_make_encoder(None, _as_text, _encode_basestring, None, ":", ",", False, False, False)
 
     def _encode(value: Any) -> str:
         return "".join(_c_encoder(value, 0))
@@ -264,7 +281,11 @@ def to_json(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else to_json(list(value) if isinstance(value, tuple) else value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes_text(value)
+    return to_json(list(value) if isinstance(value, tuple) else value)
 
 
 def _as_int(value: Any) -> int | None:
@@ -604,10 +625,10 @@ class SpanMapper:
         return (
             record,
             span_type,
-            tenant if type(tenant) is str else str(tenant),
-            session_id if session_id is None or isinstance(session_id, str) else str(session_id),
-            user_id if user_id is None or isinstance(user_id, str) else str(user_id),
-            run_id if run_id is None or isinstance(run_id, str) else str(run_id),
+            tenant if type(tenant) is str else _as_text(tenant),
+            session_id if session_id is None or isinstance(session_id, str) else _as_text(session_id),
+            user_id if user_id is None or isinstance(user_id, str) else _as_text(user_id),
+            run_id if run_id is None or isinstance(run_id, str) else _as_text(run_id),
             f"{context.trace_id:032x}",
             span_id,
             f"{parent.span_id:016x}" if parent is not None else None,
@@ -617,17 +638,17 @@ class SpanMapper:
             span.end_time if record == "end" else None,
             status_code,
             status_message,
-            error_type if error_type is None or isinstance(error_type, str) else str(error_type),
-            agent_name if agent_name is None or isinstance(agent_name, str) else str(agent_name),
-            agent_id if agent_id is None or isinstance(agent_id, str) else str(agent_id),
-            node_id if node_id is None or isinstance(node_id, str) else str(node_id),
-            node_type if node_type is None or isinstance(node_type, str) else str(node_type),
-            turn_id if turn_id is None or isinstance(turn_id, str) else str(turn_id),
-            runtime_id if runtime_id is None or isinstance(runtime_id, str) else str(runtime_id),
+            error_type if error_type is None or isinstance(error_type, str) else _as_text(error_type),
+            agent_name if agent_name is None or isinstance(agent_name, str) else _as_text(agent_name),
+            agent_id if agent_id is None or isinstance(agent_id, str) else _as_text(agent_id),
+            node_id if node_id is None or isinstance(node_id, str) else _as_text(node_id),
+            node_type if node_type is None or isinstance(node_type, str) else _as_text(node_type),
+            turn_id if turn_id is None or isinstance(turn_id, str) else _as_text(turn_id),
+            runtime_id if runtime_id is None or isinstance(runtime_id, str) else _as_text(runtime_id),
             runtime_state if self.keep_runtime_state else None,
-            operation if operation is None or isinstance(operation, str) else str(operation),
-            model if model is None or isinstance(model, str) else str(model),
-            provider if provider is None or isinstance(provider, str) else str(provider),
+            operation if operation is None or isinstance(operation, str) else _as_text(operation),
+            model if model is None or isinstance(model, str) else _as_text(model),
+            provider if provider is None or isinstance(provider, str) else _as_text(provider),
             input_text,
             output_text,
             input_tokens,
