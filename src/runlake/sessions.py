@@ -122,6 +122,15 @@ _clock_lock = threading.Lock()
 _last_ns = 0
 
 
+def _new_clock_lock() -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
+    global _clock_lock
+    _clock_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_clock_lock)
+
+
 def _next_ns() -> int:
     """Instrumentation time (honours ``shifted_clock``), strictly increasing within a second of the last one so
     that two sets in a row never tie."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -199,6 +200,15 @@ def _runtime_fits(
 _tally: OrderedDict[tuple[str, str], dict[str, int]] = OrderedDict()
 _tally_lock = threading.Lock()
 _MAX_TALLIED = 10_000
+
+
+def _new_tally_lock() -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
+    global _tally_lock
+    _tally_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_tally_lock)
 
 
 def prepare_state(

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from .layout import DEFAULT_STATE_URL, DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
 from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
-from .writer import LakeWriter
+from .writer import LakeWriter, reset_in_forked_child
 
 __all__ = ["RunlakeBatchSpanProcessor", "RunlakeSpanExporter", "RunStartProcessor", "resolve_lake", "resolve_state_url"]
 __version__ = "0.1.0"
@@ -162,6 +162,7 @@ class RunlakeSpanExporter(SpanExporter):
         # span id -> parent span id, for spans whose run was not known when they came (bounded, oldest evicted)
         self._parents: OrderedDict[str, str] = OrderedDict()
         self._totals_lock = threading.Lock()
+        reset_in_forked_child(self._after_fork_in_child)
         self._shutdown = False
         self.rejected_spans = 0
         self.queue_dropped: Callable[[], int] | None = None  # set by a RunlakeBatchSpanProcessor in front of this
@@ -170,6 +171,11 @@ class RunlakeSpanExporter(SpanExporter):
         self.listeners: list[Callable[[list[tuple], list[tuple]], None]] = []
         if isinstance(root, ObjectPath):
             _flush_before_s3_finalizes(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child's lock of the run totals (the parent's may be held by a thread the child does not have);
+        its writer resets itself (``LakeWriter._after_fork_in_child``)."""
+        self._totals_lock = threading.Lock()
 
     # ---- SpanExporter -----------------------------------------------------------------------------------
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -488,8 +494,7 @@ class RunlakeBatchSpanProcessor(BatchSpanProcessor):
         self._told = False
         if counts_to is not None:
             counts_to.queue_dropped = lambda: self.dropped_spans
-        reinit = weakref.WeakMethod(self._after_fork_in_child)
-        os.register_at_fork(after_in_child=lambda: (method := reinit()) is not None and method())
+        reset_in_forked_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
         """A child gets the parent's lock as it was (maybe held by a thread that does not exist there), and the SDK

@@ -21,7 +21,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,6 +358,17 @@ def _storable_or_none(value: Any, kind: pa.DataType) -> Any:
     return None
 
 
+def reset_in_forked_child(method: Callable[[], None]) -> None:
+    """Call the bound ``method`` in each child this process forks from now on, for as long as its object lives.
+
+    A forked child (``multiprocessing``, a pre-fork server's workers) starts with a copy of the parent's memory: locks
+    as they were (held, perhaps, by a thread the child does not have) and none of the parent's threads.
+    """
+    if hasattr(os, "register_at_fork"):
+        method_ref = weakref.WeakMethod(method)
+        os.register_at_fork(after_in_child=lambda: (bound := method_ref()) is not None and bound())
+
+
 @dataclass
 class _Buffer:
     rows: list[tuple] = field(default_factory=list)
@@ -410,6 +422,18 @@ class LakeWriter:
         self._stop = threading.Event()
         self._drops_unsaid = 0  # dropped rows not logged yet (stats.dropped_rows has them all)
         self._drops_said_at: float | None = None  # when drops were last logged during this outage
+        reset_in_forked_child(self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """The child's writer: a new lock, no rows (the parent writes the rows it buffered; a copy written here too
+        would store them twice), and its own flush thread, started by its first row (the parent's is not here)."""
+        self._lock = threading.Lock()
+        self._buffers = {}
+        self._buffered_bytes = 0
+        self._thread = None
+        self._stop = threading.Event()
+        self.stats = WriterStats()
+        self._drops_unsaid = 0
 
     # ---- adding rows ---------------------------------------------------------------------------------
     def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> LakeRoot:
