@@ -93,6 +93,43 @@ def test_the_exit_hook_for_s3_is_bounded(lake: Path, monkeypatch: pytest.MonkeyP
     exporter.shutdown()
 
 
+def test_shutdown_after_the_exit_hook_gave_up_on_the_store_does_not_try_again(
+    lake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An object store that takes connections and never answers: the exit hook stops waiting after its bound; the
+    provider's shutdown, which runs after it, must not start a second unbounded upload."""
+    hooks: list[Any] = []
+    monkeypatch.setattr(exporter_package.atexit, "register", hooks.append)
+    monkeypatch.setattr(exporter_package, "_EXIT_PROVIDER_FLUSH_S", 0.1, raising=False)
+    monkeypatch.setattr(exporter_package, "_EXIT_LAKE_FLUSH_S", 0.3, raising=False)
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    exporter_package._flush_before_s3_finalizes(exporter)
+    [hook] = hooks
+    answer = threading.Event()
+    writes: list[int] = []
+    write_keys = exporter._writer._write_keys
+
+    def never_answers(keys: Any) -> bool:
+        writes.append(len(list(keys)))
+        answer.wait(30)
+        return False
+
+    exporter._writer._write_keys = never_answers
+    exporter.export(make_spans(4))
+    exporter.record_start(make_spans(1)[0])  # a row that comes after the hung upload took the others
+    try:
+        hook()
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR):
+            exporter.shutdown()
+        assert time.monotonic() - started < 1.0, "shutdown tried the store again"
+        assert len(writes) == 1
+        assert "not written" in caplog.text and "lost" in caplog.text
+    finally:
+        answer.set()
+        exporter._writer._write_keys = write_keys
+
+
 def test_the_exit_hook_flushes_where_no_thread_may_start(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Python 3.12.0-3.12.1 refuse to start threads in atexit hooks (RuntimeError); simulated here, as this machine
     runs another Python. The hook then flushes on its own thread rather than not at all."""

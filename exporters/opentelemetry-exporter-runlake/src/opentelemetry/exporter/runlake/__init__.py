@@ -84,7 +84,8 @@ def _flush_before_s3_finalizes(exporter: RunlakeSpanExporter) -> None:
             if callable(force_flush):
                 bound = _EXIT_PROVIDER_FLUSH_S
                 _within(bound, lambda: force_flush(int(bound * 1000)), "flushing the span processors")
-            _within(_EXIT_LAKE_FLUSH_S, live.force_flush, f"writing the last rows to {live.root}")
+            if not _within(_EXIT_LAKE_FLUSH_S, live.force_flush, f"writing the last rows to {live.root}"):
+                live._store_unreachable_at_exit = True  # the provider's shutdown, which comes next, must not retry
         except Exception:  # noqa: BLE001 - never raise at exit
             _logger.debug("runlake: flush at exit failed", exc_info=True)
 
@@ -164,6 +165,7 @@ class RunlakeSpanExporter(SpanExporter):
         self._totals_lock = threading.Lock()
         reset_in_forked_child(self._after_fork_in_child)
         self._shutdown = False
+        self._store_unreachable_at_exit = False
         self.rejected_spans = 0
         self.queue_dropped: Callable[[], int] | None = None  # set by a RunlakeBatchSpanProcessor in front of this
         self._logged_bad_span = False
@@ -313,7 +315,10 @@ class RunlakeSpanExporter(SpanExporter):
             return
         self._shutdown = True
         try:
-            self._writer.close()
+            if self._store_unreachable_at_exit:  # the exit hook's flush did not finish in its bound: no second try
+                self._writer.stop()
+            else:
+                self._writer.close()
         except Exception:  # noqa: BLE001
             _logger.exception("runlake: shutdown flush failed")
         lost = self._writer.buffered_rows

@@ -703,3 +703,10 @@ class LakeWriter:
         self._closed = True
         self._say_unsaid_drops()
         return ok
+
+    def stop(self) -> None:
+        """Stop without writing what is buffered (the store did not answer a flush in time; the caller says what is
+        lost)."""
+        self._stop.set()
+        self._closed = True
+        self._say_unsaid_drops()
