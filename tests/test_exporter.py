@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 import runlake
+from runlake.service import ExecutionHistoryService
 
 
 def make_spans(n: int, sessions: int = 1, prefix: str = "s", run_nodes: int = 3) -> list[ReadableSpan]:
@@ -354,6 +355,8 @@ def test_two_processes_writing_one_session_and_day(lake: Path) -> None:
 
 
 def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -> None:
+    """No code change: runs, their nodes, a nested run that names no session or user (it gets its parent's, as with
+    ``configure``), and a run that never ended (visible as running: the entry point records run starts too)."""
     app = tmp_path / "app.py"
     app.write_text(
         textwrap.dedent(
@@ -362,10 +365,17 @@ def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -
             tracer = trace.get_tracer("app")
             with tracer.start_as_current_span("invoke_agent helper", attributes={
                     "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper",
-                    "gen_ai.conversation.id": "ep-session", "input.value": "hi"}):
+                    "gen_ai.conversation.id": "ep-session", "user.id": "ep-user", "input.value": "hi"}):
                 with tracer.start_as_current_span("chat gpt", attributes={"gen_ai.operation.name": "chat",
                         "gen_ai.conversation.id": "ep-session", "gen_ai.usage.input_tokens": 7}):
                     pass
+                with tracer.start_as_current_span("invoke_agent critic", attributes={
+                        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "critic"}):
+                    with tracer.start_as_current_span("chat critique", attributes={
+                            "gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 5}):
+                        pass
+            tracer.start_span("invoke_agent sleeper", attributes={"gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": "sleeper", "gen_ai.conversation.id": "ep-live"})  # never ends
             """
         )
     )
@@ -384,11 +394,17 @@ def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    runs = runlake.HistoryDB(lake).get_runs("ep-session")
-    assert len(runs) == 1 and runs[0]["metadata"]["agent_name"] == "helper" and runs[0]["status"] == "completed"
-    logs = runlake.HistoryDB(lake).get_logs(runs[0]["run_id"])
-    assert logs["summary"]["total_nodes"] == 1 and logs["summary"]["tokens_used"] == 7
-    assert read_table(lake, "spans").column("service_name").to_pylist() == ["ep-app", "ep-app"]
+    db = runlake.HistoryDB(lake)
+    runs = db.get_runs("ep-session")
+    assert [r["metadata"]["agent_name"] for r in runs] == ["critic", "helper"]
+    assert all(r["status"] == "completed" for r in runs)
+    for run, tokens in zip(runs, (5, 7)):
+        logs = db.get_logs(run["run_id"])
+        assert logs["summary"]["total_nodes"] == 1 and logs["summary"]["tokens_used"] == tokens
+    assert ExecutionHistoryService(lake).statistics(user_id="ep-user")["total_executions"] == 2
+    [live] = db.get_runs("ep-live")
+    assert live["status"] == "running"
+    assert set(read_table(lake, "spans").column("service_name").to_pylist()) == {"ep-app"}
 
 
 def test_run_in_progress_is_visible_as_running(lake: Path) -> None:

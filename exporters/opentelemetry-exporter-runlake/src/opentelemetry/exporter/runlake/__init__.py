@@ -422,6 +422,27 @@ class RunStartProcessor(SpanProcessor):
         return True
 
 
+class AutoConfiguredSpanExporter(RunlakeSpanExporter):
+    """The exporter of ``OTEL_TRACES_EXPORTER=runlake`` (the ``opentelemetry_traces_exporter`` entry point).
+
+    The SDK's auto-configuration installs its TracerProvider, then builds each named exporter and puts it behind a
+    ``BatchSpanProcessor``: nothing there sees spans start. So this exporter adds a ``RunStartProcessor`` to that
+    provider, as ``runlake.configure`` does: runs in progress are visible as running, and a nested run or another
+    instrumentation's span that names no session or user gets its parent's, without a code change.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider):
+            provider.add_span_processor(RunStartProcessor(self))
+        else:  # built outside the SDK's auto-configuration: an exporter like any other
+            _logger.debug("runlake: no SDK TracerProvider installed; run starts are not recorded")
+
+
 def _sdk_queue(processor: BatchSpanProcessor) -> Any:
     """The SDK processor's bounded deque of ended spans (``_batch_processor._queue`` from SDK 1.33, ``queue``
     before), or None if this SDK keeps it elsewhere (then drops are not counted)."""
