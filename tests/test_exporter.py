@@ -529,3 +529,59 @@ def test_conform_fits_any_part_to_the_current_schema() -> None:
         assert missing and all(fitted.column(name).null_count == 2 for name in missing)
     with pytest.raises(pa.ArrowInvalid):
         conform(pa.table({"input_tokens": ["n/a"]}), SPANS_SCHEMA)
+
+
+def test_node_totals_waiting_for_a_parent_are_forgotten_once_it_comes(lake: Path) -> None:
+    """Children end before their parents, so a node's figures wait under its parent's span id until the parent
+    arrives. In one long trace with no root run (another instrumentation's spans), what waited must not stay
+    listed once the parent came: the bookkeeping stays the same size however long the trace runs."""
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    trace_id = 0xABC
+    lost_parent = SpanContext(trace_id, 0xFFFFFFFF, is_remote=False)
+
+    def span(span_id: int, parent: SpanContext, attributes: dict) -> ReadableSpan:
+        context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1))
+        return ReadableSpan("s", context=context, parent=parent, attributes=attributes, start_time=1, end_time=2)
+
+    span_id = 1
+    for _ in range(10):
+        batch = []
+        for _ in range(250):  # a node, then its plain parent, whose own parent never arrives
+            parent = SpanContext(trace_id, span_id + 1, is_remote=False)
+            batch.append(span(span_id, parent, {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 3}))
+            batch.append(span(span_id + 1, lost_parent, {}))
+            span_id += 2
+        assert exporter.export(batch).name == "SUCCESS"
+    waiting = exporter._pending_by_trace[f"{trace_id:032x}"]
+    assert waiting == {f"parent:{0xFFFFFFFF:016x}"}  # only what still waits (it was 2,501 keys)
+    assert exporter._run_totals[f"parent:{0xFFFFFFFF:016x}"][:3] == [2500, 0, 7500]  # nodes, failed, tokens
+    exporter.shutdown()
+
+
+def test_the_mappers_caches_are_bounded_in_size_not_only_in_entries() -> None:
+    """The per-key-set plans and the per-resource cache serve spans that repeat them; spans with many keys or a
+    server decoding a new big resource per request must not fill memory with them (each still maps exactly)."""
+    from opentelemetry.exporter.runlake import mapping
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    mapper = mapping.SpanMapper()
+
+    def span(i: int, attributes: dict, resource: Resource | None = None) -> ReadableSpan:
+        context = SpanContext(1, i + 1, is_remote=False, trace_flags=TraceFlags(1))
+        return ReadableSpan("s", context=context, attributes=attributes, resource=resource, start_time=1, end_time=2)
+
+    for i in range(2_500):  # 2,500 key sets of 100 keys: past the key budget of the plans
+        row = mapper.map_span(span(i, {f"k{i}_{j}": j for j in range(100)}))
+        assert json.loads(row[SPAN_COLUMNS.index("attributes")])[f"k{i}_99"] == 99
+        assert mapper._planned_keys == sum(len(keys) for keys in mapper._plans) <= mapping._MAX_PLANNED_KEYS
+    many = {f"many{j}": j for j in range(mapping._MAX_KEYS_OF_A_CACHED_PLAN + 1)}
+    mapper.map_span(span(0, many))
+    assert tuple(many) not in mapper._plans
+    for i in range(50):  # a new big resource each time, as a server decodes one per request
+        big = Resource({"service.name": "svc", "blob": "r" * 100_000, "n": i})
+        row = mapper.map_span(span(i, {}, big))
+        assert json.loads(row[SPAN_COLUMNS.index("resource")])["n"] == i
+    assert not any("blob" in (cached[2] or "") for cached in mapper._resource_cache.values())

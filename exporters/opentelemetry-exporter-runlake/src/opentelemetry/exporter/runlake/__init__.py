@@ -276,11 +276,19 @@ class RunlakeSpanExporter(SpanExporter):
                 else:
                     key = "trace:" + row[tid]
                 if key.startswith("parent:"):
-                    pending.setdefault(row[tid], set()).add(key)
+                    waiting_keys = pending.setdefault(row[tid], set())
+                    waiting_keys.add(key)
+                    if len(waiting_keys) > _MAX_TRACKED_RUNS:  # parents that never come (their totals go too)
+                        waiting_keys.pop()
                     if len(pending) > _MAX_TRACKED_RUNS:
                         pending.pop(next(iter(pending)))
                 if pending:  # figures of nodes below this span, waiting for it
                     waiting = totals.pop("parent:" + span_id, None)
+                    keys_of_trace = pending.get(row[tid])
+                    if keys_of_trace is not None:  # no longer waiting: the trace's root run need not collect it
+                        keys_of_trace.discard("parent:" + span_id)
+                        if not keys_of_trace:
+                            del pending[row[tid]]
                     if waiting is not None:
                         acc = entry(key)
                         for i, value in enumerate(waiting):

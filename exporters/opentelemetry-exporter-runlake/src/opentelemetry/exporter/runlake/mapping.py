@@ -378,15 +378,22 @@ def _events_json(events: Sequence[Any]) -> tuple[str | None, str | None]:
     return _fast_json(out), message
 
 
+_MAX_RESOURCES = 1024
+_MAX_CACHED_RESOURCE_CHARS = 16_384  # a bigger resource (rare) is worked out each time rather than held
+
+
 def _resource_of(resource: Any, cache: dict[int, tuple[Any, str | None, str | None]]) -> tuple[str | None, str | None]:
-    """Service name and resource JSON, cached per resource object (spans of one provider share it)."""
+    """Service name and resource JSON, cached per resource object (spans of one provider share it; every request a
+    server decodes has a new one, hence the caps: at most 1,024 resources of at most 16 KB of JSON each)."""
     hit = cache.get(id(resource))
     if hit is None or hit[0] is not resource:  # the cache holds the object, so its id cannot be reused meanwhile
         attrs = dict(resource.attributes) if resource is not None else {}
         service = attrs.pop("service.name", None)
-        if len(cache) >= 1024:
-            cache.clear()
-        hit = cache[id(resource)] = (resource, service, to_json(attrs) if attrs else None)
+        hit = (resource, service, to_json(attrs) if attrs else None)
+        if hit[2] is None or len(hit[2]) <= _MAX_CACHED_RESOURCE_CHARS:
+            if len(cache) >= _MAX_RESOURCES:
+                cache.clear()
+            cache[id(resource)] = hit
     return hit[1], hit[2]
 
 
@@ -398,6 +405,8 @@ _PLAN_COLUMNS = tuple(COLUMN_KEYS)  # the order of the values a plan's getter re
 _PLAN_TEXT = frozenset(_TEXT_COLUMNS)  # absent -> _ABSENT (a present None becomes "null", as _text makes it)
 _ABSENT = object()
 _MAX_PLANS = 4096
+_MAX_PLANNED_KEYS = 200_000  # keys in all cached plans (a plan's size follows its key count; ~90 B a key)
+_MAX_KEYS_OF_A_CACHED_PLAN = 1024  # a span with more keys than this (rare) is planned each time
 if _PLAN_COLUMNS != (
     "session_id", "user_id", "tenant_id", "run_id", "agent_name", "agent_id", "node_id", "node_type", "turn_id",
     "runtime_id", "runtime_state", "operation", "model", "provider", "input", "output", "input_tokens",
@@ -519,6 +528,7 @@ class SpanMapper:
         self.redact = redact
         self._resource_cache: dict[int, tuple[Any, str | None, str | None]] = {}
         self._plans: dict[tuple[str, ...], _Plan] = {}
+        self._planned_keys = 0
 
     def map_span(self, span: Any, record: str = "end") -> tuple:
         """One row; raises ValueError for a span that cannot be stored (no ids or start time)."""
@@ -543,9 +553,13 @@ class SpanMapper:
         keys = tuple(attributes)
         plan = self._plans.get(keys)
         if plan is None:
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.clear()
-            plan = self._plans[keys] = _Plan(keys)
+            plan = _Plan(keys)
+            if len(keys) <= _MAX_KEYS_OF_A_CACHED_PLAN:
+                if len(self._plans) >= _MAX_PLANS or self._planned_keys + len(keys) > _MAX_PLANNED_KEYS:
+                    self._plans.clear()
+                    self._planned_keys = 0
+                self._plans[keys] = plan
+                self._planned_keys += len(keys)
         values = [*attributes.values(), None, _ABSENT]
         (
             session_id, user_id, tenant_id, run_id, agent_name, agent_id, node_id, node_type, turn_id,
