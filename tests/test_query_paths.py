@@ -438,6 +438,55 @@ def test_the_index_forgets_removed_files_and_reads_new_ones(lake: Path, lake_ids
     assert db.get_history(limit=1)[0]["run_id"] == late
 
 
+def test_threads_that_queried_the_index_do_not_keep_old_versions_alive(lake: Path, lake_ids: dict) -> None:
+    """A server answers from a pool of threads; each has its own DuckDB cursor. A cursor that kept the index table
+    it last queried registered would keep that version alive after a refresh: one copy per thread."""
+    import gc
+    import threading
+    import weakref
+
+    db = HistoryDB(lake)
+    index = db.run_index()
+    old = weakref.ref(index._table)
+    answered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def pool_thread() -> None:  # queries once, then stays alive (idle), as a server's worker thread does
+        assert index.rows("SELECT count(*) AS n FROM {index}") == [{"n": 45}]
+        answered.release()
+        release.wait(30)
+
+    threads = [threading.Thread(target=pool_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in threads:
+            assert answered.acquire(timeout=30)
+        runlake.configure(lake)
+        try:
+            with runlake.run("late", "session-late"):
+                pass
+        finally:
+            runlake.shutdown()
+        assert db.run_index().rows("SELECT count(*) AS n FROM {index}") == [{"n": 46}]
+        gc.collect()
+        assert old() is None, "an idle thread's cursor still holds the index as it was before the refresh"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def test_duckdb_does_not_cache_the_contents_of_every_file_it_read(lake: Path, lake_ids: dict) -> None:
+    """Compaction and TTL replace files all day; DuckDB's external file cache kept an entry for each one ever read
+    (a long-lived server grew with them). Both connections run without it."""
+    db = HistoryDB(lake)
+    db.get_history(limit=5)
+    for connection in (db._reader._db(), db.run_index()._db()):
+        [(enabled,)] = connection.sql("SELECT current_setting('enable_external_file_cache')").fetchall()
+        assert enabled is False
+
+
 def test_compacted_days_skip_deduplication_and_late_parts_rejoin_it(lake: Path) -> None:
     """A day whose only file is a compact- file is read as is; a late part in that day (the end row of a run whose
     start row was compacted) puts the whole day back through the de-duplication: still one row per span."""

@@ -33,7 +33,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
-from .query import FIRST_RUN_OF_TRACE, LATEST_ROW, first_run_rank
+from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_ROW, first_run_rank
 
 _logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class RunIndex:
     def _db(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
             if self._connection is None:
-                self._connection = duckdb.connect(config={"threads": 2})
+                self._connection = duckdb.connect(config=DUCKDB_CONFIG)
             return self._connection
 
     def refresh(self) -> bool:
@@ -187,17 +187,19 @@ class RunIndex:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
             cursor = self._local.cursor = self._db().cursor()
-            self._local.version = -1
         with self._lock:
-            table, version = self._table, self._version
+            table = self._table
         if table is None:
             return []
-        if self._local.version != version:
-            cursor.register(NAME, table)
-            self._local.version = version
-        result = cursor.execute(sql.replace("{index}", NAME), [storable_text(p) for p in params])  # as stored
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, row)) for row in result.fetchall()]
+        # registered for this query only: a thread's cursor that kept it would keep an old version alive (one copy
+        # of the index per server thread that ever queried)
+        cursor.register(NAME, table)
+        try:
+            result = cursor.execute(sql.replace("{index}", NAME), [storable_text(p) for p in params])  # as stored
+            names = [d[0] for d in result.description]
+            return [dict(zip(names, row)) for row in result.fetchall()]
+        finally:
+            cursor.unregister(NAME)
 
     def _lookup_tables(self) -> tuple[pa.Table | None, dict[str, int], dict[str, list[int]], dict[str, list[int]]]:
         """Run id -> row, run id -> every row for the few ids stored more than once (one tenant's and another's),
