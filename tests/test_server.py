@@ -694,6 +694,20 @@ def test_websocket_slow_client_queue_is_bounded() -> None:
     asyncio.run(scenario())
 
 
+def test_event_counts_per_tenant_are_bounded() -> None:
+    """Without keys (--no-auth) spans name any tenant they like: the per-tenant event counts stop growing at a cap,
+    and the total still counts every event."""
+    from runlake.events import EventHub
+
+    hub = EventHub()
+    extra = 500
+    hub.publish([{"tenant_id": f"t{i}", "user_id": None} for i in range(EventHub.MAX_COUNTED_TENANTS + extra)])
+    hub.publish([{"tenant_id": "t0", "user_id": None}])
+    assert len(hub.published_by_tenant) == EventHub.MAX_COUNTED_TENANTS
+    assert hub.counters(None)["events_published"] == EventHub.MAX_COUNTED_TENANTS + extra + 1
+    assert hub.counters("t0")["events_published"] == 2
+
+
 def test_websocket_requires_a_key(server: Server) -> None:
     """Refused with 401 (422 for a bad parameter), said once at INFO by runlake, not as an uvicorn ERROR."""
 
