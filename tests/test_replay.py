@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from conftest import read_table
 from opentelemetry.exporter.runlake import RunlakeSpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from test_forward import Collected, free_port
 from test_history import workload
 
@@ -175,3 +177,114 @@ def test_replay_resumes_from_the_first_day_not_sent(lake: Path) -> None:
     today = dt.datetime.now(dt.timezone.utc).date()
     assert answers == [200, 400, 400, 400]
     assert result["stopped"] and result["stopped_at_day"] == (today - dt.timedelta(days=3)).isoformat()
+
+
+def _day_of_spans(root: Path, count: int, in_progress: int = 0, same_start: int = 0) -> list[str]:
+    """One day (three days ago) of ``count`` finished spans, a ~1 KB prompt each, over a few sessions: every fifth
+    a run whose start row was stored too (de-duplication has work); ``in_progress`` more runs never ended;
+    ``same_start`` of them started in one nanosecond. Span ids in start-time order."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    day0 = (time.time_ns() // 86_400_000_000_000 - 3) * 86_400_000_000_000 + 3_600_000_000_000
+    resource = Resource({"service.name": "svc"})
+    exporter = RunlakeSpanExporter(root, background_flush=False)
+    spans, ids = [], []
+    for i in range(count + in_progress):
+        run = i % 5 == 0 or i >= count
+        attributes = {"session.id": f"s{i % 7}", "gen_ai.operation.name": "invoke_agent" if run else "chat"}
+        if run:
+            attributes["gen_ai.agent.name"] = "bot"
+        else:
+            attributes["gen_ai.prompt"] = f"p{i} " * 200
+        start = day0 + (0 if i < same_start else i * 1000)
+        parent = None if run else SpanContext(i // 5 + 1, (i // 5) * 5 + 1, False, TraceFlags(1))
+        span = ReadableSpan(
+            name=f"span {i}",
+            context=SpanContext(i // 5 + 1, i + 1, False, TraceFlags(1)),
+            parent=parent,
+            resource=resource,
+            attributes=attributes,
+            start_time=start,
+            end_time=start + 500,
+        )
+        if run:
+            exporter.record_start(span)
+        if i < count:
+            spans.append(span)
+            ids.append(f"{i + 1:016x}")
+    exporter.export(spans)
+    exporter.shutdown()
+    return ids
+
+
+class _Watching(SpanExporter):
+    """Takes spans and keeps none: checks each batch's size and that start times never go back."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size, self.sent, self.last = batch_size, 0, -1
+
+    def export(self, spans) -> SpanExportResult:  # noqa: ANN001 - the SDK's signature
+        assert 0 < len(spans) <= self.batch_size
+        assert all(s.start_time >= self.last for s in spans) and spans[0].start_time >= self.last
+        self.last = spans[-1].start_time
+        self.sent += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_replay_holds_a_batch_of_rows_at_a_time_not_the_day(tmp_path: Path) -> None:
+    """A day four times larger costs replay no more Python memory: rows are fetched, turned into dicts and sent a
+    batch at a time (measured with tracemalloc, which counts the dicts and strings DuckDB's results become)."""
+    import tracemalloc
+
+    small, large = tmp_path / "small", tmp_path / "large"
+    _day_of_spans(small, 500)
+    _day_of_spans(large, 2000)
+    forward(small, _Watching(100), batch_size=100)  # imports and first-use caches out of the way
+    peaks = {}
+    for lake, count in ((small, 500), (large, 2000)):
+        exporter = _Watching(100)
+        tracemalloc.start()
+        try:
+            result = forward(lake, exporter, batch_size=100)
+            peaks[count] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result["sent"] == exporter.sent == count and result["failed"] == 0
+    assert peaks[2000] < 1.5 * peaks[500], peaks  # all at once: over 3 times as much (~4 KB a row as dicts)
+
+
+def test_a_day_read_in_start_time_ranges_is_the_whole_day_once_and_in_order(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``SLICE_ROWS`` a day is sorted one start-time range at a time: every span still comes once (its start row
+    and end row fall in one range), in start-time order, spans in progress counted, and rows that share one
+    nanosecond beyond a range's size stay together."""
+    from opentelemetry.exporter.runlake.layout import day_dirs, day_files
+
+    from runlake import replay
+    from runlake.query import LakeReader
+
+    ids = _day_of_spans(lake, 600, in_progress=7, same_start=80)
+    monkeypatch.setattr(replay, "SLICE_ROWS", 50)
+    folder = next(iter(day_dirs(lake, "spans")))[3]
+    cuts = replay._cuts(LakeReader(), lambda: day_files(folder, "spans"), "", [], 50)
+    assert len(cuts) >= 600 // 50 - 1 and cuts == sorted(set(cuts))  # read in many ranges
+    queries = []
+    batches_of = LakeReader.batches
+    monkeypatch.setattr(LakeReader, "batches", lambda self, *a, **k: queries.append(a[0]) or batches_of(self, *a, **k))
+    batches = list(replay.stored_spans(lake, batch_size=64))
+    assert len(queries) == len(cuts) + 1  # one query a range
+    rows = [r for b in batches for r in b]
+    assert all(len(b) <= 64 for b in batches)
+    assert sorted(r["span_id"] for r in rows) == sorted(ids) and len(rows) == len(ids)
+    assert [r["start_time_unix_nano"] for r in rows] == sorted(r["start_time_unix_nano"] for r in rows)
+    exporter = _Watching(64)
+    result = forward(lake, exporter, batch_size=64)
+    assert (result["sent"], result["in_progress"], exporter.sent) == (600, 7, 600)
+    one = forward(lake, _Watching(64), session_id="s3", batch_size=64)
+    assert one["sent"] == sum(1 for i in range(600) if i % 7 == 3)

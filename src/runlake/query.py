@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -294,16 +294,41 @@ class LakeReader:
         names, rows = result
         return [dict(zip(names, row)) for row in rows]
 
+    def batches(self, sql: str, lister: Lister, params: Sequence[Any] = (), size: int = 512) -> Iterator[list[dict]]:
+        """``rows``, at most ``size`` at a time: DuckDB's result becomes Python dicts one batch at a time, so a large
+        answer is never held as dicts (~4 KB a span) all at once. Files set aside or gone are handled as ``rows``
+        does, until the first batch; DuckDB still holds what the query needs (a sort holds all it sorts)."""
+        cursor = self._db().cursor()  # its own: a query run meanwhile on this thread's cursor would end the stream
+        try:
+            result = self._execute(sql, lister, params, cursor=cursor, first=size)
+            if result is None:
+                return
+            names, batch = result
+            while batch:
+                yield [dict(zip(names, row)) for row in batch]
+                batch = cursor.fetchmany(size)
+        finally:
+            cursor.close()
+
     def _execute(
-        self, sql: str, lister: Lister, params: Sequence[Any], where: str = "", where_params: Sequence[Any] = ()
+        self,
+        sql: str,
+        lister: Lister,
+        params: Sequence[Any],
+        where: str = "",
+        where_params: Sequence[Any] = (),
+        cursor: duckdb.DuckDBPyConnection | None = None,
+        first: int | None = None,
     ) -> tuple[list[str], list[tuple]] | None:
+        """``(column names, rows)``; with ``first``, only that many rows and ``cursor`` left open on the rest."""
+        shared = cursor is None
         files = self._usable(lister())
         # ids with lone surrogates are stored (and their folders named) with U+FFFD; DuckDB refuses them as they are
         params, where_params = [storable_text(p) for p in params], [storable_text(p) for p in where_params]
         for attempt in range(4):
             if not files:
                 return None
-            cursor = self._cursor()
+            cursor = self._cursor() if shared else cursor
             remote = isinstance(files[0], ObjectPath)
             try:
                 if remote:
@@ -319,7 +344,8 @@ class LakeReader:
                 else:
                     query = sql.replace("{files}", _scan("?", self._absent(files)))
                     result = cursor.execute(query, [[str(f) for f in files], *params])
-                return [d[0] for d in result.description], result.fetchall()
+                names = [d[0] for d in result.description]
+                return names, result.fetchall() if first is None else result.fetchmany(first)
             except (duckdb.IOException, duckdb.InvalidInputException) as error:
                 if self._set_aside(files):
                     files = self._usable(files)
@@ -328,7 +354,7 @@ class LakeReader:
                 else:
                     raise
             finally:
-                if remote:
+                if remote and shared:  # a stream's own cursor keeps its scan until the stream closes it
                     cursor.unregister(_SCAN)
         return None
 

@@ -4,6 +4,7 @@ Spans keep their original trace and span ids, parents, times, status, attributes
 ``mapping.attributes_of_row``), events and resource. Runtime state cleared with ``clear_runtime_state(...,
 purge=False)`` is left out (readers of the lake no longer see it; a backend without runlake's tombstones would).
 Spans still in progress have no end to send: they are counted, not sent.
+Rows are read one start-time range and one batch at a time: memory does not grow with a day or a session.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 from opentelemetry.exporter.runlake.layout import (
@@ -27,7 +29,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from .query import LATEST_ROW, LakeReader
+from .query import LATEST_ROW, LakeReader, Lister
 
 _KINDS = {k.name: k for k in SpanKind}
 _STATUS = {"UNSET": StatusCode.UNSET, "OK": StatusCode.OK, "ERROR": StatusCode.ERROR}
@@ -94,12 +96,19 @@ def stored_spans(
     until: dt.date | None = None,
     tenant: str | None = None,
     reader: LakeReader | None = None,
+    batch_size: int = 512,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Finished spans, one list per day folder (or the one session), oldest first."""
-    for _, rows in _stored_rows(root, session_id, since, until, tenant, reader):
-        rows = [r for r in rows if r["end_time_unix_nano"] is not None]
-        if rows:
-            yield rows
+    """Finished spans, oldest first, in lists of at most ``batch_size`` (a list never spans two day folders)."""
+    for _, batches in _stored_rows(root, session_id, since, until, tenant, reader, batch_size):
+        for rows in batches:
+            rows = [r for r in rows if r["end_time_unix_nano"] is not None]
+            if rows:
+                yield rows
+
+
+# Rows DuckDB sorts (and de-duplicates) at once: a day or session is read one start-time range of about this many rows
+# at a time, so neither DuckDB nor Python ever holds a whole day (~1 KB a row in DuckDB, ~4 KB as Python dicts).
+SLICE_ROWS = 10_000
 
 
 def _stored_rows(
@@ -109,21 +118,87 @@ def _stored_rows(
     until: dt.date | None,
     tenant: str | None,
     reader: LakeReader | None,
-) -> Iterator[tuple[str | None, list[dict[str, Any]]]]:
-    """``(day, rows)`` per day folder (``(None, rows)`` for one session): one row per span, in progress or not."""
+    batch_size: int = 512,
+    slice_rows: int | None = None,
+) -> Iterator[tuple[str | None, Iterator[list[dict[str, Any]]]]]:
+    """``(day, batches)`` per day folder (``(None, batches)`` for one session): one row per span, in progress or not,
+    ordered by start time, in lists of at most ``batch_size``; read one batch at a time, so memory stays bounded."""
     reader = reader or LakeReader()
-    sql = f"SELECT * FROM {{files}} {LATEST_ROW} ORDER BY start_time_unix_nano"
+    slice_rows = slice_rows or SLICE_ROWS
     if session_id is not None:  # its own folders and the shared ones: keep its rows only
-        session_sql = f"SELECT * FROM {{files}} WHERE session_id = ? {LATEST_ROW} ORDER BY start_time_unix_nano"
         files = lambda: _in_range(session_files(root, session_id, tenant), since, until)  # noqa: E731
-        rows = reader.rows(session_sql, files, [session_id])
-        if rows:
-            yield None, rows
+        yield None, _sliced(reader, files, "session_id = ?", [session_id], batch_size, slice_rows)
         return
     for _, _, day, folder in sorted(day_dirs(root, SPANS, tenant, _iso(since), _iso(until)), key=lambda d: d[2]):
-        rows = reader.rows(sql, lambda folder=folder: day_files(folder, SPANS))
-        if rows:
-            yield day, rows
+        yield day, _sliced(reader, lambda folder=folder: day_files(folder, SPANS), "", [], batch_size, slice_rows)
+
+
+def _sliced(
+    reader: LakeReader, files: Lister, where: str, params: list[Any], batch_size: int, slice_rows: int
+) -> Iterator[list[dict[str, Any]]]:
+    """The latest row of each span among ``files`` (``where`` holding), by start time, one start-time range at a time.
+
+    A span's rows share their start time (it is part of ``SPAN_KEY``), so each range de-duplicates on its own; the
+    first and last ranges are open, so rows written meanwhile are read too (as one query over the day would)."""
+    cuts = _cuts(reader, files, where, params, slice_rows)
+    for low, high in zip([None, *cuts], [*cuts, None]):
+        conditions, values = [where] if where else [], list(params)
+        if low is not None:  # a row without a start time (last in one ORDER BY over all) goes with the last range
+            open_end = "(start_time_unix_nano >= ? OR start_time_unix_nano IS NULL)"
+            conditions.append(open_end if high is None else "start_time_unix_nano >= ?")
+            values.append(low)
+        if high is not None:
+            conditions.append("start_time_unix_nano < ?")
+            values.append(high)
+        condition = " AND ".join(conditions) or "true"
+        sql = f"SELECT * FROM {{files}} WHERE {condition} {LATEST_ROW} ORDER BY start_time_unix_nano"
+        yield from reader.batches(sql, files, values, batch_size)
+
+
+def _cuts(
+    reader: LakeReader,
+    files: Lister,
+    where: str,
+    params: list[Any],
+    slice_rows: int,
+    low: int | None = None,
+    high: int | None = None,
+) -> list[int]:
+    """Start times that cut the rows (those in ``[low, high]``) into ranges of at most ``slice_rows``, from a histogram
+    of a few buckets per range (never the rows themselves); a bucket too full is cut again. More rows than that only
+    where they share one nanosecond."""
+    conditions, values = [where] if where else [], list(params)
+    if low is not None:
+        conditions.append("start_time_unix_nano BETWEEN ? AND ?")
+        values += [low, high]
+    condition = " AND ".join(conditions) or "true"
+    stats = reader.rows(
+        f"SELECT min(start_time_unix_nano) AS lo, max(start_time_unix_nano) AS hi, count(*) AS n"
+        f" FROM {{files}} WHERE {condition}",
+        files,
+        values,
+    )
+    if not stats or stats[0]["n"] <= slice_rows or stats[0]["lo"] is None or stats[0]["lo"] == stats[0]["hi"]:
+        return []
+    lo, hi, n = stats[0]["lo"], stats[0]["hi"], stats[0]["n"]
+    width = -(-(hi - lo + 1) // (4 * -(-n // slice_rows)))  # about four buckets per range wanted
+    buckets = reader.rows(
+        f"SELECT (start_time_unix_nano - {int(lo)}) // {int(width)} AS b, count(*) AS n FROM {{files}}"
+        f" WHERE {condition} AND start_time_unix_nano IS NOT NULL GROUP BY b ORDER BY b",
+        files,
+        values,  # lo and width are written into the SQL: locally the file list is its first parameter
+    )
+    cuts: list[int] = []
+    held = 0
+    for bucket in buckets:
+        start = lo + bucket["b"] * width
+        if held and held + bucket["n"] > slice_rows:
+            cuts.append(start)
+            held = 0
+        if bucket["n"] > slice_rows:
+            cuts += _cuts(reader, files, where, params, slice_rows, start, min(start + width - 1, hi))
+        held += bucket["n"]
+    return cuts
 
 
 def _iso(day: dt.date | None) -> str | None:
@@ -204,36 +279,38 @@ def forward(
     cleared = _tombstones(root, reader, session_id)
     failing = 0
     first_failed_day: str | None = None
-    for day, rows in _stored_rows(root, session_id, since, until, None, reader):
-        finished = []
-        for row in rows:
-            if row["end_time_unix_nano"] is None:
-                out["in_progress"] += 1
-                continue
-            kept = _without_cleared_state(row, cleared)
-            out["cleared_states"] += kept is not row
-            finished.append(kept)
-        for start in range(0, len(finished), batch_size):
-            batch = [row_to_span(r, resources) for r in finished[start : start + batch_size]]
-            if exporter.export(batch) is SpanExportResult.SUCCESS:
-                refused, message = rejected() if rejected is not None else (0, None)
-                refused = min(refused, len(batch))
-                out["sent"] += len(batch) - refused
-                out["failed"] += refused
-                out["rejected"] += refused
-                if message and len(errors) < 10:
-                    errors.append(message)
-                failing = 0
-            else:
-                out["failed"] += len(batch)
-                failing += 1
-                if failing == 1:
-                    first_failed_day = day  # where this run of refusals began: the first day not fully sent
-            if progress is not None:
-                progress(len(batch))
-            if failing >= give_up_after:
-                out["stopped"], out["stopped_at_day"] = True, first_failed_day
-                out["errors"] = errors
-                return out
+    for day, batches in _stored_rows(root, session_id, since, until, None, reader, batch_size):
+        finished: list[dict[str, Any]] = []  # under two batches of rows: the day is read a batch at a time
+        for rows in chain(batches, [None]):  # None: the day's end, send what is left
+            for row in rows or ():
+                if row["end_time_unix_nano"] is None:
+                    out["in_progress"] += 1
+                    continue
+                kept = _without_cleared_state(row, cleared)
+                out["cleared_states"] += kept is not row
+                finished.append(kept)
+            while len(finished) >= batch_size or (rows is None and finished):
+                batch = [row_to_span(r, resources) for r in finished[:batch_size]]
+                del finished[:batch_size]
+                if exporter.export(batch) is SpanExportResult.SUCCESS:
+                    refused, message = rejected() if rejected is not None else (0, None)
+                    refused = min(refused, len(batch))
+                    out["sent"] += len(batch) - refused
+                    out["failed"] += refused
+                    out["rejected"] += refused
+                    if message and len(errors) < 10:
+                        errors.append(message)
+                    failing = 0
+                else:
+                    out["failed"] += len(batch)
+                    failing += 1
+                    if failing == 1:
+                        first_failed_day = day  # where this run of refusals began: the first day not fully sent
+                if progress is not None:
+                    progress(len(batch))
+                if failing >= give_up_after:
+                    out["stopped"], out["stopped_at_day"] = True, first_failed_day
+                    out["errors"] = errors
+                    return out
     out["errors"] = errors
     return out
