@@ -198,6 +198,55 @@ def test_day_bigger_than_a_step_is_still_one_file_merged_in_steps(lake: Path) ->
         assert steps.drop_columns(list(ids)).equals(whole.drop_columns(list(ids))), "the same rows in the same order"
 
 
+def test_steps_are_cut_by_decoded_bytes_not_bytes_on_disk(lake: Path, monkeypatch) -> None:
+    """Chat text repeats (a system prompt in every call): zstd shrinks it ~100x on disk, but a step holds it decoded.
+    A day far smaller on disk than ``max_step_bytes`` but bigger decoded is merged in steps, each holding at most
+    about ``max_step_bytes`` of rows: the limit bounds memory, whatever the compression ratio."""
+    import runlake.compact as compaction
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    prompt = "You are a helpful assistant. Answer briefly and cite your sources. " * 500  # 34 KB
+    for s in range(8):
+        for r in range(4):
+            t = noon(2) + (s * 4 + r) * 10**9
+            attributes = {"gen_ai.operation.name": "invoke_agent", "session.id": f"s{s}", "input.value": prompt}
+            run = tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)
+            context = trace.set_span_in_context(run)
+            for j in range(2):
+                attributes = {"gen_ai.operation.name": "chat", "session.id": f"s{s}", "input.value": prompt + str(j)}
+                tracer.start_span("chat", context=context, start_time=t + j + 1, attributes=attributes).end(t + j + 2)
+            run.end(end_time=t + 10)
+        exporter.force_flush()
+    provider.shutdown()
+    [day] = span_days(lake)
+    sessions = [f"s{s}" for s in range(8)]
+    before = answers(lake, sessions)
+    step = 512 << 10
+    on_disk = sum(p.stat().st_size for p in lake_files(day))
+    decoded = sum(pq.read_table(p).nbytes for p in lake_files(day))
+    assert on_disk < step / 4 and decoded > 4 * step, (on_disk, decoded)  # one step by bytes on disk; 5+ decoded
+    held: list[tuple[int, int]] = []
+    real = compaction._step_rows
+
+    def measure(table, parts, step_range, superseded):
+        rows = real(table, parts, step_range, superseded)
+        if table == SPANS and rows is not None:
+            held.append((rows.nbytes, pc.count_distinct(rows.column("session_id")).as_py()))
+        return rows
+
+    monkeypatch.setattr(compaction, "_step_rows", measure)
+    summary = compact(lake, older_than_minutes=0, max_step_bytes=step)
+    assert summary.days_merged == 1 and len(held) >= 5, held
+    assert all(size <= step * 1.1 or sessions == 1 for size, sessions in held), held
+    [merged] = lake_files(day)
+    assert assert_one_row_per_span(merged).num_rows == 8 * 4 * 3, "each span once: run start rows gone"
+    assert answers(lake, sessions) == before
+
+
 def test_a_start_row_without_a_session_goes_when_its_end_row_has_one(lake: Path) -> None:
     """A run's start row is recorded when the span starts; an instrumentation may name the session only later. The
     step with the end row and the step with the start row differ: the first pass must still drop the start row."""
@@ -465,7 +514,8 @@ def test_parts_of_an_older_schema_still_read_and_compact_to_the_current_one(lake
 def test_steps_cut_the_day_between_sessions_within_the_budget() -> None:
     from runlake.compact import _steps
 
-    weight = {"a": 40.0, "b": 40.0, "c": 30.0, "d": 200.0, "e": 10.0, None: 5.0}
+    weights = {"a": 40.0, "b": 40.0, "c": 30.0, "d": 200.0, "e": 10.0, None: 5.0}
+    weight = pa.table({"session_id": list(weights), "bytes": list(weights.values())})  # as _survey: sorted, nulls last
     assert _steps(weight, 100) == [
         ("a", "b", False),
         ("c", "c", False),
@@ -474,7 +524,7 @@ def test_steps_cut_the_day_between_sessions_within_the_budget() -> None:
         (None, None, True),
     ]
     assert _steps(weight, 10_000) == [("a", "e", False), (None, None, True)], "a day that fits: one step (and nulls)"
-    assert _steps({"x": 1.0}, 1) == [("x", "x", False)]
+    assert _steps(pa.table({"session_id": ["x"], "bytes": [1.0]}), 1) == [("x", "x", False)]
     for budget in (
         1,
         50,
@@ -485,11 +535,11 @@ def test_steps_cut_the_day_between_sessions_within_the_budget() -> None:
         steps = _steps(weight, budget)
         named = [s for s in steps if not s[2]]
         covered = [
-            k for first, last, _ in named for k in sorted(k for k in weight if k is not None) if first <= k <= last
+            k for first, last, _ in named for k in sorted(k for k in weights if k is not None) if first <= k <= last
         ]
-        assert covered == sorted(k for k in weight if k is not None)
+        assert covered == sorted(k for k in weights if k is not None)
         for first, last, _ in named:
-            inside = [w for k, w in weight.items() if k is not None and first <= k <= last]
+            inside = [w for k, w in weights.items() if k is not None and first <= k <= last]
             assert sum(inside) <= budget or len(inside) == 1
 
 

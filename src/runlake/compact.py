@@ -6,10 +6,11 @@
   One file per day instead of one per session-day: lake-wide reads open a few dozen files instead of thousands,
   and a session read skips the other sessions' row groups by their ``session_id`` statistics. Memory is bounded
   whatever the day's size: the day is merged in steps of consecutive sessions holding at most ``max_step_bytes``
-  of parts each, appended to the one output file (``_merge_in_steps``).
+  of rows each, counted decoded (as read into memory, from the parts' footers: not their compressed bytes), appended
+  to the one output file (``_merge_in_steps``).
 - **Open day** (today, or a closed day still being written to): each quiet session folder with more than one part
   becomes one file sorted by start time, and the quiet parts of ``session=~mixed`` become one file sorted by
-  session (in batches of at most ``max_step_bytes`` of parts).
+  session (in batches of at most ``max_step_bytes`` of parts, decoded).
 - **runs/ index**: a closed, quiet day becomes one ``compact-…`` file (merged in steps too).
 
 Compaction's output holds each span once (the ``end`` row when there is one) and is named ``compact-…``:
@@ -77,7 +78,9 @@ except ImportError:  # not POSIX: no lock (run one compactor per lake)
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_STEP_BYTES = 64 << 20  # parts read per merge step; a step holds ~14x that in memory (B30 text): ~1 GB
+# Rows per merge step, decoded (``_decoded_bytes``): a step's Arrow memory peaks at ~2.5x that (~160 MiB), the
+# process at ~300-370 MB, whatever the day's size or how well its text compresses (docs/design.md, "Compaction").
+DEFAULT_MAX_STEP_BYTES = 64 << 20
 # Row groups of a day file (sorted by session): a session read decompresses only the groups whose session_id range
 # covers it, input/output text included, so a group ends at a session boundary once it holds DAY_ROW_GROUP_BYTES
 # of text, or at DAY_ROW_GROUP_ROWS rows. Measured on B30 (docs/design.md, "Compaction").
@@ -119,10 +122,11 @@ class CompactionSummary:
 SPAN_KEY = ("span_id", "trace_id", "start_time_unix_nano", "tenant_id")
 
 
-def _latest_rows(table: pa.Table) -> pa.Table:
-    """One row per span (``SPAN_KEY``): the ``end`` row when present (drops superseded run ``start`` rows).
+def _latest_rows(table: pa.Table, sort_by: tuple[str, ...] | None = None) -> pa.Table:
+    """One row per span (``SPAN_KEY``): the ``end`` row when present (drops superseded run ``start`` rows), in
+    ``sort_by`` order if given (stable: ties stay in ``SPAN_KEY`` order).
 
-    One ``take`` of the wide table (the text columns dominate), so a day costs one copy here.
+    One ``take`` of the wide table (the text columns dominate), so a day costs one copy here, sorted or not.
     """
     if table.num_rows == 0:
         return table
@@ -135,7 +139,12 @@ def _latest_rows(table: pa.Table) -> pa.Table:
     for column in keys.values():
         differs = _differs_from_previous(column.take(order))
         first = differs if first is None else pc.or_(first, differs)
-    return table.take(order.filter(first))
+    chosen = order.filter(first)
+    if sort_by:  # sort the narrow keys, not the wide rows: the one take puts them in order
+        chosen = chosen.take(
+            pc.sort_indices(table.select(list(sort_by)).take(chosen), [(c, "ascending") for c in sort_by])
+        )
+    return table.take(chosen)
 
 
 def _differs_from_previous(values: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -210,8 +219,8 @@ def _merge(
 
 
 def _batches(files: list[LakeRoot], sizes: dict[LakeRoot, int], max_bytes: int) -> Iterator[list[LakeRoot]]:
-    """Consecutive groups of ``files`` of at most ``max_bytes`` on disk (a bigger file alone): one rewrite never
-    reads more than that. Each rewrite leaves fewer files, so repeated runs settle."""
+    """Consecutive groups of ``files`` of at most ``max_bytes`` read (``sizes``: decoded, a bigger file alone): one
+    rewrite never reads more than that. Each rewrite leaves fewer files, so repeated runs settle."""
     batch: list[LakeRoot] = []
     total = 0
     for path in files:
@@ -250,12 +259,23 @@ def compact_folder(
 
 
 def _sizes(files: list[LakeRoot]) -> dict[LakeRoot, int]:
+    """Each file's decoded bytes (``_decoded_bytes``, from its footer: what a merge holds, not the compressed bytes,
+    which repetitive text shrinks ~100x); its size on disk if the footer cannot be read (the merge says why)."""
     sizes = {}
     for path in files:
         try:
-            sizes[path] = size_and_mtime(path)[0]
-        except FileNotFoundError:
-            continue
+            filesystem, source = fs_and_path(path)
+            reader = pq.ParquetFile(source, filesystem=filesystem)
+            sizes[path] = sum(
+                _decoded_bytes(reader.metadata, reader.schema_arrow, g) for g in range(reader.num_row_groups)
+            )
+        except Exception as error:  # noqa: BLE001 - unreadable: _read_parts leaves it alone, with a warning
+            if is_missing(error):
+                continue
+            try:
+                sizes[path] = size_and_mtime(path)[0]
+            except FileNotFoundError:
+                continue
     return sizes
 
 
@@ -297,52 +317,121 @@ class _Part:
 
 def _survey(
     table: str, files: list[LakeRoot], summary: CompactionSummary
-) -> tuple[list[_Part], dict[str | None, float], set[str], int]:
-    """First pass, narrow columns only: the readable parts, the on-disk bytes each session takes (to cut the day into
-    steps), the run ``start`` rows that an ``end`` row supersedes anywhere in the day, and the row count."""
+) -> tuple[list[_Part], pa.Table, pa.Table, int]:
+    """First pass, narrow columns only: the readable parts, the decoded bytes each session takes (to cut the day into
+    steps; ``_part_weights``), the run ``start`` rows that an ``end`` row in another session supersedes
+    (``_superseded``), and the row count. It keeps Arrow columns, not Python objects: ~0.4 KB a run at its peak (the
+    join at the end), then only those start rows (usually none) and a row per session."""
     parts: list[_Part] = []
-    weight: dict[str | None, float] = {}
-    starts: set[tuple] = set()
-    ends: set[tuple] = set()
+    weights: list[pa.Table] = []
+    starts: list[pa.Table] = []
+    ends: list[pa.Table] = []
     rows = 0
+    wanted = pa.schema([f for f in SCHEMAS[table] if f.name in ("session_id", "record", "span_type", *SPAN_KEY)])
     for path in files:
         try:
             filesystem, source = fs_and_path(path)
             reader = pq.ParquetFile(source, filesystem=filesystem)
             names = reader.schema_arrow.names
             _check_types(reader, SCHEMAS[table])
-            wanted = ("session_id", "record", "span_type", *SPAN_KEY)
-            narrow = reader.read(columns=[n for n in wanted if n in names])
-            size = size_and_mtime(path)[0]
+            narrow = conform(reader.read(columns=[n for n in wanted.names if n in names]), wanted)
         except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
             if not is_missing(error):
                 summary.skipped_files += 1
                 _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
             continue
-        n = narrow.num_rows
-        rows += n
-        sessions = narrow.column("session_id") if "session_id" in names else pa.nulls(n, pa.string())
-        per_row = size / max(n, 1)
-        for entry in pc.value_counts(sessions).to_pylist():
-            weight[entry["values"]] = weight.get(entry["values"], 0.0) + entry["counts"] * per_row
+        rows += narrow.num_rows
+        weights.append(_part_weights(reader, narrow.column("session_id")))
+        if len(weights) >= 64:
+            weights = [_sum_weights(weights)]
         if "record" in names:
             record = narrow.column("record")
-            run = pc.equal(narrow.column("span_type"), "run") if "span_type" in names else None
             is_end = pc.equal(record, "end")
-            starts.update(_keys(narrow, pc.equal(record, "start")))
-            ends.update(_keys(narrow, is_end if run is None else pc.and_(is_end, run)))
+            if "span_type" in names:
+                is_end = pc.and_(is_end, pc.equal(narrow.column("span_type"), "run"))
+            starts.append(_key_table(narrow.filter(pc.equal(record, "start").fill_null(False)), with_session=True))
+            ends.append(_key_table(narrow.filter(is_end.fill_null(False)), with_session=True))
         parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
-    return parts, weight, starts & ends, rows
+    superseded = _superseded(starts, ends)
+    return parts, _sum_weights(weights).sort_by([("session_id", "ascending")]), superseded, rows
 
 
-def _keys(rows: pa.Table, where: pa.ChunkedArray | pa.Array) -> list[tuple]:
-    """The ``SPAN_KEY`` of the rows ``where`` is true (a column the part lacks: None, as readers see it)."""
-    chosen = rows.filter(where.fill_null(False))
-    columns = [
-        chosen.column(name).to_pylist() if name in chosen.column_names else [None] * chosen.num_rows
-        for name in SPAN_KEY
-    ]
-    return list(zip(*columns))
+def _decoded_bytes(metadata: pq.FileMetaData, schema: pa.Schema, group: int) -> int:
+    """What a row group takes once read (Arrow), from its footer alone: each column's uncompressed (but encoded)
+    bytes, plus per row what Arrow adds (an offset per string, a value per null number). Within a few % of the read
+    size on runlake's parts; short of it for columns another writer dictionary-encoded (long repeated values)."""
+    row_group = metadata.row_group(group)
+    total = 0
+    for i in range(row_group.num_columns):
+        column = row_group.column(i)
+        name = column.path_in_schema
+        kind = schema.field(name).type if name in schema.names else pa.string()
+        try:
+            per_row = kind.bit_width / 8
+        except ValueError:  # variable width: an offset per row
+            per_row = 8 if pa.types.is_large_string(kind) or pa.types.is_large_binary(kind) else 4
+        total += column.total_uncompressed_size + int(row_group.num_rows * per_row)
+    return total
+
+
+def _part_weights(reader: pq.ParquetFile, sessions: pa.ChunkedArray) -> pa.Table:
+    """The decoded bytes each session takes in one part: its rows in each row group times that group's bytes per row."""
+    counts = []
+    offset = 0
+    for group in range(reader.metadata.num_row_groups):
+        n = reader.metadata.row_group(group).num_rows
+        if n:
+            per_row = _decoded_bytes(reader.metadata, reader.schema_arrow, group) / n
+            values = pc.value_counts(sessions.slice(offset, n))
+            bytes_ = pc.multiply(values.field("counts").cast(pa.float64()), per_row)
+            counts.append(pa.table({"session_id": values.field("values"), "bytes": bytes_}))
+        offset += n
+    return pa.concat_tables(counts) if counts else _sum_weights([])
+
+
+def _sum_weights(weights: list[pa.Table]) -> pa.Table:
+    """One row per session (nulls: one row too), its bytes summed."""
+    if not weights:
+        return pa.table({"session_id": pa.array([], pa.string()), "bytes": pa.array([], pa.float64())})
+    summed = pa.concat_tables(weights).group_by("session_id", use_threads=False).aggregate([("bytes", "sum")])
+    return summed.rename_columns(["session_id", "bytes"]).select(["session_id", "bytes"])
+
+
+def _key_table(rows: pa.Table, with_session: bool = False) -> pa.Table:
+    """``SPAN_KEY`` (and ``session_id``) of ``rows`` as join keys that match as readers' ``PARTITION BY`` does, a
+    null equal to a null (Arrow's joins never match nulls): nulls are filled in and flagged in ``nulls``, a bit each."""
+    names = (*SPAN_KEY, "session_id") if with_session else SPAN_KEY
+    columns: dict[str, Any] = {}
+    flags = pa.nulls(rows.num_rows, pa.int8()).fill_null(0)
+    for bit, name in enumerate(names):
+        column = rows.column(name)
+        flags = pc.add(flags, pc.if_else(pc.is_null(column), pa.scalar(1 << bit, pa.int8()), pa.scalar(0, pa.int8())))
+        columns[name] = column.fill_null("" if pa.types.is_string(column.type) else 0)
+    return pa.table({**columns, "nulls": flags})
+
+
+def _superseded(starts: list[pa.Table], ends: list[pa.Table]) -> pa.Table:
+    """The ``SPAN_KEY`` (``_key_table``) of the ``start`` rows an ``end`` row of the same span supersedes, only where
+    no such ``end`` row is in the start row's session: there the step that reads both keeps the ``end`` row alone
+    (``_latest_rows``). What is left is a span whose session was named after its start (or changed): usually none,
+    so the steps carry next to nothing."""
+    if not any(t.num_rows for t in starts) or not any(t.num_rows for t in ends):  # no run start rows (or ends)
+        return _key_table(pa.table({n: pa.array([], SCHEMAS[SPANS].field(n).type) for n in SPAN_KEY}))
+    start_rows, end_rows = pa.concat_tables(starts), pa.concat_tables(ends)
+    starts.clear()
+    ends.clear()
+    keys = [*SPAN_KEY, "session_id", "nulls"]  # the session's bit in ``nulls`` tells a null session from ""
+    elsewhere = _span_only(start_rows.join(end_rows, keys=keys, join_type="left anti", use_threads=False))
+    del start_rows
+    keys = [*SPAN_KEY, "nulls"]  # Arrow builds a join's hash table of its right side: here the few rows left
+    ended = _span_only(end_rows).join(elsewhere, keys=keys, join_type="right semi", use_threads=False)
+    return ended.group_by(keys, use_threads=False).aggregate([]).select(keys)
+
+
+def _span_only(keys: pa.Table) -> pa.Table:
+    """A ``_key_table`` with session as one without: ``SPAN_KEY`` and their null flags."""
+    flags = pc.bit_wise_and(keys.column("nulls"), pa.scalar((1 << len(SPAN_KEY)) - 1, pa.int8()))
+    return keys.select(list(SPAN_KEY)).append_column("nulls", flags)
 
 
 def _check_types(reader: pq.ParquetFile, schema: pa.Schema) -> None:
@@ -368,23 +457,29 @@ def _session_ranges(metadata: pq.FileMetaData, names: list[str]) -> list[tuple[A
     return out
 
 
-def _steps(weight: dict[str | None, float], max_bytes: int) -> list[tuple[str | None, str | None, bool]]:
+def _steps(weight: pa.Table, max_bytes: int) -> list[tuple[str | None, str | None, bool]]:
     """Consecutive session ranges ``(first, last, nulls)`` in the file's order (sessions ascending, then rows without
-    a session) of at most ``max_bytes`` each (a bigger session alone)."""
-    keys = sorted(k for k in weight if k is not None)
+    a session) of at most ``max_bytes`` each (a bigger session alone). ``weight``: ``session_id`` and ``bytes`` (one
+    row per session, sorted; ``_survey``), read a batch at a time."""
     steps: list[tuple[str | None, str | None, bool]] = []
-    first = None
+    first = previous = None
     total = 0.0
-    for i, key in enumerate(keys):
-        if first is not None and total + weight[key] > max_bytes:
-            steps.append((first, keys[i - 1], False))
-            first, total = None, 0.0
-        if first is None:
-            first = key
-        total += weight[key]
+    nulls = False
+    for batch in weight.to_batches(max_chunksize=4096):
+        for key, size in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if key is None:
+                nulls = True
+                continue
+            if first is not None and total + size > max_bytes:
+                steps.append((first, previous, False))
+                first, total = None, 0.0
+            if first is None:
+                first = key
+            total += size
+            previous = key
     if first is not None:
-        steps.append((first, keys[-1], False))
-    if None in weight:
+        steps.append((first, previous, False))
+    if nulls:
         steps.append((None, None, True))
     return steps
 
@@ -398,12 +493,11 @@ class _BadPart(Exception):
 
 
 def _step_rows(
-    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: set[tuple]
+    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: pa.Table
 ) -> pa.Table | None:
     """The rows of one step's sessions from every part (only the row groups whose range can hold them), one per span
     (``SPAN_KEY``), sorted by (session, start)."""
     first, last, nulls = step
-    superseded_ids = pa.array(sorted({key[0] for key in superseded if key[0] is not None}), pa.string())
     pieces = []
     for part in parts:
         groups = [
@@ -423,35 +517,35 @@ def _step_rows(
             raise _BadPart(part.path, error) from error
         session = piece.column("session_id")
         keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
-        if superseded:
-            keep = pc.and_(keep, pc.invert(_stale_starts(piece, superseded, superseded_ids)))
-        pieces.append(piece.filter(keep.fill_null(False)))
+        piece = piece.filter(keep.fill_null(False))
+        if superseded.num_rows:
+            piece = piece.filter(pc.invert(_stale_starts(piece, superseded)))
+        pieces.append(piece)
     if not pieces:
         return None
-    merged = _latest_rows(pa.concat_tables(pieces))
-    return merged.sort_by([(c, "ascending") for c in _BY_SESSION])
+    rows = pa.concat_tables(pieces)
+    del pieces
+    return _latest_rows(rows, sort_by=_BY_SESSION)
 
 
-def _stale_starts(piece: pa.Table, superseded: set[tuple], ids: pa.Array) -> pa.Array:
-    """Per row, whether it is a run ``start`` row whose span (``SPAN_KEY``) has an ``end`` row in the day; ``ids``:
-    the span ids of ``superseded``."""
-    candidate = pc.and_(pc.equal(piece.column("record"), "start"), pc.is_in(piece.column("span_id"), ids))
-    rows = pc.indices_nonzero(candidate.fill_null(False)).to_pylist()  # a few: one per run that ended
-    stale = [False] * piece.num_rows
-    if rows:
-        keys = piece.select(list(SPAN_KEY)).take(pa.array(rows, pa.int64()))
-        for row, key in zip(rows, zip(*(keys.column(name).to_pylist() for name in SPAN_KEY))):
-            stale[row] = key in superseded
-    return pa.array(stale, pa.bool_())
+def _stale_starts(piece: pa.Table, superseded: pa.Table) -> pa.Array:
+    """Per row, whether it is a run ``start`` row whose span (``SPAN_KEY``) has an ``end`` row in another session
+    (``superseded``: ``_superseded``)."""
+    rows = pc.indices_nonzero(pc.equal(piece.column("record"), "start").fill_null(False))
+    keys = _key_table(piece.select(list(SPAN_KEY)).take(rows)).append_column("row", rows)
+    stale = keys.join(superseded, keys=[*SPAN_KEY, "nulls"], join_type="left semi", use_threads=False)
+    every_row = pc.indices_nonzero(pa.nulls(piece.num_rows, pa.bool_()).fill_null(True))
+    return pc.is_in(every_row, stale.column("row"))
 
 
 def _merge_in_steps(
     table: str, files: list[LakeRoot], target: LakeRoot, summary: CompactionSummary, max_step_bytes: int
 ) -> bool:
     """Rewrite ``files`` (a closed day) as one ``compact-…`` file in ``target``, sorted by (session, start), reading
-    at most ~``max_step_bytes`` of parts at a time: the day is cut into consecutive session ranges, each read from
+    ~``max_step_bytes`` of rows (decoded) at a time: the day is cut into consecutive session ranges, each read from
     the row groups that can hold it, de-duplicated and appended to the one output file. Run ``start`` rows whose
-    ``end`` row is anywhere in the day are dropped (the first pass finds them), so each span is there once.
+    ``end`` row is anywhere in the day are dropped (in the step that reads both, or, for an ``end`` row in another
+    session, as the first pass found), so each span is there once.
 
     A part that cannot be read or converted to the table's schema is left where it is, with a warning naming it,
     and the rest is merged: the first pass finds most such parts; one that fails only in a step (a damaged data
@@ -472,8 +566,8 @@ def _merge_in_steps(
 def _write_steps(
     table: str,
     parts: list[_Part],
-    weight: dict[str | None, float],
-    superseded: set[tuple],
+    weight: pa.Table,
+    superseded: pa.Table,
     rows_hint: int,
     target: LakeRoot,
     summary: CompactionSummary,

@@ -62,8 +62,9 @@ def compact(
             "--max-step-mb",
             metavar="MB",
             min=0.001,
-            help="Parts read per merge step (MiB on disk). A closed day bigger than this is still one file, merged in "
-            "several steps; memory is about 14x this on chat-like text.",
+            help="Rows per merge step, in MiB decoded (as held in memory, not compressed on disk). A closed day "
+            "bigger than this is still one file, merged in several steps; memory peaks at about 2.5x this "
+            "plus ~150-200 MB.",
         ),
     ] = DEFAULT_MAX_STEP_MB,
     state_url: RemoteStateUrl = DEFAULT_STATE_URL,
@@ -123,7 +124,7 @@ def compact(
     if summary.days_in_steps:
         _stdout().print(
             f"{summary.days_in_steps} closed day folders (spans/ and runs/ count apart) held more than "
-            f"{max_step_mb:g} MiB of parts (--max-step-mb): each became its one file in several steps "
+            f"{max_step_mb:g} MiB of rows decoded (--max-step-mb): each became its one file in several steps "
             f"({summary.merge_steps} steps in all)."
         )
     if summary.skipped_files:
