@@ -264,7 +264,7 @@ def reference_map_span(
         if column in values and not isinstance(values[column], str):
             values[column] = _text(values[column])
     parent = span.parent
-    span_type, node_type = _classify(attributes, parent is not None and not parent.is_remote)
+    span_type, node_type = _classify(attributes, parent is not None)
     context = span.context
     span_id = f"{context.span_id:016x}"
     if values.get("node_type") is None and node_type is not None:

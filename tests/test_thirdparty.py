@@ -325,48 +325,6 @@ def test_a_run_under_a_remote_parent_is_its_traces_first_run(configured: Path) -
             assert [s["name"] for s in trace_dict["spans"]] == ["invoke_agent callee", "chat answer"]
 
 
-def test_the_first_span_of_a_request_from_another_service_is_a_run(tmp_path: Path) -> None:
-    """A worker continuing an incoming `traceparent` with no agent span: its first span is its service's root, so a
-    run holding the llm call below it — in the exporter, and over OTLP (the parent-is-remote flag) alike."""
-    from opentelemetry import context
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.exporter.runlake import RunlakeSpanExporter
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-
-    from runlake.otlp import decode_request
-
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("worker")
-    remote = SpanContext(0x5678, 0x42, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    token = context.attach(trace.set_span_in_context(NonRecordingSpan(remote)))
-    try:
-        with tracer.start_as_current_span("process job", attributes={"session.id": "job-7", "user.id": "w"}):
-            with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat"}) as llm:
-                llm.set_attribute("gen_ai.usage.input_tokens", 9)
-            with tracer.start_as_current_span("format"):  # a plain span under the run: not a run
-                pass
-    finally:
-        context.detach(token)
-    spans = list(memory.get_finished_spans())
-    received = decode_request(encode_spans(spans).SerializeToString(), "application/x-protobuf").spans
-    for lake, batch in ((tmp_path / "exported", spans), (tmp_path / "received", received)):
-        exporter = RunlakeSpanExporter(lake)
-        exporter.export(batch)
-        exporter.shutdown()
-        db = runlake.HistoryDB(lake)
-        [run] = db.get_runs("job-7")
-        assert run["run_id"] == f"{spans[-1].context.span_id:016x}"
-        logs = db.get_logs(run["run_id"])
-        assert [n["id"] for n in logs["nodes"]] == ["chat"] and logs["summary"]["tokens_used"] == 9
-        [item] = db.get_history()
-        assert item["run_id"] == run["run_id"]
-
-
 def test_a_run_whose_session_is_set_after_it_started_is_one_run(configured: Path) -> None:
     """Its start row names no session, its end row does: every listing shows the run once, finished."""
     tracer = trace.get_tracer("framework")

@@ -543,7 +543,7 @@ def to_readable_spans(request: ExportTraceServiceRequest, decoded: DecodedReques
                 )
                 parent = None
                 if span.parent_span_id and any(span.parent_span_id):
-                    remote = bool(flags & _IS_REMOTE and flags & _HAS_IS_REMOTE)  # unknown: not remote
+                    remote = bool(flags & _IS_REMOTE) if flags & _HAS_IS_REMOTE else True
                     parent = SpanContext(trace_id, int.from_bytes(span.parent_span_id, "big"), is_remote=remote)
                 events = [Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events]
                 links = []

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from .layout import DEFAULT_STATE_URL, DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
-from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, has_local_parent, run_row
+from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
 from .writer import LakeWriter, reset_in_forked_child
 
 __all__ = ["RunlakeBatchSpanProcessor", "RunlakeSpanExporter", "RunStartProcessor", "resolve_lake", "resolve_state_url"]
@@ -414,7 +414,7 @@ class RunStartProcessor(SpanProcessor):
                     for key in self._INHERITED:
                         if key not in own and key in parent_attrs:
                             span.set_attribute(key, parent_attrs[key])
-            if classify(span.attributes or {}, has_local_parent(parent))[0] == RUN:
+            if classify(span.attributes or {}, parent is not None)[0] == RUN:
                 span.set_attribute(RUN_ID, f"{span.context.span_id:016x}")  # children inherit this run
             self._exporter.record_start(span)
         except Exception:  # noqa: BLE001 - never raise into the application

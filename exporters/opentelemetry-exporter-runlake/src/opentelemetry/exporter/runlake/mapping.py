@@ -310,8 +310,7 @@ def _as_float(value: Any) -> float | None:
 
 
 def classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str | None]:
-    """Return ``(span_type, node_type)`` by the rules of docs/schema.md; ``has_parent``: a parent in this process
-    (``has_local_parent``), so that the first span of a request that came with a ``traceparent`` is a root too."""
+    """Return ``(span_type, node_type)`` by the rules of docs/schema.md."""
     declared = attributes.get(SPAN_TYPE)
     if declared in (RUN, NODE, TURN):
         return declared, attributes.get(NODE_TYPE)
@@ -339,12 +338,6 @@ def classify(attributes: Mapping[str, Any], has_parent: bool) -> tuple[str, str 
     if not has_parent:
         return RUN, None
     return OTHER, None
-
-
-def has_local_parent(parent: Any) -> bool:
-    """Whether a span's parent (a ``SpanContext`` or None) is in the same process: a remote one (an incoming
-    ``traceparent``, or OTLP's parent-is-remote flag) makes the span its service's root."""
-    return parent is not None and not parent.is_remote
 
 
 def _plain(attributes: Any) -> Any:
@@ -608,7 +601,7 @@ class SpanMapper:
         if not isinstance(metadata, str):
             metadata = None if metadata is _ABSENT else _text(metadata)
 
-        span_type, derived_type = classify(attributes, has_local_parent(parent))
+        span_type, derived_type = classify(attributes, parent is not None)
         span_id = f"{context.span_id:016x}"
         if node_type is None and derived_type is not None:
             node_type = derived_type
