@@ -407,6 +407,47 @@ def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -
     assert set(read_table(lake, "spans").column("service_name").to_pylist()) == {"ep-app"}
 
 
+def test_configure_under_the_entry_point_takes_over_instead_of_storing_twice(lake: Path, tmp_path: Path) -> None:
+    """An application run with `OTEL_TRACES_EXPORTER=runlake` that also calls `runlake.configure()`: configure's
+    pipeline takes over; the runs before and after it are stored, each row once."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        textwrap.dedent(
+            f"""
+            import runlake
+            from opentelemetry import trace
+            tracer = trace.get_tracer("app")
+            with tracer.start_as_current_span("invoke_agent early", attributes={{
+                    "gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "both"}}):
+                pass
+            runlake.configure({str(lake)!r})
+            with runlake.run("late", "both"):
+                with runlake.node("plan"):
+                    pass
+            runlake.shutdown()
+            """
+        )
+    )
+    env = python_env(
+        OTEL_TRACES_EXPORTER="runlake",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        RUNLAKE_STATE_URL=str(lake),
+    )
+    done = subprocess.run(
+        [str(Path(PYTHON).parent / "opentelemetry-instrument"), PYTHON, str(app)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(runlake.HistoryDB(lake).get_runs("both")) == 2
+    for table in ("spans", "runs"):
+        rows = read_table(lake, table).select(["span_id", "record"]).to_pylist()
+        assert len(rows) == len({(r["span_id"], r["record"]) for r in rows}), f"{table} rows stored twice"
+
+
 def test_run_in_progress_is_visible_as_running(lake: Path) -> None:
     exporter = RunlakeSpanExporter(lake)
     provider = TracerProvider()

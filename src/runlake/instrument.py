@@ -25,7 +25,12 @@ from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.runlake import RunlakeBatchSpanProcessor, RunlakeSpanExporter, RunStartProcessor
+from opentelemetry.exporter.runlake import (
+    RunlakeBatchSpanProcessor,
+    RunlakeSpanExporter,
+    RunStartProcessor,
+    stand_down_auto_configured,
+)
 from opentelemetry.exporter.runlake import mapping as m
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -226,6 +231,13 @@ def configure(
     _final_forwarding_stats = None
     _slot_of(provider).processors = tuple(processors)
     _state_policy.set_policy(policy)
+    for replaced in stand_down_auto_configured(provider):  # no second copy of every row
+        _logger.info(
+            "runlake.configure(): takes over from the exporter OTEL_TRACES_EXPORTER=runlake set up (lake %s); "
+            "spans now go to %s only",
+            replaced.root,
+            exporter.root,
+        )
     if previous is not None:
         _close(previous)
     return provider

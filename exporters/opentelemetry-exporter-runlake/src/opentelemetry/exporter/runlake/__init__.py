@@ -24,7 +24,15 @@ from .layout import DEFAULT_STATE_URL, DEFAULT_TENANT, ObjectPath, resolve_lake,
 from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
 from .writer import LakeWriter, reset_in_forked_child
 
-__all__ = ["RunlakeBatchSpanProcessor", "RunlakeSpanExporter", "RunStartProcessor", "resolve_lake", "resolve_state_url"]
+__all__ = [
+    "AutoConfiguredSpanExporter",
+    "RunlakeBatchSpanProcessor",
+    "RunlakeSpanExporter",
+    "RunStartProcessor",
+    "resolve_lake",
+    "resolve_state_url",
+    "stand_down_auto_configured",
+]
 __version__ = "0.1.0"
 
 _logger = logging.getLogger(__name__)
@@ -444,11 +452,44 @@ class AutoConfiguredSpanExporter(RunlakeSpanExporter):
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
 
+        self._standing_down = False
         provider = trace.get_tracer_provider()
-        if isinstance(provider, TracerProvider):
+        self.provider = provider if isinstance(provider, TracerProvider) else None
+        if self.provider is not None:
             provider.add_span_processor(RunStartProcessor(self))
+            _AUTO_CONFIGURED.add(self)
         else:  # built outside the SDK's auto-configuration: an exporter like any other
             _logger.debug("runlake: no SDK TracerProvider installed; run starts are not recorded")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._standing_down:  # runlake.configure() took over: its own pipeline stores these spans
+            return SpanExportResult.SUCCESS
+        return super().export(spans)
+
+    def record_start(self, span: ReadableSpan) -> None:
+        if not self._standing_down:
+            super().record_start(span)
+
+    def stand_down(self) -> None:
+        """Stop storing spans (what is buffered is written first): the application called ``runlake.configure``,
+        whose pipeline now stores every span; both storing them wrote each row twice."""
+        self._standing_down = True
+        self.force_flush()
+
+
+_AUTO_CONFIGURED: weakref.WeakSet[AutoConfiguredSpanExporter] = weakref.WeakSet()
+
+
+def stand_down_auto_configured(provider: Any) -> list[AutoConfiguredSpanExporter]:
+    """Stand down the ``OTEL_TRACES_EXPORTER=runlake`` exporters of ``provider`` once ``runlake.configure`` has
+    attached its own pipeline to it; those stood down. The provider is flushed first, so spans that ended before
+    the new pipeline was attached (only the old one has them) are written by the old one."""
+    mine = [e for e in list(_AUTO_CONFIGURED) if e.provider is provider and not e._standing_down]
+    if mine:
+        provider.force_flush()
+        for exporter in mine:
+            exporter.stand_down()
+    return mine
 
 
 def _sdk_queue(processor: BatchSpanProcessor) -> Any:
