@@ -337,8 +337,8 @@ class RunlakeSpanExporter(SpanExporter):
                 self._writer.close()
         except Exception:  # noqa: BLE001
             _logger.exception("runlake: shutdown flush failed")
-        lost = self._writer.buffered_rows
-        if lost:  # the lake refused the last flush: say what goes with the process
+        lost = self._writer.unwritten_rows
+        if lost:  # the lake refused the last flush, or did not answer it: say what goes with the process
             _logger.error(
                 "runlake: shutting down with %d rows not written to %s (%s); they are lost",
                 lost,

@@ -422,6 +422,7 @@ class LakeWriter:
         self._stop = threading.Event()
         self._drops_unsaid = 0  # dropped rows not logged yet (stats.dropped_rows has them all)
         self._drops_said_at: float | None = None  # when drops were last logged during this outage
+        self._in_flight = 0  # rows taken out of the buffers by a write that is not over
         reset_in_forked_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
@@ -434,6 +435,7 @@ class LakeWriter:
         self._stop = threading.Event()
         self.stats = WriterStats()
         self._drops_unsaid = 0
+        self._in_flight = 0
 
     # ---- adding rows ---------------------------------------------------------------------------------
     def _folder(self, table: str, tenant: str, ttl: int, start_ns: int, session: str | None) -> LakeRoot:
@@ -493,8 +495,14 @@ class LakeWriter:
                 buf = self._buffers.pop(key, None)
                 if buf is not None and buf.rows:
                     self._buffered_bytes -= buf.nbytes
+                    self._in_flight += len(buf.rows)
                     taken.append((key, buf))
         return taken
+
+    def _landed(self, parts: list[tuple[tuple[str, LakeRoot], _Buffer]]) -> None:
+        """Rows taken for a write that is over (written, or about to be put back)."""
+        with self._lock:
+            self._in_flight -= sum(len(buf.rows) for _, buf in parts)
 
     def _plan(self, taken: list[tuple[tuple[str, LakeRoot], _Buffer]]) -> list[tuple[str, LakeRoot, list]]:
         """(table, folder, [(key, buffer), ...]) per file to write: with ``min_session_rows``, the span buffers of
@@ -528,16 +536,19 @@ class LakeWriter:
                         write_part(table, folder, rows, row_group_size=size, sort_by=order)
             except Exception as error:  # noqa: BLE001 - disk full, read-only, bad value: never raise
                 ok = False
+                self._landed(parts)
                 for key, buf in parts:
                     self._on_failure(key, buf, error)
                 if remote and isinstance(error, OSError):
                     # the store is unreachable or refusing: keep the other partitions for the next flush rather
                     # than paying the client's retries once per partition
                     for _, _, later in writes[i + 1 :]:
+                        self._landed(later)
                         for later_key, later_buf in later:
                             self._put_back(later_key, later_buf)
                     break
             else:
+                self._landed(parts)
                 self.stats.rows_written += len(rows)
                 self.stats.files_written += 1
         if ok and writes and self._failing is not None:  # only a flush with no failure clears the state
@@ -585,6 +596,9 @@ class LakeWriter:
     def _on_failure(self, key: tuple[str, LakeRoot], buf: _Buffer, error: Exception) -> None:
         self.stats.failed_writes += 1
         cause = f"{type(error).__name__}: {error}"
+        if self._closed:  # a write that outlived ``stop()``: nothing will retry it (``stop``'s caller said the loss)
+            _logger.debug("runlake: a write that outlived shutdown failed (%s)", cause)
+            return
         if self._failing is None:
             _logger.error(
                 "runlake: cannot write a part file under %s (%s); rows are kept in memory and retried "
@@ -667,6 +681,12 @@ class LakeWriter:
     def buffered_rows(self) -> int:
         with self._lock:
             return sum(len(b.rows) for b in self._buffers.values())
+
+    @property
+    def unwritten_rows(self) -> int:
+        """Rows not on disk: buffered, or taken by a write that is not over (a store that does not answer)."""
+        with self._lock:
+            return sum(len(b.rows) for b in self._buffers.values()) + self._in_flight
 
     @property
     def buffered_bytes(self) -> int:
