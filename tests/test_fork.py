@@ -159,3 +159,32 @@ def test_configure_then_fork_keeps_each_run_once(tmp_path: Path) -> None:
     assert len(db.get_runs("s-child")) == 1
     rows = stored_rows(lake)
     assert len(rows) == len(set(rows))
+
+
+def test_object_store_listings_in_a_child_do_not_wait_for_the_parents_threads() -> None:
+    """Listings of an object-store lake run on a thread pool; a child inherits the pool's books, not its threads, so
+    its listings waited forever for threads it does not have."""
+    from opentelemetry.exporter.runlake import layout
+
+    folders = [layout.ObjectPath.__new__(layout.ObjectPath) for _ in range(64)]  # object-store folders, not listed
+
+    def list_each() -> None:
+        assert list(layout._each_folder(folders, lambda folder: [folder])) == folders
+
+    list_each()  # the parent's pool has its threads now
+    in_forked_child(list_each)
+
+
+def test_what_is_reset_in_a_child_is_kept_only_while_its_object_lives(tmp_path: Path) -> None:
+    """Each writer and exporter asks to be reset in forked children; an application (or a server) that makes many
+    over its life must not keep one fork hook per object ever made."""
+    import gc
+
+    from opentelemetry.exporter.runlake import writer
+
+    for i in range(100):
+        RunlakeSpanExporter(tmp_path / f"lake-{i}", background_flush=False)
+    gc.collect()
+    kept = RunlakeSpanExporter(tmp_path / "kept", background_flush=False)
+    assert len(writer._CHILD_RESETS) <= 4  # the live exporter's and its writer's (and any other test's live ones)
+    assert kept._writer is not None

@@ -425,6 +425,16 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool counts threads the child does not have (its tasks would never run)."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _each_folder(folders: list[LakeRoot], list_one: Callable[[LakeRoot], list]) -> Iterator:
     """``list_one`` of every folder, in order: concurrently on an object store (each listing is a round trip),
     one after the other locally (``os.scandir`` is faster than any thread hand-off)."""

@@ -358,15 +358,32 @@ def _storable_or_none(value: Any, kind: pa.DataType) -> Any:
     return None
 
 
+_CHILD_RESETS: list[weakref.WeakMethod] = []  # of live objects only (dead ones are pruned as others are added)
+_CHILD_RESETS_LOCK = threading.Lock()
+
+
 def reset_in_forked_child(method: Callable[[], None]) -> None:
     """Call the bound ``method`` in each child this process forks from now on, for as long as its object lives.
 
     A forked child (``multiprocessing``, a pre-fork server's workers) starts with a copy of the parent's memory: locks
     as they were (held, perhaps, by a thread the child does not have) and none of the parent's threads.
     """
-    if hasattr(os, "register_at_fork"):
-        method_ref = weakref.WeakMethod(method)
-        os.register_at_fork(after_in_child=lambda: (bound := method_ref()) is not None and bound())
+    with _CHILD_RESETS_LOCK:
+        _CHILD_RESETS[:] = [ref for ref in _CHILD_RESETS if ref() is not None]
+        _CHILD_RESETS.append(weakref.WeakMethod(method))
+
+
+def _reset_children() -> None:
+    global _CHILD_RESETS_LOCK
+    _CHILD_RESETS_LOCK = threading.Lock()
+    for ref in list(_CHILD_RESETS):
+        bound = ref()
+        if bound is not None:
+            bound()
+
+
+if hasattr(os, "register_at_fork"):  # one hook for every object, not one per object (those would never go away)
+    os.register_at_fork(after_in_child=_reset_children)
 
 
 @dataclass
