@@ -354,6 +354,24 @@ def test_two_processes_writing_one_session_and_day(lake: Path) -> None:
     assert runlake.HistoryDB(lake).get_runs("shared", limit=None).__len__() == 600
 
 
+def run_instrumented(app: Path, lake: Path, **env: str) -> None:
+    """Run ``app`` with no code change: ``opentelemetry-instrument`` and ``OTEL_TRACES_EXPORTER=runlake``."""
+    done = subprocess.run(
+        [str(Path(PYTHON).parent / "opentelemetry-instrument"), PYTHON, str(app)],
+        env=python_env(
+            OTEL_TRACES_EXPORTER="runlake",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+            RUNLAKE_STATE_URL=str(lake),
+            **env,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -> None:
     """No code change: runs, their nodes, a nested run that names no session or user (it gets its parent's, as with
     ``configure``), and a run that never ended (visible as running: the entry point records run starts too)."""
@@ -379,21 +397,7 @@ def test_entry_point_with_opentelemetry_instrument(lake: Path, tmp_path: Path) -
             """
         )
     )
-    env = python_env(
-        OTEL_TRACES_EXPORTER="runlake",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        OTEL_SERVICE_NAME="ep-app",
-        RUNLAKE_STATE_URL=str(lake),
-    )
-    done = subprocess.run(
-        [str(Path(PYTHON).parent / "opentelemetry-instrument"), PYTHON, str(app)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    run_instrumented(app, lake, OTEL_SERVICE_NAME="ep-app")
     db = runlake.HistoryDB(lake)
     runs = db.get_runs("ep-session")
     assert [r["metadata"]["agent_name"] for r in runs] == ["critic", "helper"]
@@ -428,20 +432,7 @@ def test_configure_under_the_entry_point_takes_over_instead_of_storing_twice(lak
             """
         )
     )
-    env = python_env(
-        OTEL_TRACES_EXPORTER="runlake",
-        OTEL_METRICS_EXPORTER="none",
-        OTEL_LOGS_EXPORTER="none",
-        RUNLAKE_STATE_URL=str(lake),
-    )
-    done = subprocess.run(
-        [str(Path(PYTHON).parent / "opentelemetry-instrument"), PYTHON, str(app)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    run_instrumented(app, lake)
     assert len(runlake.HistoryDB(lake).get_runs("both")) == 2
     for table in ("spans", "runs"):
         rows = read_table(lake, table).select(["span_id", "record"]).to_pylist()
