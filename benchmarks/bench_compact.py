@@ -3,7 +3,7 @@
     python benchmarks/bench_compact.py [--lake PATH] [--steps-mb 4,16] [--repeats 3] [--spans N]
 
 ``runlake.compact`` merges a closed day into one file in steps of consecutive sessions holding at most
-``max_step_bytes`` of parts each. The baseline is a step larger than any day (the whole day read at once, as
+``max_step_bytes`` of rows each (counted decoded, from the parts' footers). The baseline is a step larger than any day (the whole day read at once, as
 compaction worked before steps). Each case compacts its own hard-linked copy of the same uncompacted lake: time
 in-process (cases interleaved, median), peak memory in a forked child (``common.peak_memory_in_child``).
 Without ``--lake`` a lake is generated through the real exporter (chat-history text, 2 days, ``min_session_rows``
@@ -34,7 +34,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lake", type=Path, help="an uncompacted lake to copy (default: generate one)")
     p.add_argument("--spans", type=int, default=300_000, help="spans of the generated lake (default 300,000)")
     p.add_argument("--days", type=int, default=2, help="days the generated sessions start over (default 2)")
-    p.add_argument("--steps-mb", default="16,4,1", help="step sizes to compare, MiB of parts (default 16,4,1)")
+    p.add_argument("--steps-mb", default="16,4,1", help="step sizes to compare, MiB of rows decoded (default 16,4,1)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per case (default 3)")
     p.add_argument("--dir", type=Path, help="scratch folder (default: a new temp folder)")
     return p.parse_args()
@@ -78,7 +78,7 @@ def main() -> None:
         print(f"[compact] source lake {source}: {files:,} part files, {fmt_bytes(size)}", flush=True)
         steps = {"whole day in one step (baseline)": WHOLE_DAY}
         for mb in (float(s) for s in args.steps_mb.split(",") if s.strip()):
-            steps[f"steps of ≤ {mb:g} MiB of parts"] = int(mb * (1 << 20))
+            steps[f"steps of ≤ {mb:g} MiB of rows (decoded)"] = int(mb * (1 << 20))
 
         def copy() -> Path:
             target = Path(tempfile.mkdtemp(prefix="copy-", dir=scratch)) / "lake"  # unique in forked children too
