@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from opentelemetry.exporter.runlake.mapping import COL, SpanMapper
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -40,6 +42,9 @@ def test_nodes_before_their_run_in_one_request_get_the_real_run_id() -> None:
     assert [e["type"] for e in events] == ["execution_started", "node_executed", "node_executed", "execution_completed"]
     assert {e["run_id"] for e in events} == {run_id}, "no made-up trace: id, one execution_started"
     assert {e["agent_id"] for e in events} == {"ev-agent"}
+    # the run's own start, though a node came first: its span is in the same request
+    started = f"{dt.datetime.fromtimestamp(spans[-1].start_time / 1e9, dt.timezone.utc):%Y-%m-%dT%H:%M:%S}"
+    assert events[0]["data"]["started_at"].startswith(started) and events[0]["timestamp"].startswith(started)
 
 
 def test_nodes_of_a_run_seen_in_an_earlier_request_are_joined_by_trace() -> None:

@@ -71,11 +71,13 @@ class EventBuilder:
         c = COL
         run_totals = {run[_RUN_SPAN]: run for run in run_rows}
         agents: dict[str, str | None] = {}
+        runs_here: dict[str, tuple] = {}  # run id -> its run row in this batch
         by_span: dict[str, tuple] = {}
         for row in rows:
             by_span.setdefault(row[c["span_id"]], row)
             if row[c["span_type"]] == RUN and row[c["run_id"]]:
                 agents[row[c["run_id"]]] = row[c["agent_name"]] or row[c["agent_id"]]
+                runs_here[row[c["run_id"]]] = row
                 trace = row[c["trace_id"]]
                 if row[c["parent_span_id"]] is None or trace not in self._trace_runs:  # the root run wins
                     self._trace_runs[trace] = row[c["run_id"]]
@@ -105,11 +107,14 @@ class EventBuilder:
                 tokens_in, tokens_out, cost = row[c["input_tokens"]], row[c["output_tokens"]], row[c["cost_cents"]]
             tokens = (tokens_in or 0) + (tokens_out or 0)
             if self._announce(run_id, agent):
-                started = {"type": "execution_started", **base, "timestamp": iso_time(start)}
-                if span_type == RUN:
-                    started["data"] = {"started_at": iso_time(start), "input": _preview(row[c["input"]])}
-                else:
-                    started["data"] = {"started_at": None, "input": None}  # first seen through a node
+                run_row = row if span_type == RUN else runs_here.get(run_id)  # the run's own row, if in this batch
+                if run_row is not None:
+                    run_start = run_row[c["start_time_unix_nano"]]
+                    started = {"type": "execution_started", **base, "timestamp": iso_time(run_start)}
+                    started["data"] = {"started_at": iso_time(run_start), "input": _preview(run_row[c["input"]])}
+                else:  # first seen through a node, its run not arrived yet
+                    started = {"type": "execution_started", **base, "timestamp": iso_time(start)}
+                    started["data"] = {"started_at": None, "input": None}
                 out.append(started)
             if span_type == NODE:
                 data = {
