@@ -310,6 +310,19 @@ class LakeReader:
         finally:
             cursor.close()
 
+    def write(
+        self, sql: str, lister: Lister, params: Sequence[Any] = (), settings: dict[str, int] | None = None
+    ) -> None:
+        """Run ``sql`` (a ``COPY ... TO``) over the listed files, on a cursor of its own: ``settings`` (session
+        settings, e.g. ``partitioned_write_flush_threshold``) hold for it alone. Files set aside or gone as ``rows``."""
+        cursor = self._db().cursor()
+        try:
+            for name, value in (settings or {}).items():
+                cursor.execute(f"SET {name} = {int(value)}")
+            self._execute(sql, lister, params, cursor=cursor, first=1)
+        finally:
+            cursor.close()
+
     def _execute(
         self,
         sql: str,

@@ -4,15 +4,18 @@ Spans keep their original trace and span ids, parents, times, status, attributes
 ``mapping.attributes_of_row``), events and resource. Runtime state cleared with ``clear_runtime_state(...,
 purge=False)`` is left out (readers of the lake no longer see it; a backend without runlake's tombstones would).
 Spans still in progress have no end to send: they are counted, not sent.
-Rows are read one start-time range and one batch at a time: memory does not grow with a day or a session.
+Rows are read one start-time range and one batch at a time: memory does not grow with a day or a session (the
+day's rows are copied once to a temporary local folder per range, on disk).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import tempfile
 from collections.abc import Callable, Iterator
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.exporter.runlake.layout import (
@@ -109,6 +112,8 @@ def stored_spans(
 # Rows DuckDB sorts (and de-duplicates) at once: a day or session is read one start-time range of about this many rows
 # at a time, so neither DuckDB nor Python ever holds a whole day (~1 KB a row in DuckDB, ~4 KB as Python dicts).
 SLICE_ROWS = 10_000
+# Rows DuckDB holds, over all ranges, while copying a day to its ranges (``_spill``) before writing them out.
+SPILL_ROWS = 20_000
 
 
 def _stored_rows(
@@ -138,21 +143,77 @@ def _sliced(
 ) -> Iterator[list[dict[str, Any]]]:
     """The latest row of each span among ``files`` (``where`` holding), by start time, one start-time range at a time.
 
-    A span's rows share their start time (it is part of ``SPAN_KEY``), so each range de-duplicates on its own; the
-    first and last ranges are open, so rows written meanwhile are read too (as one query over the day would)."""
+    A span's rows share their start time (it is part of ``SPAN_KEY``), so each range de-duplicates on its own. Part
+    files are read once, not once a range (a session's files each span most of the day: every range would scan every
+    file): one pass copies their rows to a local folder per range (``_spill``), and each range reads its own folder.
+    Files listed after that pass (written, or compacted, meanwhile) are read by every range still to come, so their
+    rows are read too (as one query over the day would); a row found twice is de-duplicated like any other."""
     cuts = _cuts(reader, files, where, params, slice_rows)
-    for low, high in zip([None, *cuts], [*cuts, None]):
-        conditions, values = [where] if where else [], list(params)
-        if low is not None:  # a row without a start time (last in one ORDER BY over all) goes with the last range
-            open_end = "(start_time_unix_nano >= ? OR start_time_unix_nano IS NULL)"
-            conditions.append(open_end if high is None else "start_time_unix_nano >= ?")
-            values.append(low)
-        if high is not None:
-            conditions.append("start_time_unix_nano < ?")
-            values.append(high)
-        condition = " AND ".join(conditions) or "true"
-        sql = f"SELECT * FROM {{files}} WHERE {condition} {LATEST_ROW} ORDER BY start_time_unix_nano"
-        yield from reader.batches(sql, files, values, batch_size)
+    if not cuts:
+        sql = f"SELECT * FROM {{files}} {'WHERE ' + where if where else ''} {LATEST_ROW} ORDER BY start_time_unix_nano"
+        yield from reader.batches(sql, files, params, batch_size)
+        return
+    with tempfile.TemporaryDirectory(prefix="runlake-replay-") as folder:
+        spilled = _spill(reader, files, where, params, cuts, Path(folder))
+        later = lambda: [f for f in files() if str(f) not in spilled]  # noqa: E731
+        for i, (low, high) in enumerate(zip([None, *cuts], [*cuts, None])):
+            conditions, values = [where] if where else [], list(params)
+            if low is not None:  # a row without a start time (last in one ORDER BY over all) goes with the last range
+                open_end = "(start_time_unix_nano >= ? OR start_time_unix_nano IS NULL)"
+                conditions.append(open_end if high is None else "start_time_unix_nano >= ?")
+                values.append(low)
+            if high is not None:
+                conditions.append("start_time_unix_nano < ?")
+                values.append(high)
+            condition = " AND ".join(conditions)
+            own = sorted(Path(folder, f"slice={i}").glob("*.parquet"))
+            spill = f"SELECT * FROM read_parquet([{', '.join(_quoted(f) for f in own)}], hive_partitioning=false)"
+            sql = f"SELECT * FROM (SELECT * FROM {{files}} UNION ALL BY NAME {spill}) WHERE {condition}"
+            read = False
+            if own and later():  # {files}: the files listed since (an empty list reads nothing)
+                for batch in reader.batches(
+                    f"{sql} {LATEST_ROW} ORDER BY start_time_unix_nano", later, values, batch_size
+                ):
+                    read = True
+                    yield batch
+            if not read:  # the range's own rows only, or (no spill) the files listed since
+                sql = f"SELECT * FROM {{files}} WHERE {condition} {LATEST_ROW} ORDER BY start_time_unix_nano"
+                yield from reader.batches(sql, (lambda own=own: own) if own else later, values, batch_size)
+
+
+def _spill(reader: LakeReader, files: Lister, where: str, params: list[Any], cuts: list[int], folder: Path) -> set[str]:
+    """Copy the rows of ``files`` (``where`` holding) to ``folder/slice=<range>/``, one scan of the files; the files
+    copied. DuckDB writes a range's rows out once it holds a share of ``SPILL_ROWS`` (by default it would hold half
+    a million rows a range), so the pass holds about that many rows, not the day."""
+    listed: list[LakeRoot] = []
+
+    def listing() -> list[LakeRoot]:  # listed again if a file went meanwhile: the files of the last listing were read
+        listed[:] = files()
+        return listed
+
+    condition = f"WHERE {where}" if where else ""
+    reader.write(
+        f"COPY (SELECT *, {_range_of(cuts)} AS slice FROM {{files}} {condition}) TO {_quoted(folder)}"
+        f" (FORMAT parquet, PARTITION_BY (slice), OVERWRITE_OR_IGNORE)",
+        listing,
+        params,
+        {"partitioned_write_flush_threshold": max(256, SPILL_ROWS // (len(cuts) + 1))},
+    )
+    return {str(f) for f in listed}
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _range_of(cuts: list[int], first: int = 0) -> str:
+    """SQL: the index of the range a row's start time falls in, by halving (a row is compared log2(ranges) times);
+    a row without a start time is in the last range."""
+    if not cuts:
+        return str(first)
+    mid = len(cuts) // 2
+    below, above = _range_of(cuts[:mid], first), _range_of(cuts[mid + 1 :], first + mid + 1)
+    return f"CASE WHEN start_time_unix_nano < {int(cuts[mid])} THEN {below} ELSE {above} END"
 
 
 def _cuts(
