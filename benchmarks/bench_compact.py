@@ -3,9 +3,10 @@
     python benchmarks/bench_compact.py [--lake PATH] [--steps-mb 4,16] [--repeats 3] [--spans N]
 
 ``runlake.compact`` merges a closed day into one file in steps of consecutive sessions holding at most
-``max_step_bytes`` of rows each (counted decoded, from the parts' footers). The baseline is a step larger than any day (the whole day read at once, as
-compaction worked before steps). Each case compacts its own hard-linked copy of the same uncompacted lake: time
-in-process (cases interleaved, median), peak memory in a forked child (``common.peak_memory_in_child``).
+``max_step_bytes`` of rows each (counted decoded, from the parts' footers). The baseline is a step larger than any
+day (the whole day read at once, as compaction worked before steps). Each case compacts its own hard-linked copy
+of the same uncompacted lake: time in-process (cases interleaved, median), peak memory in a forked child
+(``common.peak_memory_in_child``).
 Without ``--lake`` a lake is generated through the real exporter (chat-history text, 2 days, ``min_session_rows``
 as ``runlake serve`` ingests). A kept B30 lake works too: ``--lake <workdir>/runlake-b30-*/lake-before-compaction``.
 Nothing here is a test.
