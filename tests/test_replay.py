@@ -347,3 +347,26 @@ def _write_late_span(root: Path, start: int, day: str) -> None:
     exporter.export([span])
     exporter.shutdown()
     assert any(day in str(f) for f in (root / "spans").rglob("session=late/*.parquet"))
+
+
+def test_a_day_that_cannot_be_copied_to_the_temp_folder_is_still_sent_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ranges' copy needs a temp disk with room for a day; where there is none (full, read-only, or — here — a
+    TMPDIR that is not a folder) every range is read from the lake instead: slower, every span still sent once."""
+    import logging
+    import tempfile
+
+    from runlake import replay
+
+    lake = tmp_path / "lake"
+    ids = _day_of_spans(lake, 300, in_progress=3)
+    monkeypatch.setattr(replay, "SLICE_ROWS", 40)
+    not_a_folder = tmp_path / "tmpdir-is-a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    exporter = _Watching(32)
+    with caplog.at_level(logging.WARNING, logger="runlake.replay"):
+        result = forward(lake, exporter, batch_size=32)
+    assert (result["sent"], result["in_progress"], exporter.sent) == (300, 3, 300) and len(ids) == 300
+    assert "reading each of its" in caplog.text and "TMPDIR" in caplog.text

@@ -312,14 +312,15 @@ class LakeReader:
 
     def write(
         self, sql: str, lister: Lister, params: Sequence[Any] = (), settings: dict[str, int] | None = None
-    ) -> None:
+    ) -> bool:
         """Run ``sql`` (a ``COPY ... TO``) over the listed files, on a cursor of its own: ``settings`` (session
-        settings, e.g. ``partitioned_write_flush_threshold``) hold for it alone. Files set aside or gone as ``rows``."""
+        settings, e.g. ``partitioned_write_flush_threshold``) hold for it alone. Files set aside or gone as ``rows``;
+        False if it did not run (no readable file left)."""
         cursor = self._db().cursor()
         try:
             for name, value in (settings or {}).items():
                 cursor.execute(f"SET {name} = {int(value)}")
-            self._execute(sql, lister, params, cursor=cursor, first=1)
+            return self._execute(sql, lister, params, cursor=cursor, first=1) is not None
         finally:
             cursor.close()
 

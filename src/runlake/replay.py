@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from opentelemetry.exporter.runlake.layout import (
     SPANS,
     LakeRoot,
@@ -33,6 +35,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from .query import LATEST_ROW, LakeReader, Lister
+
+_logger = logging.getLogger(__name__)
 
 _KINDS = {k.name: k for k in SpanKind}
 _STATUS = {"UNSET": StatusCode.UNSET, "OK": StatusCode.OK, "ERROR": StatusCode.ERROR}
@@ -153,38 +157,83 @@ def _sliced(
         sql = f"SELECT * FROM {{files}} {'WHERE ' + where if where else ''} {LATEST_ROW} ORDER BY start_time_unix_nano"
         yield from reader.batches(sql, files, params, batch_size)
         return
-    with tempfile.TemporaryDirectory(prefix="runlake-replay-") as folder:
-        spilled = _spill(reader, files, where, params, cuts, Path(folder))
-        later = lambda: [f for f in files() if str(f) not in spilled]  # noqa: E731
-        for i, (low, high) in enumerate(zip([None, *cuts], [*cuts, None])):
-            conditions, values = [where] if where else [], list(params)
-            if low is not None:  # a row without a start time (last in one ORDER BY over all) goes with the last range
-                open_end = "(start_time_unix_nano >= ? OR start_time_unix_nano IS NULL)"
-                conditions.append(open_end if high is None else "start_time_unix_nano >= ?")
-                values.append(low)
-            if high is not None:
-                conditions.append("start_time_unix_nano < ?")
-                values.append(high)
-            condition = " AND ".join(conditions)
-            own = sorted(Path(folder, f"slice={i}").glob("*.parquet"))
-            spill = f"SELECT * FROM read_parquet([{', '.join(_quoted(f) for f in own)}], hive_partitioning=false)"
-            sql = f"SELECT * FROM (SELECT * FROM {{files}} UNION ALL BY NAME {spill}) WHERE {condition}"
-            read = False
-            if own and later():  # {files}: the files listed since (an empty list reads nothing)
-                for batch in reader.batches(
-                    f"{sql} {LATEST_ROW} ORDER BY start_time_unix_nano", later, values, batch_size
-                ):
-                    read = True
-                    yield batch
-            if not read:  # the range's own rows only, or (no spill) the files listed since
-                sql = f"SELECT * FROM {{files}} WHERE {condition} {LATEST_ROW} ORDER BY start_time_unix_nano"
-                yield from reader.batches(sql, (lambda own=own: own) if own else later, values, batch_size)
+    spill_dir: tempfile.TemporaryDirectory | None = None
+    try:
+        spill_dir = tempfile.TemporaryDirectory(prefix="runlake-replay-")
+        spilled = _spill(reader, files, where, params, cuts, Path(spill_dir.name))
+    except (OSError, duckdb.Error) as error:  # a full or read-only temp disk: slower, but every span goes
+        _logger.warning(
+            "runlake forward: could not copy a day's rows to a temporary folder (%s); reading each of its %d time "
+            "ranges from the lake instead (slower; set TMPDIR to a disk with room for a day of spans)",
+            error,
+            len(cuts) + 1,
+        )
+        spilled = None
+    try:
+        yield from _ranges(reader, files, where, params, cuts, batch_size, spilled, spill_dir)
+    finally:
+        if spill_dir is not None:
+            spill_dir.cleanup()
 
 
-def _spill(reader: LakeReader, files: Lister, where: str, params: list[Any], cuts: list[int], folder: Path) -> set[str]:
+def _ranges(
+    reader: LakeReader,
+    files: Lister,
+    where: str,
+    params: list[Any],
+    cuts: list[int],
+    batch_size: int,
+    spilled: set[str] | None,
+    spill_dir: tempfile.TemporaryDirectory | None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Each range's rows: from its folder of the copy plus the files listed since, or (no copy) from the lake."""
+    if spilled is None or spill_dir is None:
+        for low, high in zip([None, *cuts], [*cuts, None]):
+            condition, values = _range_condition(where, params, low, high)
+            sql = f"SELECT * FROM {{files}} WHERE {condition} {LATEST_ROW} ORDER BY start_time_unix_nano"
+            yield from reader.batches(sql, files, values, batch_size)
+        return
+    later = lambda: [f for f in files() if str(f) not in spilled]  # noqa: E731
+    for i, (low, high) in enumerate(zip([None, *cuts], [*cuts, None])):
+        condition, values = _range_condition(where, params, low, high)
+        own = sorted(Path(spill_dir.name, f"slice={i}").glob("*.parquet"))
+        spill = f"SELECT * FROM read_parquet([{', '.join(_quoted(f) for f in own)}], hive_partitioning=false)"
+        sql = f"SELECT * FROM (SELECT * FROM {{files}} UNION ALL BY NAME {spill}) WHERE {condition}"
+        read = False
+        if own and later():  # {files}: the files listed since (an empty list reads nothing)
+            for batch in reader.batches(f"{sql} {LATEST_ROW} ORDER BY start_time_unix_nano", later, values, batch_size):
+                read = True
+                yield batch
+        if not read:  # the range's own rows only, or (no spill) the files listed since
+            sql = f"SELECT * FROM {{files}} WHERE {condition} {LATEST_ROW} ORDER BY start_time_unix_nano"
+            yield from reader.batches(sql, (lambda own=own: own) if own else later, values, batch_size)
+
+
+def _range_condition(where: str, params: list[Any], low: int | None, high: int | None) -> tuple[str, list[Any]]:
+    """SQL (and its parameters) for the rows of one start-time range ``[low, high)``, ``where`` holding; the first and
+    last ranges are open, and rows without a start time (last in one ORDER BY over all) go with the last range."""
+    conditions, values = [where] if where else [], list(params)
+    if low is not None:
+        conditions.append(
+            "(start_time_unix_nano >= ? OR start_time_unix_nano IS NULL)"
+            if high is None
+            else "start_time_unix_nano >= ?"
+        )
+        values.append(low)
+    if high is not None:
+        conditions.append("start_time_unix_nano < ?")
+        values.append(high)
+    return " AND ".join(conditions) or "true", values
+
+
+def _spill(
+    reader: LakeReader, files: Lister, where: str, params: list[Any], cuts: list[int], folder: Path
+) -> set[str] | None:
     """Copy the rows of ``files`` (``where`` holding) to ``folder/slice=<range>/``, one scan of the files; the files
-    copied. DuckDB writes a range's rows out once it holds a share of ``SPILL_ROWS`` (by default it would hold half
-    a million rows a range), so the pass holds about that many rows, not the day."""
+    copied, or None if the copy did not happen (no readable file). DuckDB writes a range's rows out once it holds a
+    share of ``SPILL_ROWS`` (by default it would hold half a million rows a range), so the pass holds about that many
+    rows, not the day; zstd, as the lake, so the copy takes about the lake's bytes on the temp disk. A retried copy
+    starts from an empty folder (``OVERWRITE``): nothing of an attempt that failed stays."""
     listed: list[LakeRoot] = []
 
     def listing() -> list[LakeRoot]:  # listed again if a file went meanwhile: the files of the last listing were read
@@ -192,14 +241,14 @@ def _spill(reader: LakeReader, files: Lister, where: str, params: list[Any], cut
         return listed
 
     condition = f"WHERE {where}" if where else ""
-    reader.write(
+    copied = reader.write(
         f"COPY (SELECT *, {_range_of(cuts)} AS slice FROM {{files}} {condition}) TO {_quoted(folder)}"
-        f" (FORMAT parquet, PARTITION_BY (slice), OVERWRITE_OR_IGNORE)",
+        f" (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (slice), OVERWRITE)",
         listing,
         params,
         {"partitioned_write_flush_threshold": max(256, SPILL_ROWS // (len(cuts) + 1))},
     )
-    return {str(f) for f in listed}
+    return {str(f) for f in listed} if copied else None
 
 
 def _quoted(path: Path) -> str:
