@@ -70,13 +70,11 @@ class EventBuilder:
         out: list[dict[str, Any]] = []
         c = COL
         run_totals = {run[_RUN_SPAN]: run for run in run_rows}
-        agents: dict[str, str | None] = {}
         runs_here: dict[str, tuple] = {}  # run id -> its run row in this batch
         by_span: dict[str, tuple] = {}
         for row in rows:
             by_span.setdefault(row[c["span_id"]], row)
             if row[c["span_type"]] == RUN and row[c["run_id"]]:
-                agents[row[c["run_id"]]] = row[c["agent_name"]] or row[c["agent_id"]]
                 runs_here[row[c["run_id"]]] = row
                 trace = row[c["trace_id"]]
                 if row[c["parent_span_id"]] is None or trace not in self._trace_runs:  # the root run wins
@@ -89,7 +87,11 @@ class EventBuilder:
             if span_type not in (RUN, NODE):
                 continue
             run_id = self._run_of(row, by_span)
-            agent = row[c["agent_name"]] or row[c["agent_id"]] or agents.get(run_id) or self._started.get(run_id)
+            run_row = runs_here.get(run_id)
+            agent = row[c["agent_name"]] or row[c["agent_id"]]
+            if not agent and run_row is not None:
+                agent = run_row[c["agent_name"]] or run_row[c["agent_id"]]
+            agent = agent or self._started.get(run_id)
             base = {
                 "tenant_id": row[c["tenant_id"]],
                 "run_id": run_id,
@@ -107,8 +109,9 @@ class EventBuilder:
                 tokens_in, tokens_out, cost = row[c["input_tokens"]], row[c["output_tokens"]], row[c["cost_cents"]]
             tokens = (tokens_in or 0) + (tokens_out or 0)
             if self._announce(run_id, agent):
-                run_row = row if span_type == RUN else runs_here.get(run_id)  # the run's own row, if in this batch
-                if run_row is not None:
+                if span_type == RUN:
+                    run_row = row
+                if run_row is not None:  # the run's own row, in this batch
                     run_start = run_row[c["start_time_unix_nano"]]
                     started = {"type": "execution_started", **base, "timestamp": iso_time(run_start)}
                     started["data"] = {"started_at": iso_time(run_start), "input": _preview(run_row[c["input"]])}
