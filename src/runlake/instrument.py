@@ -29,7 +29,7 @@ from opentelemetry.exporter.runlake import (
     RunlakeBatchSpanProcessor,
     RunlakeSpanExporter,
     RunStartProcessor,
-    stand_down_auto_configured,
+    auto_configured_on,
 )
 from opentelemetry.exporter.runlake import mapping as m
 from opentelemetry.sdk.resources import Resource
@@ -231,11 +231,12 @@ def configure(
     _final_forwarding_stats = None
     _slot_of(provider).processors = tuple(processors)
     _state_policy.set_policy(policy)
-    for replaced in stand_down_auto_configured(provider):  # no second copy of every row
-        _logger.info(
-            "runlake.configure(): takes over from the exporter OTEL_TRACES_EXPORTER=runlake set up (lake %s); "
-            "spans now go to %s only",
-            replaced.root,
+    for other in auto_configured_on(provider):
+        _logger.warning(
+            "runlake.configure(): this application also runs with OTEL_TRACES_EXPORTER=runlake (lake %s), so every "
+            "span is stored twice, by that exporter and by this pipeline (lake %s); readers count each once, but it "
+            "costs the bytes: use one or the other",
+            other.root,
             exporter.root,
         )
     if previous is not None:

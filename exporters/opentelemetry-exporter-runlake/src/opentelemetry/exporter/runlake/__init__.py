@@ -29,9 +29,9 @@ __all__ = [
     "RunlakeBatchSpanProcessor",
     "RunlakeSpanExporter",
     "RunStartProcessor",
+    "auto_configured_on",
     "resolve_lake",
     "resolve_state_url",
-    "stand_down_auto_configured",
 ]
 __version__ = "0.1.0"
 
@@ -452,7 +452,6 @@ class AutoConfiguredSpanExporter(RunlakeSpanExporter):
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
 
-        self._standing_down = False
         provider = trace.get_tracer_provider()
         self.provider = provider if isinstance(provider, TracerProvider) else None
         if self.provider is not None:
@@ -461,35 +460,13 @@ class AutoConfiguredSpanExporter(RunlakeSpanExporter):
         else:  # built outside the SDK's auto-configuration: an exporter like any other
             _logger.debug("runlake: no SDK TracerProvider installed; run starts are not recorded")
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._standing_down:  # runlake.configure() took over: its own pipeline stores these spans
-            return SpanExportResult.SUCCESS
-        return super().export(spans)
-
-    def record_start(self, span: ReadableSpan) -> None:
-        if not self._standing_down:
-            super().record_start(span)
-
-    def stand_down(self) -> None:
-        """Stop storing spans (what is buffered is written first): the application called ``runlake.configure``,
-        whose pipeline now stores every span; both storing them wrote each row twice."""
-        self._standing_down = True
-        self.force_flush()
-
 
 _AUTO_CONFIGURED: weakref.WeakSet[AutoConfiguredSpanExporter] = weakref.WeakSet()
 
 
-def stand_down_auto_configured(provider: Any) -> list[AutoConfiguredSpanExporter]:
-    """Stand down the ``OTEL_TRACES_EXPORTER=runlake`` exporters of ``provider`` once ``runlake.configure`` has
-    attached its own pipeline to it; those stood down. The provider is flushed first, so spans that ended before
-    the new pipeline was attached (only the old one has them) are written by the old one."""
-    mine = [e for e in list(_AUTO_CONFIGURED) if e.provider is provider and not e._standing_down]
-    if mine:
-        provider.force_flush()
-        for exporter in mine:
-            exporter.stand_down()
-    return mine
+def auto_configured_on(provider: Any) -> list[AutoConfiguredSpanExporter]:
+    """The ``OTEL_TRACES_EXPORTER=runlake`` exporters the SDK's auto-configuration attached to ``provider``."""
+    return [exporter for exporter in list(_AUTO_CONFIGURED) if exporter.provider is provider]
 
 
 def _sdk_queue(processor: BatchSpanProcessor) -> Any:
