@@ -178,6 +178,7 @@ def test_read_only_disk_fails_softly_and_loses_nothing(tmpfs: Path, caplog: pyte
     assert "Read-only file system" in errors[0].getMessage()
     stats = exporter.stats
     assert stats["failed_writes"] >= 1 and stats["dropped_rows"] == 0 and stats["buffered_rows"] >= 30
+    assert exporter.writer.unwritten_rows == exporter.writer.buffered_rows, "no write in flight is still counted"
     _remount(tmpfs, "rw")
     assert exporter.force_flush() is True
     exporter.shutdown()
@@ -194,6 +195,7 @@ def test_full_disk_drops_oldest_beyond_the_cap_and_counts(tmpfs: Path) -> None:
     stats = exporter.stats
     assert stats["dropped_rows"] > 0 and stats["failing"] and "No space left" in stats["failing"]
     assert stats["buffered_rows"] * 160 <= 64 * 1024 + 160 * 100, "memory stays bounded"
+    assert exporter.writer.unwritten_rows == exporter.writer.buffered_rows, "no write in flight is still counted"
     assert not list(lake.rglob("*.tmp")), "no temp file of a failed write is left"
     (tmpfs / "filler").unlink()
     assert exporter.force_flush() is True

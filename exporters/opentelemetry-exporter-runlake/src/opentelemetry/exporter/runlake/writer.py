@@ -393,6 +393,10 @@ class _Buffer:
     since: float = 0.0
 
 
+def _row_count(parts: list[tuple[tuple[str, LakeRoot], _Buffer]]) -> int:
+    return sum(len(buf.rows) for _, buf in parts)
+
+
 @dataclass
 class WriterStats:
     rows_written: int = 0
@@ -516,10 +520,10 @@ class LakeWriter:
                     taken.append((key, buf))
         return taken
 
-    def _landed(self, parts: list[tuple[tuple[str, LakeRoot], _Buffer]]) -> None:
-        """Rows taken for a write that is over (written, or about to be put back)."""
+    def _landed(self, rows: int) -> None:
+        """``rows`` taken for a write that is over (written, or put back in their buffers)."""
         with self._lock:
-            self._in_flight -= sum(len(buf.rows) for _, buf in parts)
+            self._in_flight -= rows
 
     def _plan(self, taken: list[tuple[tuple[str, LakeRoot], _Buffer]]) -> list[tuple[str, LakeRoot, list]]:
         """(table, folder, [(key, buffer), ...]) per file to write: with ``min_session_rows``, the span buffers of
@@ -553,19 +557,21 @@ class LakeWriter:
                         write_part(table, folder, rows, row_group_size=size, sort_by=order)
             except Exception as error:  # noqa: BLE001 - disk full, read-only, bad value: never raise
                 ok = False
-                self._landed(parts)
+                taken = _row_count(parts)  # before the put-back adds what came meanwhile to the same buffers
                 for key, buf in parts:
                     self._on_failure(key, buf, error)
+                self._landed(taken)  # after they are back in their buffers: never counted in neither
                 if remote and isinstance(error, OSError):
                     # the store is unreachable or refusing: keep the other partitions for the next flush rather
                     # than paying the client's retries once per partition
                     for _, _, later in writes[i + 1 :]:
-                        self._landed(later)
+                        taken = _row_count(later)
                         for later_key, later_buf in later:
                             self._put_back(later_key, later_buf)
+                        self._landed(taken)
                     break
             else:
-                self._landed(parts)
+                self._landed(_row_count(parts))
                 self.stats.rows_written += len(rows)
                 self.stats.files_written += 1
         if ok and writes and self._failing is not None:  # only a flush with no failure clears the state
