@@ -191,3 +191,33 @@ def test_what_is_reset_in_a_child_is_kept_only_while_its_object_lives(tmp_path: 
     kept = RunlakeSpanExporter(tmp_path / "kept", background_flush=False)
     assert len(writer._CHILD_RESETS) <= before + 2  # the live exporter's and its writer's, not 200 more
     assert kept._writer is not None
+
+
+def test_module_and_forwarder_locks_are_new_in_a_child() -> None:
+    """Locks outside the writer (the runtime-state clock and tally, the forwarder's counts) held by a parent thread at
+    the fork would never be released in the child."""
+    from runlake import forward, sessions, state_policy
+
+    counting = forward.CountingSpanExporter(RunlakeSpanExporter.__new__(RunlakeSpanExporter), "test")
+    locks = [sessions._clock_lock, state_policy._tally_lock, counting._lock]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sessions._clock_lock, state_policy._tally_lock, counting._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(30)
+    try:
+
+        def child() -> None:
+            for lock in locks:
+                with lock:
+                    pass
+
+        in_forked_child(child)
+    finally:
+        release.set()
+        holder.join(30)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from opentelemetry.exporter.runlake.writer import reset_in_forked_child
+from opentelemetry.exporter.runlake.writer import ForkSafeLock
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
@@ -89,13 +89,9 @@ class PartialSuccess:
     gRPC reply by a stub that wraps the exporter's (``watch_grpc``)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._rejected = 0
         self._message: str | None = None
-        reset_in_forked_child(self._new_lock)
-
-    def _new_lock(self) -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
-        self._lock = threading.Lock()
 
     def session(self) -> Any:
         import requests
@@ -185,17 +181,13 @@ class CountingSpanExporter(SpanExporter):
         self._exporter = exporter
         self._label = label
         self._partial = partial
-        self._lock = threading.Lock()
-        reset_in_forked_child(self._new_lock)
+        self._lock = ForkSafeLock()
         self.handed = 0
         self.sent = 0
         self.failed = 0
         self.rejected = 0  # of ``failed``: refused by the receiver inside an accepted request (partial_success)
         self._failing = False
         self._rejecting = False
-
-    def _new_lock(self) -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
-        self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
@@ -266,13 +258,9 @@ class ForwardingProcessor(SpanProcessor):
         self.exporter = CountingSpanExporter(otlp, f"{endpoint} ({protocol})", partial)
         self._batch = BatchSpanProcessor(wrap(self.exporter) if wrap else self.exporter, **batch_options)
         self._shutdown_timeout_s = shutdown_timeout_s
-        self._flush_lock = threading.Lock()
+        self._flush_lock = ForkSafeLock()
         self._flush_worker: threading.Thread | None = None
-        reset_in_forked_child(self._new_lock)
         self.ended = 0
-
-    def _new_lock(self) -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
-        self._flush_lock = threading.Lock()
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass

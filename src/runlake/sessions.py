@@ -47,7 +47,7 @@ from opentelemetry.exporter.runlake.layout import (
     table_files,
 )
 from opentelemetry.exporter.runlake.mapping import SPANS_SCHEMA
-from opentelemetry.exporter.runlake.writer import conform, write_part
+from opentelemetry.exporter.runlake.writer import ForkSafeLock, conform, write_part
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -118,17 +118,8 @@ class _DurableWrite(SpanProcessor):
         return self.exporter.force_flush(timeout_millis)
 
 
-_clock_lock = threading.Lock()
+_clock_lock = ForkSafeLock()
 _last_ns = 0
-
-
-def _new_clock_lock() -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
-    global _clock_lock
-    _clock_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_clock_lock)
 
 
 def _next_ns() -> int:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.exporter.runlake import mapping as m
+from opentelemetry.exporter.runlake.writer import ForkSafeLock
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
@@ -198,17 +197,8 @@ def _runtime_fits(
 
 # Per-process sizes of what turn().set_state mirrored, for the per-runtime limit (bounded, oldest evicted).
 _tally: OrderedDict[tuple[str, str], dict[str, int]] = OrderedDict()
-_tally_lock = threading.Lock()
+_tally_lock = ForkSafeLock()
 _MAX_TALLIED = 10_000
-
-
-def _new_tally_lock() -> None:  # a forked child's (the parent's may be held by a thread the child does not have)
-    global _tally_lock
-    _tally_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_tally_lock)
 
 
 def prepare_state(

@@ -386,6 +386,27 @@ if hasattr(os, "register_at_fork"):  # one hook for every object, not one per ob
     os.register_at_fork(after_in_child=_reset_children)
 
 
+class ForkSafeLock:
+    """A ``threading.Lock`` that a forked child gets anew: the parent's may be held, at the fork, by a thread the child
+    does not have, and would never be released there."""
+
+    __slots__ = ("_lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        reset_in_forked_child(self._renew)
+
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ForkSafeLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 @dataclass
 class _Buffer:
     rows: list[tuple] = field(default_factory=list)
