@@ -43,6 +43,28 @@ def in_forked_child(work: Callable[[], None]) -> None:
     assert os.WEXITSTATUS(status) == 0, "the child failed (its traceback is on stderr)"
 
 
+def fork_while_held(locks: list, work: Callable[[], None]) -> None:
+    """Run ``work`` in a child forked while another thread of the parent holds every lock of ``locks``."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(remaining: list) -> None:
+        if not remaining:
+            holding.set()
+            release.wait(30)
+            return
+        with remaining[0]:
+            hold(remaining[1:])
+
+    holder = threading.Thread(target=hold, args=(list(locks),))
+    holder.start()
+    assert holding.wait(30)
+    try:
+        in_forked_child(work)
+    finally:
+        release.set()
+        holder.join(30)
+
+
 def stored_rows(lake: Path, table: str = "spans") -> list[tuple[str, str]]:
     """Every (span id, record) row in the table's files, duplicates included (readers would hide them)."""
     dataset = ds.dataset(str(lake / table), format="parquet")
@@ -75,26 +97,12 @@ def test_a_child_is_not_stuck_on_locks_a_parent_thread_held_at_the_fork(lake: Pa
     child has no such thread, so the lock it inherits would never be released."""
     exporter = RunlakeSpanExporter(lake, flush_interval_s=3600)
     assert exporter.export(make_spans(4, prefix="before")).name == "SUCCESS"
-    holding, release = threading.Event(), threading.Event()
 
-    def hold_the_locks() -> None:
-        with exporter._writer._lock, exporter._totals_lock:
-            holding.set()
-            release.wait(30)
+    def child() -> None:
+        assert exporter.export(make_spans(6, prefix="child")).name == "SUCCESS"
+        exporter.shutdown()
 
-    holder = threading.Thread(target=hold_the_locks)
-    holder.start()
-    assert holding.wait(30)
-    try:
-
-        def child() -> None:
-            assert exporter.export(make_spans(6, prefix="child")).name == "SUCCESS"
-            exporter.shutdown()
-
-        in_forked_child(child)
-    finally:
-        release.set()
-        holder.join(30)
+    fork_while_held([exporter._writer._lock, exporter._totals_lock], child)
     exporter.shutdown()
     assert len(stored_rows(lake)) == 4 + 6
 
@@ -200,24 +208,10 @@ def test_module_and_forwarder_locks_are_new_in_a_child() -> None:
 
     counting = forward.CountingSpanExporter(RunlakeSpanExporter.__new__(RunlakeSpanExporter), "test")
     locks = [sessions._clock_lock, state_policy._tally_lock, counting._lock]
-    holding, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with sessions._clock_lock, state_policy._tally_lock, counting._lock:
-            holding.set()
-            release.wait(30)
+    def child() -> None:
+        for lock in locks:
+            with lock:
+                pass
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(30)
-    try:
-
-        def child() -> None:
-            for lock in locks:
-                with lock:
-                    pass
-
-        in_forked_child(child)
-    finally:
-        release.set()
-        holder.join(30)
+    fork_while_held(locks, child)
