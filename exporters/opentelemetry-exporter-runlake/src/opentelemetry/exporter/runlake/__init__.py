@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from .layout import DEFAULT_STATE_URL, DEFAULT_TENANT, ObjectPath, resolve_lake, resolve_state_url
 from .mapping import COL, NODE, RUN, RUN_ID, SpanMapper, classify, run_row
-from .writer import LakeWriter, reset_in_forked_child
+from .writer import ForkSafeLock, LakeWriter, reset_in_forked_child
 
 __all__ = [
     "AutoConfiguredSpanExporter",
@@ -170,8 +170,7 @@ class RunlakeSpanExporter(SpanExporter):
         self._pending_by_trace: dict[str, set[str]] = {}
         # span id -> parent span id, for spans whose run was not known when they came (bounded, oldest evicted)
         self._parents: OrderedDict[str, str] = OrderedDict()
-        self._totals_lock = threading.Lock()
-        reset_in_forked_child(self._after_fork_in_child)
+        self._totals_lock = ForkSafeLock()  # its writer resets itself in a forked child too
         self._shutdown = False
         self._store_unreachable_at_exit = False
         self.rejected_spans = 0
@@ -181,11 +180,6 @@ class RunlakeSpanExporter(SpanExporter):
         self.listeners: list[Callable[[list[tuple], list[tuple]], None]] = []
         if isinstance(root, ObjectPath):
             _flush_before_s3_finalizes(self)
-
-    def _after_fork_in_child(self) -> None:
-        """A forked child's lock of the run totals (the parent's may be held by a thread the child does not have);
-        its writer resets itself (``LakeWriter._after_fork_in_child``)."""
-        self._totals_lock = threading.Lock()
 
     # ---- SpanExporter -----------------------------------------------------------------------------------
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
