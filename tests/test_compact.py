@@ -31,8 +31,9 @@ from opentelemetry.exporter.runlake.layout import (
 )
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
 from opentelemetry.exporter.runlake.writer import SCHEMAS, conform, write_part
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_exporter import make_spans
 from typer.testing import CliRunner
 
@@ -268,6 +269,74 @@ def test_a_start_row_without_a_session_goes_when_its_end_row_has_one(lake: Path)
         merged = read_table(lake, table)
         assert merged.num_rows == 1 and merged.column("record").to_pylist() == ["end"], table
     assert runlake.HistoryDB(lake).get_runs("late")[0]["status"] == "completed"
+
+
+def resent(span: ReadableSpan, **attributes: str) -> ReadableSpan:
+    """``span`` as a client sends it again, with some attributes changed."""
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes={**span.attributes, **attributes},
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+@pytest.mark.parametrize(("max_step_bytes", "survey_rows"), [(DEFAULT_MAX_STEP_BYTES, None), (1, None), (1, 2)])
+def test_a_span_stored_under_two_sessions_is_one_row_after_compaction_as_before(
+    lake: Path, max_step_bytes: int, survey_rows: int | None, monkeypatch
+) -> None:
+    """A client that sends a span again under another session (or whose run's session changed between its start and
+    its end, the end typed as a node) leaves the span's rows in two session folders. Lake-wide readers show it
+    once, the row their rule picks (the ``end`` row, of the first session in order); compaction must keep that row
+    alone, whether the sessions fall in one merge step or in two, and drop the other sessions' rows (a stale
+    ``start`` row would show the run as running for ever). ``survey_rows``: the keys go to a DuckDB table (as a day
+    of many spans does) a few rows at a time."""
+    if survey_rows:
+        monkeypatch.setattr(runlake.compact, "_SURVEY_BATCH_ROWS", survey_rows)
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    finished = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    tracer = provider.get_tracer("t")
+    t = noon(2)
+    attributes = {"gen_ai.operation.name": "invoke_agent", "session.id": "m", "gen_ai.agent.name": "a"}
+    run = tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)
+    node = tracer.start_span("chat", context=trace.set_span_in_context(run), start_time=t + 1)
+    node.set_attributes({"gen_ai.operation.name": "chat", "session.id": "m"})
+    node.end(end_time=t + 2)
+    run.end(end_time=t + 3)
+    attributes = {**attributes, "session.id": "z"}
+    changed = tracer.start_span("invoke_agent a", start_time=t + 10, attributes=attributes)  # a start row in z
+    changed.set_attributes({"session.id": "y", "gen_ai.operation.name": "chat"})  # ends as a node of session y
+    changed.end(end_time=t + 11)
+    [node_span, run_span, _] = finished.get_finished_spans()
+    exporter.export([resent(run_span, **{"session.id": other}) for other in ("a", "zz")])  # "a": first in order
+    exporter.export([resent(node_span, **{"session.id": "a"})])
+    provider.shutdown()
+    query = "SELECT span_id, session_id, end_time_unix_nano IS NULL AS running{} FROM {} ORDER BY ALL"
+    queries = {SPANS: query.format(", span_type", SPANS), RUNS: query.format("", RUNS)}
+    before = {table: runlake.HistoryDB(lake).sql_rows(sql)[1] for table, sql in queries.items()}
+    assert sorted(row[1:] for row in before[SPANS]) == [("a", False, "node"), ("a", False, "run"), ("y", False, "node")]
+    assert sorted(row[1:] for row in before[RUNS]) == [("a", False), ("z", True)]
+    traces = runlake.HistoryDB(lake).get_traces(session_id="a")
+    assert [len(t["spans"]) for t in traces] == [2]
+
+    compact(lake, older_than_minutes=0, max_step_bytes=max_step_bytes)
+    for table in (SPANS, RUNS):
+        [merged] = lake_files(lake, table)
+        assert is_compacted(merged)
+        assert_one_row_per_span(merged)
+    db = runlake.HistoryDB(lake)
+    assert {table: db.sql_rows(sql)[1] for table, sql in queries.items()} == before
+    assert db.get_traces(session_id="a") == traces
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@
 Compaction's output holds each span once (the ``end`` row when there is one) and is named ``compact-…``:
 readers may skip de-duplication in a day whose only file is such a file. Elsewhere they keep one row per span. A span
 is what readers de-duplicate by (``SPAN_KEY``: span and trace id, start, tenant), not the span id alone: two spans
-that share an id in other traces (a buggy or hostile client) both stay, as readers show both.
+that share an id in other traces (a buggy or hostile client) both stay, as readers show both. A span whose rows are
+in several sessions keeps the row lake-wide readers show (``runlake.query.LATEST_ROW``; ``_SpanSessions``).
 
 Safe while readers and writers go on:
 - the merged file appears atomically (temp name, rename) before any old part is removed; a reader that lists
@@ -42,6 +43,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -70,6 +73,8 @@ from opentelemetry.exporter.runlake.layout import (
     size_and_mtime,
 )
 from opentelemetry.exporter.runlake.writer import SCHEMAS, PartStream, conform, write_part
+
+from .query import DUCKDB_CONFIG
 
 try:
     import fcntl
@@ -123,8 +128,9 @@ SPAN_KEY = ("span_id", "trace_id", "start_time_unix_nano", "tenant_id")
 
 
 def _latest_rows(table: pa.Table, sort_by: tuple[str, ...] | None = None) -> pa.Table:
-    """One row per span (``SPAN_KEY``): the ``end`` row when present (drops superseded run ``start`` rows), in
-    ``sort_by`` order if given (stable: ties stay in ``SPAN_KEY`` order).
+    """One row per span (``SPAN_KEY``): the ``end`` row when present (drops superseded run ``start`` rows), of the
+    first session in order (nulls last) where rows of several sessions are there, as ``runlake.query.LATEST_ROW``
+    picks; in ``sort_by`` order if given (stable: ties stay in ``SPAN_KEY`` order).
 
     One ``take`` of the wide table (the text columns dominate), so a day costs one copy here, sorted or not.
     """
@@ -132,8 +138,8 @@ def _latest_rows(table: pa.Table, sort_by: tuple[str, ...] | None = None) -> pa.
         return table
     keys = {name: table.column(name) for name in SPAN_KEY}
     order = pc.sort_indices(
-        pa.table({**keys, "is_end": pc.equal(table.column("record"), "end")}),
-        sort_keys=[*((name, "ascending") for name in SPAN_KEY), ("is_end", "descending")],
+        pa.table({**keys, "is_end": pc.equal(table.column("record"), "end"), "session": table.column("session_id")}),
+        sort_keys=[*((name, "ascending") for name in SPAN_KEY), ("is_end", "descending"), ("session", "ascending")],
     )
     first = None
     for column in keys.values():
@@ -319,41 +325,115 @@ def _survey(
     table: str, files: list[LakeRoot], summary: CompactionSummary
 ) -> tuple[list[_Part], pa.Table, pa.Table, int]:
     """First pass, narrow columns only: the readable parts, the decoded bytes each session takes (to cut the day into
-    steps; ``_part_weights``), the run ``start`` rows that an ``end`` row in another session supersedes
-    (``_superseded``), and the row count. It keeps Arrow columns, not Python objects: ~0.4 KB a run at its peak (the
-    join at the end), then only those start rows (usually none) and a row per session."""
+    steps; ``_part_weights``), the session each span stored under several keeps (``_SpanSessions``: usually none),
+    and the row count. It keeps a row per session in Arrow; the spans' keys go to DuckDB, which spills them to the
+    temp disk past ``_SURVEY_MEMORY``."""
     parts: list[_Part] = []
     weights: list[pa.Table] = []
-    starts: list[pa.Table] = []
-    ends: list[pa.Table] = []
     rows = 0
-    wanted = pa.schema([f for f in SCHEMAS[table] if f.name in ("session_id", "record", "span_type", *SPAN_KEY)])
-    for path in files:
-        try:
-            filesystem, source = fs_and_path(path)
-            reader = pq.ParquetFile(source, filesystem=filesystem)
-            names = reader.schema_arrow.names
-            _check_types(reader, SCHEMAS[table])
-            narrow = conform(reader.read(columns=[n for n in wanted.names if n in names]), wanted)
-        except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
-            if not is_missing(error):
-                summary.skipped_files += 1
-                _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
-            continue
-        rows += narrow.num_rows
-        weights.append(_part_weights(reader, narrow.column("session_id")))
-        if len(weights) >= 64:
-            weights = [_sum_weights(weights)]
-        if "record" in names:
-            record = narrow.column("record")
-            is_end = pc.equal(record, "end")
-            if "span_type" in names:
-                is_end = pc.and_(is_end, pc.equal(narrow.column("span_type"), "run"))
-            starts.append(_key_table(narrow.filter(pc.equal(record, "start").fill_null(False)), with_session=True))
-            ends.append(_key_table(narrow.filter(is_end.fill_null(False)), with_session=True))
-        parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
-    superseded = _superseded(starts, ends)
-    return parts, _sum_weights(weights).sort_by([("session_id", "ascending")]), superseded, rows
+    wanted = pa.schema([f for f in SCHEMAS[table] if f.name in ("session_id", "record", *SPAN_KEY)])
+    with _SpanSessions() as sessions:
+        for path in files:
+            try:
+                filesystem, source = fs_and_path(path)
+                reader = pq.ParquetFile(source, filesystem=filesystem)
+                names = reader.schema_arrow.names
+                _check_types(reader, SCHEMAS[table])
+                narrow = conform(reader.read(columns=[n for n in wanted.names if n in names]), wanted)
+            except Exception as error:  # noqa: BLE001 - a broken part is left where it is, and said
+                if not is_missing(error):
+                    summary.skipped_files += 1
+                    _logger.warning("compaction: leaving unreadable part file %s alone (%s)", path, error)
+                continue
+            rows += narrow.num_rows
+            weights.append(_part_weights(reader, narrow.column("session_id")))
+            if len(weights) >= 64:
+                weights = [_sum_weights(weights)]
+            sessions.add(narrow)
+            parts.append(_Part(path, reader.metadata, _session_ranges(reader.metadata, names)))
+        kept = sessions.kept()
+    return parts, _sum_weights(weights).sort_by([("session_id", "ascending")]), kept, rows
+
+
+class _SpanSessions:
+    """Which session keeps a span whose rows are stored under more than one (sent again under another session, or its
+    session named or changed after its run's ``start`` row): the row readers pick (``runlake.query.LATEST_ROW``: the
+    ``end`` row, of the first session in order, nulls last). Merge steps hold consecutive sessions, so two sessions of
+    one span can fall in different steps: without this, both rows would stay, and lake-wide readers, which trust a
+    compacted day to hold each span once, would show the span twice (or a superseded ``start`` row as a run running
+    for ever).
+
+    Finding such spans needs every span's key. DuckDB holds them (~60 bytes a span) within ``_SURVEY_MEMORY`` and
+    spills the rest to a temp folder, so memory stays bounded whatever the day's size; the answer is usually empty.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._connection: duckdb.DuckDBPyConnection | None = None
+        self._spill: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> _SpanSessions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pending.clear()
+        if self._connection is not None:
+            self._connection.close()
+        if self._spill is not None:
+            self._spill.cleanup()
+
+    def add(self, narrow: pa.Table) -> None:
+        if "record" not in narrow.column_names:
+            return
+        self._pending.append(narrow.select([*SPAN_KEY, "session_id", "record"]))
+        self._pending_rows += narrow.num_rows
+        if self._pending_rows >= _SURVEY_BATCH_ROWS:
+            self._insert()
+
+    def _insert(self) -> None:
+        if not self._pending:
+            return
+        batch = pa.concat_tables(self._pending)  # noqa: F841 - read by the statement below (a DuckDB replacement scan)
+        self._pending.clear()
+        self._pending_rows = 0
+        if self._connection is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="runlake-compact-")
+            config = {**DUCKDB_CONFIG, "threads": 1, "memory_limit": _SURVEY_MEMORY, "temp_directory": self._spill.name}
+            self._connection = duckdb.connect(config=config)
+            self._connection.execute("CREATE TABLE span_rows AS SELECT * FROM batch")
+        else:
+            self._connection.execute("INSERT INTO span_rows SELECT * FROM batch")
+
+    def kept(self) -> pa.Table:
+        """``SPAN_KEY`` and the kept ``session_id`` (``_key_table``) of each span stored under several sessions."""
+        if self._connection is None:  # a day of fewer than _SURVEY_BATCH_ROWS rows: no table, no temp folder
+            if not self._pending:
+                empty = {n: pa.array([], SCHEMAS[SPANS].field(n).type) for n in (*SPAN_KEY, "session_id")}
+                return _key_table(pa.table(empty), with_session=True)
+            span_rows = pa.concat_tables(self._pending)  # noqa: F841 - read by the statement below
+            self._pending.clear()
+            with duckdb.connect(config={**DUCKDB_CONFIG, "threads": 1}) as connection:
+                return _key_table(connection.sql(_SPLIT_SPANS).to_arrow_table(), with_session=True)
+        self._insert()
+        return _key_table(self._connection.sql(_SPLIT_SPANS).to_arrow_table(), with_session=True)
+
+
+_SURVEY_BATCH_ROWS = 1 << 16
+_SURVEY_MEMORY = "256MB"
+_KEY_COLUMNS = ", ".join(SPAN_KEY)
+# The session of the row readers keep (``LATEST_ROW``): an ``end`` row's, else a ``start`` row's, else any row's (old
+# parts without ``record``); of those the first in order, nulls last (``min`` passes over nulls, giving null only
+# where every such row has none).
+_SPLIT_SPANS = f"""
+SELECT {_KEY_COLUMNS},
+    CASE WHEN bool_or(record = 'end') THEN min(session_id) FILTER (WHERE record = 'end')
+         WHEN bool_or(record = 'start') THEN min(session_id) FILTER (WHERE record = 'start')
+         ELSE min(session_id) END AS session_id
+FROM span_rows
+GROUP BY {_KEY_COLUMNS}
+HAVING count(DISTINCT session_id) + max(CASE WHEN session_id IS NULL THEN 1 ELSE 0 END) > 1
+"""
 
 
 def _decoded_bytes(metadata: pq.FileMetaData, schema: pa.Schema, group: int) -> int:
@@ -408,30 +488,6 @@ def _key_table(rows: pa.Table, with_session: bool = False) -> pa.Table:
         flags = pc.add(flags, pc.if_else(pc.is_null(column), pa.scalar(1 << bit, pa.int8()), pa.scalar(0, pa.int8())))
         columns[name] = column.fill_null("" if pa.types.is_string(column.type) else 0)
     return pa.table({**columns, "nulls": flags})
-
-
-def _superseded(starts: list[pa.Table], ends: list[pa.Table]) -> pa.Table:
-    """The ``SPAN_KEY`` (``_key_table``) of the ``start`` rows an ``end`` row of the same span supersedes, only where
-    no such ``end`` row is in the start row's session: there the step that reads both keeps the ``end`` row alone
-    (``_latest_rows``). What is left is a span whose session was named after its start (or changed): usually none,
-    so the steps carry next to nothing."""
-    if not any(t.num_rows for t in starts) or not any(t.num_rows for t in ends):  # no run start rows (or ends)
-        return _key_table(pa.table({n: pa.array([], SCHEMAS[SPANS].field(n).type) for n in SPAN_KEY}))
-    start_rows, end_rows = pa.concat_tables(starts), pa.concat_tables(ends)
-    starts.clear()
-    ends.clear()
-    keys = [*SPAN_KEY, "session_id", "nulls"]  # the session's bit in ``nulls`` tells a null session from ""
-    elsewhere = _span_only(start_rows.join(end_rows, keys=keys, join_type="left anti", use_threads=False))
-    del start_rows
-    keys = [*SPAN_KEY, "nulls"]  # Arrow builds a join's hash table of its right side: here the few rows left
-    ended = _span_only(end_rows).join(elsewhere, keys=keys, join_type="right semi", use_threads=False)
-    return ended.group_by(keys, use_threads=False).aggregate([]).select(keys)
-
-
-def _span_only(keys: pa.Table) -> pa.Table:
-    """A ``_key_table`` with session as one without: ``SPAN_KEY`` and their null flags."""
-    flags = pc.bit_wise_and(keys.column("nulls"), pa.scalar((1 << len(SPAN_KEY)) - 1, pa.int8()))
-    return keys.select(list(SPAN_KEY)).append_column("nulls", flags)
 
 
 def _check_types(reader: pq.ParquetFile, schema: pa.Schema) -> None:
@@ -493,7 +549,7 @@ class _BadPart(Exception):
 
 
 def _step_rows(
-    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], superseded: pa.Table
+    table: str, parts: list[_Part], step: tuple[str | None, str | None, bool], kept: pa.Table
 ) -> pa.Table | None:
     """The rows of one step's sessions from every part (only the row groups whose range can hold them), one per span
     (``SPAN_KEY``), sorted by (session, start)."""
@@ -518,8 +574,8 @@ def _step_rows(
         session = piece.column("session_id")
         keep = pc.is_null(session) if nulls else pc.and_(pc.greater_equal(session, first), pc.less_equal(session, last))
         piece = piece.filter(keep.fill_null(False))
-        if superseded.num_rows:
-            piece = piece.filter(pc.invert(_stale_starts(piece, superseded)))
+        if kept.num_rows:
+            piece = piece.filter(pc.invert(_rows_of_other_sessions(piece, kept)))
         pieces.append(piece)
     if not pieces:
         return None
@@ -528,14 +584,25 @@ def _step_rows(
     return _latest_rows(rows, sort_by=_BY_SESSION)
 
 
-def _stale_starts(piece: pa.Table, superseded: pa.Table) -> pa.Array:
-    """Per row, whether it is a run ``start`` row whose span (``SPAN_KEY``) has an ``end`` row in another session
-    (``superseded``: ``_superseded``)."""
-    rows = pc.indices_nonzero(pc.equal(piece.column("record"), "start").fill_null(False))
-    keys = _key_table(piece.select(list(SPAN_KEY)).take(rows)).append_column("row", rows)
-    stale = keys.join(superseded, keys=[*SPAN_KEY, "nulls"], join_type="left semi", use_threads=False)
+def _rows_of_other_sessions(piece: pa.Table, kept: pa.Table) -> pa.Array:
+    """Per row, whether its span is one of ``kept`` (spans stored under several sessions: ``_SpanSessions``) and the
+    row is not of the session that keeps it."""
+    keys = _key_table(piece.select([*SPAN_KEY, "session_id"]), with_session=True)
     every_row = pc.indices_nonzero(pa.nulls(piece.num_rows, pa.bool_()).fill_null(True))
-    return pc.is_in(every_row, stale.column("row"))
+    keys = keys.append_column("row", every_row)
+    span_bits = pa.scalar((1 << len(SPAN_KEY)) - 1, pa.int8())
+    by_span = keys.select(list(SPAN_KEY)).append_column("nulls", pc.bit_wise_and(keys.column("nulls"), span_bits))
+    kept_spans = kept.select(list(SPAN_KEY)).append_column("nulls", pc.bit_wise_and(kept.column("nulls"), span_bits))
+    of_kept = by_span.append_column("row", every_row).join(
+        kept_spans, keys=[*SPAN_KEY, "nulls"], join_type="left semi", use_threads=False
+    )
+    if not of_kept.num_rows:
+        return pa.nulls(piece.num_rows, pa.bool_()).fill_null(False)
+    keeping = keys.take(of_kept.column("row")).join(
+        kept, keys=[*SPAN_KEY, "session_id", "nulls"], join_type="left semi", use_threads=False
+    )
+    other = pc.invert(pc.is_in(of_kept.column("row"), keeping.column("row")))
+    return pc.is_in(every_row, of_kept.column("row").filter(other))
 
 
 def _merge_in_steps(
@@ -543,17 +610,17 @@ def _merge_in_steps(
 ) -> bool:
     """Rewrite ``files`` (a closed day) as one ``compact-…`` file in ``target``, sorted by (session, start), reading
     ~``max_step_bytes`` of rows (decoded) at a time: the day is cut into consecutive session ranges, each read from
-    the row groups that can hold it, de-duplicated and appended to the one output file. Run ``start`` rows whose
-    ``end`` row is anywhere in the day are dropped (in the step that reads both, or, for an ``end`` row in another
-    session, as the first pass found), so each span is there once.
+    the row groups that can hold it, de-duplicated and appended to the one output file. A span with rows in more
+    than one session keeps only those of the session the first pass chose (``_SpanSessions``), and a step keeps one
+    row per span (the ``end`` row: a run's ``start`` row goes), so each span is there once.
 
     A part that cannot be read or converted to the table's schema is left where it is, with a warning naming it,
     and the rest is merged: the first pass finds most such parts; one that fails only in a step (a damaged data
     page) makes the merge start again without it."""
     while True:
-        parts, weight, superseded, rows_hint = _survey(table, files, summary)
+        parts, weight, kept, rows_hint = _survey(table, files, summary)
         try:
-            return _write_steps(table, parts, weight, superseded, rows_hint, target, summary, max_step_bytes)
+            return _write_steps(table, parts, weight, kept, rows_hint, target, summary, max_step_bytes)
         except _BadPart as bad:  # start again without it: the first pass must not count its rows (its end rows)
             left = [p.path for p in parts if p.path != bad.path]
             if len(left) == len(parts):
@@ -567,7 +634,7 @@ def _write_steps(
     table: str,
     parts: list[_Part],
     weight: pa.Table,
-    superseded: pa.Table,
+    kept: pa.Table,
     rows_hint: int,
     target: LakeRoot,
     summary: CompactionSummary,
@@ -587,7 +654,7 @@ def _write_steps(
     try:
         steps = _steps(weight, max_step_bytes)
         for step in steps:
-            rows = _step_rows(table, parts, step, superseded)
+            rows = _step_rows(table, parts, step, kept)
             if rows is not None and rows.num_rows:
                 stream.write(rows)
             del rows

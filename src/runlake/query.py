@@ -63,12 +63,17 @@ def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
 # What makes two rows the same span: its ids, start time and tenant (one tenant's rows never hide another's, even
 # with the same span id). Every de-duplication keys on it; DuckDB also pushes a caller's filter on these columns below
 # the window into the Parquet scan. Not the session: a run's session can be set after it started, so its start row
-# may name none while its end row names one.
+# may name none while its end row names one. Of a span's rows in several sessions (sent again under another session,
+# or its session changed meanwhile) the first session's in order wins, nulls last: the same row whatever the files,
+# so lake-wide readers agree with each other and with compaction (``runlake.compact``), which keeps that row alone.
 # DuckDB's cache of file contents keeps an entry for every file it ever read, gone ones too (compaction and TTL
 # replace files all day: a long-lived server grew ~1.3 KB a file); pyarrow's point reads and the OS cache do that job.
 DUCKDB_CONFIG = {"threads": 2, "enable_external_file_cache": False}
 SPAN_KEY = "span_id, trace_id, start_time_unix_nano, tenant_id"
-LATEST_ROW = f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY record = 'end' DESC) = 1"
+LATEST_ROW = (
+    f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY record = 'end' DESC NULLS LAST, "
+    "session_id ASC NULLS LAST) = 1"
+)
 
 # Runs newest first; runs that started in the same nanosecond (millisecond clocks, a frozen test clock) by run id, so
 # that every path (the in-memory index, DuckDB over the files) lists them in one order and a limit cuts alike.
