@@ -40,7 +40,7 @@ def foreign_run(session: str, **attributes: object) -> list:
 def test_the_api_refuses_numbers_no_column_can_hold(configured: Path) -> None:
     with runlake.run("bot", "s-api") as run:
         with runlake.node("llm") as node:
-            for bad in (2**63, -1, "many", float("nan")):
+            for bad in (2**63, -1, "many", "7", True, b"1", float("nan")):
                 with pytest.raises(ValueError, match="input_tokens"):
                     node.set_usage(input_tokens=bad)
             for bad in (float("inf"), float("-inf"), float("nan"), "x", "2", True, None):

@@ -130,6 +130,18 @@ def test_serve_help_states_the_lake_default_like_every_command() -> None:
     assert "the lake's .ingest-log folder" in text
 
 
+def test_help_shows_every_option_name_whole_and_each_example_on_its_own_line() -> None:
+    """On a 100-column terminal no option name is cut (``serve`` groups its many options in panels, each table
+    sized to its own), and a command's examples are not run together into one line."""
+    for command in [*S3_COMMANDS, *FOLDER_COMMANDS, "serve"]:
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+        assert result.exit_code == 0 and "…" not in result.stdout, (command, result.stdout)
+    lines = runner.invoke(app, ["stats", "--help"], env={"COLUMNS": "100"}).stdout.splitlines()
+    examples = [line.strip() for line in lines if line.strip().startswith("runlake stats")]
+    expected = ["runlake stats --days 7", "runlake stats --agent bug-triager", "runlake stats --per-user --json"]
+    assert examples == expected
+
+
 S3_COMMANDS = ["runs", "traces", "history", "logs", "stats", "sql", "gc", "compact", "forward"]  # open_db, remote_ok
 FOLDER_COMMANDS = ["demo", "sessions", "import"]
 

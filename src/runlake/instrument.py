@@ -361,7 +361,10 @@ def _jsonable(value: Any, seen: set[int]) -> Any:
 
 
 def _count(value: Any, name: str) -> int:
-    """A token count: a whole number from 0 to 2**63 - 1 (a float is rounded); anything else is a clear error."""
+    """A token count: a number from 0 to 2**63 - 1 (a float is rounded); anything else, text and booleans too (as
+    ``set_cost`` refuses them), is a clear error."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{name} must be a number of tokens, got {value!r}")
     try:
         number = round(float(value)) if not isinstance(value, int) else int(value)
     except (TypeError, ValueError, OverflowError):

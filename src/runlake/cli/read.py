@@ -119,6 +119,7 @@ def sessions(
     **Examples:**
 
         runlake sessions --user user-alice
+
         runlake sessions rese-d1a4c01e --json
     """
     from ..sessions import SessionStore
@@ -246,7 +247,9 @@ def stats(
     **Examples:**
 
         runlake stats --days 7
+
         runlake stats --agent bug-triager
+
         runlake stats --per-user --json
     """
     from ..service import ExecutionHistoryService

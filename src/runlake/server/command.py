@@ -94,33 +94,49 @@ def serve_command(
     max_body_mb: float = typer.Option(
         DEFAULT_MAX_BODY_BYTES / (1 << 20),
         "--max-body-mb",
+        rich_help_panel="Limits",
         min=0.001,
         help="Largest OTLP request body in MiB, compressed and decompressed alike (413 past it).",
     ),
     ttl_interval_hours: float = typer.Option(
-        DEFAULT_TTL_INTERVAL_S / 3600, "--ttl-interval-hours", min=0.0001, help="How often expired runs are deleted."
+        DEFAULT_TTL_INTERVAL_S / 3600,
+        "--ttl-interval-hours",
+        rich_help_panel="Background tasks",
+        min=0.0001,
+        help="How often expired runs are deleted.",
     ),
-    no_ttl: bool = typer.Option(False, "--no-ttl", help="Do not run the TTL cleanup task."),
+    no_ttl: bool = typer.Option(
+        False, "--no-ttl", rich_help_panel="Background tasks", help="Do not run the TTL cleanup task."
+    ),
     min_session_rows: int = typer.Option(
         DEFAULT_MIN_SESSION_ROWS,
         "--min-session-rows",
+        rich_help_panel="Ingest and storage",
         min=0,
         help="Sessions with fewer rows in a flush share one file per day until compaction (0: a file each).",
     ),
     compact_interval_minutes: float = typer.Option(
-        DEFAULT_COMPACT_INTERVAL_S / 60, "--compact-interval-minutes", min=0.01, help="How often compaction runs."
+        DEFAULT_COMPACT_INTERVAL_S / 60,
+        "--compact-interval-minutes",
+        rich_help_panel="Background tasks",
+        min=0.01,
+        help="How often compaction runs.",
     ),
     compact_older_than: float = typer.Option(
         DEFAULT_COMPACT_OLDER_THAN_MIN,
         "--compact-older-than",
+        rich_help_panel="Background tasks",
         metavar="MINUTES",
         min=0,
         help="Compact partitions with no new part for this long.",
     ),
-    no_compact: bool = typer.Option(False, "--no-compact", help="Do not run compaction in the background."),
+    no_compact: bool = typer.Option(
+        False, "--no-compact", rich_help_panel="Background tasks", help="Do not run compaction in the background."
+    ),
     durability: Durability = typer.Option(
         Durability.log,
         "--durability",
+        rich_help_panel="Ingest and storage",
         help="When an OTLP request is answered 200. log: once it is in the ingest log (replayed after a "
         "crash); part files are written every --flush-interval-s. sync: once its spans are in part files "
         "(group commit; many small files). buffered: once buffered in memory; a crash can lose the last "
@@ -129,27 +145,40 @@ def serve_command(
     flush_interval_s: float = typer.Option(
         DEFAULT_FLUSH_INTERVAL_S,
         "--flush-interval-s",
+        rich_help_panel="Ingest and storage",
         min=0.01,
         help="log and buffered modes: how often buffered rows become part files (and queries see them).",
     ),
     ingest_log_dir: Path | None = typer.Option(
         None,
         "--ingest-log-dir",
+        rich_help_panel="Ingest and storage",
         help="log mode: where the ingest log lives (default: the lake's .ingest-log folder).",
     ),
-    fsync: bool = typer.Option(False, "--fsync", help="log mode: fsync every logged request (power-loss safe)."),
+    fsync: bool = typer.Option(
+        False,
+        "--fsync",
+        rich_help_panel="Ingest and storage",
+        help="log mode: fsync every logged request (power-loss safe).",
+    ),
     ws_queue_size: int = typer.Option(
-        DEFAULT_WS_QUEUE, "--ws-queue-size", min=1, help="Events buffered per WebSocket client (oldest dropped)."
+        DEFAULT_WS_QUEUE,
+        "--ws-queue-size",
+        rich_help_panel="Limits",
+        min=1,
+        help="Events buffered per WebSocket client (oldest dropped).",
     ),
     max_pending_ingest: int = typer.Option(
         DEFAULT_MAX_PENDING_INGEST,
         "--max-pending-ingest",
+        rich_help_panel="Limits",
         min=1,
         help="OTLP requests in progress at once; more get 429 with Retry-After.",
     ),
     max_pending_ingest_per_tenant: int | None = typer.Option(
         None,
         "--max-pending-ingest-per-tenant",
+        rich_help_panel="Limits",
         min=1,
         show_default="half of --max-pending-ingest, rounded up",
         help="OTLP requests of one tenant (all its keys) in progress at once; more get 429 with Retry-After, so "
@@ -158,6 +187,7 @@ def serve_command(
     body_timeout_s: float = typer.Option(
         DEFAULT_BODY_TIMEOUT_S,
         "--body-timeout-s",
+        rich_help_panel="Limits",
         min=0.01,
         help="Deadline for a whole OTLP body, counted from the end of the request's headers: a body not received "
         "by then gets 408 and frees its slot, so slow or stalled clients cannot hold ingest slots (raise it for "
