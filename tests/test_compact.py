@@ -339,6 +339,25 @@ def test_a_span_stored_under_two_sessions_is_one_row_after_compaction_as_before(
     assert db.get_traces(session_id="a") == traces
 
 
+@pytest.mark.parametrize("survey_rows", [None, 2])
+def test_a_failing_survey_leaves_the_day_as_it_was_and_says_so(
+    lake: Path, survey_rows: int | None, monkeypatch, caplog
+) -> None:
+    """The first pass's DuckDB work can fail (its temp disk full, say): the day stays as it was, an error names it,
+    and compaction goes on to the other days rather than raising."""
+    history_lake(lake, days_ago=(3,))
+    files = lake_files(lake, SPANS) + lake_files(lake, RUNS)
+    before = answers(lake, [f"s{i}" for i in range(6)])
+    monkeypatch.setattr(runlake.compact, "_SPLIT_SPANS", "SELECT no_such_column FROM span_rows")
+    if survey_rows:
+        monkeypatch.setattr(runlake.compact, "_SURVEY_BATCH_ROWS", survey_rows)
+        monkeypatch.setattr(runlake.compact, "_SURVEY_MEMORY", "no such size")
+    summary = compact(lake, older_than_minutes=0)
+    assert summary.days_merged == 0 and lake_files(lake, SPANS) + lake_files(lake, RUNS) == files
+    assert "cannot find the spans stored under several sessions" in caplog.text
+    assert answers(lake, [f"s{i}" for i in range(6)]) == before
+
+
 @pytest.mark.parametrize(
     ("days_ago", "max_step_bytes"), [(2, DEFAULT_MAX_STEP_BYTES), (2, 1), (0, DEFAULT_MAX_STEP_BYTES)]
 )

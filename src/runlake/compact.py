@@ -365,6 +365,7 @@ class _SpanSessions:
 
     Finding such spans needs every span's key. DuckDB holds them (~60 bytes a span) within ``_SURVEY_MEMORY`` and
     spills the rest to a temp folder, so memory stays bounded whatever the day's size; the answer is usually empty.
+    A DuckDB failure (the temp disk full, say) is an ``OSError``: the day is left as it was, and said.
     """
 
     def __init__(self) -> None:
@@ -389,7 +390,8 @@ class _SpanSessions:
         self._pending.append(narrow.select([*SPAN_KEY, "session_id", "record"]))
         self._pending_rows += narrow.num_rows
         if self._pending_rows >= _SURVEY_BATCH_ROWS:
-            self._insert()
+            with _duckdb_errors():
+                self._insert()
 
     def _insert(self) -> None:
         if not self._pending:
@@ -407,6 +409,10 @@ class _SpanSessions:
 
     def kept(self) -> pa.Table:
         """``SPAN_KEY`` and the kept ``session_id`` (``_key_table``) of each span stored under several sessions."""
+        with _duckdb_errors():
+            return self._kept()
+
+    def _kept(self) -> pa.Table:
         if self._connection is None:  # a day of fewer than _SURVEY_BATCH_ROWS rows: no table, no temp folder
             if not self._pending:
                 empty = {n: pa.array([], SCHEMAS[SPANS].field(n).type) for n in (*SPAN_KEY, "session_id")}
@@ -417,6 +423,14 @@ class _SpanSessions:
                 return _key_table(connection.sql(_SPLIT_SPANS).to_arrow_table(), with_session=True)
         self._insert()
         return _key_table(self._connection.sql(_SPLIT_SPANS).to_arrow_table(), with_session=True)
+
+
+@contextmanager
+def _duckdb_errors() -> Iterator[None]:
+    try:
+        yield
+    except duckdb.Error as error:
+        raise OSError(f"cannot find the spans stored under several sessions: {error}") from error
 
 
 _SURVEY_BATCH_ROWS = 1 << 16
