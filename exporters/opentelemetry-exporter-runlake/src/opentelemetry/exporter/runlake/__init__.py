@@ -105,12 +105,17 @@ class RunlakeSpanExporter(SpanExporter):
 
     With no arguments it configures itself from the environment (``RUNLAKE_STATE_URL``, else
     ``PRAISONAI_STATE_URL``), as the SDK does when it builds exporters named in ``OTEL_TRACES_EXPORTER``.
-    The lake is a folder, a ``file://`` URL or ``s3://bucket/prefix`` (S3 or S3-compatible; endpoint from
-    ``RUNLAKE_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL``, credentials from the standard AWS variables).
+    The lake is a folder, a ``file://`` URL or ``s3://bucket/prefix`` (S3 or S3-compatible; endpoint from the URL's
+    ``endpoint_override``, else ``RUNLAKE_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``;
+    credentials from the standard AWS variables). ``tenant_id`` else ``RUNLAKE_TENANT_ID`` (``default``);
+    ``max_part_rows`` else ``RUNLAKE_MAX_PART_ROWS`` (100,000) and ``max_part_bytes`` else ``RUNLAKE_MAX_PART_BYTES``
+    (64 MiB): a partition's buffer that reaches either becomes a part file; ``max_buffer_bytes`` else
+    ``RUNLAKE_MAX_BUFFER_BYTES`` (256 MiB); ``flush_interval_s`` else ``RUNLAKE_FLUSH_INTERVAL_S`` (5).
     ``export()`` never raises: failures return ``FAILURE``, are logged once and counted in ``stats``.
     Runtime state (``runlake.runtime.state``) is stored only with ``keep_runtime_state`` (else
-    ``RUNLAKE_MIRROR_RUNTIME_STATE=true``): mirroring is opt-in. ``redact`` (a ``runlake.redact.Redactor``, or any
-    ``str -> str`` for strings only) cleans each row before it is stored (``mapping.redact_attribute``).
+    ``RUNLAKE_MIRROR_RUNTIME_STATE`` = ``1``/``true``/``yes``/``on``): mirroring is opt-in. ``redact`` (a
+    ``runlake.redact.Redactor``, or any ``str -> str`` for strings only) cleans each row before it is stored
+    (``mapping.redact_attribute``).
     ``min_session_rows`` (else ``RUNLAKE_MIN_SESSION_ROWS``, default 0 = off): sessions with fewer rows in a flush
     share one file per day (``session=~mixed``) instead of one small file each; compaction later merges each closed
     day into one file there. For ingest servers and other writers that see many sessions at once.
