@@ -13,7 +13,7 @@ Keys file, JSON::
 
     {"keys": [
       {"key": "rk_live_8cX0...", "tenant_id": "acme", "user_id": "alice", "role": "user"},
-      {"key_sha256": "9f86d081884c7d65...", "tenant_id": "acme", "role": "admin", "name": "ops"}
+      {"key_sha256": "<sha256 hex of the key>", "tenant_id": "acme", "role": "admin", "name": "ops"}
     ]}
 
 Keys file, TOML (Python 3.11+, or the ``tomli`` package)::
