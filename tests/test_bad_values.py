@@ -385,3 +385,25 @@ def test_nan_and_infinity_in_any_json_column_are_null(configured: Path) -> None:
     assert attributes["custom.score"] is None and attributes["custom.bounds"] == [None, 2.0]
     assert events[0]["attributes"] == {"value": None, "label": "NaN"}
     assert resource["host.load"] is None
+
+
+def test_cost_sums_and_mean_durations_do_not_depend_on_the_order_rows_are_added(configured: Path) -> None:
+    """Statistics sum costs over many rows in whatever order DuckDB's threads meet them; a plain sum of doubles
+    gives another total for another order (a half cent rounded either way), so the same lake answered differently
+    from one call to the next; DuckDB's compensated sums too, only less often. Costs that no sum of doubles gets
+    right: a charge and its refund with one cent between them (summed each within 1e14 cents), and ten of 0.05."""
+    with shifted_clock(-3600, frozen=True) as advance:
+        for cents in [1e16, 1.0, -1e16, *[0.05] * 10]:
+            with runlake.run("billing", "s-sum") as run:
+                with runlake.node("llm") as node:
+                    node.set_cost(cents=cents)
+                    advance(0.001)
+                run.set_output("ok")
+            advance(1)
+    runlake.shutdown()
+    service = ExecutionHistoryService(runlake.HistoryDB(configured))
+    overall = service.statistics(None, None, 30)
+    agent = service.statistics(None, "billing", 30)
+    assert overall["cost_cents"] == agent["cost_cents"] == 2  # 1.5, halves rounded up
+    assert agent["node_types"]["llm"]["cost_cents"] == 1.5
+    assert agent["node_types"]["llm"]["avg_duration_ms"] == 1.0 and overall["avg_duration_ms"] == 1.0

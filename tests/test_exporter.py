@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 import runlake
+from runlake.compact import compact
 from runlake.service import ExecutionHistoryService
 
 
@@ -466,6 +468,51 @@ def test_run_in_progress_is_visible_as_running(lake: Path) -> None:
     [done] = db.get_runs("live")
     assert done["status"] == "completed" and done["ended_at"] is not None
     assert len(db.get_history()) == 1, "the start row is superseded, never counted twice"
+
+
+def test_spans_exported_again_count_once_in_their_runs_totals(lake: Path) -> None:
+    """A client retries an export after a timeout or a 503 (the OTLP exporters do; `runlake serve` stores what
+    comes): readers keep one row per span, so history and statistics must not count the copies in a run's totals
+    either, and a run's span sent again must not get a second index row with other totals (readers would show
+    either). Two nodes resent before their run ends, the run resent after it ended, a late node after that; read
+    with and without the runs index, and after compaction (a closed day)."""
+    t = (int(time.time()) // 86_400 - 2) * 86_400 * 10**9  # midnight two days ago
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    finished = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    tracer = provider.get_tracer("t")
+    attributes = {"gen_ai.operation.name": "invoke_agent", "session.id": "s"}
+    run = tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)
+    context = trace.set_span_in_context(run)
+    usage = {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": 100, "runlake.cost.cents": 2.0}
+    for i, name in enumerate(("one", "two")):
+        tracer.start_span(name, context=context, start_time=t + i, attributes=usage).end(end_time=t + 10)
+    nodes = list(finished.get_finished_spans())
+    assert exporter.export(nodes) == exporter.export(nodes) == exporter.export(nodes[1:]) == SpanExportResult.SUCCESS
+    run.end(end_time=t + 20)
+    [run_span] = finished.get_finished_spans()[2:]
+    exporter.export([run_span])
+    exporter.export([*nodes, run_span])  # all of it again, after the run's row was written
+    tracer.start_span("late", context=context, start_time=t + 3, attributes=usage).end(end_time=t + 30)
+    exporter.export([finished.get_finished_spans()[3], run_span])  # a node that came late, with the run again
+    exporter.shutdown()
+    runs = read_table(lake, "runs").to_pylist()
+    ends = sorted((r["node_count"], r["input_tokens"]) for r in runs if r["record"] == "end")
+    assert ends == [(2, 200), (2, 200), (3, 300)], "each row of the run carries what its first row did, or more"
+    for compacted in (False, True):
+        if compacted:
+            compact(lake, older_than_minutes=0)
+            assert [r["node_count"] for r in read_table(lake, "runs").to_pylist()] == [3]
+        for index_rows in (1000, 0):  # with the runs index, and reading the runs/ files
+            db = runlake.HistoryDB(lake, index_max_rows=index_rows)
+            [item] = db.get_history()
+            assert (item["node_count"], item["tokens_used"], item["cost_cents"]) == (3, 300, 6), (compacted, index_rows)
+            summary = db.get_logs(item["run_id"])["summary"]
+            assert (summary["total_nodes"], summary["tokens_used"], summary["cost_cents"]) == (3, 300, 6)
+            stats = ExecutionHistoryService(db).statistics(None, None, 30)
+            assert (stats["total_nodes"], stats["tokens_used"], stats["cost_cents"]) == (3, 300, 6)
 
 
 def test_run_whose_process_dies_stays_visible_as_running(lake: Path) -> None:

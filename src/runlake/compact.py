@@ -129,17 +129,22 @@ SPAN_KEY = ("span_id", "trace_id", "start_time_unix_nano", "tenant_id")
 
 def _latest_rows(table: pa.Table, sort_by: tuple[str, ...] | None = None) -> pa.Table:
     """One row per span (``SPAN_KEY``): the ``end`` row when present (drops superseded run ``start`` rows), of the
-    first session in order (nulls last) where rows of several sessions are there, as ``runlake.query.LATEST_ROW``
-    picks; in ``sort_by`` order if given (stable: ties stay in ``SPAN_KEY`` order).
+    first session in order (nulls last) where rows of several sessions are there, and in ``runs/`` the one with the
+    most nodes, as ``runlake.query.LATEST_ROW`` / ``LATEST_RUN_ROW`` pick; in ``sort_by`` order if given (stable:
+    ties stay in ``SPAN_KEY`` order).
 
     One ``take`` of the wide table (the text columns dominate), so a day costs one copy here, sorted or not.
     """
     if table.num_rows == 0:
         return table
     keys = {name: table.column(name) for name in SPAN_KEY}
+    ties = {"is_end": pc.equal(table.column("record"), "end"), "session": table.column("session_id")}
+    tie_order = [("is_end", "descending"), ("session", "ascending")]
+    if "node_count" in table.column_names:  # runs/: the row with the most nodes, as LATEST_RUN_ROW
+        ties["nodes"] = table.column("node_count")
+        tie_order.append(("nodes", "descending"))
     order = pc.sort_indices(
-        pa.table({**keys, "is_end": pc.equal(table.column("record"), "end"), "session": table.column("session_id")}),
-        sort_keys=[*((name, "ascending") for name in SPAN_KEY), ("is_end", "descending"), ("session", "ascending")],
+        pa.table({**keys, **ties}), sort_keys=[*((name, "ascending") for name in SPAN_KEY), *tie_order]
     )
     first = None
     for column in keys.values():

@@ -70,10 +70,23 @@ def object_dataset(files: Sequence[ObjectPath]) -> ds.Dataset:
 # replace files all day: a long-lived server grew ~1.3 KB a file); pyarrow's point reads and the OS cache do that job.
 DUCKDB_CONFIG = {"threads": 2, "enable_external_file_cache": False}
 SPAN_KEY = "span_id, trace_id, start_time_unix_nano, tenant_id"
-LATEST_ROW = (
-    f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY record = 'end' DESC NULLS LAST, "
-    "session_id ASC NULLS LAST) = 1"
+_LATEST_ORDER = "record = 'end' DESC NULLS LAST, session_id ASC NULLS LAST"
+LATEST_ROW = f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY {_LATEST_ORDER}) = 1"
+# The runs/ index: a run exported again (a retry) after nodes that came late carries more nodes than its first row;
+# the row with the most wins, so its totals never depend on which copy a scan meets first.
+LATEST_RUN_ROW = (
+    f"QUALIFY row_number() OVER (PARTITION BY {SPAN_KEY} ORDER BY {_LATEST_ORDER}, node_count DESC NULLS LAST) = 1"
 )
+
+
+def latest_row_of(files: Sequence[LakeRoot]) -> str:
+    """``LATEST_RUN_ROW`` for files of the ``runs/`` index, else ``LATEST_ROW``."""
+    if not files:
+        return LATEST_ROW
+    first = files[0]
+    table = first.table if isinstance(first, ObjectPath) else table_of_file(str(first))
+    return LATEST_RUN_ROW if table == RUNS else LATEST_ROW
+
 
 # Runs newest first; runs that started in the same nanosecond (millisecond clocks, a frozen test clock) by run id, so
 # that every path (the in-memory index, DuckDB over the files) lists them in one order and a limit cuts alike.
@@ -86,9 +99,6 @@ FIRST_RUN_OF_TRACE = "parent_span_id IS NULL DESC, start_time_unix_nano, span_id
 def first_run_rank(parent_span_id: str | None, start_time_unix_nano: int, span_id: str) -> tuple[bool, int, str]:
     """The order of ``FIRST_RUN_OF_TRACE``: the smallest rank describes the trace."""
     return parent_span_id is not None, start_time_unix_nano, span_id
-
-
-_LATEST_OF_PART = LATEST_ROW
 
 
 def _day_group(file: LakeRoot) -> str:
@@ -144,7 +154,7 @@ def latest_source(
         parts.append(f"SELECT * FROM {_parquet_list(clean, absent)}{condition}")
         values += params
     if dirty:
-        parts.append(f"SELECT * FROM {_parquet_list(dirty, absent)}{condition} {_LATEST_OF_PART}")
+        parts.append(f"SELECT * FROM {_parquet_list(dirty, absent)}{condition} {latest_row_of(dirty)}")
         values += params
     if len(parts) == 1:
         return f"({parts[0]})", values
@@ -353,7 +363,7 @@ class LakeReader:
                 if remote:
                     cursor.register(_SCAN, object_dataset(files))
                     condition = f" WHERE {where}" if where else ""
-                    latest = f"(SELECT * FROM {_SCAN}{condition} {_LATEST_OF_PART})"
+                    latest = f"(SELECT * FROM {_SCAN}{condition} {latest_row_of(files)})"
                     query = sql.replace("{files}", _SCAN).replace("{latest}", latest)
                     values = [*where_params, *params] if "{latest}" in sql else list(params)
                     result = cursor.execute(query, values)
@@ -512,7 +522,7 @@ class LakeReader:
     ) -> None:
         if files and isinstance(files[0], ObjectPath):
             con.register(f"_lake_{table}", object_dataset(files))
-            source = f"(SELECT * FROM _lake_{table} {_LATEST_OF_PART})"
+            source = f"(SELECT * FROM _lake_{table} {latest_row_of(files)})"
         elif files:
             source, _ = latest_source(files, absent=self._absent)
         else:

@@ -33,7 +33,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
-from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_ROW, first_run_rank
+from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, first_run_rank
 
 _logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class RunIndex:
         cursor = self._db().cursor()
         try:
             cursor.register("_parts", merged)
-            return cursor.sql(f"SELECT * EXCLUDE (record) FROM _parts {LATEST_ROW}").to_arrow_table()
+            return cursor.sql(f"SELECT * EXCLUDE (record) FROM _parts {LATEST_RUN_ROW}").to_arrow_table()
         finally:
             cursor.close()
 

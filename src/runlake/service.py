@@ -35,16 +35,22 @@ _NS_PER_DAY = 86_400 * 10**9
 MAX_DAYS = 36_500  # a window of 100 years, as the longest TTL; more would reach back before year 1
 _TREE_CHUNK = 2_000  # traces whose span trees are read at once (bounds the rows held in Python)
 _DURATION_MS = "(end_time_unix_nano - start_time_unix_nano) / 1e6"
-_SUMMARY = """count(*) AS total,
+# Sums and means that do not depend on the order DuckDB's threads add rows in. A plain sum of doubles does (a total
+# that is a half rounded either way from one call to the next; ten costs of 0.05 cents summing to 0.4999...), and so
+# does DuckDB's fsum (Kahan, not exact). Costs are summed exactly as decimals of a millionth of a cent, each within
+# +/-1e14 cents (more is no real cost, and keeps the sum from overflowing); durations from the integer nanoseconds.
+_COST_SUM = "sum(CASE WHEN isfinite(cost_cents) THEN greatest(least(cost_cents, 1e14), -1e14)::DECIMAL(38, 6) END)"
+_AVG_MS = "sum(end_time_unix_nano - start_time_unix_nano) / nullif(count(end_time_unix_nano), 0) / 1e6"
+_SUMMARY = f"""count(*) AS total,
        count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR') AS completed,
        count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code = 'ERROR') AS failed,
        count(*) FILTER (WHERE end_time_unix_nano IS NULL) AS running,
        coalesce(sum(input_tokens), 0) AS input_tokens,
        coalesce(sum(output_tokens), 0) AS output_tokens,
-       coalesce(sum(cost_cents), 0) AS cost_cents,
+       coalesce({_COST_SUM}, 0) AS cost_cents,
        coalesce(sum(node_count), 0) AS nodes,
        coalesce(sum(failed_nodes), 0) AS failed_nodes,
-       avg(duration_ms) AS avg_ms,
+       {_AVG_MS} AS avg_ms,
        quantile_cont(duration_ms, 0.5) AS p50_ms,
        quantile_cont(duration_ms, 0.95) AS p95_ms,
        max(duration_ms) AS max_ms,
@@ -341,8 +347,8 @@ class ExecutionHistoryService:
                    count(*) AS total,
                    count(*) FILTER (WHERE status_code = 'ERROR') AS failed,
                    coalesce(sum(input_tokens), 0) + coalesce(sum(output_tokens), 0) AS tokens,
-                   coalesce(sum(cost_cents), 0) AS cost_cents,
-                   avg({_DURATION_MS}) AS avg_ms,
+                   coalesce({_COST_SUM}, 0) AS cost_cents,
+                   {_AVG_MS} AS avg_ms,
                    quantile_cont({_DURATION_MS}, 0.5) AS p50_ms,
                    quantile_cont({_DURATION_MS}, 0.95) AS p95_ms
             FROM n GROUP BY 1 ORDER BY 1"""

@@ -37,6 +37,10 @@ __version__ = "0.1.0"
 
 _logger = logging.getLogger(__name__)
 _MAX_TRACKED_RUNS = 100_000
+# Spans exported again (a client's retry after a timeout or a 503, a replayed file) must not count twice in their
+# run's totals: the nodes counted and the runs whose index row was written are remembered, the newest this many
+# (a hash each, ~100 B: a retry within the last ~100,000 nodes and runs is recognised).
+_MAX_REMEMBERED_SPANS = 100_000
 
 
 def _env_number(name: str, default: float, kind: Callable[[str], float] = int) -> float:
@@ -175,6 +179,9 @@ class RunlakeSpanExporter(SpanExporter):
         self._pending_by_trace: dict[str, set[str]] = {}
         # span id -> parent span id, for spans whose run was not known when they came (bounded, oldest evicted)
         self._parents: OrderedDict[str, str] = OrderedDict()
+        # hashes of the nodes already counted, and of the runs whose row was written -> the totals it carried
+        self._counted_nodes: OrderedDict[int, None] = OrderedDict()
+        self._ended_runs: OrderedDict[int, list[float]] = OrderedDict()
         self._totals_lock = ForkSafeLock()  # its writer resets itself in a forked child too
         self._shutdown = False
         self._store_unreachable_at_exit = False
@@ -231,12 +238,16 @@ class RunlakeSpanExporter(SpanExporter):
         A node that names no run (spans of other instrumentations that repeat no run id) counts for the nearest run
         above it in the span tree: children usually arrive before their parents, so its figures wait under its
         parent's span id and move up as each ancestor arrives; what no run claims goes to the trace's root run
-        (``HistoryDB.get_logs`` decides the same way when it reads).
+        (``HistoryDB.get_logs`` decides the same way when it reads). A node exported again counts once, and a run
+        exported again gets the totals its first row carried (``_MAX_REMEMBERED_SPANS``): readers keep one row per
+        span, so the totals must not count the copies either.
         """
         ty, rid, tid, sid, pid = COL["span_type"], COL["run_id"], COL["trace_id"], COL["span_id"], COL["parent_span_id"]
         st, tin, tout, cost = COL["status_code"], COL["input_tokens"], COL["output_tokens"], COL["cost_cents"]
+        start, tenant = COL["start_time_unix_nano"], COL["tenant_id"]
         with self._totals_lock:
             totals, owners, pending, parents = self._run_totals, self._owners, self._pending_by_trace, self._parents
+            counted, ended = self._counted_nodes, self._ended_runs
 
             def place(parent: str) -> tuple[str | None, str]:
                 """(the run above ``parent``, or None and the span id to wait under): up through spans that came
@@ -301,6 +312,12 @@ class RunlakeSpanExporter(SpanExporter):
                         for i, value in enumerate(waiting):
                             acc[i] += value
                 if row[ty] == NODE:
+                    seen = hash((row[sid], row[tid], row[start], row[tenant]))
+                    if seen in counted:
+                        continue
+                    counted[seen] = None
+                    if len(counted) > _MAX_REMEMBERED_SPANS:
+                        counted.popitem(last=False)
                     acc = entry(key)
                     acc[0] += 1
                     acc[1] += row[st] == "ERROR"
@@ -316,6 +333,13 @@ class RunlakeSpanExporter(SpanExporter):
                             extra = totals.pop(key, None)
                             if extra is not None:
                                 acc = [a + b for a, b in zip(acc, extra)] if acc else extra
+                    seen = hash((row[sid], row[tid], row[start], row[tenant]))
+                    earlier = ended.pop(seen, None)  # exported before: its row's totals, plus nodes come since
+                    if earlier is not None:
+                        acc = [a + b for a, b in zip(acc, earlier)] if acc else earlier
+                    ended[seen] = list(acc) if acc else [0, 0, 0, 0, 0.0]
+                    if len(ended) > _MAX_REMEMBERED_SPANS:
+                        ended.popitem(last=False)
                     run_rows.append(run_row(row, acc))
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
