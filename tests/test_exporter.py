@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import HOSTILE_IDS, PYTHON, lake_files, python_env, read_table
 from opentelemetry import trace
+from opentelemetry.exporter import runlake as exporter_module
 from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
 from opentelemetry.exporter.runlake.layout import encode_partition_value
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS
@@ -470,12 +471,16 @@ def test_run_in_progress_is_visible_as_running(lake: Path) -> None:
     assert len(db.get_history()) == 1, "the start row is superseded, never counted twice"
 
 
-def test_spans_exported_again_count_once_in_their_runs_totals(lake: Path) -> None:
+@pytest.mark.parametrize("remembered", [None, 4])
+def test_spans_exported_again_count_once_in_their_runs_totals(lake: Path, remembered: int | None, monkeypatch) -> None:
     """A client retries an export after a timeout or a 503 (the OTLP exporters do; `runlake serve` stores what
     comes): readers keep one row per span, so history and statistics must not count the copies in a run's totals
     either, and a run's span sent again must not get a second index row with other totals (readers would show
     either). Two nodes resent before their run ends, the run resent after it ended, a late node after that; read
-    with and without the runs index, and after compaction (a closed day)."""
+    with and without the runs index, and after compaction (a closed day). ``remembered``: so few nodes are
+    remembered that the first ones are in the older of the two generations when they come again."""
+    if remembered:
+        monkeypatch.setattr(exporter_module, "_MAX_REMEMBERED_SPANS", remembered)
     t = (int(time.time()) // 86_400 - 2) * 86_400 * 10**9  # midnight two days ago
     exporter = RunlakeSpanExporter(lake, background_flush=False)
     finished = InMemorySpanExporter()

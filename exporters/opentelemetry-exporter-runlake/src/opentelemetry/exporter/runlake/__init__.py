@@ -39,8 +39,10 @@ _logger = logging.getLogger(__name__)
 _MAX_TRACKED_RUNS = 100_000
 # Spans exported again (a client's retry after a timeout or a 503, a replayed file) must not count twice in their
 # run's totals: the nodes counted and the runs whose index row was written are remembered, the newest this many
-# (a hash each, ~100 B: a retry within the last ~100,000 nodes and runs is recognised).
+# (a hash each, a run's with its totals: a retry within the last 50,000-100,000 nodes and 20,000 runs is recognised;
+# ~15 MB at most, measured).
 _MAX_REMEMBERED_SPANS = 100_000
+_MAX_REMEMBERED_RUNS = 20_000
 
 
 def _env_number(name: str, default: float, kind: Callable[[str], float] = int) -> float:
@@ -179,8 +181,9 @@ class RunlakeSpanExporter(SpanExporter):
         self._pending_by_trace: dict[str, set[str]] = {}
         # span id -> parent span id, for spans whose run was not known when they came (bounded, oldest evicted)
         self._parents: OrderedDict[str, str] = OrderedDict()
-        # hashes of the nodes already counted, and of the runs whose row was written -> the totals it carried
-        self._counted_nodes: OrderedDict[int, None] = OrderedDict()
+        # hashes of the nodes already counted (two generations of sets: the older one goes when the newer is half
+        # the cap), and of the runs whose row was written -> the totals it carried
+        self._counted_nodes: tuple[set[int], set[int]] = (set(), set())
         self._ended_runs: OrderedDict[int, list[float]] = OrderedDict()
         self._totals_lock = ForkSafeLock()  # its writer resets itself in a forked child too
         self._shutdown = False
@@ -239,7 +242,7 @@ class RunlakeSpanExporter(SpanExporter):
         above it in the span tree: children usually arrive before their parents, so its figures wait under its
         parent's span id and move up as each ancestor arrives; what no run claims goes to the trace's root run
         (``HistoryDB.get_logs`` decides the same way when it reads). A node exported again counts once, and a run
-        exported again gets the totals its first row carried (``_MAX_REMEMBERED_SPANS``): readers keep one row per
+        exported again gets the totals its first row carried (``_MAX_REMEMBERED_*``): readers keep one row per
         span, so the totals must not count the copies either.
         """
         ty, rid, tid, sid, pid = COL["span_type"], COL["run_id"], COL["trace_id"], COL["span_id"], COL["parent_span_id"]
@@ -247,7 +250,7 @@ class RunlakeSpanExporter(SpanExporter):
         start, tenant = COL["start_time_unix_nano"], COL["tenant_id"]
         with self._totals_lock:
             totals, owners, pending, parents = self._run_totals, self._owners, self._pending_by_trace, self._parents
-            counted, ended = self._counted_nodes, self._ended_runs
+            (counted, counted_before), ended = self._counted_nodes, self._ended_runs
 
             def place(parent: str) -> tuple[str | None, str]:
                 """(the run above ``parent``, or None and the span id to wait under): up through spans that came
@@ -313,11 +316,12 @@ class RunlakeSpanExporter(SpanExporter):
                             acc[i] += value
                 if row[ty] == NODE:
                     seen = hash((row[sid], row[tid], row[start], row[tenant]))
-                    if seen in counted:
+                    if seen in counted or seen in counted_before:
                         continue
-                    counted[seen] = None
-                    if len(counted) > _MAX_REMEMBERED_SPANS:
-                        counted.popitem(last=False)
+                    counted.add(seen)
+                    if len(counted) >= _MAX_REMEMBERED_SPANS // 2:
+                        counted_before, counted = counted, set()
+                        self._counted_nodes = (counted, counted_before)
                     acc = entry(key)
                     acc[0] += 1
                     acc[1] += row[st] == "ERROR"
@@ -338,7 +342,7 @@ class RunlakeSpanExporter(SpanExporter):
                     if earlier is not None:
                         acc = [a + b for a, b in zip(acc, earlier)] if acc else earlier
                     ended[seen] = list(acc) if acc else [0, 0, 0, 0, 0.0]
-                    if len(ended) > _MAX_REMEMBERED_SPANS:
+                    if len(ended) > _MAX_REMEMBERED_RUNS:
                         ended.popitem(last=False)
                     run_rows.append(run_row(row, acc))
 
