@@ -621,6 +621,25 @@ def test_output_to_a_pipe_closed_before_the_first_write_ends_quietly(
     assert (done.returncode, done.stderr) == (0, "")
 
 
+@pytest.mark.parametrize(
+    ("args", "status"), [(("runs", "--bogus"), 2), (("history", "--state-url", "/nonexistent/lake"), 1)]
+)
+def test_an_error_whose_message_meets_a_closed_pipe_still_fails(args: tuple[str, ...], status: int) -> None:
+    """`runlake runs --bogus 2>&1 | true`: the error cannot be shown, but the command failed all the same: a usage
+    error ends with 2 and a runtime error with 1, not with the 0 of a reader that took what it wanted."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runlake.cli", *args], stdout=write_end, stderr=write_end, timeout=120
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == status
+
+
 def test_demo_twice_keeps_sessions_apart_and_says_so(lake: Path) -> None:
     first = cli_json("demo", "--state-url", lake)
     second = cli_json("demo", "--state-url", lake)

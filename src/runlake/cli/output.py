@@ -58,15 +58,32 @@ def quiet_when_stdout_closes(run: Any) -> None:
     """Call ``run()``; end with status 0 where its console found stdout's reader gone and stopped with status 1.
 
     For the consoles runlake does not make (Typer's ``--help`` and usage errors): rich's own answer to a closed pipe
-    points stdout at /dev/null and exits 1, which is recognised here by stdout having become /dev/null.
+    points stdout at /dev/null and exits 1, which is recognised here by stdout having become /dev/null. A usage error
+    whose message met the closed pipe (``runlake runs --bogus 2>&1 | true``) still failed: it ends with the error's
+    own status (2), found in the exceptions the closed pipe interrupted.
     """
     before = _stdout_file()
     try:
         run()
     except SystemExit as stop:
         if stop.code == 1 and before is not None and before != _devnull() and _stdout_file() == _devnull():
-            raise SystemExit(0) from None
+            raise SystemExit(_interrupted_error_status(stop)) from None
         raise
+
+
+def _interrupted_error_status(stop: BaseException) -> int:
+    """The exit status of a click error being reported when the pipe closed (in ``stop``'s context chain), else 0.
+
+    Recognised by its shape (an int ``exit_code`` and ``format_message``): Typer brings its own copy of click."""
+    seen: BaseException | None = stop.__context__
+    for _ in range(8):
+        if seen is None:
+            break
+        code = getattr(seen, "exit_code", None)
+        if isinstance(code, int) and callable(getattr(seen, "format_message", None)):
+            return code
+        seen = seen.__context__
+    return 0
 
 
 def _devnull() -> tuple[int, int]:
@@ -90,8 +107,23 @@ def _stdout() -> Console:
     return console
 
 
+class _StderrConsole(Console):
+    """The console of messages on stderr: a closed stderr pipe only silences them. Rich's default (exit 1, stdout
+    pointed at /dev/null) would end the command there, and as if stdout's reader had gone (status 0): an error
+    reported by ``fail`` must still end with its own status."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no file descriptor (a test's captured stderr)
+            pass
+
+
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _StderrConsole(stderr=True, highlight=False)
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
