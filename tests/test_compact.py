@@ -339,6 +339,62 @@ def test_a_span_stored_under_two_sessions_is_one_row_after_compaction_as_before(
     assert db.get_traces(session_id="a") == traces
 
 
+def expiring_lake(lake: Path | str, late_part: bool, days_ago: int = 2) -> None:
+    """Two quiet parts of session A on a day ``days_ago`` that TTL expires (``ttl_days`` 1); with ``late_part``, a
+    part of session B too recent for the day to be quiet, so compaction merges A's folder on its own (a local lake:
+    the parts' times are set back)."""
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for i, session in enumerate(["A", "A", "B"]):
+        if session == "B":
+            old = time.time() - 3600
+            for path in Path(lake).rglob("*.parquet") if isinstance(lake, Path) else ():
+                os.utime(path, (old, old))
+            if not late_part:
+                break
+        attributes = {"gen_ai.operation.name": "invoke_agent", "session.id": session, "runlake.ttl_days": 1}
+        t = noon(days_ago) + i
+        run = tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)
+        node = tracer.start_span("chat", context=trace.set_span_in_context(run), start_time=t + 1)
+        node.set_attributes({"gen_ai.operation.name": "chat", "session.id": session, "runlake.ttl_days": 1})
+        node.end(end_time=t + 2)
+        run.end(end_time=t + 3)
+        exporter.force_flush()
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize("path", ["folder merge", "day merge: first step", "day merge: written"])
+def test_a_day_ttl_expires_while_compaction_merges_it_does_not_come_back(lake: Path, path: str, monkeypatch) -> None:
+    """`runlake serve` runs TTL and compaction side by side: TTL can expire a day between compaction's reading of
+    its parts and its writing the merged file. Compaction must not make the day folder again with the merged
+    rows: they would be visible again, and the next TTL would count them a second time. Forced at each point where
+    compaction holds rows it read: the merge of one session folder (the day not quiet), a closed day's first merge
+    step, and its merged file written but the parts not yet removed."""
+    expiring_lake(lake, late_part=path == "folder merge")
+    db = runlake.HistoryDB(lake)
+    assert db.sql_rows("SELECT count(*) FROM spans")[1] == [(6 if path == "folder merge" else 4,)]
+    expired: list[dict] = []
+
+    def ttl_first(real):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if not expired:
+                expired.append(runlake.HistoryDB(lake).cleanup_expired())
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    hook = {"folder merge": "write_part", "day merge: first step": "_step_rows", "day merge: written": "_replace"}
+    with monkeypatch.context() as hooked:
+        hooked.setattr(runlake.compact, hook[path], ttl_first(getattr(runlake.compact, hook[path])))
+        compact(lake, older_than_minutes=10)
+    assert expired and expired[0]["executions_deleted"] == (3 if path == "folder merge" else 2)
+    assert runlake.HistoryDB(lake).sql_rows("SELECT count(*) FROM spans")[1] == [(0,)]
+    assert runlake.HistoryDB(lake).cleanup_expired() == {"executions_deleted": 0, "nodes_deleted": 0}
+    assert not [p for p in lake.rglob("*.parquet") if ".expired-" not in str(p)], "nothing of the day came back"
+
+
 @pytest.mark.parametrize("survey_rows", [None, 2])
 def test_a_failing_survey_leaves_the_day_as_it_was_and_says_so(
     lake: Path, survey_rows: int | None, monkeypatch, caplog

@@ -259,6 +259,31 @@ CHILD_WITHOUT_SPACE = textwrap.dedent(
 )
 
 
+def test_a_part_whose_folder_goes_before_its_rename_is_written_again(lake: Path, monkeypatch) -> None:
+    """TTL renames an expired day folder away whole: a part being written into it then finds no folder to be renamed
+    in. The spans were acknowledged (``export`` returned SUCCESS), so the part is written again, into the folder
+    made again, rather than kept failing until a shutdown that has one flush left."""
+    import os
+    import shutil
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    real = os.replace
+    taken: list[str] = []
+
+    def replace(source, target):  # noqa: ANN001, ANN202
+        if not taken and str(source).endswith(".tmp"):
+            taken.append(str(source))
+            shutil.rmtree(Path(source).parent)  # the folder goes with the temp file in it
+        return real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert exporter.export(make_spans(8)) == SpanExportResult.SUCCESS
+    assert exporter.force_flush()
+    exporter.shutdown()
+    assert taken and read_table(lake, "spans").num_rows == 8
+    assert exporter.stats["failed_writes"] == 0
+
+
 def test_a_write_the_disk_refuses_leaves_no_temp_file(lake: Path) -> None:
     done = subprocess.run(
         [PYTHON, "-c", CHILD_WITHOUT_SPACE, str(lake), str(Path(__file__).parent)],

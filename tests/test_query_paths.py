@@ -326,6 +326,32 @@ def test_sql_views_list_again_when_a_file_vanished(lake: Path, lake_ids: dict, m
     assert calls["n"] >= 3
 
 
+def test_reads_outlast_compaction_that_keeps_replacing_the_files_they_list(
+    lake: Path, lake_ids: dict, monkeypatch
+) -> None:
+    """Compaction looping beside a busy writer can replace the files a query listed several times in a row: each
+    listing then names a file gone by the time DuckDB opens it. Reads list again, waiting a little longer each
+    time, and answer (here the first six listings are stale; three or four quick attempts all failed)."""
+    from runlake.query import LakeReader
+
+    real = query_module.table_files
+    calls = {"n": 0}
+
+    def stale_listing(root, table, tenant=None, *args):  # noqa: ANN001, ANN202
+        files = real(root, table, tenant, *args)
+        calls["n"] += 1
+        return files + [files[0].parent / f"part-{calls['n']}-gone.parquet"] if calls["n"] <= 6 and files else files
+
+    monkeypatch.setattr(query_module, "table_files", stale_listing)
+    db = HistoryDB(lake)
+    assert db.sql_rows("SELECT count(*) FROM runs")[1] == [(45,)]
+    assert calls["n"] == 7
+    calls["n"] = 0
+    expected = LakeReader().rows("SELECT count(*) AS n FROM {files}", lambda: real(lake, "runs"))
+    rows = LakeReader().rows("SELECT count(*) AS n FROM {files}", lambda: stale_listing(lake, "runs"))
+    assert rows == expected and calls["n"] == 7
+
+
 def test_sql_rows_runs_again_when_compaction_removes_a_file_after_the_views_were_made(
     lake: Path, lake_ids: dict, monkeypatch
 ) -> None:

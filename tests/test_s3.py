@@ -589,6 +589,43 @@ def test_listings_on_s3_never_miss_rows_while_compaction_merges_the_day(
     assert db.sql_rows("SELECT count(*) FROM spans")[1] == [(16,)] and state["merged"] == 1
 
 
+@pytest.mark.parametrize("path", ["folder merge", "day merge"])
+def test_a_day_ttl_expires_while_compaction_merges_it_does_not_come_back_on_s3(
+    s3_url: str, emulator: S3Emulator, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 there are no folders to be missing: a merged object uploaded after TTL deleted the day's parts would
+    bring their rows back. Compaction checks the parts it merged are all still there before it removes them, and
+    takes its own object away when one went. Forced: TTL runs just before the merged object is uploaded, for an
+    open day's folder merge (expired by a TTL run "five days later") and a closed day's merge."""
+    from test_compact import expiring_lake
+
+    from runlake.compact import PartStream, compact
+
+    expiring_lake(s3_url, late_part=False, days_ago=0 if path == "folder merge" else 2)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=5) if path == "folder merge" else None
+    assert runlake.HistoryDB(s3_url).sql_rows("SELECT count(*) FROM spans")[1] == [(4,)]
+    expired: list[dict] = []
+
+    def ttl_first(real):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if not expired:
+                expired.append(runlake.HistoryDB(s3_url).cleanup_expired(now=later))
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    with monkeypatch.context() as hooked:  # the fixture's environment stays
+        if path == "folder merge":
+            hooked.setattr(runlake.compact, "write_part", ttl_first(runlake.compact.write_part))
+        else:
+            hooked.setattr(PartStream, "close", ttl_first(PartStream.close))
+        compact(s3_url, older_than_minutes=0)
+    assert expired and expired[0]["executions_deleted"] == 2
+    assert runlake.HistoryDB(s3_url).sql_rows("SELECT count(*) FROM spans")[1] == [(0,)]
+    assert runlake.HistoryDB(s3_url).cleanup_expired(now=later) == {"executions_deleted": 0, "nodes_deleted": 0}
+    assert not [key for key in objects(emulator, s3_url) if key.endswith(".parquet")], "nothing came back"
+
+
 def test_objects_of_an_older_schema_still_read_and_compact_on_s3(s3_url: str, emulator: S3Emulator) -> None:
     exporter = RunlakeSpanExporter(s3_url, background_flush=False)
     exporter.export(make_spans(8, sessions=1))

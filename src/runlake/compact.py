@@ -188,8 +188,33 @@ def _read_parts(table: str, files: list[LakeRoot], summary: CompactionSummary) -
     return (_latest_rows(pa.concat_tables(pieces)) if pieces else None), used
 
 
-def _replace(used: list[LakeRoot], new_file: LakeRoot, rows: int, summary: CompactionSummary) -> None:
-    """Remove the merged parts (their rows are already in ``new_file``) and count the change."""
+class _PartsGone(FileNotFoundError):
+    """Parts a merge read were removed before it could replace them: TTL expired their day (or a purge)."""
+
+
+def _replace(
+    used: list[LakeRoot],
+    new_file: LakeRoot,
+    rows: int,
+    summary: CompactionSummary,
+    listed: Callable[[], list[LakeRoot]],
+) -> None:
+    """Remove the merged parts (their rows are already in ``new_file``) and count the change.
+
+    First the parts must all still be there (``listed``: the files of their folder or day now). One that went
+    meanwhile was expired by TTL (or purged) while the merge read it: the merged file would bring its rows back,
+    so it is removed and the day left to TTL (``_PartsGone``). Locally the merged file cannot even be written into
+    a day folder TTL removed (compaction never makes one again: ``make_folder=False``); on an object store there
+    are no folders, so this check is what keeps expired rows from coming back."""
+    present = {str(p) for p in listed()}
+    gone = [p for p in used if str(p) not in present]
+    if gone:
+        try:
+            remove_file(new_file)
+        except OSError as error:
+            if not is_missing(error):
+                raise
+        raise _PartsGone(f"{len(gone)} of the {len(used)} parts merged went meanwhile (TTL?), e.g. {gone[0]}")
     summary.bytes_before += sum(size_and_mtime(p)[0] for p in used)
     for path in used:
         remove_file(path)
@@ -223,9 +248,10 @@ def _merge(
         compacted=True,
         row_group_bytes=(DAY_ROW_GROUP_BYTES if table == SPANS else RUNS_ROW_GROUP_BYTES) if by_session else None,
         compression_level=COMPRESSION_LEVEL,
+        make_folder=False,
     )
     del merged
-    _replace(used, new_file, rows, summary)
+    _replace(used, new_file, rows, summary, lambda: data_files(target))
     return True
 
 
@@ -662,6 +688,9 @@ def _write_steps(
     used = [p.path for p in parts]
     if not used or (len(used) == 1 and is_compacted(used[0])):
         return False
+    day = target.parent if table == SPANS else target  # spans go to the day's session=~mixed folder
+    if not isinstance(target, ObjectPath):
+        target.mkdir(exist_ok=True)  # not its parents: a day folder TTL removed meanwhile is not made again
     stream = PartStream(
         table,
         target,
@@ -669,6 +698,7 @@ def _write_steps(
         row_group_size=DAY_ROW_GROUP_ROWS,
         row_group_bytes=DAY_ROW_GROUP_BYTES if table == SPANS else RUNS_ROW_GROUP_BYTES,
         compression_level=COMPRESSION_LEVEL,
+        make_folder=False,
     )
     try:
         steps = _steps(weight, max_step_bytes)
@@ -691,7 +721,7 @@ def _write_steps(
     new_file = stream.close()
     summary.merge_steps += len(steps)
     summary.days_in_steps += len(steps) > 1
-    _replace(used, new_file, stream.counts["rows"], summary)
+    _replace(used, new_file, stream.counts["rows"], summary, lambda: day_files(day, table))
     return True
 
 
@@ -856,8 +886,11 @@ def _compact_days(
         try:
             (_compact_spans_day if day.table == SPANS else _compact_runs_day)(day, summary)
         except OSError as error:
-            _logger.error(
-                "compaction: cannot rewrite %s (%s); the parts not yet removed are unchanged", day.folder, error
-            )
+            if is_missing(error):  # expired by TTL (or purged) while it was merged: nothing of it comes back
+                _logger.info("compaction: %s went meanwhile (TTL?); left to it (%s)", day.folder, error)
+            else:
+                _logger.error(
+                    "compaction: cannot rewrite %s (%s); the parts not yet removed are unchanged", day.folder, error
+                )
         if progress is not None:
             progress(done, len(days))

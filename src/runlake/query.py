@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -159,6 +160,13 @@ def latest_source(
     if len(parts) == 1:
         return f"({parts[0]})", values
     return f"({parts[0]} UNION ALL BY NAME {parts[1]})", values
+
+
+# A query whose listed file was removed meanwhile (TTL, compaction) runs again on a fresh listing. Compaction that
+# keeps replacing the files a query lists (a loop with ``older_than`` 0 beside a busy writer) can win a few quick
+# races in a row, so each attempt waits a little longer first: 9 attempts within ~1.3 s, then the error.
+RETRY_WAITS_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+_ATTEMPTS = len(RETRY_WAITS_S) + 8  # and one more for each round of broken files set aside
 
 
 def _vanished(message: str) -> bool:
@@ -354,7 +362,8 @@ class LakeReader:
         files = self._usable(lister())
         # ids with lone surrogates are stored (and their folders named) with U+FFFD; DuckDB refuses them as they are
         params, where_params = [storable_text(p) for p in params], [storable_text(p) for p in where_params]
-        for attempt in range(4):
+        vanished = 0  # attempts that lost a race with compaction or TTL (``_next_attempt``)
+        for _ in range(_ATTEMPTS):
             if not files:
                 return None
             cursor = self._cursor() if shared else cursor
@@ -376,12 +385,7 @@ class LakeReader:
                 names = [d[0] for d in result.description]
                 return names, result.fetchall() if first is None else result.fetchmany(first)
             except (duckdb.IOException, duckdb.InvalidInputException) as error:
-                if self._set_aside(files):
-                    files = self._usable(files)
-                elif attempt < 3 and _vanished(str(error)):
-                    files = self._usable(lister())  # removed meanwhile: list again
-                else:
-                    raise
+                files, vanished = self._next_attempt(error, files, lister, vanished)
             finally:
                 if remote and shared:  # a stream's own cursor keeps its scan until the stream closes it
                     cursor.unregister(_SCAN)
@@ -488,7 +492,8 @@ class LakeReader:
                 continue
             lister: Lister = (lambda table=table: table_files(root, table, tenant)) if root is not None else list
             files = self._usable(lister())
-            for attempt in range(4):
+            vanished = 0
+            for _ in range(_ATTEMPTS):
                 try:
                     if files and isinstance(files[0], ObjectPath):
                         new = [f for f in files if _identity(f) not in self._verified]
@@ -499,15 +504,23 @@ class LakeReader:
                     self._create_view(con, table, schema, files)
                     break
                 except (duckdb.IOException, duckdb.InvalidInputException) as error:
-                    if self._set_aside(files):
-                        files = self._usable(files)
-                    elif attempt < 3 and _vanished(str(error)):
-                        files = self._usable(lister())  # removed meanwhile: list again
-                    else:
-                        raise
+                    files, vanished = self._next_attempt(error, files, lister, vanished)
             else:
                 raise RuntimeError(f"runlake: could not build the {table} view")  # pragma: no cover
         return con
+
+    def _next_attempt(
+        self, error: Exception, files: Sequence[LakeRoot], lister: Lister, vanished: int
+    ) -> tuple[list[LakeRoot], int]:
+        """What the next attempt of a failed read reads, and how many lost a race so far: ``files`` without the
+        broken ones, set aside with a warning (at once); else, for a file removed meanwhile, a new listing after
+        ``RETRY_WAITS_S[vanished + 1]``; else (or when those waits are used up) ``error`` is raised."""
+        if self._set_aside(files):
+            return self._usable(files), vanished
+        if vanished + 1 < len(RETRY_WAITS_S) and _vanished(str(error)):
+            time.sleep(RETRY_WAITS_S[vanished + 1])
+            return self._usable(lister()), vanished + 1
+        raise error
 
     def _remember_verified(self, files: Sequence[LakeRoot]) -> None:
         if not files:

@@ -257,6 +257,10 @@ class Runtime:
             self._left_over = self.log.open()
         self.ttl_runs = 0
         self.ttl_last: dict[str, Any] | None = None
+        # TTL and compaction take turns: on an object store a merge that TTL's deletes overtake could bring expired
+        # rows back (compaction checks its parts are all there before replacing them, but cannot check and replace
+        # in one step; see runlake.compact._replace)
+        self._maintenance = asyncio.Lock()
         self.started_at = time.time()
 
     def sink(self, tenant: str | None) -> TenantSink:
@@ -285,7 +289,8 @@ class Runtime:
         while True:
             started = time.time()
             try:
-                result = await self.service.cleanup_expired_executions(days=None)
+                async with self._maintenance:
+                    result = await self.service.cleanup_expired_executions(days=None)
                 self.ttl_last = {"at": iso_time(int(started * 1e9)), "ok": True, **result}
                 if result["executions_deleted"] or result["nodes_deleted"]:
                     _logger.info("runlake TTL: deleted %s", result)
@@ -311,7 +316,10 @@ class Runtime:
             await asyncio.sleep(interval_s)
             started = time.time()
             try:
-                summary = await asyncio.to_thread(compact, self.settings.root, self.settings.compact_older_than_minutes)
+                async with self._maintenance:
+                    summary = await asyncio.to_thread(
+                        compact, self.settings.root, self.settings.compact_older_than_minutes
+                    )
                 self.compact_last = {"at": iso_time(int(started * 1e9)), "ok": True, **summary.as_dict()}
                 if failure is not None:
                     _logger.info("runlake compaction works again (it failed before: %s)", failure)

@@ -226,29 +226,40 @@ def write_part(
     compacted: bool = False,
     row_group_bytes: int | None = None,
     compression_level: int | None = None,
+    make_folder: bool = True,
 ) -> LakeRoot:
     """Write rows as one new part file in ``folder``, atomically (temp name then rename; one upload on S3).
 
     ``compacted``: the rows hold each span id once (compaction's output), said by the file name.
     ``row_group_bytes``: also end a row group once it holds that much free text (between sessions if it can).
+    ``make_folder``: make ``folder`` (and its parents) where it is missing, as writers of new rows do; compaction
+    does not (``False``: ``FileNotFoundError``), since a folder gone meanwhile was expired by TTL or purged.
     """
     arrow = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
     arrow = arrow.sort_by([(c, "ascending") for c in sort_by])
-    part = PartStream(
-        table,
-        folder,
-        rows_hint=arrow.num_rows,
-        row_group_size=row_group_size,
-        row_group_bytes=row_group_bytes,
-        compression_level=compression_level,
-        compacted=compacted,
-    )
-    try:
-        part.write(arrow)
-    except BaseException:
-        part.abort()
-        raise
-    return part.close()
+    for attempt in range(2):
+        part = PartStream(
+            table,
+            folder,
+            rows_hint=arrow.num_rows,
+            row_group_size=row_group_size,
+            row_group_bytes=row_group_bytes,
+            compression_level=compression_level,
+            compacted=compacted,
+            make_folder=make_folder,
+        )
+        try:
+            part.write(arrow)
+        except BaseException:
+            part.abort()
+            raise
+        try:
+            return part.close()
+        except FileNotFoundError:  # the folder went between the temp file and its rename (TTL renamed the day away)
+            if attempt or not make_folder or isinstance(folder, ObjectPath):
+                raise
+            _MADE_DIRS.discard(str(folder))  # made again, and the part written again, once
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _made_dir(folder: Path) -> None:
@@ -273,7 +284,8 @@ class PartStream:
     It appears whole at ``close()``: locally a hidden temp file renamed to its final name (which carries the counts,
     known only at the end); on an object store the file is encoded in memory, so an encoding error never reaches
     the store, and uploaded once. With several pieces, each holds rows of its own sessions, each span id once, in
-    the file's sort order. ``rows_hint``: the expected row count (decides dictionary pages).
+    the file's sort order. ``rows_hint``: the expected row count (decides dictionary pages). ``make_folder``: as
+    ``write_part``'s.
     """
 
     def __init__(
@@ -286,6 +298,7 @@ class PartStream:
         row_group_bytes: int | None = None,
         compression_level: int | None = None,
         compacted: bool = True,
+        make_folder: bool = True,
     ) -> None:
         self.table, self.folder, self.compacted = table, folder, compacted
         self.counts: dict[str, int] = {"rows": 0, "spans": 0, **({"nodes": 0} if table == SPANS else {})}
@@ -296,7 +309,8 @@ class PartStream:
             sink: Any = self._buffer
         else:
             self._buffer = None
-            _made_dir(folder)
+            if make_folder:
+                _made_dir(folder)
             self._tmp = folder / temp_name_for(new_part_name(compacted))
             sink = str(self._tmp)
         options = _writer_options(table, rows_hint, compression_level)
@@ -304,6 +318,8 @@ class PartStream:
             try:
                 self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
             except FileNotFoundError:  # the folder went meanwhile (TTL, a purge): make it again, once
+                if not make_folder:
+                    raise
                 folder.mkdir(parents=True, exist_ok=True)
                 self._out = pq.ParquetWriter(sink, SCHEMAS[table], **options)
         except BaseException:  # a full disk fails after the temp file was created (writing the header): remove it
