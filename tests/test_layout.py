@@ -207,3 +207,43 @@ def test_a_reader_never_misses_rows_while_compaction_merges_the_day(
 
     monkeypatch.setattr(layout, "_subdirs", subdirs)
     assert db.sql_rows(count)[1] == [(16,)] and merged == [1]
+
+
+@pytest.mark.parametrize("lister", ["data_files", "table_files", "cached"])
+def test_a_folder_changed_while_it_is_read_is_read_again(tmp_path: Path, lister: str, monkeypatch) -> None:
+    """``readdir`` returns each entry left alone while it reads a folder exactly once, but may miss one added or
+    removed meanwhile: a listing that spans an in-place merge (the merged file renamed in, then the parts removed)
+    can miss both, and a reader would answer without a whole day of runs (seen once under load). Forced here: the
+    first reading of the day folder sees neither while the merge happens; the folder's mtime moved, so it is read
+    again."""
+    import os
+
+    root = tmp_path / "lake"
+    folder = layout.partition_dir(root, layout.RUNS, "default", 30, "2026-01-01")
+    folder.mkdir(parents=True)
+    parts = [folder / f"part-{i}.parquet" for i in range(3)]
+    for part in parts:
+        part.write_bytes(b"x")
+    os.utime(folder, ns=(10**18, 10**18))  # an old mtime: the merge below moves it, whatever the clock's grain
+    merged = folder / "compact-1.parquet"
+    (tmp_path / "empty").mkdir()
+    real = os.scandir
+    readings: list[str] = []
+
+    def scandir(path):  # noqa: ANN001, ANN202
+        readings.append(str(path))
+        if Path(path) == folder and readings.count(str(folder)) == 1:
+            merged.write_bytes(b"x")  # the merge happens while this reading goes on ...
+            for part in parts:
+                part.unlink()
+            return real(tmp_path / "empty")  # ... and it saw neither the new file nor the parts
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    if lister == "data_files":
+        found = layout.data_files(folder)
+    elif lister == "table_files":
+        found = layout.table_files(root, layout.RUNS)
+    else:
+        found = layout.CachedListing().table_files(root, layout.RUNS)
+    assert found == [merged] and readings.count(str(folder)) == 2

@@ -451,6 +451,25 @@ def _each_folder(folders: list[LakeRoot], list_one: Callable[[LakeRoot], list]) 
         yield from found
 
 
+def _scan(folder: str | os.PathLike[str]) -> tuple[int, list[tuple[str, bool]]]:
+    """A local folder's entries ``(name, is a folder)`` as of one moment, and its mtime then.
+
+    ``readdir`` returns each entry that does not change while it reads the folder exactly once, but may miss one
+    added or removed meanwhile: a listing that spans compaction's in-place merge (its file renamed in, then the
+    parts it merged removed) can miss both, and a reader would answer without those rows. So a folder whose mtime
+    moved while it was read is read again (up to 8 times, then the last reading stands). ``FileNotFoundError`` /
+    ``NotADirectoryError`` if it is not there."""
+    before = os.stat(folder).st_mtime_ns
+    for _ in range(8):
+        with os.scandir(folder) as found:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in found]
+        after = os.stat(folder).st_mtime_ns
+        if after == before:
+            break
+        before = after
+    return before, entries
+
+
 def _subdirs(path: LakeRoot, prefix: str) -> Iterator[tuple[str, LakeRoot]]:
     if isinstance(path, ObjectPath):
         for info in _listing(path):
@@ -459,12 +478,12 @@ def _subdirs(path: LakeRoot, prefix: str) -> Iterator[tuple[str, LakeRoot]]:
                 yield name[len(prefix) :], ObjectPath(path.store, info.path, path.root)
         return
     try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
-                    yield entry.name[len(prefix) :], Path(entry.path)
+        _, entries = _scan(path)
     except (FileNotFoundError, NotADirectoryError):
         return
+    for name, is_dir in entries:
+        if is_dir and name.startswith(prefix):
+            yield name[len(prefix) :], path / name
 
 
 def data_files(folder: LakeRoot) -> list[LakeRoot]:
@@ -477,11 +496,10 @@ def data_files(folder: LakeRoot) -> list[LakeRoot]:
         ]
         return sorted(found, key=lambda p: p.name)
     try:
-        with os.scandir(folder) as entries:
-            names = sorted(e.name for e in entries if is_data_file(e.name) and e.is_file())
+        _, entries = _scan(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [folder / n for n in names]
+    return [folder / n for n in sorted(n for n, is_dir in entries if not is_dir and is_data_file(n))]
 
 
 def day_folder_of(file: LakeRoot) -> LakeRoot:
@@ -682,8 +700,7 @@ class CachedListing:
             return hit[2], hit[3]
         listed_at = time.time_ns()
         try:
-            with os.scandir(folder) as found:
-                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in found]
+            mtime, entries = _scan(folder)
         except (FileNotFoundError, NotADirectoryError):
             return [], []
         subfolders = sorted((n, os.path.join(folder, n)) for n, is_dir in entries if is_dir)
