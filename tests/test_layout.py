@@ -213,7 +213,7 @@ def test_a_reader_never_misses_rows_while_compaction_merges_the_day(
 def test_a_folder_changed_while_it_is_read_is_read_again(tmp_path: Path, lister: str, monkeypatch) -> None:
     """``readdir`` returns each entry left alone while it reads a folder exactly once, but may miss one added or
     removed meanwhile: a listing that spans an in-place merge (the merged file renamed in, then the parts removed)
-    can miss both, and a reader would answer without a whole day of runs (seen once under load). Forced here: the
+    can miss both (POSIX allows it), and a reader would answer without a whole day of runs. Forced here: the
     first reading of the day folder sees neither while the merge happens; the folder's mtime moved, so it is read
     again."""
     import os
