@@ -622,3 +622,49 @@ def test_part_files_without_a_current_column_read_it_as_null(lake: Path, compact
         assert [h["run_id"] for h in db.get_history()] == [r.run_id]
         assert db.sql("SELECT count(*), count(error_type) FROM spans").fetchall() == [(3, 0)]
         assert db.sql("SELECT count(node_type) FROM spans").fetchall() == [(0,)]
+
+
+def lake_with_a_damaged_footer(root: Path | str, write: bool = True) -> str:
+    """Two runs of session ``s`` 40 days ago (``ttl_days`` 30: expired), each in its own ``runs/`` part; the first
+    part's Parquet footer overwritten with garbage (magic bytes and footer length intact: bit rot, a partial
+    overwrite). Returns the damaged file's name as readers print it."""
+    import struct
+
+    import pyarrow.fs as pafs
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from opentelemetry.exporter.runlake.layout import resolve_lake
+    from opentelemetry.sdk.trace import TracerProvider
+
+    exporter = RunlakeSpanExporter(root, background_flush=False)
+    tracer = TracerProvider().get_tracer("t")
+    start = (int(__import__("time").time()) // 86_400 - 40) * 86_400 * 10**9
+    for i in range(2):
+        attributes = {"runlake.span.type": "run", "session.id": "s", "gen_ai.agent.name": "a", "runlake.ttl_days": 30}
+        span = tracer.start_span(f"run {i}", start_time=start + i, attributes=attributes)
+        span.end(end_time=start + i + 10)
+        exporter.export([span])
+        exporter.force_flush()
+    exporter.shutdown()
+    first = table_files(resolve_lake(root), RUNS)[0]
+    filesystem, path = (first.fs, first.path) if not isinstance(first, Path) else (pafs.LocalFileSystem(), str(first))
+    with filesystem.open_input_file(path) as source:
+        data = source.read()
+    length = struct.unpack("<I", data[-8:-4])[0]
+    with filesystem.open_output_stream(path) as out:
+        out.write(data[: len(data) - 8 - length] + b"\xff" * length + data[-8:])
+    return str(first)
+
+
+def test_a_part_with_a_damaged_footer_is_set_aside_by_every_read_and_by_ttl(tmp_path: Path, caplog) -> None:
+    """A footer DuckDB cannot decode raises its plain ``Error`` ("don't know what type"), which reads did not take
+    for a file's fault: history failed, the runs index turned itself off, and TTL could never expire the day."""
+    damaged = lake_with_a_damaged_footer(tmp_path / "lake")
+    db = HistoryDB(tmp_path / "lake")
+    with caplog.at_level(logging.WARNING):
+        assert len(db.get_history()) == 1
+        assert len(db.get_runs("s")) == 1
+        assert db.sql_rows("SELECT count(*) FROM runs")[1] == [(1,)]
+        assert len(HistoryDB(tmp_path / "lake", index_max_rows=0).get_history()) == 1
+    assert damaged in caplog.text
+    counted = HistoryDB(tmp_path / "lake").cleanup_expired()  # the damaged part's run cannot be counted, but goes
+    assert counted == {"executions_deleted": 1, "nodes_deleted": 0} and not lake_files(tmp_path / "lake", RUNS)

@@ -626,6 +626,23 @@ def test_a_day_ttl_expires_while_compaction_merges_it_does_not_come_back_on_s3(
     assert not [key for key in objects(emulator, s3_url) if key.endswith(".parquet")], "nothing came back"
 
 
+def test_a_part_with_a_damaged_footer_is_set_aside_on_s3(
+    s3_url: str, emulator: S3Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pyarrow reports a footer it cannot decode as an ``OSError``, like a network failure, which readers raise
+    rather than mark a good object bad: every query listing the object failed, and TTL never expired its day."""
+    from test_query_paths import lake_with_a_damaged_footer
+
+    damaged = lake_with_a_damaged_footer(s3_url)
+    db = runlake.HistoryDB(s3_url)
+    with caplog.at_level(logging.WARNING):
+        assert len(db.get_history()) == 1 and len(db.get_runs("s")) == 1
+        assert db.sql_rows("SELECT count(*) FROM runs")[1] == [(1,)]
+    assert damaged in caplog.text
+    assert runlake.HistoryDB(s3_url).cleanup_expired() == {"executions_deleted": 1, "nodes_deleted": 0}
+    assert not [key for key in objects(emulator, s3_url) if key.endswith(".parquet")]
+
+
 def test_objects_of_an_older_schema_still_read_and_compact_on_s3(s3_url: str, emulator: S3Emulator) -> None:
     exporter = RunlakeSpanExporter(s3_url, background_flush=False)
     exporter.export(make_spans(8, sessions=1))

@@ -169,6 +169,13 @@ RETRY_WAITS_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 _ATTEMPTS = len(RETRY_WAITS_S) + 8  # and one more for each round of broken files set aside
 
 
+def _file_error(error: duckdb.Error) -> bool:
+    """Whether a DuckDB error can come from a file rather than the statement: an I/O or input error, or DuckDB's
+    plain ``Error`` (a Parquet footer it cannot decode: "don't know what type"). Not parser, binder or catalog
+    errors: those are the statement's own, and no file is read again (or set aside) for them."""
+    return isinstance(error, (duckdb.IOException, duckdb.InvalidInputException)) or type(error) is duckdb.Error
+
+
 def _vanished(message: str) -> bool:
     """A query failed because a listed file was removed meanwhile (TTL, compaction): list again."""
     return any(
@@ -271,7 +278,8 @@ class LakeReader:
         """Find unreadable files among ``files`` and remember them; True if any was found.
 
         On an object store only a file that is there but is not readable Parquet is set aside: a network or
-        permission error is raised instead, so an outage never marks good files as bad.
+        permission error is raised instead, so an outage never marks good files as bad. pyarrow reports a footer it
+        cannot decode ("Couldn't deserialize thrift") as an ``OSError`` too: that one is the file's.
         """
         found = False
         for file in files:
@@ -284,7 +292,7 @@ class LakeReader:
             except FileNotFoundError:
                 continue
             except Exception as error:  # noqa: BLE001 - anything pyarrow cannot open is unusable
-                if isinstance(file, ObjectPath) and isinstance(error, OSError):
+                if isinstance(file, ObjectPath) and isinstance(error, OSError) and "thrift" not in str(error).lower():
                     if is_missing(error):
                         continue
                     raise
@@ -384,7 +392,9 @@ class LakeReader:
                     result = cursor.execute(query, [[str(f) for f in files], *params])
                 names = [d[0] for d in result.description]
                 return names, result.fetchall() if first is None else result.fetchmany(first)
-            except (duckdb.IOException, duckdb.InvalidInputException) as error:
+            except duckdb.Error as error:
+                if not _file_error(error):
+                    raise
                 files, vanished = self._next_attempt(error, files, lister, vanished)
             finally:
                 if remote and shared:  # a stream's own cursor keeps its scan until the stream closes it
@@ -503,7 +513,9 @@ class LakeReader:
                         self._remember_verified(new)
                     self._create_view(con, table, schema, files)
                     break
-                except (duckdb.IOException, duckdb.InvalidInputException) as error:
+                except duckdb.Error as error:
+                    if not _file_error(error):
+                        raise
                     files, vanished = self._next_attempt(error, files, lister, vanished)
             else:
                 raise RuntimeError(f"runlake: could not build the {table} view")  # pragma: no cover
@@ -563,7 +575,9 @@ class LakeReader:
                 sql = "SELECT count(*) FROM read_parquet(?, union_by_name=true, hive_partitioning=false)"
                 con.execute(sql, [[str(f) for f in files]]).fetchall()
             return False
-        except (duckdb.IOException, duckdb.InvalidInputException):
+        except duckdb.Error as error:
+            if not _file_error(error):
+                raise
             return self._set_aside(files)
 
 

@@ -157,8 +157,8 @@ class RunIndex:
             cursor = self._db().cursor()
             try:
                 return _read_many(cursor, files)
-            except (duckdb.IOException, duckdb.InvalidInputException, duckdb.BinderException):
-                pass  # a broken or vanished file, or none with some column (older files): file by file below
+            except duckdb.Error:  # a broken file (a footer DuckDB cannot decode raises its plain Error) or a vanished
+                pass  # one, or none with some column (older files): file by file below, each failure said once
             finally:
                 cursor.close()
         out: dict[str, pa.Table] = {}
