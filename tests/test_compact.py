@@ -365,13 +365,16 @@ def expiring_lake(lake: Path | str, late_part: bool, days_ago: int = 2) -> None:
     exporter.shutdown()
 
 
-@pytest.mark.parametrize("path", ["folder merge", "day merge: first step", "day merge: written"])
+@pytest.mark.parametrize(
+    "path", ["folder merge", "day merge: first step", "day merge: written", "runs/ day merge: before writing"]
+)
 def test_a_day_ttl_expires_while_compaction_merges_it_does_not_come_back(lake: Path, path: str, monkeypatch) -> None:
     """`runlake serve` runs TTL and compaction side by side: TTL can expire a day between compaction's reading of
     its parts and its writing the merged file. Compaction must not make the day folder again with the merged
     rows: they would be visible again, and the next TTL would count them a second time. Forced at each point where
     compaction holds rows it read: the merge of one session folder (the day not quiet), a closed day's first merge
-    step, and its merged file written but the parts not yet removed."""
+    step, its merged file written but the parts not yet removed, and a ``runs/`` day's merge (into its own folder)
+    before it writes."""
     expiring_lake(lake, late_part=path == "folder merge")
     db = runlake.HistoryDB(lake)
     assert db.sql_rows("SELECT count(*) FROM spans")[1] == [(6 if path == "folder merge" else 4,)]
@@ -379,17 +382,24 @@ def test_a_day_ttl_expires_while_compaction_merges_it_does_not_come_back(lake: P
 
     def ttl_first(real):  # noqa: ANN001, ANN202
         def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            if not expired:
+            if not expired and (path != "runs/ day merge: before writing" or args[0] == RUNS):
                 expired.append(runlake.HistoryDB(lake).cleanup_expired())
             return real(*args, **kwargs)
 
         return wrapper
 
-    hook = {"folder merge": "write_part", "day merge: first step": "_step_rows", "day merge: written": "_replace"}
+    hook = {
+        "folder merge": "write_part",
+        "day merge: first step": "_step_rows",
+        "day merge: written": "_replace",
+        "runs/ day merge: before writing": "_write_steps",
+    }
     with monkeypatch.context() as hooked:
         hooked.setattr(runlake.compact, hook[path], ttl_first(getattr(runlake.compact, hook[path])))
         compact(lake, older_than_minutes=10)
     assert expired and expired[0]["executions_deleted"] == (3 if path == "folder merge" else 2)
+    days = [p for p in lake.rglob("day=*") if ".expired-" not in str(p)]
+    assert not days, "no day folder made again (runs/ days are merged in place)"
     assert runlake.HistoryDB(lake).sql_rows("SELECT count(*) FROM spans")[1] == [(0,)]
     assert runlake.HistoryDB(lake).cleanup_expired() == {"executions_deleted": 0, "nodes_deleted": 0}
     assert not [p for p in lake.rglob("*.parquet") if ".expired-" not in str(p)], "nothing of the day came back"

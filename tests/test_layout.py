@@ -247,3 +247,20 @@ def test_a_folder_changed_while_it_is_read_is_read_again(tmp_path: Path, lister:
     else:
         found = layout.CachedListing().table_files(root, layout.RUNS)
     assert found == [merged] and readings.count(str(folder)) == 2
+
+
+def test_entries_that_are_not_regular_files_are_not_listed(tmp_path: Path) -> None:
+    """A dangling symlink (or a FIFO) named like a part file is no part: listed, it made every query of its table
+    fail after all its retries (DuckDB finds no file), where it used to be passed over."""
+    import os
+
+    root = tmp_path / "lake"
+    exporter = RunlakeSpanExporter(root, background_flush=False)
+    exporter.export(make_spans(8))
+    exporter.shutdown()
+    folder = layout.table_files(root, layout.RUNS)[0].parent
+    (folder / "part-zz-dangling.parquet").symlink_to(tmp_path / "nowhere.parquet")
+    os.mkfifo(folder / "part-zz-fifo.parquet")
+    for listing in (layout.data_files(folder), layout.CachedListing().table_files(root, layout.RUNS)):
+        assert [p.name for p in listing if "zz" in p.name] == []
+    assert runlake.HistoryDB(root).sql_rows("SELECT count(*) FROM runs")[1] == [(2,)]

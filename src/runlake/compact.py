@@ -456,24 +456,28 @@ class _SpanSessions:
         return _key_table(self._connection.sql(_SPLIT_SPANS).to_arrow_table(), with_session=True)
 
 
+class _SurveyError(OSError):
+    """The first pass's DuckDB work failed (its temp disk full, its spill folder removed): the day is left as it is."""
+
+
 @contextmanager
 def _duckdb_errors() -> Iterator[None]:
     try:
         yield
     except duckdb.Error as error:
-        raise OSError(f"cannot find the spans stored under several sessions: {error}") from error
+        raise _SurveyError(f"cannot find the spans stored under several sessions: {error}") from error
 
 
 _SURVEY_BATCH_ROWS = 1 << 16
 _SURVEY_MEMORY = "256MB"
 _KEY_COLUMNS = ", ".join(SPAN_KEY)
-# The session of the row readers keep (``LATEST_ROW``): an ``end`` row's, else a ``start`` row's, else any row's (old
-# parts without ``record``); of those the first in order, nulls last (``min`` passes over nulls, giving null only
-# where every such row has none).
+# The session of the row readers keep (``LATEST_ROW``): an ``end`` row's, else a ``start`` row's (any other record),
+# else any row's (old parts without ``record``); of those the first in order, nulls last (``min`` passes over nulls,
+# giving null only where every such row has none).
 _SPLIT_SPANS = f"""
 SELECT {_KEY_COLUMNS},
     CASE WHEN bool_or(record = 'end') THEN min(session_id) FILTER (WHERE record = 'end')
-         WHEN bool_or(record = 'start') THEN min(session_id) FILTER (WHERE record = 'start')
+         WHEN bool_or(record IS NOT NULL) THEN min(session_id) FILTER (WHERE record IS NOT NULL)
          ELSE min(session_id) END AS session_id
 FROM span_rows
 GROUP BY {_KEY_COLUMNS}
@@ -689,8 +693,8 @@ def _write_steps(
     if not used or (len(used) == 1 and is_compacted(used[0])):
         return False
     day = target.parent if table == SPANS else target  # spans go to the day's session=~mixed folder
-    if not isinstance(target, ObjectPath):
-        target.mkdir(exist_ok=True)  # not its parents: a day folder TTL removed meanwhile is not made again
+    if table == SPANS and not isinstance(target, ObjectPath):
+        target.mkdir(exist_ok=True)  # not its parent: a day folder TTL removed meanwhile is not made again
     stream = PartStream(
         table,
         target,
@@ -886,7 +890,7 @@ def _compact_days(
         try:
             (_compact_spans_day if day.table == SPANS else _compact_runs_day)(day, summary)
         except OSError as error:
-            if is_missing(error):  # expired by TTL (or purged) while it was merged: nothing of it comes back
+            if is_missing(error) and not isinstance(error, _SurveyError):  # expired (TTL) or purged meanwhile
                 _logger.info("compaction: %s went meanwhile (TTL?); left to it (%s)", day.folder, error)
             else:
                 _logger.error(

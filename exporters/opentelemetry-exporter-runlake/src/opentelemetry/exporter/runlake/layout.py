@@ -451,8 +451,9 @@ def _each_folder(folders: list[LakeRoot], list_one: Callable[[LakeRoot], list]) 
         yield from found
 
 
-def _scan(folder: str | os.PathLike[str]) -> tuple[int, list[tuple[str, bool]]]:
-    """A local folder's entries ``(name, is a folder)`` as of one moment, and its mtime then.
+def _scan(folder: str | os.PathLike[str]) -> tuple[int, list[tuple[str, bool, bool]]]:
+    """A local folder's entries ``(name, is a folder, is a regular file)`` as of one moment, and its mtime then
+    (symlinks followed for the file test: a dangling one, a FIFO or a socket is neither).
 
     ``readdir`` returns each entry that does not change while it reads the folder exactly once, but may miss one
     added or removed meanwhile: a listing that spans compaction's in-place merge (its file renamed in, then the
@@ -462,7 +463,7 @@ def _scan(folder: str | os.PathLike[str]) -> tuple[int, list[tuple[str, bool]]]:
     before = os.stat(folder).st_mtime_ns
     for _ in range(8):
         with os.scandir(folder) as found:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in found]
+            entries = [(e.name, e.is_dir(follow_symlinks=False), e.is_file()) for e in found]
         after = os.stat(folder).st_mtime_ns
         if after == before:
             break
@@ -481,7 +482,7 @@ def _subdirs(path: LakeRoot, prefix: str) -> Iterator[tuple[str, LakeRoot]]:
         _, entries = _scan(path)
     except (FileNotFoundError, NotADirectoryError):
         return
-    for name, is_dir in entries:
+    for name, is_dir, _ in entries:
         if is_dir and name.startswith(prefix):
             yield name[len(prefix) :], path / name
 
@@ -499,7 +500,7 @@ def data_files(folder: LakeRoot) -> list[LakeRoot]:
         _, entries = _scan(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [folder / n for n in sorted(n for n, is_dir in entries if not is_dir and is_data_file(n))]
+    return [folder / n for n in sorted(n for n, _, is_file in entries if is_file and is_data_file(n))]
 
 
 def day_folder_of(file: LakeRoot) -> LakeRoot:
@@ -703,8 +704,8 @@ class CachedListing:
             mtime, entries = _scan(folder)
         except (FileNotFoundError, NotADirectoryError):
             return [], []
-        subfolders = sorted((n, os.path.join(folder, n)) for n, is_dir in entries if is_dir)
-        files = [Path(folder, n) for n in sorted(n for n, is_dir in entries if not is_dir and is_data_file(n))]
+        subfolders = sorted((n, os.path.join(folder, n)) for n, is_dir, _ in entries if is_dir)
+        files = [Path(folder, n) for n in sorted(n for n, _, is_file in entries if is_file and is_data_file(n))]
         with self._lock:
             if len(self._folders) >= self._max:
                 self._folders.clear()
