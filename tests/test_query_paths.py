@@ -668,3 +668,29 @@ def test_a_part_with_a_damaged_footer_is_set_aside_by_every_read_and_by_ttl(tmp_
     assert damaged in caplog.text
     counted = HistoryDB(tmp_path / "lake").cleanup_expired()  # the damaged part's run cannot be counted, but goes
     assert counted == {"executions_deleted": 1, "nodes_deleted": 0} and not lake_files(tmp_path / "lake", RUNS)
+
+
+def test_the_runs_index_lists_again_when_compaction_replaces_a_file_it_is_about_to_read(
+    lake: Path, lake_ids: dict, monkeypatch
+) -> None:
+    """Compaction that keeps merging a day (late parts keep coming) replaces its merged file again and again: a
+    refresh of the runs index that listed one merged file found it gone when it read it, had already dropped the
+    file it replaced, and answered without that day's runs (a stress test's `get_history` lost 932 of 3,778 runs
+    so). Forced: every file is renamed (as a newer merge would replace it) between the listing and the read."""
+    from runlake.run_index import RunIndex
+
+    expected = len(HistoryDB(lake, index_max_rows=0).get_history(limit=None))
+    real = RunIndex._read
+    replaced: list[str] = []
+
+    def read_after_a_merge(self, files):  # noqa: ANN001, ANN202
+        if files and not replaced:
+            for file in files:
+                newer = file.parent / new_part_name(compacted=True)
+                file.rename(newer)
+                replaced.append(str(newer))
+        return real(self, files)
+
+    monkeypatch.setattr(RunIndex, "_read", read_after_a_merge)
+    db = HistoryDB(lake)
+    assert len(db.get_history(limit=None)) == expected > 0 and replaced

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
-from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, first_run_rank
+from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, RETRY_WAITS_S, first_run_rank
 
 _logger = logging.getLogger(__name__)
 
@@ -119,19 +120,37 @@ class RunIndex:
             return self._connection
 
     def refresh(self) -> bool:
-        """Bring the copy up to date with the listing; False if the index is off (too many runs)."""
+        """Bring the copy up to date with the listing; False if the index is off (too many runs).
+
+        A file listed but gone when it is read was replaced by compaction meanwhile (its rows are in a newer file,
+        while the file it replaced is already dropped from the copy as gone): the lake is listed again, as readers
+        do (``query.RETRY_WAITS_S``), or the copy would lack that day's runs until the next refresh."""
+        for wait in RETRY_WAITS_S:
+            if wait:
+                time.sleep(wait)
+            vanished = self._refresh_once()
+            if vanished is None:
+                return False
+            if not vanished:
+                return True
+        return True  # the last listing's files were replaced again meanwhile: next time
+
+    def _refresh_once(self) -> bool | None:
+        """One listing applied: None if the index turned itself off, else whether a listed file vanished."""
         if not self.enabled:
-            return False
+            return None
         files = self.listing.table_files(self.root, RUNS)
         with self._lock:
             names = {str(f): f for f in files if str(f) not in self._bad}
             gone = [n for n in self._parts if n not in names]
             new = [f for n, f in names.items() if n not in self._parts]
             if not gone and not new and self._table is not None:
-                return True
+                return False
             for name in gone:
                 self._rows -= self._parts.pop(name).num_rows
-            for name, part in self._read(new).items():
+            read = self._read(new)
+            vanished = any(str(f) not in read and str(f) not in self._bad for f in new)
+            for name, part in read.items():
                 self._parts[name] = part
                 self._rows += part.num_rows
                 if self._rows > self.max_rows:
@@ -143,13 +162,13 @@ class RunIndex:
                     self.enabled = False
                     self._parts.clear()
                     self._table = None
-                    return False
+                    return None
             latest = self._latest(list(self._parts.values()))
             # NEWEST_RUN_FIRST (the order of history and traces), in one chunk: filters and takes stay cheap
             order = [("start_time_unix_nano", "descending"), ("run_id", "ascending")]
             self._table = latest.sort_by(order).combine_chunks()
             self._version += 1
-            return True
+            return vanished
 
     def _read(self, files: list[LakeRoot]) -> dict[str, pa.Table]:
         """New files' rows; one scan for local files, file by file on an object store or when one is broken."""
