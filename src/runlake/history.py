@@ -29,7 +29,15 @@ from opentelemetry.exporter.runlake.layout import (
 )
 from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS, attributes_of_row
 
-from .query import FIRST_RUN_OF_TRACE, NEWEST_RUN_FIRST, RETRY_WAITS_S, LakeReader, _vanished, first_run_rank
+from .query import (
+    FIRST_RUN_OF_TRACE,
+    LAST_ATTEMPT,
+    NEWEST_RUN_FIRST,
+    LakeReader,
+    _vanished,
+    attempts_after_waits,
+    first_run_rank,
+)
 from .run_index import DEFAULT_MAX_ROWS, RunIndex
 from .ttl import expire
 
@@ -889,14 +897,12 @@ class HistoryDB:
 
     def _run_sql(self, query: str, use: Callable[[Any], Any]) -> Any:
         named = tuple(t for t in (SPANS, RUNS) if re.search(rf"\b{t}\b", query, re.IGNORECASE)) or (SPANS, RUNS)
-        for attempt, wait in enumerate(RETRY_WAITS_S):
-            if wait:
-                time.sleep(wait)  # lost a race with compaction or TTL: wait longer each time (RETRY_WAITS_S)
+        for attempt in attempts_after_waits():
             con = self._reader.views(self.root, self.tenant_id, named)  # only the views the statement names
             try:
                 return use(con.sql(query))
             except (duckdb.IOException, duckdb.InvalidInputException) as error:
-                if attempt == len(RETRY_WAITS_S) - 1 or not _vanished(str(error)):
+                if attempt == LAST_ATTEMPT or not _vanished(str(error)):
                     raise  # a file removed after the views were made (TTL, compaction): make them again
         raise AssertionError("unreachable")  # pragma: no cover
 

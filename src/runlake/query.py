@@ -167,6 +167,16 @@ def latest_source(
 # races in a row, so each attempt waits a little longer first: 9 attempts within ~1.3 s, then the error.
 RETRY_WAITS_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 _ATTEMPTS = len(RETRY_WAITS_S) + 8  # and one more for each round of broken files set aside
+LAST_ATTEMPT = len(RETRY_WAITS_S) - 1
+
+
+def attempts_after_waits() -> Iterator[int]:
+    """Attempt numbers (0 to ``LAST_ATTEMPT``) of work that may lose a race with compaction or TTL, each but the
+    first after its wait in ``RETRY_WAITS_S``: the caller breaks out once an attempt did not lose."""
+    for attempt, wait in enumerate(RETRY_WAITS_S):
+        if wait:
+            time.sleep(wait)
+        yield attempt
 
 
 def _file_error(error: duckdb.Error) -> bool:
@@ -529,7 +539,7 @@ class LakeReader:
         ``RETRY_WAITS_S[vanished + 1]``; else (or when those waits are used up) ``error`` is raised."""
         if self._set_aside(files):
             return self._usable(files), vanished
-        if vanished + 1 < len(RETRY_WAITS_S) and _vanished(str(error)):
+        if vanished < LAST_ATTEMPT and _vanished(str(error)):
             time.sleep(RETRY_WAITS_S[vanished + 1])
             return self._usable(lister()), vanished + 1
         raise error

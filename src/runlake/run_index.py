@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
-from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, RETRY_WAITS_S, first_run_rank
+from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, attempts_after_waits, first_run_rank
 
 _logger = logging.getLogger(__name__)
 
@@ -125,9 +124,7 @@ class RunIndex:
         A file listed but gone when it is read was replaced by compaction meanwhile (its rows are in a newer file,
         while the file it replaced is already dropped from the copy as gone): the lake is listed again, as readers
         do (``query.RETRY_WAITS_S``), or the copy would lack that day's runs until the next refresh."""
-        for wait in RETRY_WAITS_S:
-            if wait:
-                time.sleep(wait)
+        for _ in attempts_after_waits():
             vanished = self._refresh_once()
             if vanished is None:
                 return False
