@@ -84,6 +84,32 @@ def test_foreign_values_out_of_range_are_left_out_and_every_run_stays(lake: Path
     assert db.cleanup_expired(now=None) == {"executions_deleted": 0, "nodes_deleted": 0}
 
 
+def test_a_time_past_the_int64_range_rejects_that_span_alone(lake: Path) -> None:
+    """A unit slip (a start in µs·1000, a year past 2262 or past 9999) cannot be a day folder: that span is
+    rejected and counted, the rest of its batch is stored and every reader still answers (it used to cost the
+    whole batch uncounted, or be stored with a null start that broke history and traces for every user)."""
+    good = make_spans(6, sessions=2, prefix="good")
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("slip")
+    attrs = {"runlake.span.type": "run", "gen_ai.agent.name": "slip", "session.id": "s-slip"}
+    start = good[0].start_time
+    for begin, end in ((start * 1000, start * 1000 + 1), (2**63 + 5, 2**63 + 9), (start, 2**64)):
+        tracer.start_span("slip", attributes=attrs, start_time=begin).end(end_time=end)
+    bad = list(memory.get_finished_spans())
+    exporter = RunlakeSpanExporter(lake)
+    assert exporter.export(good[:3] + bad + good[3:]).name == "FAILURE"  # some of the batch could not be stored
+    exporter.shutdown()
+    assert exporter.stats["rejected_spans"] == 3 and exporter.stats["dropped_rows"] == 0
+    db = runlake.HistoryDB(lake)
+    roots = {f"{s.context.span_id:016x}" for s in good if not s.parent}
+    assert {h["run_id"] for h in db.get_history(limit=100)} == roots
+    assert {t["trace_id"] for t in db.get_traces(limit=100)} == {f"{s.context.trace_id:032x}" for s in good}
+    assert db.get_runs("s-slip") == []
+    assert not [p for p in lake.rglob("day=*") if not p.name.startswith("day=20")]
+
+
 def test_bytes_attribute_values_are_text_not_a_python_repr(lake: Path) -> None:
     """The SDK keeps bytes attribute values as they are (OTLP has bytes values): UTF-8 is stored as its text, other
     bytes in base64 (as OTLP/JSON writes them) — in the columns, the attributes JSON and through OTLP ingest alike."""

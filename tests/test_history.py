@@ -411,3 +411,36 @@ def test_history_counts_the_nodes_of_a_run_in_progress(configured: Path) -> None
             assert (item["node_count"], item["tokens_used"], item["cost_cents"]) == (2, 30, 2)
             summary = db.get_logs(running.run_id)["summary"]
             assert (summary["total_nodes"], summary["tokens_used"], summary["cost_cents"]) == (2, 30, 2)
+
+
+def test_a_node_on_the_day_before_its_run_is_in_its_logs_and_trace(lake: Path) -> None:
+    """A node's clock a little behind its run's across midnight files the node under the day before the run's: the
+    logs and the trace find it as history counts it (they read the run's days, then a day either side when the
+    exporter counted more nodes than those days hold)."""
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("skew")
+    midnight = int(dt.datetime(2026, 4, 2, tzinfo=dt.timezone.utc).timestamp()) * 10**9
+    attrs = {"runlake.span.type": "run", "session.id": "s-skew", "user.id": "u", "gen_ai.agent.name": "a"}
+    run = tracer.start_span("run", attributes=attrs, start_time=midnight + 100_000_000)
+    context = trace.set_span_in_context(run)
+    for name, start in (("skewed", midnight - 100_000_000), ("normal", midnight + 200_000_000)):
+        node_attrs = {"runlake.span.type": "node", "runlake.node.id": name, "runlake.node.type": "tool"}
+        tracer.start_span(name, context=context, attributes=node_attrs, start_time=start).end(start + 50_000_000)
+    run.end(midnight + 400_000_000)
+    provider.shutdown()
+    assert {p.name for p in lake.rglob("day=*")} == {"day=2026-04-01", "day=2026-04-02"}
+    run_id = f"{run.get_span_context().span_id:016x}"
+    for db in (runlake.HistoryDB(lake), runlake.HistoryDB(lake, index_max_rows=1)):
+        [item] = db.get_history()
+        assert item["node_count"] == 2
+        logs = db.get_logs(run_id)
+        assert [n["id"] for n in logs["nodes"]] == ["skewed", "normal"] and logs["summary"]["total_nodes"] == 2
+        [trace_dict] = db.get_traces(user_id="u")
+        assert sorted(s["name"] for s in trace_dict["spans"]) == ["normal", "run", "skewed"]

@@ -101,8 +101,9 @@ _LIVE_RUN_NS = 86_400 * 10**9  # a run in progress for less than this is counted
 _MAX_DAYS_OF_RUN = 400  # a run's spans are looked for on the days it lasted, up to this many
 
 
-def _days_of(start_ns: int | None, end_ns: int | None) -> list[str] | None:
-    """The UTC days a run lasted (through today while it runs); None when that is not known or too long."""
+def _days_of(start_ns: int | None, end_ns: int | None, margin: int = 0) -> list[str] | None:
+    """The UTC days a run lasted (through today while it runs), and ``margin`` days either side; None when that is
+    not known or too long."""
     if not isinstance(start_ns, int):
         return None
     first = dt.date.fromisoformat(day_of(start_ns))
@@ -110,7 +111,14 @@ def _days_of(start_ns: int | None, end_ns: int | None) -> list[str] | None:
     span = (last - first).days
     if span < 0 or span > _MAX_DAYS_OF_RUN:
         return None
-    return [(first + dt.timedelta(days=i)).isoformat() for i in range(span + 1)]
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(-margin, span + 1 + margin)]
+
+
+def _nodes_missing(run: dict[str, Any], nodes_found: int) -> bool:
+    """Whether the exporter counted more nodes for a finished run than were found on the days it lasted: a node
+    filed on a day outside them (a clock a little behind across midnight, a step that ran on after the run, the
+    next day). Those are looked for a day either side."""
+    return run.get("end_time_unix_nano") is not None and (run.get("node_count") or 0) > nodes_found
 
 
 # the columns each shape is built from: DuckDB pays for every column read, wanted or not
@@ -232,6 +240,36 @@ def _one_tenant(rows: list[dict[str, Any]]) -> str | None:
     """The tenant all the rows belong to (their files are then listed in that tenant only), else None."""
     tenants = {r.get("tenant_id") for r in rows}
     return tenants.pop() if len(tenants) == 1 and None not in tenants else None
+
+
+def _trace_days(runs: list[dict[str, Any]], others: list[dict[str, Any]], margin: int) -> dict[str, set[str] | None]:
+    """The sessions (and days) to read the runs' traces from: each run's session and the spans without one on the
+    days it lasted (``margin`` days either side), the sessions of the traces' other runs on theirs."""
+    wanted: dict[str, set[str] | None] = {}
+    for run in runs:
+        days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"], margin)
+        _add_days(wanted, run["session_id"] or "", days)
+        _add_days(wanted, "", days)
+    for other in others:
+        if other["session_id"]:
+            days = _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"], margin)
+            _add_days(wanted, other["session_id"], days)
+    return wanted
+
+
+def _traces_short_of_nodes(runs: list[dict[str, Any]], found: list[dict[str, Any]]) -> set[str]:
+    """Traces in which fewer nodes were found than the exporter counted for the listed runs of them."""
+    counted: dict[str, int] = {}
+    for run in runs:
+        if run.get("end_time_unix_nano") is not None:
+            counted[run["trace_id"]] = counted.get(run["trace_id"], 0) + (run.get("node_count") or 0)
+    if not any(counted.values()):
+        return set()
+    nodes: dict[str, set[str]] = {}
+    for row in found:
+        if row["span_type"] == "node":
+            nodes.setdefault(row["trace_id"], set()).add(row["span_id"])
+    return {trace for trace, count in counted.items() if count > len(nodes.get(trace, ()))}
 
 
 def _add_days(wanted: dict[str, set[str] | None], session: str, days: list[str] | None) -> None:
@@ -615,18 +653,15 @@ class HistoryDB:
         """
         if not runs:
             return {}
-        wanted: dict[str, set[str] | None] = {}
-        for run in runs:
-            days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"])
-            _add_days(wanted, run["session_id"] or "", days)
-            _add_days(wanted, "", days)
         traces = sorted({run["trace_id"] for run in runs})
-        for other in self._runs_of_traces(traces, index):  # nested runs elsewhere
-            if other["session_id"]:
-                _add_days(
-                    wanted, other["session_id"], _days_of(other["start_time_unix_nano"], other["end_time_unix_nano"])
-                )
-        found = self._trace_rows(wanted, traces, _TRACE_COLUMNS, _one_tenant(runs))
+        others = self._runs_of_traces(traces, index)  # nested runs elsewhere
+        found = self._trace_rows(_trace_days(runs, others, 0), traces, _TRACE_COLUMNS, _one_tenant(runs))
+        short = _traces_short_of_nodes(runs, found)
+        if short:  # a node on a day outside its run's: those traces once more, a day either side
+            runs = [r for r in runs if r["trace_id"] in short]
+            others = [r for r in others if r["trace_id"] in short]
+            found = [r for r in found if r["trace_id"] not in short]
+            found += self._trace_rows(_trace_days(runs, others, 1), sorted(short), _TRACE_COLUMNS, _one_tenant(runs))
         found.sort(key=lambda r: (r["start_time_unix_nano"], r["parent_span_id"] is not None, r["span_id"]))
         out: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
         for row in found:
@@ -777,8 +812,16 @@ class HistoryDB:
 
     def _rows_of_run(self, run: dict[str, Any], indexed: bool) -> list[dict[str, Any]]:
         """The run's own span row and its node rows (``_LOG_COLUMNS``), oldest first."""
+        rows = self._read_rows_of_run(run, indexed, 0)
+        if indexed and _nodes_missing(
+            run, sum(r["span_type"] == "node" and r["span_id"] != run["span_id"] for r in rows)
+        ):
+            rows = self._read_rows_of_run(run, indexed, 1)
+        return rows
+
+    def _read_rows_of_run(self, run: dict[str, Any], indexed: bool, margin: int) -> list[dict[str, Any]]:
         session = run["session_id"] or ""
-        days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"]) if indexed else None
+        days = _days_of(run["start_time_unix_nano"], run["end_time_unix_nano"], margin) if indexed else None
         # the run's trace in its session's files and in those of spans without a session (instrumentations often
         # name the session on the agent span only); which nodes are the run's is decided by ancestry
         sessions = {session: days and set(days), "": days and set(days)}

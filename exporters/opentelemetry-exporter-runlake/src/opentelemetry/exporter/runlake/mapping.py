@@ -42,6 +42,7 @@ RUN, NODE, TURN, OTHER = "run", "node", "turn", "span"
 DEFAULT_TTL_DAYS = 30
 MAX_TTL_DAYS = 36_500  # 100 years: "keep it"; larger values are stored as this (dates stay computable)
 INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
 
 # column -> (keys read, first found wins; keys written back when rebuilding the attributes)
 COLUMN_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -542,6 +543,11 @@ class SpanMapper:
             events, name, kind, status, resource = span.events, span.name, span.kind, span.status, span.resource
         if not isinstance(start_time, int) or context is None or not context.span_id:
             raise ValueError(f"span {name!r} has no start time or span id")
+        end_time = span.end_time if record == "end" else None
+        if not INT64_MIN <= start_time <= INT64_MAX or (
+            type(end_time) is int and not INT64_MIN <= end_time <= INT64_MAX
+        ):  # the lake keeps int64 nanoseconds (years 1677-2262): a unit slip must not reach the day folder
+            raise ValueError(f"span {name!r} has a time outside the int64 nanosecond range (years 1677-2262)")
 
         keys = tuple(attributes)
         plan = self._plans.get(keys)
@@ -649,7 +655,7 @@ class SpanMapper:
             name,
             _KIND_BY_ID.get(id(kind)) or _KIND_NAMES.get(kind.value, "INTERNAL"),
             start_time,
-            span.end_time if record == "end" else None,
+            end_time,
             status_code,
             status_message,
             error_type if error_type is None or isinstance(error_type, str) else _as_text(error_type),
