@@ -433,3 +433,16 @@ def test_cost_sums_and_mean_durations_do_not_depend_on_the_order_rows_are_added(
     assert overall["cost_cents"] == agent["cost_cents"] == 2  # 1.5, halves rounded up
     assert agent["node_types"]["llm"]["cost_cents"] == 1.5
     assert agent["node_types"]["llm"]["avg_duration_ms"] == 1.0 and overall["avg_duration_ms"] == 1.0
+
+
+def test_ttl_days_of_another_instrumentation_are_read_as_schema_md_says(lake: Path) -> None:
+    """``True`` is no ttl of one day (the default); past the cap (an infinity, 10**30) is the cap, not the default."""
+    cases = {"bool": True, "inf": float("inf"), "huge": 10**30, "nan": float("nan"), "text": "12", "low": 0}
+    exporter = RunlakeSpanExporter(lake)
+    for name, value in cases.items():
+        exporter.export(foreign_run(f"ttl-{name}", **{"runlake.ttl_days": value}))
+    exporter.shutdown()
+    rows = runlake.HistoryDB(lake).sql("SELECT session_id, max(ttl_days) FROM runs GROUP BY 1").fetchall()
+    assert dict(rows) == {
+        "ttl-bool": 30, "ttl-inf": 36_500, "ttl-huge": 36_500, "ttl-nan": 30, "ttl-text": 12, "ttl-low": 30,
+    }  # fmt: skip

@@ -676,3 +676,17 @@ def test_serve_on_a_lake_that_is_a_file_is_one_line_of_error(tmp_path: Path) -> 
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("runlake serve:")
+
+
+def test_the_time_zone_caption_names_both_sides_of_a_clock_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Times shown from June and November in Los Angeles are PDT and PST: the caption names both."""
+    import time
+
+    from runlake.cli.output import _zone_caption
+
+    with monkeypatch.context() as m:
+        m.setenv("TZ", "America/Los_Angeles")
+        time.tzset()
+        caption = _zone_caption()
+    time.tzset()
+    assert caption.startswith("times in PST/PDT")

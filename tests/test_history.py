@@ -444,3 +444,48 @@ def test_a_node_on_the_day_before_its_run_is_in_its_logs_and_trace(lake: Path) -
         assert [n["id"] for n in logs["nodes"]] == ["skewed", "normal"] and logs["summary"]["total_nodes"] == 2
         [trace_dict] = db.get_traces(user_id="u")
         assert sorted(s["name"] for s in trace_dict["spans"]) == ["normal", "run", "skewed"]
+
+
+def test_statistics_cover_the_window_up_to_now_only(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``statistics(days, now)``: runs that started in ``[now - days, now]``, naive ``now`` as UTC, boundaries to the
+    nanosecond; a run whose clock went back (end before start) counts 0 ms, never a negative duration."""
+    import time
+
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from runlake.service import ExecutionHistoryService
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("window")
+    noon = dt.datetime(2026, 3, 5, 12, tzinfo=dt.timezone.utc)
+    at = int(noon.timestamp()) * 10**9
+    day = 86_400 * 10**9
+    for name, start, end in (
+        ("cutoff", at - day, at - day + 10**9),  # exactly at the window's start: in
+        ("before", at - day - 1, at - day + 10**9),  # 1 ns earlier: out
+        ("now", at, at + 10**9),  # exactly at now: in
+        ("future", at + 3_600 * 10**9, at + 3_601 * 10**9),  # after now: out
+        ("stepped-back", at - 10**9, at - 2 * 10**9),  # end before start: 0 ms
+    ):
+        attrs = {"runlake.span.type": "run", "session.id": f"s-{name}", "user.id": "u", "gen_ai.agent.name": "a"}
+        tracer.start_span(name, attributes=attrs, start_time=start).end(end_time=end)
+    provider.shutdown()
+    service = ExecutionHistoryService(lake)
+    aware = service.statistics(user_id="u", days=1, now=noon)
+    assert aware["total_executions"] == 3 and aware["until"] == "2026-03-05T12:00:00Z"
+    assert aware["avg_duration_ms"] == pytest.approx((1000 + 1000 + 0) / 3, abs=0.01)
+    with monkeypatch.context() as m:
+        m.setenv("TZ", "America/Los_Angeles")
+        time.tzset()
+        naive = service.statistics(user_id="u", days=1, now=noon.replace(tzinfo=None))
+    time.tzset()
+    assert {k: naive[k] for k in aware} == aware
+    assert {r["run_id"]: r for r in runlake.HistoryDB(lake).get_runs("s-stepped-back")}.popitem()[1]["metrics"] == {
+        "duration_ms": 0.0
+    }
+    [(negative,)] = runlake.HistoryDB(lake).sql("SELECT count(*) FROM spans WHERE duration_ms < 0").fetchall()
+    assert negative == 0

@@ -450,3 +450,28 @@ def test_spans_reusing_a_span_id_in_two_traces_are_counted_as_two_after_compacti
     compact(lake, older_than_minutes=0)
     assert all(len(list(day.glob("*/*.parquet"))) == 1 for day in (lake / "spans").glob("*/*/day=*"))
     assert runlake.HistoryDB(lake).cleanup_expired(dry_run=True) == expected
+
+
+def test_now_is_a_utc_moment_whatever_the_process_time_zone(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A naive ``now`` (``datetime.utcnow()``) is UTC, not the process's local time; ``max_age_days`` and ``now``
+    of the wrong kind are refused with a message, not half-applied (-1 removed today's folders)."""
+    import time
+
+    write_history(lake, [(3, 1, "a"), (1, 30, "a")])
+    before = tree(lake)
+    due = (NOW - dt.timedelta(days=3)).date() + dt.timedelta(days=2)  # the run of 3 days ago expires at 00:00 UTC
+    just_after = dt.datetime.combine(due, dt.time(0, 30))  # naive: 00:30 UTC
+    with monkeypatch.context() as m:
+        for zone in ("Asia/Kolkata", "Pacific/Kiritimati"):  # 00:30 UTC is the day before there... if local time
+            m.setenv("TZ", zone)
+            time.tzset()
+            assert runlake.HistoryDB(lake).cleanup_expired(now=just_after, dry_run=True)["executions_deleted"] == 1
+    time.tzset()
+    db = runlake.HistoryDB(lake)
+    for bad in (-1, 0, 0.5, True, "3"):
+        with pytest.raises(ValueError, match="max_age_days"):
+            db.cleanup_expired(max_age_days=bad)  # type: ignore[arg-type]
+    for bad in (1.7e9, "2030-01-01", dt.date(2030, 1, 1)):
+        with pytest.raises(TypeError, match="now must be a datetime"):
+            db.cleanup_expired(now=bad)  # type: ignore[arg-type]
+    assert tree(lake) == before

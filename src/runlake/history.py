@@ -544,7 +544,7 @@ class HistoryDB:
         if status == "error":
             metrics: dict[str, Any] = {"error": row["status_message"] or row["error_type"] or "error"}
         elif ended is not None:
-            metrics = {"duration_ms": (ended - row["start_time_unix_nano"]) / 1e6}
+            metrics = {"duration_ms": max(ended - row["start_time_unix_nano"], 0) / 1e6}
         else:
             metrics = {}
         return {

@@ -89,6 +89,13 @@ def latest_row_of(files: Sequence[LakeRoot]) -> str:
     return LATEST_RUN_ROW if table == RUNS else LATEST_ROW
 
 
+# A span's elapsed nanoseconds, never negative (a clock stepped back between its start and end: 0, as history's
+# durations show it); null while it runs. Every duration of the views and the statistics is this one.
+ELAPSED_NS = (
+    "CASE WHEN end_time_unix_nano < start_time_unix_nano THEN 0 ELSE end_time_unix_nano - start_time_unix_nano END"
+)
+
+
 # Runs newest first; runs that started in the same nanosecond (millisecond clocks, a frozen test clock) by run id, so
 # that every path (the in-memory index, DuckDB over the files) lists them in one order and a limit cuts alike.
 NEWEST_RUN_FIRST = "start_time_unix_nano DESC, run_id"
@@ -568,7 +575,7 @@ class LakeReader:
             SELECT * EXCLUDE (record),
                    make_timestamp(start_time_unix_nano // 1000) AS start_time,
                    make_timestamp(end_time_unix_nano // 1000) AS end_time,
-                   (end_time_unix_nano - start_time_unix_nano) / 1e6 AS duration_ms,
+                   ({ELAPSED_NS}) / 1e6 AS duration_ms,
                    CAST(make_timestamp(start_time_unix_nano // 1000) AS DATE) AS day
             FROM {source}"""
         )

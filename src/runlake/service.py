@@ -24,23 +24,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.exporter.runlake.layout import RUNS, SPANS, table_files
+from opentelemetry.exporter.runlake.layout import RUNS, SPANS, day_of, table_files
 
 from .history import HistoryDB, iso_time, owners_of_unnamed_nodes, whole_cents
-from .query import LakeReader
+from .moments import unix_nano, utc_moment
+from .query import ELAPSED_NS, LakeReader
 
 __all__ = ["ExecutionHistoryService"]
 
 _NS_PER_DAY = 86_400 * 10**9
 MAX_DAYS = 36_500  # a window of 100 years, as the longest TTL; more would reach back before year 1
 _TREE_CHUNK = 2_000  # traces whose span trees are read at once (bounds the rows held in Python)
-_DURATION_MS = "(end_time_unix_nano - start_time_unix_nano) / 1e6"
+_DURATION_MS = f"({ELAPSED_NS}) / 1e6"
 # Sums and means that do not depend on the order DuckDB's threads add rows in. A plain sum of doubles does (a total
 # that is a half rounded either way from one call to the next; ten costs of 0.05 cents summing to 0.4999...), and so
 # does DuckDB's fsum (Kahan, not exact). Costs are summed exactly as decimals of a millionth of a cent, each within
 # +/-1e14 cents (more is no real cost, and keeps the sum from overflowing); durations from the integer nanoseconds.
 _COST_SUM = "sum(CASE WHEN isfinite(cost_cents) THEN greatest(least(cost_cents, 1e14), -1e14)::DECIMAL(38, 6) END)"
-_AVG_MS = "sum(end_time_unix_nano - start_time_unix_nano) / nullif(count(end_time_unix_nano), 0) / 1e6"
+_AVG_MS = f"sum({ELAPSED_NS}) / nullif(count(end_time_unix_nano), 0) / 1e6"
 _SUMMARY = f"""count(*) AS total,
        count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR') AS completed,
        count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code = 'ERROR') AS failed,
@@ -146,11 +147,11 @@ class ExecutionHistoryService:
         return await asyncio.to_thread(self.statistics_per_user, days, now)
 
     # ---- the blocking part ------------------------------------------------------------------------------------
-    def _window(self, days: int, now: dt.datetime | None) -> tuple[int, str, dt.datetime]:
-        moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-        cutoff_ns = int(moment.timestamp() * 1e9) - days * _NS_PER_DAY
-        since_day = dt.datetime.fromtimestamp(cutoff_ns / 1e9, tz=dt.timezone.utc).date().isoformat()
-        return cutoff_ns, since_day, moment
+    def _window(self, days: int, now: dt.datetime | None) -> tuple[int, int, str]:
+        """``(cutoff_ns, until_ns, since_day)``: runs that started from ``days`` before ``now`` up to ``now``."""
+        until_ns = unix_nano(utc_moment(now))
+        cutoff_ns = until_ns - days * _NS_PER_DAY
+        return cutoff_ns, until_ns, day_of(cutoff_ns)
 
     def _lister(self, table: str, since_day: str) -> Callable[[], list[Path]]:
         root, tenant = self.root, self.tenant_id
@@ -166,9 +167,11 @@ class ExecutionHistoryService:
             params.append(self.user_id)
         return sql
 
-    def _runs_where(self, cutoff_ns: int, user_id: str | None, agent_id: str | None) -> tuple[str, list[Any]]:
-        params: list[Any] = [cutoff_ns]
-        where = "start_time_unix_nano >= ?" + self._scope_sql(params)
+    def _runs_where(
+        self, cutoff_ns: int, until_ns: int, user_id: str | None, agent_id: str | None
+    ) -> tuple[str, list[Any]]:
+        params: list[Any] = [cutoff_ns, until_ns]
+        where = "start_time_unix_nano >= ? AND start_time_unix_nano <= ?" + self._scope_sql(params)
         if user_id is not None:
             where += " AND user_id = ?"
             params.append(user_id)
@@ -200,8 +203,8 @@ class ExecutionHistoryService:
     ) -> dict[str, Any]:
         """``get_execution_statistics`` / ``get_agent_performance_metrics`` without the event loop (blocking)."""
         days = _check_days(days)
-        cutoff_ns, since_day, moment = self._window(days, now)
-        where, params = self._runs_where(cutoff_ns, user_id, agent_id)
+        cutoff_ns, until_ns, since_day = self._window(days, now)
+        where, params = self._runs_where(cutoff_ns, until_ns, user_id, agent_id)
         rows = self._summary_rows(where, params, since_day)
         row = rows[0] if rows else {}
         stats = self._figures(row)
@@ -214,7 +217,7 @@ class ExecutionHistoryService:
             {
                 "period_days": days,
                 "since": iso_time(cutoff_ns),
-                "until": iso_time(int(moment.timestamp() * 1e9)),
+                "until": iso_time(until_ns),
                 **stats,
                 "first_execution_at": iso_time(row.get("first_ns")),
                 "last_execution_at": iso_time(row.get("last_ns")),
@@ -227,8 +230,8 @@ class ExecutionHistoryService:
     def statistics_per_user(self, days: int = 30, now: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
         """The figures of ``statistics`` for every user in scope, in one pass: ``{user_id: figures}``."""
         days = _check_days(days)
-        cutoff_ns, since_day, _ = self._window(days, now)
-        where, params = self._runs_where(cutoff_ns, None, None)
+        cutoff_ns, until_ns, since_day = self._window(days, now)
+        where, params = self._runs_where(cutoff_ns, until_ns, None, None)
         out: dict[str, dict[str, Any]] = {}
         for row in self._summary_rows(where, params, since_day, group_by_user=True):
             out[row["user_id"]] = {

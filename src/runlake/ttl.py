@@ -47,6 +47,7 @@ from opentelemetry.exporter.runlake.layout import (
 )
 from opentelemetry.exporter.runlake.writer import read_part_counts
 
+from .moments import utc_moment
 from .query import LakeReader
 
 __all__ = ["EXPIRED_PREFIX", "ExpireError", "expire", "pending_deletes", "wait_for_deletes"]
@@ -104,7 +105,11 @@ def expire(
     Raises :class:`ExpireError` (carrying the counts of what did go) if some folder could not be removed.
     ``inline_files``: delete the hidden folders before returning when they hold at most this many files.
     """
-    today = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).date()
+    if max_age_days is not None and (
+        isinstance(max_age_days, bool) or not isinstance(max_age_days, int) or max_age_days < 1
+    ):
+        raise ValueError(f"max_age_days must be a whole number of days, 1 or more, or None; got {max_age_days!r}")
+    today = utc_moment(now).date()
     expired = {table: _expired_folders(root, table, tenant, today, max_age_days) for table in (RUNS, SPANS)}
     if dry_run:
         return _counts(reader, {table: _listed(folders, table) for table, folders in expired.items()})

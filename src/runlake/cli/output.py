@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
@@ -228,8 +229,10 @@ def _local_time(moment: float | str | dt.datetime | None) -> Text:
 
 
 def _zone() -> str:
-    now = dt.datetime.now().astimezone()
-    return now.tzname() or now.strftime("%z")
+    """The machine's zone as its abbreviations (``PST/PDT``): the times shown may lie on either side of a clock
+    change, so the one in force now does not name them all."""
+    names = [n for n in dict.fromkeys(time.tzname) if n]
+    return "/".join(names) or dt.datetime.now().astimezone().strftime("%z")
 
 
 def _count(n: int, noun: str) -> str:

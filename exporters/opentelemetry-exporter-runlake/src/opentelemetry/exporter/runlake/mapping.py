@@ -301,6 +301,20 @@ def _as_int(value: Any) -> int | None:
     return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
 
 
+def _as_ttl_days(value: Any) -> int | None:
+    """A run's ``ttl_days``: past the cap (an infinity, 10**30) the cap; None (the default) for what is not a number,
+    a bool included (``True`` is no ttl of one day)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = value if isinstance(value, int) else float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number:  # NaN
+        return None
+    return MAX_TTL_DAYS if number > MAX_TTL_DAYS else _as_int(number)
+
+
 def _as_float(value: Any) -> float | None:
     """A double column's value; None for what is not a finite number (NaN and infinities break every sum)."""
     try:
@@ -595,7 +609,7 @@ class SpanMapper:
         if output_tokens is not None:
             output_tokens = _as_int(output_tokens)
         if ttl is not None:
-            ttl = _as_int(ttl)
+            ttl = _as_ttl_days(ttl)
         if cost_cents is not None:
             cost_cents = _as_float(cost_cents)
         if not isinstance(input_text, str):
