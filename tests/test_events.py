@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from opentelemetry import trace
 from opentelemetry.exporter.runlake.mapping import COL, SpanMapper
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -67,3 +68,25 @@ def test_a_node_whose_run_was_never_seen_is_named_by_its_trace() -> None:
     trace = f"{spans[0].context.trace_id:032x}"
     assert {e["run_id"] for e in events} == {f"trace:{trace}"}
     assert events[0]["type"] == "execution_started" and events[0]["data"]["input"] is None
+
+
+def test_a_node_after_its_run_ended_goes_to_the_runs_user_and_agent_without_a_new_start() -> None:
+    """A step that runs on after its run ended (its node naming no user, no run, no agent) arrives in a later
+    request: no second ``execution_started`` for a run that completed, and the run's user and agent, so a user's
+    connection sees the node it can read in the logs (it was sent with user and agent null)."""
+    collected = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(collected))
+    tracer = provider.get_tracer("late")
+    attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "ag", "session.id": "s", "user.id": "u"}
+    run = tracer.start_span("invoke_agent ag", attributes=attrs)
+    chat = {"gen_ai.operation.name": "chat"}
+    late = tracer.start_span("chat", context=trace.set_span_in_context(run), attributes=chat)
+    run.end()
+    late.end()
+    [run_span, late_span] = sorted(collected.get_finished_spans(), key=lambda s: s.name != "invoke_agent ag")
+    builder = EventBuilder()
+    assert [e["type"] for e in builder.events(rows_of([run_span]))] == ["execution_started", "execution_completed"]
+    events = builder.events(rows_of([late_span]))
+    assert [(e["type"], e["user_id"], e["agent_id"]) for e in events] == [("node_executed", "u", "ag")]
+    assert events[0]["run_id"] == f"{run_span.context.span_id:016x}"

@@ -203,3 +203,41 @@ def test_a_reused_span_id_and_a_trace_in_two_tenants_stay_apart(tmp_path: Path) 
             assert [(t["run_id"], len(t["spans"])) for t in traces] == [(run_id, 3), (run_id, 3)]
             for trace in traces:
                 assert len({s["attributes"].get("runlake.tenant.id") for s in trace["spans"]}) == 1
+
+
+def test_another_users_span_with_a_users_run_ids_stays_out_of_that_users_view(tmp_path: Path) -> None:
+    """A client of another user (its key forces its user) sends a run span with the ids of this user's run and
+    another start: two spans that share ids. The user's view keeps its own run's text, spans and nodes; the other
+    user's span is not in it (it was shown, its input as this user's, through a cache keyed by span id alone)."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    run_id, spans = _recorded_run(tmp_path)
+    lake = tmp_path / "lake"
+    admin = RunlakeSpanExporter(lake, background_flush=False)
+    admin.export(spans)
+    admin.shutdown()
+    [run_span] = [s for s in spans if s.parent is None]
+    intruder = ReadableSpan(
+        "intruder",
+        context=run_span.context,
+        attributes={"runlake.span.type": "run", "session.id": "s-1", "gen_ai.agent.name": "bot", "input.value": "BOB"},
+        start_time=run_span.start_time + 5 * 10**9,
+        end_time=run_span.end_time + 5 * 10**9,
+    )
+    bob = RunlakeSpanExporter(lake, background_flush=False)
+    bob.force_user = "u-bob"  # as the server sets it for a user key's request
+    bob.export([intruder])
+    bob.shutdown()
+    for db in (HistoryDB(lake, user_id="u-1"), HistoryDB(lake, user_id="u-1", index_max_rows=0)):
+        assert [(r["run_id"], r["input_content"]) for r in db.get_runs("s-1")] == [(run_id, "hello")]
+        assert [(h["run_id"], h["input"]) for h in db.get_history()] == [(run_id, "hello")]
+        [trace_dict] = db.get_traces(session_id="s-1")
+        assert sorted(s["name"] for s in trace_dict["spans"]) == [
+            "chat think",
+            "execute_tool lookup",
+            "invoke_agent bot",
+        ]
+        assert [n["id"] for n in db.get_logs(run_id)["nodes"]] == ["think", "lookup"]
+    bobs = HistoryDB(lake, user_id="u-bob")
+    assert [(h["run_id"], h["input"]) for h in bobs.get_history()] == [(run_id, "BOB")]
+    assert [s["name"] for t in bobs.get_traces(session_id="s-1") for s in t["spans"]] == ["intruder"]

@@ -29,22 +29,39 @@ class EventBuilder:
     """Turns stored span rows of one tenant into CodexOS execution events (called under the export lock)."""
 
     def __init__(self, max_tracked: int = 10_000) -> None:
-        # runs announced as started -> their agent (when known); bounded, oldest forgotten
-        self._started: OrderedDict[str, str | None] = OrderedDict()
+        # runs announced as started -> (agent, user) when known; bounded, oldest forgotten
+        self._started: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        # runs that ended -> (agent, user): a node that comes after its run (a step that ran on) is announced as
+        # no new start and goes to the run's user and agent; bounded likewise
+        self._ended: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
         # trace -> its root run's id, for nodes stored without a run id (spans ingested without RunStartProcessor)
         self._trace_runs: OrderedDict[str, str] = OrderedDict()
         self._max = max_tracked
 
-    def _announce(self, run_id: str, agent: str | None) -> bool:
-        if run_id in self._started:
-            self._started.move_to_end(run_id)
-            if agent is not None:
-                self._started[run_id] = agent
+    def _known(self, run_id: str) -> tuple[str | None, str | None]:
+        """(agent, user) remembered for a run in progress or ended, else (None, None)."""
+        return self._started.get(run_id) or self._ended.get(run_id) or (None, None)
+
+    def _announce(self, run_id: str, agent: str | None, user: str | None) -> bool:
+        """Remember the run; True when it is new (neither in progress nor ended here before)."""
+        if run_id in self._ended:
             return False
-        self._started[run_id] = agent
+        known = self._started.get(run_id)
+        if known is not None:
+            self._started.move_to_end(run_id)
+            self._started[run_id] = (agent or known[0], user or known[1])
+            return False
+        self._started[run_id] = (agent, user)
         if len(self._started) > self._max:
             self._started.popitem(last=False)
         return True
+
+    def _end(self, run_id: str, agent: str | None, user: str | None) -> None:
+        self._started.pop(run_id, None)
+        self._ended[run_id] = (agent, user)
+        self._ended.move_to_end(run_id)
+        if len(self._ended) > self._max:
+            self._ended.popitem(last=False)
 
     def _run_of(self, row: tuple, by_span: dict[str, tuple]) -> str:
         """A row's run: its own run id, else the run its parents lead to in this batch, else its trace's root run
@@ -88,16 +105,19 @@ class EventBuilder:
                 continue
             run_id = self._run_of(row, by_span)
             run_row = runs_here.get(run_id)
-            agent = row[c["agent_name"]] or row[c["agent_id"]]
-            if not agent and run_row is not None:
-                agent = run_row[c["agent_name"]] or run_row[c["agent_id"]]
-            agent = agent or self._started.get(run_id)
+            agent, user = row[c["agent_name"]] or row[c["agent_id"]], row[c["user_id"]]
+            if run_row is not None:
+                agent = agent or run_row[c["agent_name"]] or run_row[c["agent_id"]]
+                user = user or run_row[c["user_id"]]
+            if not agent or not user:
+                known_agent, known_user = self._known(run_id)
+                agent, user = agent or known_agent, user or known_user
             base = {
                 "tenant_id": row[c["tenant_id"]],
                 "run_id": run_id,
                 "trace_id": row[c["trace_id"]],
                 "session_id": row[c["session_id"]],
-                "user_id": row[c["user_id"]],
+                "user_id": user,
                 "agent_id": agent,
             }
             start, end = row[c["start_time_unix_nano"]], row[c["end_time_unix_nano"]]
@@ -108,7 +128,7 @@ class EventBuilder:
             else:
                 tokens_in, tokens_out, cost = row[c["input_tokens"]], row[c["output_tokens"]], row[c["cost_cents"]]
             tokens = (tokens_in or 0) + (tokens_out or 0)
-            if self._announce(run_id, agent):
+            if self._announce(run_id, agent, user):
                 if span_type == RUN:
                     run_row = row
                 if run_row is not None:  # the run's own row, in this batch
@@ -132,7 +152,7 @@ class EventBuilder:
                 }
                 out.append({"type": "node_executed", **base, "timestamp": iso_time(end), "data": data})
             else:
-                self._started.pop(run_id, None)
+                self._end(run_id, agent, user)
                 data = {
                     "status": "failed" if failed else "completed",
                     "started_at": iso_time(start),

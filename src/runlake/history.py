@@ -184,11 +184,22 @@ def rows_a_user_may_see(trace_rows: list[dict[str, Any]], user_id: str) -> list[
     """The rows of one trace that a reader scoped to ``user_id`` may see: those whose user is the user — a row's own
     ``user_id``, else that of its nearest ancestor that names one (a nested run or a node of another
     instrumentation inherits its run's user). Another user's run in the same trace (a hand-off) and everything under
-    it stay hidden, as do rows of no user at all (a root HTTP span) and rows whose ancestry is not in the lake."""
-    by_id = {r["span_id"]: r for r in trace_rows}
-    users: dict[str, str | None] = {}
+    it stay hidden, as do rows of no user at all (a root HTTP span) and rows whose ancestry is not in the lake.
+
+    A row that names a user is that user's, whatever other rows share its span id (another user's client may send
+    a span with this one's ids); a span id whose rows name different users passes no user down to its children.
+    """
+    by_id: dict[str, dict[str, Any]] = {}
+    users: dict[str, str | None] = {}  # span id -> the user its rows (or their ancestry) name, None if several
+    for r in trace_rows:
+        by_id.setdefault(r["span_id"], r)
+        if r["user_id"]:
+            if users.setdefault(r["span_id"], r["user_id"]) != r["user_id"]:
+                users[r["span_id"]] = None
 
     def user_of(row: dict[str, Any]) -> str | None:
+        if row["user_id"]:
+            return row["user_id"]
         chain = []
         found = None
         for _ in range(len(by_id) + 1):  # a cycle of bad parent ids ends here
@@ -196,9 +207,6 @@ def rows_a_user_may_see(trace_rows: list[dict[str, Any]], user_id: str) -> list[
                 found = users[row["span_id"]]
                 break
             chain.append(row["span_id"])
-            if row["user_id"]:
-                found = row["user_id"]
-                break
             row = by_id.get(row["parent_span_id"]) if row["parent_span_id"] else None
             if row is None:
                 break
@@ -454,14 +462,14 @@ class HistoryDB:
             return found
 
         # a run is found by its span id; only where a wanted span id is there twice (a client reusing ids in another
-        # trace, the same spans in another tenant) are the trace and tenant read too (each column read costs)
+        # trace or at another start, the same spans in another tenant) is the whole span key read (each column costs)
         key_columns = ["span_id"]
         found = read(key_columns)
         wanted, seen = {r["span_id"] for r in runs}, set()
         for row in found:
             if row["span_id"] in wanted:
                 if row["span_id"] in seen:
-                    key_columns = ["span_id", "trace_id", "tenant_id"]
+                    key_columns = ["span_id", "trace_id", "start_time_unix_nano", "tenant_id"]
                     found = read(key_columns)
                     break
                 seen.add(row["span_id"])
