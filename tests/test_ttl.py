@@ -468,7 +468,7 @@ def test_now_is_a_utc_moment_whatever_the_process_time_zone(lake: Path, monkeypa
             assert runlake.HistoryDB(lake).cleanup_expired(now=just_after, dry_run=True)["executions_deleted"] == 1
     time.tzset()
     db = runlake.HistoryDB(lake)
-    for bad in (-1, 0, 0.5, True, "3"):
+    for bad in (-1, 0.5, True, "3"):
         with pytest.raises(ValueError, match="max_age_days"):
             db.cleanup_expired(max_age_days=bad)  # type: ignore[arg-type]
     for bad in (1.7e9, "2030-01-01", dt.date(2030, 1, 1)):

@@ -106,9 +106,11 @@ def expire(
     ``inline_files``: delete the hidden folders before returning when they hold at most this many files.
     """
     if max_age_days is not None and (
-        isinstance(max_age_days, bool) or not isinstance(max_age_days, int) or max_age_days < 1
+        isinstance(max_age_days, bool) or not isinstance(max_age_days, int) or max_age_days < 0
     ):
-        raise ValueError(f"max_age_days must be a whole number of days, 1 or more, or None; got {max_age_days!r}")
+        raise ValueError(
+            f"max_age_days must be a whole number of days (0: all but today) or None; got {max_age_days!r}"
+        )
     today = utc_moment(now).date()
     expired = {table: _expired_folders(root, table, tenant, today, max_age_days) for table in (RUNS, SPANS)}
     if dry_run:
