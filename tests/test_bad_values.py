@@ -446,3 +446,35 @@ def test_ttl_days_of_another_instrumentation_are_read_as_schema_md_says(lake: Pa
     assert dict(rows) == {
         "ttl-bool": 30, "ttl-inf": 36_500, "ttl-huge": 36_500, "ttl-nan": 30, "ttl-text": 12, "ttl-low": 30,
     }  # fmt: skip
+
+
+def test_history_and_logs_give_one_total_at_the_extremes(lake: Path) -> None:
+    """Two nodes of int64-max tokens and costs of 1e300 cents: history and logs give the same totals (the sums were
+    capped for history only, and a cost came back as a 301-digit number); a negative token count is no count."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("extremes")
+    run_attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "x", "session.id": "s-x"}
+    node_attrs = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.usage.input_tokens": 2**63 - 1,
+        "gen_ai.usage.output_tokens": -5,
+        "runlake.cost.cents": 1e300,
+    }
+    with tracer.start_as_current_span("invoke_agent x", attributes=run_attrs) as run:
+        for _ in range(2):
+            with tracer.start_as_current_span("chat", attributes=node_attrs):
+                pass
+    provider.shutdown()
+    exporter = RunlakeSpanExporter(lake)
+    exporter.export(list(memory.get_finished_spans()))
+    exporter.shutdown()
+    assert exporter.stats["repaired_values"] == 0
+    db = runlake.HistoryDB(lake)
+    [item] = db.get_history()
+    summary = db.get_logs(f"{run.get_span_context().span_id:016x}")["summary"]
+    assert item["tokens_used"] == summary["tokens_used"] == 2**63 - 1
+    assert item["cost_cents"] == summary["cost_cents"] == 2 * 10**14
+    [(negative,)] = db.sql("SELECT count(output_tokens) FROM spans WHERE name = 'chat'").fetchall()
+    assert negative == 0

@@ -27,7 +27,7 @@ from opentelemetry.exporter.runlake.layout import (
     sessions_files,
     table_files,
 )
-from opentelemetry.exporter.runlake.mapping import SPAN_COLUMNS, attributes_of_row
+from opentelemetry.exporter.runlake.mapping import INT64_MAX, SPAN_COLUMNS, attributes_of_row
 
 from .query import (
     FIRST_RUN_OF_TRACE,
@@ -854,7 +854,10 @@ class HistoryDB:
                     "node_count": len(nodes),
                     "failed_nodes": sum(1 for n in nodes if n["status_code"] == "ERROR"),
                     # the start row's zeros are "not known yet"; usage set on the run span shows once it ends
-                    **{key: row[key] or sum(n[key] or 0 for n in nodes) for key in ("input_tokens", "output_tokens")},
+                    **{
+                        key: row[key] or min(sum(n[key] or 0 for n in nodes), INT64_MAX)
+                        for key in ("input_tokens", "output_tokens")
+                    },
                     "cost_cents": row["cost_cents"] or sum(n["cost_cents"] or 0 for n in nodes),
                 }
             out.append(row)
@@ -889,8 +892,8 @@ class HistoryDB:
         # its start row, whose zeros mean "not known yet")
         span_row = next((r for r in rows if r["span_id"] == run["span_id"]), None) or run
         own = run["end_time_unix_nano"] is not None
-        tokens = sum(
-            span_row[key] if own and span_row[key] is not None else sum(n[key] or 0 for n in nodes)
+        tokens = sum(  # each kind's sum capped at int64, as the runs index stores it
+            span_row[key] if own and span_row[key] is not None else min(sum(n[key] or 0 for n in nodes), INT64_MAX)
             for key in ("input_tokens", "output_tokens")
         )
         cost = span_row["cost_cents"]

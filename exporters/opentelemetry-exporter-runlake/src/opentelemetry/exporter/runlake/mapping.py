@@ -43,6 +43,7 @@ DEFAULT_TTL_DAYS = 30
 MAX_TTL_DAYS = 36_500  # 100 years: "keep it"; larger values are stored as this (dates stay computable)
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
+MAX_COST_CENTS = 1e14  # a span's cost beyond +/-this many cents (a trillion dollars) is stored as the bound
 
 # column -> (keys read, first found wins; keys written back when rebuilding the attributes)
 COLUMN_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -299,6 +300,23 @@ def _as_int(value: Any) -> int | None:
         except (TypeError, ValueError, OverflowError):  # OverflowError: round() of an infinity
             return None
     return value if -INT64_MAX - 1 <= value <= INT64_MAX else None
+
+
+def _as_count(value: Any) -> int | None:
+    """A token count: a whole number from 0 that fits int64, else None (a negative or boolean count is none)."""
+    if isinstance(value, bool):
+        return None
+    number = _as_int(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _as_cost(value: Any) -> float | None:
+    """A cost in cents: finite, and within +/-MAX_COST_CENTS (more is no real cost; sums stay exact and the same in
+    history, logs and statistics)."""
+    number = _as_float(value)
+    if number is None:
+        return None
+    return max(-MAX_COST_CENTS, min(number, MAX_COST_CENTS))
 
 
 def _as_ttl_days(value: Any) -> int | None:
@@ -605,13 +623,13 @@ class SpanMapper:
             dollars = None if isinstance(dollars, bool) else _as_float(dollars)
             cost_cents = dollars * 100 if dollars is not None else None
         if input_tokens is not None:
-            input_tokens = _as_int(input_tokens)
+            input_tokens = _as_count(input_tokens)
         if output_tokens is not None:
-            output_tokens = _as_int(output_tokens)
+            output_tokens = _as_count(output_tokens)
         if ttl is not None:
             ttl = _as_ttl_days(ttl)
         if cost_cents is not None:
-            cost_cents = _as_float(cost_cents)
+            cost_cents = _as_cost(cost_cents)
         if not isinstance(input_text, str):
             input_text = None if input_text is _ABSENT else _text(input_text)
         if not isinstance(output_text, str):
