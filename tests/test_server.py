@@ -569,12 +569,13 @@ def test_stats_and_agent_performance(server: Server, api: httpx.Client) -> None:
     empty = api.get("/api/v1/agents/no-such-agent/performance").json()
     assert empty["total_executions"] == 0 and empty["node_types"] == {} and empty["success_rate"] is None
 
-    slashed = f"team/{agent}/../x"  # an agent name with "/" (and "..") is sent as %2F and still names the agent
-    _, run_spans = factory.run(slashed, unique("s"), user, nodes[:1])
-    assert send(server, api.headers["Authorization"].split()[1], run_spans) is SpanExportResult.SUCCESS
-    response = api.get(f"/api/v1/agents/{quote(slashed, safe='')}/performance")
-    assert response.status_code == 200, response.text
-    assert response.json()["agent_id"] == slashed and response.json()["total_executions"] == 1
+    # an agent name with "/" (and "..") is sent as %2F, one with a line break as %0A: each still names the agent
+    for odd in (f"team/{agent}/../x", f"two\nlines {agent}"):
+        _, run_spans = factory.run(odd, unique("s"), user, nodes[:1])
+        assert send(server, api.headers["Authorization"].split()[1], run_spans) is SpanExportResult.SUCCESS
+        response = api.get(f"/api/v1/agents/{quote(odd, safe='')}/performance")
+        assert response.status_code == 200, response.text
+        assert response.json()["agent_id"] == odd and response.json()["total_executions"] == 1
 
 
 def test_execution_history_service_in_process(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..api_models import (
     ErrorBody,
@@ -71,8 +72,17 @@ async def agent_stats(request: Request, principal: Caller, params: Annotated[Sta
     return await service_for(request, principal).get_execution_statistics(user_id, params.days)
 
 
+class _AnyTextConvertor(PathConvertor):
+    """Starlette's ``path`` matches no line break (``.*``); an agent name may hold one (names are stored as sent)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anytext", _AnyTextConvertor())
+
+
 @router.get(
-    "/api/v1/agents/{agent_id:path}/performance",  # :path: an agent name may hold "/" (sent as %2F)
+    "/api/v1/agents/{agent_id:anytext}/performance",  # an agent name may hold "/" (sent as %2F) or a line break
     response_model=PerformanceResponse,
     responses=ERRORS,
     tags=["CodexOS"],
