@@ -791,7 +791,7 @@ class HistoryDB:
         what is theirs); ``index``: the caller's fresh ``run_index()``."""
         params: list[Any] = [traces]
         where = "list_contains(?, trace_id)" + self._scope_sql(params, by_user=False)
-        columns = "session_id, start_time_unix_nano, end_time_unix_nano"
+        columns = "trace_id, session_id, start_time_unix_nano, end_time_unix_nano"
         if index is not None:
             found = index.of_traces(traces, ["tenant_id", *_names(columns)])
             return [r for r in found if self.tenant_id is None or r["tenant_id"] == self.tenant_id]
