@@ -266,18 +266,20 @@ def _trace_days(runs: list[dict[str, Any]], others: list[dict[str, Any]], margin
 
 
 def _traces_short_of_nodes(runs: list[dict[str, Any]], found: list[dict[str, Any]]) -> set[str]:
-    """Traces in which fewer nodes were found than the exporter counted for the listed runs of them."""
-    counted: dict[str, int] = {}
+    """Ids of the traces in which fewer nodes were found than the exporter counted for the listed runs of them
+    (a trace is told apart by tenant as well: the same trace stored by two tenants is two)."""
+    counted: dict[tuple[str | None, str], int] = {}
     for run in runs:
         if run.get("end_time_unix_nano") is not None:
-            counted[run["trace_id"]] = counted.get(run["trace_id"], 0) + (run.get("node_count") or 0)
+            key = _trace_key(run)
+            counted[key] = counted.get(key, 0) + (run.get("node_count") or 0)
     if not any(counted.values()):
         return set()
-    nodes: dict[str, set[str]] = {}
+    nodes: dict[tuple[str | None, str], set[str]] = {}
     for row in found:
         if row["span_type"] == "node":
-            nodes.setdefault(row["trace_id"], set()).add(row["span_id"])
-    return {trace for trace, count in counted.items() if count > len(nodes.get(trace, ()))}
+            nodes.setdefault(_trace_key(row), set()).add(row["span_id"])
+    return {key[1] for key, count in counted.items() if count > len(nodes.get(key, ()))}
 
 
 def _add_days(wanted: dict[str, set[str] | None], session: str, days: list[str] | None) -> None:
