@@ -64,7 +64,6 @@ _TRACELOOP_KINDS = {"workflow": "run", "agent": "run", "task": "node", "tool": "
 _KEY_INDEX = {
     key: (column, rank) for column, (reads, _) in mapping.COLUMN_KEYS.items() for rank, key in enumerate(reads)
 }
-_INT_COLUMNS = {"input_tokens", "output_tokens", "ttl_days"}
 
 
 def _text(value: Any) -> str:
@@ -256,10 +255,23 @@ def reference_map_span(
         dollars = attributes["llm.cost.total"]
         dollars = None if isinstance(dollars, bool) else _as_float(dollars)
         values["cost_cents"] = None if dollars is None else dollars * 100
-    for column in _INT_COLUMNS.intersection(values):
-        values[column] = _as_int(values[column])
-    if "cost_cents" in values:
-        values["cost_cents"] = _as_float(values["cost_cents"])
+    for column in ("input_tokens", "output_tokens"):  # counts: whole, from 0, int64; booleans are none
+        if column in values:
+            count = None if isinstance(values[column], bool) else _as_int(values[column])
+            values[column] = count if count is not None and count >= 0 else None
+    if "ttl_days" in values:  # booleans and NaN the default, past the cap (infinity too) the cap
+        ttl = values["ttl_days"]
+        try:
+            number = None if isinstance(ttl, bool) else ttl if isinstance(ttl, int) else float(ttl)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or math.isnan(number):
+            values["ttl_days"] = None
+        else:
+            values["ttl_days"] = 36_500 if number > 36_500 else _as_int(number)
+    if "cost_cents" in values:  # finite, within +/-1e14 cents
+        cost = _as_float(values["cost_cents"])
+        values["cost_cents"] = None if cost is None else max(-1e14, min(cost, 1e14))
     for column in ("input", "output", "runtime_state", "metadata"):
         if column in values and not isinstance(values[column], str):
             values[column] = _text(values[column])
@@ -553,6 +565,9 @@ def _sdk_spans(recorder: _StartRecorder) -> list[ReadableSpan]:
         {"runlake.cost.cents": float("nan"), "runlake.ttl_days": 2**31, "gen_ai.usage.input_tokens": 2**63},
         {"runlake.cost.cents": "-inf", "runlake.ttl_days": 10**9, "gen_ai.usage.output_tokens": -(2**64)},
         {"runlake.ttl_days": -3, "runlake.cost.cents": 2, "runlake.tenant.id": "t-9", "runlake.run.id": "r-1"},
+        {"runlake.ttl_days": float("inf"), "runlake.cost.cents": 1e300, "gen_ai.usage.input_tokens": -1},
+        {"runlake.ttl_days": True, "runlake.cost.cents": -1e20, "gen_ai.usage.input_tokens": True},
+        {"runlake.ttl_days": "1e9", "gen_ai.usage.output_tokens": "-3", "gen_ai.usage.input_tokens": 2**63 - 1},
         {"runlake.span.type": "node", "runlake.node.type": 7, "runlake.node.id": 42, "user.id": 5},
         {
             "runlake.span.type": "turn",
