@@ -702,3 +702,72 @@ def test_the_mappers_caches_are_bounded_in_size_not_only_in_entries() -> None:
         row = mapper.map_span(span(i, {}, big))
         assert json.loads(row[SPAN_COLUMNS.index("resource")])["n"] == i
     assert not any("blob" in (cached[2] or "") for cached in mapper._resource_cache.values())
+
+
+def test_shutdown_waits_for_the_flush_the_background_thread_began(lake: Path, monkeypatch) -> None:
+    """The flush thread's rows are out of the buffers while it writes them: closing must wait for it (it waited 5 s,
+    then said those rows were lost to a failed flush, and the daemon thread died with the process)."""
+    import logging
+
+    from opentelemetry.exporter.runlake import writer as writer_module
+
+    real_write_part = writer_module.write_part
+    began, release = threading.Event(), threading.Event()
+
+    def slow_first_write(*args, **kwargs):
+        if threading.current_thread().name == "runlake-flush" and not began.is_set():
+            began.set()
+            assert release.wait(30), "released when close() says it waits"
+        return real_write_part(*args, **kwargs)
+
+    class ReleaseWhenWaiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "before closing" in record.getMessage():
+                release.set()
+
+    handler = ReleaseWhenWaiting()
+    logging.getLogger("opentelemetry.exporter.runlake").addHandler(handler)
+    monkeypatch.setattr(writer_module, "write_part", slow_first_write)
+    monkeypatch.setattr(writer_module, "_CLOSE_QUIET_WAIT_S", 0.01, raising=False)
+    try:
+        spans = make_spans(40, sessions=4)
+        exporter = RunlakeSpanExporter(lake, flush_interval_s=0.05)
+        assert exporter.export(spans).name == "SUCCESS"
+        assert began.wait(30), "the background thread began a flush"
+        exporter.shutdown()
+    finally:
+        release.set()
+        logging.getLogger("opentelemetry.exporter.runlake").removeHandler(handler)
+    assert exporter._writer.unwritten_rows == 0
+    stored = read_table(lake, "spans")
+    assert {r["span_id"] for r in stored.to_pylist()} == {f"{s.context.span_id:016x}" for s in spans}
+
+
+def test_a_run_start_on_the_applications_thread_never_writes(lake: Path, monkeypatch) -> None:
+    """``on_start`` runs on the application's thread: a run's start row is buffered, never written there, even when
+    its partition is full or the buffer is over its cap (then it is dropped and counted: the application waited
+    minutes while thousands of session files were written in its ``runlake.run()``)."""
+    from opentelemetry.exporter.runlake import writer as writer_module
+
+    real_write_part = writer_module.write_part
+    writers: list[str] = []
+
+    def spy(*args, **kwargs):
+        writers.append(threading.current_thread().name)
+        return real_write_part(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "write_part", spy)
+    exporter = RunlakeSpanExporter(lake, max_part_rows=2, max_buffer_bytes=4000, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    tracer = provider.get_tracer("app")
+    attrs = {"runlake.span.type": "run", "session.id": "s", "gen_ai.agent.name": "a", "input.value": "x" * 500}
+    started = [tracer.start_span("run", attributes=attrs) for _ in range(20)]
+    assert writers == [] and exporter.stats["files_written"] == 0
+    assert 0 < exporter.stats["dropped_rows"] < 40 and exporter._writer.buffered_rows > 0
+    for span in started:
+        span.end()
+    exporter.export([s for s in started])  # the export path writes (the SDK's worker thread, here this one)
+    exporter.shutdown()
+    assert writers and exporter._writer.unwritten_rows == 0
+    assert len(runlake.HistoryDB(lake).get_runs("s")) == 20

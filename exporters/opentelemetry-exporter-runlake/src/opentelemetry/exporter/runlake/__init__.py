@@ -370,7 +370,7 @@ class RunlakeSpanExporter(SpanExporter):
                 "runlake: shutting down with %d rows not written to %s (%s); they are lost",
                 lost,
                 self._writer.root,
-                self._writer.failing or "the last flush failed",
+                self._writer.failing or "a write that did not finish in time",
             )
 
     # ---- extras -------------------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ class RunlakeSpanExporter(SpanExporter):
         try:
             row = self._mapper.map_span(span, record="start")
             if row[COL["span_type"]] == RUN:
-                self._writer.add([row], [run_row(row, None)])
+                self._writer.add([row], [run_row(row, None)], write=False)  # the application's thread: no I/O
         except Exception:  # noqa: BLE001 - never raise into the application
             _logger.debug("runlake: could not record a run start", exc_info=True)
 

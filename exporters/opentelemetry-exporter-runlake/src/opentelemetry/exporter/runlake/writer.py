@@ -443,6 +443,9 @@ class WriterStats:
     repaired_values: int = 0  # values Arrow could not encode, stored as null (the rest of their rows kept)
 
 
+_CLOSE_QUIET_WAIT_S = 5.0  # close() says that it is still writing after this long
+
+
 class LakeWriter:
     """Thread-safe buffered writer for the ``spans/`` and ``runs/`` tables of one lake root."""
 
@@ -481,6 +484,7 @@ class LakeWriter:
         self._drops_unsaid = 0  # dropped rows not logged yet (stats.dropped_rows has them all)
         self._drops_said_at: float | None = None  # when drops were last logged during this outage
         self._in_flight = 0  # rows taken out of the buffers by a write that is not over
+        self._said_behind = False  # the first row dropped by add(write=False) was logged
         reset_in_forked_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
@@ -506,9 +510,27 @@ class LakeWriter:
             self._dirs[key] = folder
         return folder
 
-    def add(self, spans: Iterable[tuple] = (), runs: Iterable[tuple] = ()) -> bool:
-        """Buffer span rows and run-index rows; roll full partitions. False if a write failed."""
+    def add(self, spans: Iterable[tuple] = (), runs: Iterable[tuple] = (), *, write: bool = True) -> bool:
+        """Buffer span rows and run-index rows; roll full partitions. False if a write failed.
+
+        ``write=False`` (an application thread, e.g. a run's start row from ``on_start``): never write here; full
+        partitions wait for the next flush, and rows that would pass ``max_buffer_bytes`` are dropped and counted
+        rather than making the application wait for the lake."""
         if self._closed:
+            return False
+        if not write and self._buffered_bytes > self.max_buffer_bytes:
+            with self._lock:
+                dropped = sum(1 for _ in spans) + sum(1 for _ in runs)
+                self.stats.dropped_rows += dropped
+                first, self._said_behind = not self._said_behind, True
+            if first:
+                _logger.warning(
+                    "runlake: the writer is behind (%d bytes buffered, cap %d): rows added from the application's "
+                    "threads (runs' start rows) are dropped and counted in stats: dropped_rows, so the application "
+                    "never waits for the lake; those runs show once they end",
+                    self._buffered_bytes,
+                    self.max_buffer_bytes,
+                )
             return False
         full: list[tuple[str, LakeRoot]] = []
         now = time.monotonic()
@@ -538,6 +560,8 @@ class LakeWriter:
             over_cap = self._buffered_bytes > self.max_buffer_bytes
         if self._background and self._thread is None:
             self._start_thread()
+        if not write:
+            return self._failing is None
         ok = True
         if full:
             ok = self._write_keys(list(dict.fromkeys(full)))
@@ -775,10 +799,23 @@ class LakeWriter:
                 _logger.exception("runlake: background flush failed")
 
     def close(self) -> bool:
-        """Flush everything and stop the background thread."""
+        """Flush everything and stop the background thread.
+
+        Waits for a flush the background thread has begun: its rows are out of the buffers, and the thread (a daemon)
+        would die with the process and take them along. A flush that takes long (thousands of small session files)
+        is said once, with what is left to write; a store that never answers is bounded by its own timeouts (and,
+        at exit, by the exporter's exit hook)."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=_CLOSE_QUIET_WAIT_S)
+            if thread.is_alive():
+                _logger.warning(
+                    "runlake: writing %d rows to %s before closing (a flush in progress)",
+                    self.unwritten_rows,
+                    self.root,
+                )
+                thread.join()
         ok = self.flush()
         self._closed = True
         self._say_unsaid_drops()
