@@ -691,6 +691,9 @@ def test_websocket_slow_client_queue_is_bounded() -> None:
         hub.publish([{"type": "node_executed", "tenant_id": "t", "user_id": "other", "n": -1}])  # not visible
         assert len(sub.queue) == 100 and sub.dropped == 9_900 and hub.dropped == 9_900
         assert [e["n"] for e in sub.queue] == list(range(9_900, 10_000))  # the newest are kept
+        hub.subscribers.discard(sub)  # the client goes: what it lost stays counted
+        assert hub.dropped == 9_900 and hub.counters("t")["events_dropped"] == 9_900
+        assert hub.counters(None)["events_dropped"] == 9_900 and hub.counters("other")["events_dropped"] == 0
 
     asyncio.run(scenario())
 
