@@ -444,3 +444,35 @@ def test_a_child_forked_while_spans_end_can_end_its_own(tmp_path: Path) -> None:
         worker.join()
         provider.shutdown()
     assert hung == 0, f"{hung} of 40 forked children hung on their first span"
+
+
+def test_configure_takes_min_session_rows_and_a_slow_flush_of_many_sessions_says_so(
+    lake: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application serving many sessions at once: ``configure(min_session_rows=)`` makes small sessions share a
+    file; without it, a flush of one file per session that outlasts the flush interval says what to do, once."""
+    from opentelemetry.exporter.runlake.writer import LakeWriter
+
+    runlake.configure(lake, min_session_rows=100)
+    try:
+        for i in range(5):
+            with runlake.run("bot", f"s-{i}"):
+                with runlake.node("step"):
+                    pass
+    finally:
+        runlake.shutdown()
+    folders = {p.name for p in (lake / "spans").rglob("session=*")}
+    assert folders == {"session=~mixed"}
+    assert len(runlake.HistoryDB(lake).get_history()) == 5
+
+    spans = make_spans(300, sessions=300, run_nodes=0)
+    exporter = RunlakeSpanExporter(lake / "many", background_flush=False)
+    rows, run_rows = exporter.map_spans(spans)
+    writer = LakeWriter(lake / "many", background=False, flush_interval_s=1e-6)
+    with caplog.at_level(logging.WARNING, logger="opentelemetry.exporter.runlake"):
+        writer.add(rows, run_rows)
+        writer.flush()
+        writer.add(rows, run_rows)
+        writer.flush()
+    hints = [r.getMessage() for r in caplog.records if "min_session_rows" in r.getMessage()]
+    assert len(hints) == 1 and "RUNLAKE_MIN_SESSION_ROWS" in hints[0]

@@ -140,7 +140,14 @@ def _flush_within(processors: Iterable[Any], deadline: float) -> bool:
 
 _pipeline: _Pipeline | None = None
 _BATCH_OPTIONS = ("max_queue_size", "schedule_delay_millis", "max_export_batch_size", "export_timeout_millis")
-_EXPORTER_OPTIONS = ("tenant_id", "max_part_rows", "max_part_bytes", "max_buffer_bytes", "flush_interval_s")
+_EXPORTER_OPTIONS = (
+    "tenant_id",
+    "max_part_rows",
+    "max_part_bytes",
+    "max_buffer_bytes",
+    "flush_interval_s",
+    "min_session_rows",
+)
 
 
 def _slot_of(provider: TracerProvider) -> _PipelineSlot:
@@ -168,7 +175,8 @@ def configure(
     builds and checks the new pipeline, swaps it in, then flushes and closes the previous one: a call that fails
     leaves the previous one working. A relative lake path is made absolute now.
     Options: ``tenant_id``, ``mirror_runtime_state`` (default False), ``max_part_rows``, ``max_part_bytes``,
-    ``max_buffer_bytes``, ``flush_interval_s`` (exporter); ``max_queue_size`` (16,384), ``schedule_delay_millis``,
+    ``max_buffer_bytes``, ``flush_interval_s``, ``min_session_rows`` (exporter: for an application that serves many
+    sessions at once, with ``runlake compact`` run regularly); ``max_queue_size`` (16,384), ``schedule_delay_millis``,
     ``max_export_batch_size`` (2,048), ``export_timeout_millis`` (the lake's ``RunlakeBatchSpanProcessor``, which
     counts what a full queue drops in the exporter's ``stats["queue_dropped_spans"]``).
 

@@ -485,6 +485,7 @@ class LakeWriter:
         self._drops_said_at: float | None = None  # when drops were last logged during this outage
         self._in_flight = 0  # rows taken out of the buffers by a write that is not over
         self._said_behind = False  # the first row dropped by add(write=False) was logged
+        self._said_slow_flush = False  # _hint_if_behind said it
         reset_in_forked_child(self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
@@ -602,9 +603,31 @@ class LakeWriter:
         return writes
 
     def _write_keys(self, keys: Iterable[tuple[str, LakeRoot]]) -> bool:
-        ok = True
         remote = isinstance(self.root, ObjectPath)
+        began = time.monotonic()
         writes = self._plan(self._take(keys))
+        try:
+            return self._write_planned(writes, remote)
+        finally:
+            self._hint_if_behind(len(writes), time.monotonic() - began)
+
+    def _hint_if_behind(self, files: int, seconds: float) -> None:
+        """Say once when a flush of one small file per session took longer than the flush interval: the writer
+        cannot keep up with that many sessions at once, which ``min_session_rows`` is for."""
+        if self.min_session_rows or self._said_slow_flush or files < 256 or seconds <= self.flush_interval_s:
+            return
+        self._said_slow_flush = True
+        _logger.warning(
+            "runlake: a flush wrote %d part files (one per session and day) in %.1f s, longer than the flush interval "
+            "(%.1f s): with this many sessions at once, set min_session_rows (RUNLAKE_MIN_SESSION_ROWS, e.g. 256) so "
+            "small sessions share a file, and run `runlake compact` regularly",
+            files,
+            seconds,
+            self.flush_interval_s,
+        )
+
+    def _write_planned(self, writes: list[tuple[str, LakeRoot, list]], remote: bool) -> bool:
+        ok = True
         for i, (table, folder, parts) in enumerate(writes):
             order = ("start_time_unix_nano",) if len(parts) == 1 else ("session_id", "start_time_unix_nano")
             size = 128 * 1024 if len(parts) == 1 else 8192
