@@ -489,3 +489,68 @@ def test_statistics_cover_the_window_up_to_now_only(lake: Path, monkeypatch: pyt
     }
     [(negative,)] = runlake.HistoryDB(lake).sql("SELECT count(*) FROM spans WHERE duration_ms < 0").fetchall()
     assert negative == 0
+
+
+def test_a_run_in_progress_counts_its_nodes_not_usage_set_as_it_began(configured: Path) -> None:
+    """Usage or cost set on a run span as it starts is in its start row; while it runs, history and logs both give
+    the nodes' figures so far (history gave the start row's, logs the nodes': two answers for one run)."""
+    tracer = trace.get_tracer("early-usage")
+    attrs = {"runlake.span.type": "run", "session.id": "e-s", "gen_ai.agent.name": "early",
+             "gen_ai.usage.input_tokens": 999, "runlake.cost.cents": 50}  # fmt: skip
+    run = tracer.start_span("early", attributes=attrs)
+    with trace.use_span(run, end_on_exit=False):
+        for name in ("a", "b"):
+            with runlake.node(name, type="llm") as node:
+                node.set_usage(input_tokens=10, output_tokens=0)
+                node.set_cost(cents=1.0)
+    runlake.force_flush()
+    run_id = f"{run.get_span_context().span_id:016x}"
+    try:
+        for db in (runlake.HistoryDB(configured), runlake.HistoryDB(configured, index_max_rows=0)):
+            [item] = db.get_history()
+            summary = db.get_logs(run_id)["summary"]
+            assert item["status"] == "running"
+            assert (item["tokens_used"], item["cost_cents"]) == (20, 2)
+            assert (summary["tokens_used"], summary["cost_cents"]) == (20, 2)
+    finally:
+        run.end()
+
+
+def test_logs_say_each_error_once_and_a_handled_exception_is_no_error(configured: Path) -> None:
+    """A run that fails with its failing node's message lists that error once; a node that recorded an exception it
+    handled (status not ERROR) completed, with no error message."""
+    with pytest.raises(RuntimeError):
+        with runlake.run("errs", session_id="e-1") as failing:
+            with runlake.node("handled", type="tool"):
+                trace.get_current_span().record_exception(ValueError("retried and fine"))
+            with runlake.node("boom", type="tool"):
+                raise RuntimeError("boom")
+    runlake.force_flush()
+    logs = runlake.HistoryDB(configured).get_logs(failing.run_id)
+    assert [e["error_message"] for e in logs["errors"]] == ["RuntimeError: boom"]
+    handled = next(n for n in logs["nodes"] if n["id"] == "handled")
+    assert handled["status"] == "completed" and handled["error_message"] is None
+
+
+def test_history_and_statistics_find_an_agent_by_its_id_on_every_path(configured: Path) -> None:
+    """``agent_id`` names an agent by name or by ``gen_ai.agent.id``, with the runs index in memory or not; the
+    success rate leaves runs in progress out (completed / finished)."""
+    from runlake.service import ExecutionHistoryService
+
+    tracer = trace.get_tracer("agent-ids")
+    attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "Triager", "gen_ai.agent.id": "agent-42",
+             "session.id": "a-s"}  # fmt: skip
+    for status in ("ok", "ok", "error"):
+        with tracer.start_as_current_span("invoke_agent Triager", attributes=attrs) as span:
+            if status == "error":
+                span.set_status(Status(StatusCode.ERROR, "failed"))
+    running = tracer.start_span("invoke_agent Triager", attributes=attrs)
+    runlake.force_flush()
+    try:
+        for db in (runlake.HistoryDB(configured), runlake.HistoryDB(configured, index_max_rows=0)):
+            assert len(db.get_history(agent_id="agent-42")) == len(db.get_history(agent_id="Triager")) == 4
+            stats = ExecutionHistoryService(db).statistics(agent_id="agent-42")
+            assert stats["total_executions"] == 4 and stats["running_executions"] == 1
+            assert stats["success_rate"] == round(2 / 3, 4)
+    finally:
+        running.end()

@@ -855,12 +855,13 @@ class HistoryDB:
                     **row,
                     "node_count": len(nodes),
                     "failed_nodes": sum(1 for n in nodes if n["status_code"] == "ERROR"),
-                    # the start row's zeros are "not known yet"; usage set on the run span shows once it ends
+                    # the start row's figures are "not known yet" (zeros, or usage set as the run began): the nodes'
+                    # so far, as get_logs counts them; usage set on the run span counts once it ends
                     **{
-                        key: row[key] or min(sum(n[key] or 0 for n in nodes), INT64_MAX)
+                        key: min(sum(n[key] or 0 for n in nodes), INT64_MAX)
                         for key in ("input_tokens", "output_tokens")
                     },
-                    "cost_cents": row["cost_cents"] or sum(n["cost_cents"] or 0 for n in nodes),
+                    "cost_cents": sum(n["cost_cents"] or 0 for n in nodes),
                 }
             out.append(row)
         return out
