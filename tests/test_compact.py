@@ -803,3 +803,49 @@ def test_a_part_compaction_cannot_convert_is_left_alone_and_the_rest_of_the_day_
     assert set(day_file.column("span_id").to_pylist()) == ids, "every span of the readable parts, once"
     assert not [p for p in day.rglob("*") if p.name.startswith(".")], "no temp file left behind"
     assert compact(lake, older_than_minutes=0).days_merged == 0, "the next run finds the day done but for those two"
+
+
+def test_of_a_spans_rows_readers_and_compaction_pick_a_session_over_none_and_the_most_nodes(lake: Path) -> None:
+    """The same run's end row stored without a session and under one (an instrumentation that named the session on a
+    later attempt), and under that session with 2 nodes and with 5 (sent again by a process that saw more of them):
+    every reader shows the session and 5 nodes, in memory or not, and compaction keeps exactly that row."""
+    finished = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    tracer = provider.get_tracer("t")
+    t = noon(2)
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "a"}
+    run = tracer.start_span("invoke_agent a", start_time=t, attributes=attributes)
+    for i in range(5):
+        node = tracer.start_span(f"chat {i}", context=trace.set_span_in_context(run), start_time=t + 1 + i)
+        node.set_attributes({"gen_ai.operation.name": "chat", "session.id": "s1"})
+        node.end(end_time=t + 2 + i)
+    run.end(end_time=t + 100)
+    *nodes, run_span = finished.get_finished_spans()
+    for seen in (
+        [run_span],
+        [*nodes[:2], resent(run_span, **{"session.id": "s1"})],
+        [*nodes, resent(run_span, **{"session.id": "s1"})],
+    ):
+        exporter = RunlakeSpanExporter(lake, background_flush=False)  # a process that saw these
+        exporter.export(seen)
+        exporter.shutdown()
+    run_id = f"{run_span.context.span_id:016x}"
+    stored = read_table(lake, RUNS).select(["session_id", "node_count"]).to_pylist()
+    assert sorted((r["session_id"] or "", r["node_count"]) for r in stored) == [("", 0), ("s1", 2), ("s1", 5)]
+
+    def answers() -> list:
+        out = []
+        for db in (runlake.HistoryDB(lake), runlake.HistoryDB(lake, index_max_rows=0)):
+            [item] = db.get_history()
+            out.append((item["run_id"], item["node_count"]))
+            out.append(db.sql_rows("SELECT session_id, node_count FROM runs")[1])
+            out.append(db.sql_rows("SELECT session_id FROM spans WHERE span_type = 'run'")[1])
+        return out
+
+    before = answers()
+    assert before[0] == (run_id, 5) and before[1] == [("s1", 5)] and before[2] == [("s1",)]
+    assert before[3:] == before[:3]
+    compact(lake, older_than_minutes=0)
+    assert all(is_compacted(f) for f in lake_files(lake, RUNS) + lake_files(lake, SPANS))
+    assert answers() == before
