@@ -694,3 +694,18 @@ def test_the_runs_index_lists_again_when_compaction_replaces_a_file_it_is_about_
     monkeypatch.setattr(RunIndex, "_read", read_after_a_merge)
     db = HistoryDB(lake)
     assert len(db.get_history(limit=None)) == expected > 0 and replaced
+
+
+def test_a_trace_of_many_nested_runs_is_described_by_its_root_without_the_index(configured: Path) -> None:
+    """Without the in-memory index, ``get_traces(limit=1)`` reads the newest runs in a growing window; a trace whose
+    60 nested runs fill the first window must still be described by its root run (the window grows until it holds
+    more traces than the limit), not by its earliest nested run in the window."""
+    with runlake.run("root", session_id="deep") as root:
+        for i in range(60):
+            with runlake.run(f"nested-{i}", session_id="deep"):
+                pass
+    runlake.force_flush()
+    [described] = runlake.HistoryDB(configured, index_max_rows=0).get_traces(limit=1)
+    assert described["run_id"] == root.run_id
+    [same] = runlake.HistoryDB(configured).get_traces(limit=1)
+    assert same["run_id"] == root.run_id
