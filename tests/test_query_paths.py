@@ -709,3 +709,31 @@ def test_a_trace_of_many_nested_runs_is_described_by_its_root_without_the_index(
     assert described["run_id"] == root.run_id
     [same] = runlake.HistoryDB(configured).get_traces(limit=1)
     assert same["run_id"] == root.run_id
+
+
+def test_rows_without_a_start_time_from_an_older_writer_are_left_out_of_every_answer(configured: Path) -> None:
+    """An older runlake stored a span whose start was past int64 nanoseconds with a null start (the exporter now
+    rejects it): such rows have no day and no order, and broke history and traces for every user. Every read
+    leaves them out: with the index in memory or not, point reads, lake-wide reads and the sql views."""
+    from opentelemetry.exporter.runlake.layout import SPANS, partition_dir
+    from opentelemetry.exporter.runlake.mapping import COL, SpanMapper, run_row
+    from opentelemetry.exporter.runlake.writer import write_part
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    with runlake.run("good", session_id="mixed-bag") as good:
+        with runlake.node("step"):
+            pass
+    runlake.force_flush()
+    attributes = {"runlake.span.type": "run", "session.id": "mixed-bag", "gen_ai.agent.name": "legacy"}
+    context = trace.SpanContext(7, 9, False)
+    span = ReadableSpan("legacy", context=context, attributes=attributes, start_time=1, end_time=2)
+    legacy = tuple(None if i == COL["start_time_unix_nano"] else v for i, v in enumerate(SpanMapper().map_span(span)))
+    [day] = {p.name[len("day=") :] for p in configured.rglob("day=*")}
+    write_part(SPANS, partition_dir(configured, SPANS, "default", 30, day, "mixed-bag"), [legacy])
+    write_part(RUNS, partition_dir(configured, RUNS, "default", 30, day), [run_row(legacy, None)])
+    for db in (runlake.HistoryDB(configured), runlake.HistoryDB(configured, index_max_rows=0)):
+        assert [h["run_id"] for h in db.get_history()] == [good.run_id]
+        assert [t["run_id"] for t in db.get_traces()] == [good.run_id]
+        assert [r["run_id"] for r in db.get_runs("mixed-bag")] == [good.run_id]
+        assert len(db.get_logs(good.run_id)["nodes"]) == 1
+        assert db.sql_rows("SELECT count(*) FROM spans WHERE start_time_unix_nano IS NULL")[1] == [(0,)]

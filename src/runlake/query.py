@@ -149,6 +149,16 @@ def _parquet_list(files: Sequence[LakeRoot], absent: Absent = _no_absent) -> str
     return _scan(listing, absent(files))
 
 
+# A row with no start time is no span (no day, no order): an older writer stored one for a time past int64
+# nanoseconds (the exporter now rejects those). Every read leaves such rows out, so none breaks an answer.
+_STARTED = "start_time_unix_nano IS NOT NULL"
+
+
+def _started_and(where: str) -> str:
+    """`` WHERE`` the row has a start time and ``where`` (when given) holds."""
+    return f" WHERE {_STARTED} AND ({where})" if where else f" WHERE {_STARTED}"
+
+
 def latest_source(
     files: Sequence[LakeRoot], where: str = "", params: Sequence[Any] = (), absent: Absent = _no_absent
 ) -> tuple[str, list[Any]]:
@@ -156,7 +166,7 @@ def latest_source(
     de-duplicated. ``where`` filters rows before de-duplication, so it may only test what a span's start and end
     rows share (ids, session, tenant, user, span type, start time). ``absent``: see ``LakeReader._absent``."""
     clean, dirty = split_clean(files)
-    condition = f" WHERE {where}" if where else ""
+    condition = _started_and(where)
     parts, values = [], []
     if clean:
         parts.append(f"SELECT * FROM {_parquet_list(clean, absent)}{condition}")
@@ -396,8 +406,7 @@ class LakeReader:
             try:
                 if remote:
                     cursor.register(_SCAN, object_dataset(files))
-                    condition = f" WHERE {where}" if where else ""
-                    latest = f"(SELECT * FROM {_SCAN}{condition} {latest_row_of(files)})"
+                    latest = f"(SELECT * FROM {_SCAN}{_started_and(where)} {latest_row_of(files)})"
                     query = sql.replace("{files}", _SCAN).replace("{latest}", latest)
                     values = [*where_params, *params] if "{latest}" in sql else list(params)
                     result = cursor.execute(query, values)
@@ -461,11 +470,17 @@ class LakeReader:
                 table = reader.read_row_groups(groups, columns=list(columns), use_threads=False)
                 if also is not None:  # the narrower test first (a few traces), then the sessions on what is left
                     rows = table.filter(pc.is_in(table.column(also[0]), value_set=also_set)).to_pylist()
-                    out.extend(r for r in rows if (r["session_id"] or "") in in_sessions)
+                    out.extend(
+                        r
+                        for r in rows
+                        if (r["session_id"] or "") in in_sessions and r.get("start_time_unix_nano", 0) is not None
+                    )
                     continue
                 keep = pc.is_in(table.column("session_id"), value_set=session_set)
                 if wanted[0] == "" and table.column("session_id").null_count:  # sorted: "" comes first
                     keep = pc.or_kleene(keep, pc.is_null(table.column("session_id")))
+                if "start_time_unix_nano" in table.column_names and table.column("start_time_unix_nano").null_count:
+                    keep = pc.and_kleene(keep, pc.is_valid(table.column("start_time_unix_nano")))  # see _STARTED
                 out.extend(table.filter(keep).to_pylist())
         except (OSError, KeyError, ValueError, pa.ArrowException):
             return None  # vanished, broken or of another schema: DuckDB's path handles each of those
@@ -564,7 +579,7 @@ class LakeReader:
     ) -> None:
         if files and isinstance(files[0], ObjectPath):
             con.register(f"_lake_{table}", object_dataset(files))
-            source = f"(SELECT * FROM _lake_{table} {latest_row_of(files)})"
+            source = f"(SELECT * FROM _lake_{table}{_started_and('')} {latest_row_of(files)})"
         elif files:
             source, _ = latest_source(files, absent=self._absent)
         else:

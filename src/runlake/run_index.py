@@ -194,7 +194,8 @@ class RunIndex:
         cursor = self._db().cursor()
         try:
             cursor.register("_parts", merged)
-            return cursor.sql(f"SELECT * EXCLUDE (record) FROM _parts {LATEST_RUN_ROW}").to_arrow_table()
+            sql = f"SELECT * EXCLUDE (record) FROM _parts WHERE start_time_unix_nano IS NOT NULL {LATEST_RUN_ROW}"
+            return cursor.sql(sql).to_arrow_table()
         finally:
             cursor.close()
 
