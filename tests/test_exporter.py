@@ -92,6 +92,86 @@ def test_buffers_across_batches_and_rolls_on_rows(lake: Path) -> None:
     assert all(pq.read_metadata(f).num_rows <= 25 + 10 for f in files)
 
 
+def spans_files(lake: Path) -> dict[str, list[int]]:
+    """Row counts of the spans part files on disk, per session folder name."""
+    out: dict[str, list[int]] = {}
+    for f in lake_files(lake, "spans"):
+        out.setdefault(f.parent.name, []).append(pq.read_metadata(f).num_rows)
+    return out
+
+
+def test_a_partition_rolls_when_it_reaches_max_part_rows_exactly(lake: Path) -> None:
+    """``max_part_rows`` is the most rows a buffered partition holds: the row that brings it to the limit rolls the
+    part file at once (docs/design.md: "when it reaches max_part_rows"), not the one after it."""
+    exporter = RunlakeSpanExporter(lake, max_part_rows=8, background_flush=False)
+    spans = make_spans(8, run_nodes=3)  # session s0: 2 runs of 3 nodes, 8 span rows (and 2 rows of the runs index)
+    assert exporter.export(spans[:7]) is SpanExportResult.SUCCESS
+    assert spans_files(lake) == {}, "7 rows: still buffered"
+    assert exporter.export(spans[7:]) is SpanExportResult.SUCCESS
+    assert spans_files(lake) == {"session=s0": [8]}, "the 8th row rolled the part, before any flush"
+    assert exporter.writer.buffered_rows == 2, "only the runs index (2 rows) is still buffered"
+    exporter.shutdown()
+
+
+def test_a_partition_rolls_on_max_part_bytes_alone(lake: Path) -> None:
+    """``max_part_bytes`` rolls a part file by itself, far below ``max_part_rows``: a few huge spans must not sit in
+    memory until the flush interval (docs/design.md: "max_part_rows (100k) or max_part_bytes (64 MiB)")."""
+    spans = make_spans(40, run_nodes=3)
+    roomy = RunlakeSpanExporter(lake / "roomy", max_part_bytes=10 << 20, background_flush=False)
+    for span in spans:
+        roomy.export([span])
+    assert spans_files(lake / "roomy") == {}, "the same spans under a big byte limit: nothing written yet"
+    roomy.shutdown()
+
+    exporter = RunlakeSpanExporter(lake / "small", max_part_bytes=2_000, background_flush=False)
+    assert exporter.writer.max_part_rows == 100_000
+    for span in spans:
+        assert exporter.export([span]) is SpanExportResult.SUCCESS
+    rolled = spans_files(lake / "small")["session=s0"]
+    assert len(rolled) >= 5 and all(rows < 40 for rows in rolled), "parts rolled by their bytes, before any flush"
+    exporter.shutdown()
+    assert read_table(lake / "small", "spans").num_rows == 40
+
+
+def test_flush_older_than_writes_only_the_partitions_that_old(lake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flush(older_than_s)`` (what the background thread calls every half interval) writes the partitions whose
+    oldest row is at least that old and leaves younger ones buffered, so a busy session keeps filling one file
+    instead of being cut into one tiny file per tick."""
+    clock = [1_000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    assert exporter.export(make_spans(8, prefix="old")) is SpanExportResult.SUCCESS
+    clock[0] += 3
+    assert exporter.export(make_spans(8, prefix="young")) is SpanExportResult.SUCCESS
+    clock[0] += 2  # "old" rows are 5 s old, "young" ones 2 s
+    assert exporter.writer.flush(older_than_s=4) is True
+    assert spans_files(lake) == {"session=old0": [8]}
+    # the young session's 8 spans wait (the day's runs index partition, begun by "old", was old enough to go)
+    assert exporter.writer.buffered_rows == 8
+    assert exporter.writer.flush(older_than_s=4) is True and exporter.writer.buffered_rows == 8, "still too young"
+    clock[0] += 2
+    assert exporter.writer.flush(older_than_s=4) is True and exporter.writer.buffered_rows == 0
+    assert spans_files(lake) == {"session=old0": [8], "session=young0": [8]}
+    exporter.shutdown()
+
+
+def test_a_session_of_exactly_min_session_rows_keeps_its_own_folder(lake: Path) -> None:
+    """With ``min_session_rows=N`` only sessions with fewer than N rows in a flush share ``session=~mixed``
+    (docs/design.md); a session with N rows is big enough for a file of its own, which a read of that session
+    then finds without filtering a shared file."""
+    exporter = RunlakeSpanExporter(lake, min_session_rows=4, background_flush=False)
+    exactly = make_spans(4, prefix="exact", run_nodes=3)  # 1 run + 3 nodes
+    fewer = make_spans(3, prefix="few", run_nodes=3)  # 1 run + 2 nodes
+    assert exporter.export(exactly + fewer) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()
+    exporter.shutdown()
+    assert spans_files(lake) == {"session=exact0": [4], "session=~mixed": [3]}
+    [mixed] = [f for f in lake_files(lake, "spans") if f.parent.name == "session=~mixed"]
+    assert set(pq.read_table(mixed, columns=["session_id"]).column(0).to_pylist()) == {"few0"}
+    db = runlake.HistoryDB(lake)
+    assert [len(db.get_logs(r["run_id"])["nodes"]) for s in ("exact0", "few0") for r in db.get_runs(s)] == [3, 2]
+
+
 def _dictionary_columns(file: Path) -> set[str]:
     metadata = pq.read_metadata(file)
     names = metadata.schema.to_arrow_schema().names
@@ -228,6 +308,43 @@ def test_a_long_outage_logs_drops_once_then_sums_them_up(tmp_path: Path, caplog:
     assert sum(int(line.split("dropped ")[1].split()[0]) for line in said) == stats["dropped_rows"], "sums are exact"
     runs = sum(1 for s in spans if s.parent is None) + sum(1 for s in spans[:40] if s.parent is None)
     assert stats["dropped_rows"] + stats["buffered_rows"] == 640 + runs, "every row is counted"
+
+
+def test_past_the_cap_during_an_outage_the_oldest_partitions_are_dropped(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the disk refuses every write and the buffers pass ``max_buffer_bytes``, the OLDEST partitions are
+    dropped (docs/design.md): after recovery the newest session's rows are in the lake and the older ones are
+    counted as dropped. Dropping the newest would lose what is most likely still wanted and keep stale rows."""
+    from opentelemetry.exporter.runlake import writer as writer_module
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    clock = [1_000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    real_write_part = writer_module.write_part
+    monkeypatch.setattr(writer_module, "write_part", no_space)
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    made = {prefix: make_spans(8, prefix=prefix) for prefix in ("old", "mid", "new")}  # 8 spans, 2 runs each
+    exporter.export(made["old"])
+    one_session = exporter.writer.buffered_bytes
+    exporter.writer.max_buffer_bytes = one_session * 3 // 2  # room for one session's buffers, not for two
+    for prefix in ("mid", "new"):
+        clock[0] += 10
+        exporter.export(made[prefix])  # over the cap: a flush, which fails, then the oldest go
+    stats = exporter.stats
+    assert stats["failing"] and "No space left" in stats["failing"] and stats["dropped_rows"] >= 16
+    assert exporter.writer.buffered_bytes <= exporter.writer.max_buffer_bytes
+
+    monkeypatch.setattr(writer_module, "write_part", real_write_part)  # the disk has room again
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    stored = read_table(lake, "spans")
+    assert set(stored.column("session_id").to_pylist()) == {"new0"}, "the newest session is the one kept"
+    assert sorted(stored.column("span_id").to_pylist()) == sorted(f"{s.context.span_id:016x}" for s in made["new"])
+    written = stored.num_rows + read_table(lake, "runs").num_rows
+    assert written + exporter.stats["dropped_rows"] == 3 * (8 + 2), "every row is either on disk or counted"
 
 
 CHILD_WITHOUT_SPACE = textwrap.dedent(

@@ -264,3 +264,78 @@ def test_entries_that_are_not_regular_files_are_not_listed(tmp_path: Path) -> No
     for listing in (layout.data_files(folder), layout.CachedListing().table_files(root, layout.RUNS)):
         assert [p.name for p in listing if "zz" in p.name] == []
     assert runlake.HistoryDB(root).sql_rows("SELECT count(*) FROM runs")[1] == [(2,)]
+
+
+def test_an_id_of_exactly_the_longest_plain_name_is_not_hashed(tmp_path: Path) -> None:
+    """Ids are hashed only when their folder name would pass ``_MAX_NAME`` (150) characters: one of exactly that
+    length keeps a readable, decodable folder (``session=<id>``, as Spark and Hive read partition values), one
+    character more is hashed."""
+    longest = "s" * layout._MAX_NAME
+    assert encode_partition_value(longest) == longest
+    assert decode_partition_value(encode_partition_value(longest)) == longest
+    escaped = "é" * (layout._MAX_NAME // 6)  # each character is two escaped bytes: "%C3%A9", 6 characters
+    assert len(encode_partition_value(escaped)) == layout._MAX_NAME
+    assert decode_partition_value(encode_partition_value(escaped)) == escaped
+    for too_long in (longest + "s", escaped + "e"):
+        assert decode_partition_value(encode_partition_value(too_long)) is None, "one more character: hashed"
+
+    exporter = RunlakeSpanExporter(tmp_path / "lake", background_flush=False)
+    exporter.export(make_spans(4, prefix=longest[:-1]))  # session id: the prefix and "0"
+    exporter.shutdown()
+    [folder] = {f.parent for f in table_files(tmp_path / "lake", SPANS)}
+    assert folder.name == f"session={longest[:-1]}0"
+    assert decode_partition_value(folder.name.removeprefix("session=")) == longest[:-1] + "0"
+
+
+def test_files_named_like_spark_metadata_are_not_data(tmp_path: Path) -> None:
+    """Spark and Hadoop tools leave ``_``-prefixed files beside the data (``_metadata``, ``_common_metadata``,
+    ``_SUCCESS``), some of them ending in ``.parquet``. They are never part files: listings leave them out and
+    queries answer as without them, even when one is a readable Parquet file of span rows (other spans here, so
+    de-duplication could not hide them)."""
+    root, other = tmp_path / "lake", tmp_path / "other"
+    for lake in (root, other):
+        exporter = RunlakeSpanExporter(lake, background_flush=False)
+        exporter.export(make_spans(8))  # session s0 in both, different span ids
+        exporter.shutdown()
+    db = runlake.HistoryDB(root)
+    before = db.sql_rows("SELECT span_type, count(*) FROM spans GROUP BY 1 ORDER BY 1")
+    assert before[1] == [("node", 6), ("run", 2)]
+    [part] = layout.table_files(root, SPANS)
+    [foreign] = layout.table_files(other, SPANS)
+    for name in ("_metadata.parquet", "_common_metadata.parquet"):
+        (part.parent / name).write_bytes(foreign.read_bytes())
+    [runs_part] = layout.table_files(root, layout.RUNS)
+    (runs_part.parent / "_metadata.parquet").write_bytes(layout.table_files(other, layout.RUNS)[0].read_bytes())
+    db = runlake.HistoryDB(root)
+    assert db.sql_rows("SELECT span_type, count(*) FROM spans GROUP BY 1 ORDER BY 1") == before
+    assert len(db.get_history()) == 2 and len(db.get_runs("s0")) == 2
+    assert layout.table_files(root, SPANS) == [part] and layout.data_files(part.parent) == [part]
+    assert CachedListing().table_files(root, SPANS) == [part]
+    assert not layout.is_data_file("_metadata.parquet") and layout.is_data_file(part.name)
+
+
+def test_a_folder_listed_within_two_seconds_of_its_mtime_is_listed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system with a coarse clock (ext3, FAT, NFS: 1-2 s) can leave a folder's mtime unchanged when a part is
+    added right after a listing. So the cache trusts a listing only if the folder's mtime was already 2 s old when
+    it was listed; a folder listed sooner is listed again, and the new part is found."""
+    import os
+    import time
+
+    root = tmp_path / "lake"
+    exporter = RunlakeSpanExporter(root, background_flush=False)
+    exporter.export(make_spans(4, prefix="first"))
+    exporter.force_flush()
+    [first] = layout.table_files(root, layout.RUNS)
+    folder = first.parent
+    seen = os.stat(folder)
+    cache = CachedListing()
+    with monkeypatch.context() as clock:  # listed 1 s after the folder's mtime, however slow this machine is
+        clock.setattr(time, "time_ns", lambda: seen.st_mtime_ns + 1_000_000_000)
+        assert cache.table_files(root, layout.RUNS) == [first]
+    exporter.export(make_spans(4, prefix="second"))
+    exporter.shutdown()
+    os.utime(folder, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # the coarse clock: the mtime did not move
+    assert os.stat(folder).st_mtime_ns == seen.st_mtime_ns and len(layout.data_files(folder)) == 2
+    assert cache.table_files(root, layout.RUNS) == layout.data_files(folder), "the second part is found"

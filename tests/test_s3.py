@@ -34,6 +34,7 @@ from conftest import HOSTILE_IDS
 from opentelemetry import trace
 from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor, layout
 from opentelemetry.exporter.runlake.layout import (
+    RUNS,
     SPANS,
     ObjectPath,
     data_files,
@@ -370,6 +371,49 @@ def test_ttl_deletes_exactly_the_expired_day_prefixes(
     assert remote.get_runs("old session") == [] and remote.get_runs("week") == []
     assert len(remote.get_runs("month")) == 1
     assert remote.cleanup_expired(now=now) == {"executions_deleted": 0, "nodes_deleted": 0}  # idempotent
+
+
+def test_ttl_on_s3_counts_only_the_prefixes_it_deleted(
+    s3_url: str, emulator: S3Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an object store each expired day prefix is deleted in turn; one the store refuses to delete is still there,
+    so the ``ExpireError`` counts what did go (the other day's runs and nodes alone), never the stuck day as well:
+    a caller (``runlake gc``, the server's TTL task) reports those counts as deleted."""
+    from runlake import ttl
+
+    runlake.configure(s3_url, service_name="s3-tests")
+    try:
+        for days_ago, session, runs, nodes in ((40, "stuck", 1, 2), (41, "gone", 2, 3)):
+            with shifted_clock(-days_ago * 86400):
+                for _ in range(runs):
+                    with runlake.run("agent", session):
+                        for n in range(nodes):
+                            with runlake.node(f"n{n}"):
+                                pass
+    finally:
+        runlake.shutdown()
+    root = resolve_lake(s3_url)
+    folders = {table: sorted((day, folder) for _, _, day, folder in day_dirs(root, table)) for table in (RUNS, SPANS)}
+    assert all(len(days) == 2 for days in folders.values()), "two expired days in each table"
+    stuck = {str(days[1][1]) for days in folders.values()}  # the newer day (40 days ago): the "stuck" session's
+    real_remove_dir = ttl.remove_dir
+
+    def refusing(folder: Any) -> None:
+        if str(folder) in stuck:
+            raise PermissionError(13, "Access Denied", str(folder))
+        real_remove_dir(folder)
+
+    monkeypatch.setattr(ttl, "remove_dir", refusing)
+    db = runlake.HistoryDB(s3_url)
+    with pytest.raises(ttl.ExpireError) as raised:
+        db.cleanup_expired()
+    assert {str(folder) for folder, _ in raised.value.failed} == stuck
+    assert raised.value.counts == {"executions_deleted": 2, "nodes_deleted": 6}, "the 'gone' day alone"
+    assert "4 executions" not in str(raised.value) and "2 executions and 6 nodes" in str(raised.value)
+    assert len(db.get_runs("stuck")) == 1 and db.get_runs("gone") == []
+    monkeypatch.setattr(ttl, "remove_dir", real_remove_dir)
+    assert db.cleanup_expired() == {"executions_deleted": 1, "nodes_deleted": 2}, "the stuck day goes next time"
+    assert not [key for key in objects(emulator, s3_url) if key.endswith(".parquet")]
 
 
 def _part(key: str, prefix: str) -> str:

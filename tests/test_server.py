@@ -25,10 +25,12 @@ import pytest
 import websockets
 from conftest import HISTORY_KEYS, LOGS_KEYS, NODE_KEYS, RUN_KEYS, SPAN_KEYS, SUMMARY_KEYS, TRACE_KEYS
 from google.rpc import status_pb2
+from opentelemetry import trace as trace_api
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import Status, StatusCode
 from server_fixtures import Server, SpanFactory, auth, new_key, otlp_exporter, send, write_keys
 
 from runlake import HistoryDB, RunlakeSpanExporter
@@ -265,6 +267,48 @@ def test_hand_made_otlp_json_body(server: Server, api: httpx.Client) -> None:
     node = next(s for s in trace["spans"] if s["span_id"] == node_span)
     assert node["attributes"]["llm.streaming"] is True and node["attributes"]["tags"] == ["a"]
     assert node["attributes"]["extra"] == {"k": 1} and node["events"][0]["name"] == "retry"
+
+
+def test_otlp_ok_status_and_typed_array_attributes_are_stored_as_sent(server: Server, api: httpx.Client) -> None:
+    """Through the real OTLP exporter (protobuf): a span whose status is OK (code 1) is stored as ``OK``, not
+    ``UNSET`` (docs/schema.md: ``UNSET`` / ``OK`` / ``ERROR``; SQL over ``status_code`` tells an explicit success
+    from no status), and array attributes of ints, bools and doubles keep their JSON types in ``attributes`` (as the
+    in-process exporter stores them), so ``[3, 5]`` does not come back as ``["3", "5"]``."""
+    factory = SpanFactory()
+    session, agent = unique("typed-s"), unique("typed")
+    run_id, spans = factory.run(agent, session, None, NODES[:1])
+    node = factory.tracer.start_span(
+        "scored",
+        context=trace_api.set_span_in_context(trace_api.NonRecordingSpan(spans[-1].get_span_context())),
+        attributes={
+            "runlake.span.type": "node",
+            "runlake.run.id": run_id,
+            "session.id": session,
+            "retry.delays_ms": (3, 5),
+            "flags": (True, False),
+            "scores": (0.5, 1.25),
+            "tags": ("a", "b"),
+        },
+    )
+    node.set_status(Status(StatusCode.OK))
+    node.end()
+    scored = factory.memory.get_finished_spans()[-1]
+    assert scored.name == "scored" and scored.status.status_code is StatusCode.OK
+    assert send(server, api.headers["Authorization"].split()[1], [*spans, scored]) is SpanExportResult.SUCCESS
+
+    _, rows = HistoryDB(server.lake).sql_rows(
+        f"SELECT name, status_code, attributes FROM spans WHERE session_id = '{session}' ORDER BY name"
+    )
+    by_name = {name: (code, attributes) for name, code, attributes in rows}
+    assert set(by_name) == {f"invoke_agent {agent}", "node planner", "scored"}
+    assert by_name["scored"][0] == "OK" and by_name["node planner"][0] == "UNSET"
+    stored = json.loads(by_name["scored"][1])
+    assert stored["retry.delays_ms"] == [3, 5] and stored["flags"] == [True, False]
+    assert stored["scores"] == [0.5, 1.25] and stored["tags"] == ["a", "b"]
+    [trace] = api.get("/api/v1/traces", params={"session_id": session}).json()
+    [span] = [s for s in trace["spans"] if s["name"] == "scored"]
+    assert span["status"] == "ok" and span["attributes"]["flags"] == [True, False]
+    assert span["attributes"]["retry.delays_ms"] == [3, 5] and span["attributes"]["scores"] == [0.5, 1.25]
 
 
 def test_otlp_json_lone_surrogates_are_stored_as_replacement_characters(server: Server, api: httpx.Client) -> None:

@@ -460,3 +460,89 @@ def test_an_event_attribute_named_like_runtime_state_is_redacted() -> None:
 
     _, attributes = mapping.redact_event("note", {"runlake.runtime.state": "password=hunter2"}, default_redactor())
     assert "hunter2" not in json.dumps(attributes)
+
+
+def test_openllmetry_agent_spans_are_runs_even_inside_a_workflow(configured: Path) -> None:
+    """docs/schema.md: ``traceloop.span.kind`` ``workflow`` and ``agent`` are runs, ``task`` and ``tool`` nodes.
+    An OpenLLMetry agent inside a workflow is a run of its own (its agent name, its nodes), not a node of the
+    workflow: taken as a node, the agent's runs, history and per-agent figures vanish."""
+    tracer = trace.get_tracer("traceloop.sdk")
+    session = {"traceloop.association.properties.session_id": "tl-agent"}
+    with tracer.start_as_current_span(
+        "triage.workflow", attributes={"traceloop.span.kind": "workflow", "traceloop.entity.name": "triage", **session}
+    ):
+        with tracer.start_as_current_span(
+            "researcher.agent",
+            attributes={"traceloop.span.kind": "agent", "traceloop.entity.name": "researcher", **session},
+        ) as agent:
+            with tracer.start_as_current_span(
+                "search.tool", attributes={"traceloop.span.kind": "tool", "traceloop.entity.name": "search", **session}
+            ):
+                pass
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    agent_run = f"{agent.get_span_context().span_id:016x}"
+    by_agent = {run["metadata"]["agent_name"]: run["run_id"] for run in db.get_runs("tl-agent")}
+    assert set(by_agent) == {"triage", "researcher"} and by_agent["researcher"] == agent_run
+    assert [item["run_id"] for item in db.get_history(agent_id="researcher")] == [agent_run]
+    assert [(n["id"], n["type"]) for n in db.get_logs(agent_run)["nodes"]] == [("search.tool", "tool")]
+    _, rows = db.sql_rows("SELECT span_type FROM spans WHERE name = 'researcher.agent'")
+    assert rows == [("run",)]
+
+
+def test_the_first_exception_event_is_the_error_message(configured: Path) -> None:
+    """docs/schema.md: ``status_message`` is the status description, else the FIRST exception event's message. A
+    span that records the original failure and then the exceptions it caused (a retry, a cleanup) reports the
+    original one, which is what explains the failure."""
+    tracer = trace.get_tracer("framework")
+    with runlake.run("fixer", session_id="exc-s") as run:
+        with tracer.start_as_current_span(
+            "execute_tool fetch", attributes={"gen_ai.operation.name": "execute_tool"}, record_exception=False
+        ) as tool:
+            tool.record_exception(TimeoutError("upstream timed out"))
+            tool.record_exception(RuntimeError("retry budget exhausted"))
+            tool.set_status(Status(StatusCode.ERROR))  # no description: the events say what went wrong
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    [node] = db.get_logs(run.run_id)["nodes"]
+    assert node["status"] == "failed" and node["error_message"] == "upstream timed out"
+    _, rows = db.sql_rows("SELECT status_code, status_message FROM spans WHERE name = 'execute_tool fetch'")
+    assert rows == [("ERROR", "upstream timed out")]
+    [trace_dict] = db.get_traces(session_id="exc-s")
+    [span] = [s for s in trace_dict["spans"] if s["name"] == "execute_tool fetch"]
+    assert [e["attributes"]["exception.message"] for e in span["events"]] == [
+        "upstream timed out",
+        "retry budget exhausted",
+    ], "both events are kept"
+
+
+def test_the_requested_model_is_the_model_and_the_response_model_is_kept(configured: Path) -> None:
+    """docs/schema.md: ``model`` is ``gen_ai.request.model``, else ``gen_ai.response.model``. Providers answer with
+    a dated model name ("gpt-4o-2024-08-06" for "gpt-4o"); grouping by model groups by what was asked for, and the
+    response model, differing, stays in the span's attributes rather than being lost."""
+    tracer = trace.get_tracer("some.genai.framework")
+    with runlake.run("modeler", session_id="model-s") as run:
+        with tracer.start_as_current_span(
+            "chat gpt-4o",
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.response.model": "gpt-4o-2024-08-06",
+            },
+        ):
+            pass
+        with tracer.start_as_current_span(
+            "chat answered", attributes={"gen_ai.operation.name": "chat", "gen_ai.response.model": "gpt-4o-mini-2"}
+        ):
+            pass
+    runlake.force_flush()
+    db = runlake.HistoryDB(configured)
+    query = f"SELECT name, model, attributes FROM spans WHERE run_id = '{run.run_id}' AND span_type = 'node' ORDER BY 1"
+    _, rows = db.sql_rows(query)
+    assert [(name, model) for name, model, _ in rows] == [("chat answered", "gpt-4o-mini-2"), ("chat gpt-4o", "gpt-4o")]
+    leftovers = json.loads(rows[1][2])
+    assert leftovers.get("gen_ai.response.model") == "gpt-4o-2024-08-06" and "gen_ai.request.model" not in leftovers
+    [trace_dict] = db.get_traces(session_id="model-s")
+    [chat] = [s for s in trace_dict["spans"] if s["name"] == "chat gpt-4o"]
+    assert chat["attributes"]["gen_ai.request.model"] == "gpt-4o"
+    assert chat["attributes"]["gen_ai.response.model"] == "gpt-4o-2024-08-06"

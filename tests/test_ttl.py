@@ -475,3 +475,28 @@ def test_now_is_a_utc_moment_whatever_the_process_time_zone(lake: Path, monkeypa
         with pytest.raises(TypeError, match="now must be a datetime"):
             db.cleanup_expired(now=bad)  # type: ignore[arg-type]
     assert tree(lake) == before
+
+
+def test_a_run_is_kept_through_its_last_day_and_goes_the_day_after(lake: Path) -> None:
+    """docs/design.md (TTL): ``day=D`` under ``ttl=N`` goes when ``D + N < today``, so a run is kept through day D+N
+    and gone from D+N+1; ``max_age_days`` is the same bound. Deleting on day D+N itself takes a day of data its owner
+    was promised. Today is taken from the days the runs landed in, so a test run across midnight UTC still holds."""
+    write_history(lake, [(10, 10, "a"), (11, 10, "a"), (5, 30, "b"), (6, 30, "b")])
+    days = {
+        (tenant, ttl_days): sorted(day for t, n, day, _ in day_dirs(lake, RUNS) if (t, n) == (tenant, ttl_days))
+        for tenant, ttl_days in (("a", 10), ("b", 30))
+    }
+    oldest, last_day = (dt.date.fromisoformat(d) for d in days["a", 10])
+    assert last_day - oldest == dt.timedelta(days=1), "the two ttl=10 runs are on consecutive days"
+    today = last_day + dt.timedelta(days=10)  # the newer ttl=10 run's last day: D + N == today
+    now = dt.datetime.combine(today, dt.time(12), dt.timezone.utc)
+    assert [dt.date.fromisoformat(d) for d in days["b", 30]] == [today - dt.timedelta(days=n) for n in (6, 5)]
+
+    def sessions() -> list[str]:
+        return [s for (s,) in runlake.HistoryDB(lake).sql("SELECT session_id FROM runs ORDER BY 1").fetchall()]
+
+    assert sessions() == ["s0-10-10", "s1-11-10", "s2-5-30", "s3-6-30"]
+    assert ttl.expire(lake, LakeReader(), now=now) == {"executions_deleted": 1, "nodes_deleted": 2}
+    assert sessions() == ["s0-10-10", "s2-5-30", "s3-6-30"], "only the run a day past its ttl went"
+    assert ttl.expire(lake, LakeReader(), now=now, max_age_days=5) == {"executions_deleted": 2, "nodes_deleted": 4}
+    assert sessions() == ["s2-5-30"], "max_age_days=5 keeps a 5-day-old run, removes the 6- and 10-day-old ones"
