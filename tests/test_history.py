@@ -554,3 +554,45 @@ def test_history_and_statistics_find_an_agent_by_its_id_on_every_path(configured
             assert stats["success_rate"] == round(2 / 3, 4)
     finally:
         running.end()
+
+
+def test_session_traces_and_times_hold_for_clocks_behind_and_ahead(lake: Path) -> None:
+    """A session's runs whose clocks went wrong: one that ended before it started (a clock stepped back across
+    midnight) and one that starts tomorrow (a client a day ahead) while another still runs are in the session's
+    traces on every path (the session's days were read from its first start to its last end, or to today); a run
+    that starts in the last nanosecond of a day is shown on that day (a float rounded it into the next)."""
+    from opentelemetry.exporter.runlake import RunlakeSpanExporter, RunStartProcessor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    exporter = RunlakeSpanExporter(lake, background_flush=False)
+    provider = TracerProvider()
+    provider.add_span_processor(RunStartProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("clocks")
+    today = dt.datetime.combine(dt.datetime.now(dt.timezone.utc).date(), dt.time(), dt.timezone.utc)
+    midnight = int(today.timestamp()) * 10**9
+    attrs = {"runlake.span.type": "run", "session.id": "clocks", "user.id": "u", "gen_ai.agent.name": "a"}
+    day = 86_400 * 10**9
+    spans = {
+        "early": (midnight - 3 * day, midnight - 3 * day + 10**9),
+        "stepped-back": (midnight - day + 10**9, midnight - day - 10**9),  # ends the day before it started
+        "last-ns": (midnight - 2 * day - 1, midnight - 2 * day + 10**9),
+        "ahead": (midnight + day + 600 * 10**9, midnight + day + 601 * 10**9),
+    }
+    ids = {}
+    for name, (start, end) in spans.items():
+        span = tracer.start_span(name, attributes=attrs, start_time=start)
+        span.end(end_time=end)
+        ids[name] = f"{span.get_span_context().span_id:016x}"
+    running = tracer.start_span("running", attributes=attrs, start_time=midnight - day + 3600 * 10**9)
+    exporter.force_flush()
+    try:
+        for db in (runlake.HistoryDB(lake), runlake.HistoryDB(lake, index_max_rows=0)):
+            in_traces = {t["run_id"] for t in db.get_traces(session_id="clocks")}
+            assert set(ids.values()) <= in_traces
+            started = {h["run_id"]: h["started_at"] for h in db.get_history()}
+            last_day = (today - dt.timedelta(days=2, seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert started[ids["last-ns"]] == last_day  # 23:59:59 of its own day
+    finally:
+        running.end()

@@ -47,6 +47,9 @@ _RUN_STATUS = {"ERROR": "error"}  # PraisonAI: running | completed | error
 _TRACE_STATUS = {"ERROR": "error"}  # PraisonAI: running | ok | error
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def epoch_seconds(unix_nano: int | None) -> float | None:
     return None if unix_nano is None else unix_nano / 1e9
 
@@ -54,7 +57,8 @@ def epoch_seconds(unix_nano: int | None) -> float | None:
 def iso_time(unix_nano: int | None) -> str | None:
     if unix_nano is None:
         return None
-    moment = dt.datetime.fromtimestamp(unix_nano / 1e9, tz=dt.timezone.utc)
+    # whole seconds from the integer: a float of the nanoseconds rounds 23:59:59.9999999995 up to the next day
+    moment = _EPOCH + dt.timedelta(seconds=unix_nano // 1_000_000_000)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -514,10 +518,14 @@ class HistoryDB:
         runs = [r for r in index.session(session_id) if self._in_scope(r)]
         if not runs:
             return None, None  # not in the index (yet): look everywhere
-        first = min(r["start_time_unix_nano"] for r in runs)
-        if any(r["end_time_unix_nano"] is None for r in runs):
-            return _days_of(first, None), _one_tenant(runs)
-        return _days_of(first, max(max(r["end_time_unix_nano"] for r in runs), first)), _one_tenant(runs)
+        # from the first start to the last start or end (a clock that stepped back ends a run before its own start;
+        # one ahead starts it after today), through today while one runs
+        starts = [r["start_time_unix_nano"] for r in runs]
+        ends = [r["end_time_unix_nano"] for r in runs if r["end_time_unix_nano"] is not None]
+        last = max(starts + ends)
+        if len(ends) < len(runs):
+            last = max(last, time.time_ns())
+        return _days_of(min(starts), last), _one_tenant(runs)
 
     # ---- PraisonAI ----
     def get_runs(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
