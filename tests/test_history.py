@@ -484,6 +484,9 @@ def test_statistics_cover_the_window_up_to_now_only(lake: Path, monkeypatch: pyt
         naive = service.statistics(user_id="u", days=1, now=noon.replace(tzinfo=None))
     time.tzset()
     assert {k: naive[k] for k in aware} == aware
+    assert service.statistics(days=1, now=dt.datetime.max)["until"] == "9999-12-31T23:59:59Z"
+    with pytest.raises(ValueError, match="before the year 1"):
+        service.statistics(days=1, now=dt.datetime.min)
     assert {r["run_id"]: r for r in runlake.HistoryDB(lake).get_runs("s-stepped-back")}.popitem()[1]["metrics"] == {
         "duration_ms": 0.0
     }

@@ -151,7 +151,10 @@ class ExecutionHistoryService:
         """``(cutoff_ns, until_ns, since_day)``: runs that started from ``days`` before ``now`` up to ``now``."""
         until_ns = unix_nano(utc_moment(now))
         cutoff_ns = until_ns - days * _NS_PER_DAY
-        return cutoff_ns, until_ns, day_of(cutoff_ns)
+        try:
+            return cutoff_ns, until_ns, day_of(cutoff_ns)
+        except OverflowError:
+            raise ValueError(f"a window of {days} days before {now!r} starts before the year 1") from None
 
     def _lister(self, table: str, since_day: str) -> Callable[[], list[Path]]:
         root, tenant = self.root, self.tenant_id
