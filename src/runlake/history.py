@@ -269,6 +269,21 @@ def _trace_days(runs: list[dict[str, Any]], others: list[dict[str, Any]], margin
     return wanted
 
 
+def _with_node_counts(runs: list[dict[str, Any]], index: RunIndex | None) -> list[dict[str, Any]]:
+    """Runs read from the spans table (a session's traces) with the node counts of their index rows, when the index
+    is in memory (without it, a session's every day is read)."""
+    if index is None or all("node_count" in run for run in runs):
+        return runs
+    key = ("span_id", "trace_id", "tenant_id")
+    out = []
+    for run in runs:
+        if "node_count" not in run:
+            same = [r for r in index.runs_of_id(run["run_id"]) if all(r[k] == run[k] for k in key)]
+            run = {**run, "node_count": same[0]["node_count"] if same else None}
+        out.append(run)
+    return out
+
+
 def _traces_short_of_nodes(runs: list[dict[str, Any]], found: list[dict[str, Any]]) -> set[str]:
     """Ids of the traces in which fewer nodes were found than the exporter counted for the listed runs of them
     (a trace is told apart by tenant as well: the same trace stored by two tenants is two)."""
@@ -673,8 +688,11 @@ class HistoryDB:
             return {}
         traces = sorted({run["trace_id"] for run in runs})
         others = self._runs_of_traces(traces, index)  # nested runs elsewhere
-        found = self._trace_rows(_trace_days(runs, others, 0), traces, _TRACE_COLUMNS, _one_tenant(runs))
-        short = _traces_short_of_nodes(runs, found)
+        counted = _with_node_counts(runs, index)
+        # runs with no node count to compare (read from the spans table without the index): a day either side at once
+        margin = 1 if any(run.get("node_count") is None for run in counted) else 0
+        found = self._trace_rows(_trace_days(runs, others, margin), traces, _TRACE_COLUMNS, _one_tenant(runs))
+        short = _traces_short_of_nodes(counted, found) if not margin else set()
         if short:  # a node on a day outside its run's: those traces once more, a day either side
             runs = [r for r in runs if r["trace_id"] in short]
             others = [r for r in others if r["trace_id"] in short]
