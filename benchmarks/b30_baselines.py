@@ -312,22 +312,23 @@ class CodexOSStore:
             for r in rows
         ]
 
-    def user_statistics(self, user_id: str, since: str) -> dict:
-        """CodexOS ``get_execution_statistics(user_id, days=30)``: counts, success rate, tokens, cost, p50/p95."""
+    def user_statistics(self, user_id: str, since: str, until: str) -> dict:
+        """CodexOS ``get_execution_statistics(user_id, days=30)``: counts, success rate, tokens, cost, p50/p95, of the
+        executions started in ``[since, until]``."""
         rows = self.rows(
             "SELECT status, tokens_used, cost_cents, started_at, completed_at FROM executions "
-            "WHERE user_id = ? AND started_at >= ?",
-            (user_id, since),
+            "WHERE user_id = ? AND started_at >= ? AND started_at <= ?",
+            (user_id, since, until),
         )
         return _stats([(r[0], r[1], r[2], _ms_between(r[3], r[4])) for r in rows])
 
-    def all_user_statistics(self, since: str) -> dict[str, dict]:
+    def all_user_statistics(self, since: str, until: str) -> dict[str, dict]:
         """The same statistics for every user (one report, GROUP BY user)."""
         groups: dict[str, list] = {}
         for r in self.rows(
             "SELECT user_id, status, tokens_used, cost_cents, started_at, completed_at FROM executions "
-            "WHERE started_at >= ?",
-            (since,),
+            "WHERE started_at >= ? AND started_at <= ?",
+            (since, until),
         ):
             groups.setdefault(r[0], []).append((r[1], r[2], r[3], _ms_between(r[4], r[5])))
         return {u: _stats(rows) for u, rows in groups.items()}
@@ -548,19 +549,19 @@ class PraisonKV:
         traces.sort(key=lambda t: (-t.get("started_at", 0), t["run_id"]))
         return traces[skip : skip + limit]
 
-    def user_statistics(self, user_id: str, since: float) -> dict:
+    def user_statistics(self, user_id: str, since: float, until: float) -> dict:
         """Counts, success rate, p50/p95 from the trace blobs (tokens and cost are only in span blobs)."""
         rows = [
             ("completed" if t["status"] == "ok" else "failed", None, None, (t["ended_at"] - t["started_at"]) * 1e3)
             for t in self._all("trace:")
-            if t.get("user_id") == user_id and t["started_at"] >= since
+            if t.get("user_id") == user_id and since <= t["started_at"] <= until
         ]
         return _stats(rows)
 
-    def all_user_statistics(self, since: float) -> dict[str, dict]:
+    def all_user_statistics(self, since: float, until: float) -> dict[str, dict]:
         groups: dict[str, list] = {}
         for t in self._all("trace:"):
-            if t["started_at"] >= since:
+            if since <= t["started_at"] <= until:
                 groups.setdefault(t.get("user_id"), []).append(
                     (
                         "completed" if t["status"] == "ok" else "failed",

@@ -626,15 +626,19 @@ _STATS_COLUMNS = (
 )
 
 
-def stats_view_sql(user: str | None, since: dt.datetime) -> str:
-    """The same statistics through ``HistoryDB.sql`` over the ``runs`` view (no parameters there: literals)."""
+def stats_view_sql(user: str | None, since: dt.datetime, until: dt.datetime) -> str:
+    """The same statistics through ``HistoryDB.sql`` over the ``runs`` view (no parameters there: literals), of the
+    runs started in ``[since, until]``."""
     cols = (
         "count(*) AS executions, count(*) FILTER (WHERE status_code = 'ERROR') AS failed, "
         "count(*) FILTER (WHERE end_time IS NOT NULL AND status_code != 'ERROR') / count(*) AS success_rate, "
         "sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) AS tokens, sum(cost_cents) AS cost_cents, "
         "quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.95) AS p95_ms"
     )
-    when = f"start_time >= TIMESTAMP '{since.strftime('%Y-%m-%d %H:%M:%S')}'"
+    when = (
+        f"start_time >= TIMESTAMP '{since.strftime('%Y-%m-%d %H:%M:%S')}' "
+        f"AND start_time <= TIMESTAMP '{until.strftime('%Y-%m-%d %H:%M:%S')}'"
+    )
     if user is not None:
         return f"SELECT {cols} FROM runs WHERE user_id = '{user.replace(chr(39), chr(39) * 2)}' AND {when}"
     return f"SELECT user_id, {cols} FROM runs WHERE {when} GROUP BY user_id ORDER BY user_id"
@@ -893,6 +897,7 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
     # ExecutionHistoryService (what `runlake serve` answers with) over the db's in-memory runs index; its window is
     # `days` back from `now`, so now = since + 30 days gives the alternatives' window exactly
     window_end = since + dt.timedelta(days=30)
+    until_sql = window_end.replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def service_of(db: Any) -> Any:
         from runlake.service import ExecutionHistoryService
@@ -982,12 +987,14 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
             {
                 "ExecutionHistoryService.statistics": service_stats,
                 "HistoryDB.sql (runs view)": lambda db, i: db.sql(
-                    stats_view_sql(_cycle(keys.users, i), since)
+                    stats_view_sql(_cycle(keys.users, i), since, window_end)
                 ).fetchall(),
             },
             {
-                "(a) SQLite CodexOS": lambda i: codexos.user_statistics(_cycle(keys.users, i), since_sql),
-                "(b) PraisonAI KV": lambda i: kv.user_statistics(_cycle(keys.users, i), since_ns / NS),
+                "(a) SQLite CodexOS": lambda i: codexos.user_statistics(_cycle(keys.users, i), since_sql, until_sql),
+                "(b) PraisonAI KV": lambda i: kv.user_statistics(
+                    _cycle(keys.users, i), since_ns / NS, window_end.timestamp()
+                ),
             },
             statistics_signature,
             compares=(
@@ -1000,11 +1007,11 @@ def define_queries(keys: Keys, root_of: Callable[[], Path], codexos: Any, kv: An
             "statistics per user, 30 days",
             {
                 "ExecutionHistoryService.statistics_per_user": service_stats_all,
-                "HistoryDB.sql (runs view)": lambda db, i: db.sql(stats_view_sql(None, since)).fetchall(),
+                "HistoryDB.sql (runs view)": lambda db, i: db.sql(stats_view_sql(None, since, window_end)).fetchall(),
             },
             {
-                "(a) SQLite CodexOS": lambda i: codexos.all_user_statistics(since_sql),
-                "(b) PraisonAI KV": lambda i: kv.all_user_statistics(since_ns / NS),
+                "(a) SQLite CodexOS": lambda i: codexos.all_user_statistics(since_sql, until_sql),
+                "(b) PraisonAI KV": lambda i: kv.all_user_statistics(since_ns / NS, window_end.timestamp()),
             },
             statistics_per_user_signature,
             None,
