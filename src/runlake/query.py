@@ -151,12 +151,12 @@ def _parquet_list(files: Sequence[LakeRoot], absent: Absent = _no_absent) -> str
 
 # A row with no start time is no span (no day, no order): an older writer stored one for a time past int64
 # nanoseconds (the exporter now rejects those). Every read leaves such rows out, so none breaks an answer.
-_STARTED = "start_time_unix_nano IS NOT NULL"
+STARTED = "start_time_unix_nano IS NOT NULL"
 
 
 def _started_and(where: str) -> str:
     """`` WHERE`` the row has a start time and ``where`` (when given) holds."""
-    return f" WHERE {_STARTED} AND ({where})" if where else f" WHERE {_STARTED}"
+    return f" WHERE {STARTED} AND ({where})" if where else f" WHERE {STARTED}"
 
 
 def latest_source(
@@ -480,7 +480,7 @@ class LakeReader:
                 if wanted[0] == "" and table.column("session_id").null_count:  # sorted: "" comes first
                     keep = pc.or_kleene(keep, pc.is_null(table.column("session_id")))
                 if "start_time_unix_nano" in table.column_names and table.column("start_time_unix_nano").null_count:
-                    keep = pc.and_kleene(keep, pc.is_valid(table.column("start_time_unix_nano")))  # see _STARTED
+                    keep = pc.and_kleene(keep, pc.is_valid(table.column("start_time_unix_nano")))  # see STARTED
                 out.extend(table.filter(keep).to_pylist())
         except (OSError, KeyError, ValueError, pa.ArrowException):
             return None  # vanished, broken or of another schema: DuckDB's path handles each of those

@@ -33,7 +33,7 @@ from opentelemetry.exporter.runlake.layout import (
 from opentelemetry.exporter.runlake.mapping import RUNS_SCHEMA
 from opentelemetry.exporter.runlake.writer import conform
 
-from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, attempts_after_waits, first_run_rank
+from .query import DUCKDB_CONFIG, FIRST_RUN_OF_TRACE, LATEST_RUN_ROW, STARTED, attempts_after_waits, first_run_rank
 
 _logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class RunIndex:
         cursor = self._db().cursor()
         try:
             cursor.register("_parts", merged)
-            sql = f"SELECT * EXCLUDE (record) FROM _parts WHERE start_time_unix_nano IS NOT NULL {LATEST_RUN_ROW}"
+            sql = f"SELECT * EXCLUDE (record) FROM _parts WHERE {STARTED} {LATEST_RUN_ROW}"
             return cursor.sql(sql).to_arrow_table()
         finally:
             cursor.close()

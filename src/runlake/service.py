@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.exporter.runlake.layout import RUNS, SPANS, day_of, table_files
+from opentelemetry.exporter.runlake.mapping import MAX_COST_CENTS
 
 from .history import HistoryDB, iso_time, owners_of_unnamed_nodes, whole_cents
 from .moments import unix_nano, utc_moment
@@ -40,7 +41,10 @@ _DURATION_MS = f"({ELAPSED_NS}) / 1e6"
 # that is a half rounded either way from one call to the next; ten costs of 0.05 cents summing to 0.4999...), and so
 # does DuckDB's fsum (Kahan, not exact). Costs are summed exactly as decimals of a millionth of a cent, each within
 # +/-1e14 cents (more is no real cost, and keeps the sum from overflowing); durations from the integer nanoseconds.
-_COST_SUM = "sum(CASE WHEN isfinite(cost_cents) THEN greatest(least(cost_cents, 1e14), -1e14)::DECIMAL(38, 6) END)"
+_COST_SUM = (  # MAX_COST_CENTS: the exporter stores no more; older files may hold more
+    f"sum(CASE WHEN isfinite(cost_cents) THEN greatest(least(cost_cents, {MAX_COST_CENTS:.0f}), "
+    f"-{MAX_COST_CENTS:.0f})::DECIMAL(38, 6) END)"
+)
 _AVG_MS = f"sum({ELAPSED_NS}) / nullif(count(end_time_unix_nano), 0) / 1e6"
 _SUMMARY = f"""count(*) AS total,
        count(*) FILTER (WHERE end_time_unix_nano IS NOT NULL AND status_code IS DISTINCT FROM 'ERROR') AS completed,
